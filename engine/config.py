@@ -1,0 +1,150 @@
+"""Hyperparameters, read once from GGUF metadata (pipeline stage: gguf.py -> config.py -> model.py).
+
+Only `ModelConfig.from_metadata` touches the `{arch}.*` keys, through the explicit key -> field
+table `_KEYS`; everything derived is a property. Nothing else in the engine reads raw metadata
+for hyperparameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Architectures whose forward pass lives in engine/model.py.
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3", "gpt2")
+
+# key suffix under "{arch}." -> (field name, required)
+_KEYS = {
+    "context_length": ("context_length", True),
+    "embedding_length": ("d_model", True),
+    "block_count": ("n_layers", True),
+    "feed_forward_length": ("d_ff", True),
+    "attention.head_count": ("n_heads", True),
+    "attention.head_count_kv": ("n_kv_heads", False),
+    "attention.key_length": ("key_length", False),
+    "attention.value_length": ("value_length", False),
+    "attention.layer_norm_rms_epsilon": ("norm_eps", False),
+    "attention.layer_norm_epsilon": ("layer_norm_eps", False),
+    "attention.sliding_window": ("sliding_window", False),
+    "rope.freq_base": ("rope_base", False),
+    "rope.freq_base_swa": ("rope_base_local", False),
+    "rope.dimension_count": ("rope_dim", False),
+    "rope.scaling.type": ("rope_scaling_type", False),
+    "rope.scaling.factor": ("rope_scaling_factor", False),
+    "vocab_size": ("vocab_size", False),
+}
+
+
+class ConfigError(ValueError):
+    """The model's metadata asks for something the engine cannot run."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    context_length: int
+    d_model: int
+    n_layers: int
+    d_ff: int
+    n_heads: int
+    vocab_size: int
+    n_kv_heads: int | None = None
+    key_length: int | None = None
+    value_length: int | None = None
+    norm_eps: float | None = None  # RMSNorm epsilon (llama, qwen2, gemma3)
+    layer_norm_eps: float | None = None  # LayerNorm epsilon (gpt2)
+    sliding_window: int | None = None
+    rope_base: float = 10000.0
+    rope_base_local: float | None = None  # gemma3 sliding-window layers
+    rope_dim: int | None = None
+    rope_scaling_type: str | None = None
+    rope_scaling_factor: float | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.key_length or self.d_model // self.n_heads
+
+    @property
+    def v_head_dim(self) -> int:
+        return self.value_length or self.head_dim
+
+    @property
+    def eps(self) -> float:
+        if self.architecture == "gpt2":
+            return self.layer_norm_eps if self.layer_norm_eps is not None else 1e-5
+        return self.norm_eps if self.norm_eps is not None else 1e-6
+
+    @property
+    def rope_neox(self) -> bool:
+        """Rotate first/second halves (NeoX) rather than adjacent pairs (llama's GGUF layout)."""
+        return self.architecture in ("qwen2", "gemma3")
+
+    def is_sliding(self, layer: int) -> bool:
+        """gemma3: five local (sliding-window) layers, then one global, repeating (llama.cpp's swa pattern 6)."""
+        return self.architecture == "gemma3" and self.sliding_window is not None and (layer + 1) % 6 != 0
+
+    def layer_rope_base(self, layer: int) -> float:
+        if self.is_sliding(layer):
+            return self.rope_base_local if self.rope_base_local is not None else 10000.0
+        return self.rope_base
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_metadata(cls, metadata: dict, vocab_size: int | None = None) -> "ModelConfig":
+        arch = metadata.get("general.architecture")
+        if not isinstance(arch, str):
+            raise ConfigError("GGUF metadata has no general.architecture string")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ConfigError(
+                f"architecture {arch!r} not supported (expected one of {', '.join(SUPPORTED_ARCHITECTURES)})"
+            )
+        values: dict = {"architecture": arch}
+        for suffix, (name, required) in _KEYS.items():
+            key = f"{arch}.{suffix}"
+            if key not in metadata:
+                if required:
+                    raise ConfigError(f"GGUF metadata key {key} is missing (needed by {arch})")
+                continue
+            value = metadata[key]
+            if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0):
+                raise ConfigError(f"GGUF metadata key {key} is an array (per-layer values are not supported)")
+            values[name] = value if isinstance(value, str) else _number(key, value)
+        if "vocab_size" not in values:
+            tokens = metadata.get("tokenizer.ggml.tokens")
+            values["vocab_size"] = vocab_size if vocab_size is not None else (len(tokens) if tokens is not None else 0)
+        cfg = cls(**values)
+        cfg._validate()
+        return cfg
+
+    def _validate(self) -> None:
+        for name in ("d_model", "n_layers", "d_ff", "n_heads", "context_length", "vocab_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{self.architecture}: {name} = {v!r} (expected a positive integer)")
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(f"n_heads {self.n_heads} not a multiple of n_kv_heads {self.kv_heads}")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim {self.head_dim} must be even for RoPE")
+        # Guard against absurd sizes from a hostile file before anything is allocated from them.
+        if self.d_model > 1 << 16 or self.n_layers > 1 << 10 or self.n_heads > 1 << 10 or self.d_ff > 1 << 18:
+            raise ConfigError(f"{self.architecture}: implausible dimensions {self}")
+        if self.rope_scaling_type not in (None, "none", "linear"):
+            raise ConfigError(f"rope scaling {self.rope_scaling_type!r} not supported (expected none or linear)")
+
+
+def _number(key: str, value):
+    if isinstance(value, bool):
+        raise ConfigError(f"GGUF metadata key {key} is a bool (expected a number)")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value
+    try:  # numpy scalar
+        return value.item()
+    except AttributeError:
+        raise ConfigError(f"GGUF metadata key {key} has type {type(value).__name__} (expected a number)") from None
