@@ -1,0 +1,342 @@
+"""The `mote` command line (glue: consumes loader.py and generate.py).
+
+    mote pull gemma-3-270m
+    mote info MODEL [--json]
+    mote tokenize MODEL TEXT [--bos] [--special] [--json]
+    mote generate MODEL -p PROMPT -n N [--temperature 0] [--seed S] [--json]
+    mote chat MODEL [--system TEXT]
+    mote logits MODEL -p PROMPT [--top 20] [--json]
+    mote bench MODEL [--json]
+    mote serve [--host 127.0.0.1] [--port 8000] [--models DIR]
+
+MODEL is a .gguf path or the name of a pulled model. The --json forms are a stable contract used by
+scripts and benchmarks: keep their keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+BENCH_PROMPT = "Once upon a time, in a small village, there lived an old clockmaker who"
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def _peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return kb / 1024 if platform.system() != "Darwin" else kb / 2**20
+
+
+def _emit(args, data: dict, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, ensure_ascii=False))
+    else:
+        print(text)
+
+
+def _params(args, max_tokens: int):
+    from .generate import SamplingParams
+
+    return SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        repeat_last_n=args.repeat_last_n,
+        seed=args.seed,
+        max_tokens=max_tokens,
+        stop=tuple(args.stop or ()),
+    )
+
+
+def _load(args):
+    from .loader import load
+
+    return load(args.model, n_ctx=getattr(args, "ctx", None))
+
+
+# ---- commands -----------------------------------------------------------------------------------
+
+
+def cmd_pull(args) -> int:
+    from .pull import pull
+
+    path = pull(args.name, cache_dir=args.cache_dir)
+    print(path)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from . import quants
+    from .gguf import open_gguf
+    from .pull import resolve_model, sha256_file
+
+    path = resolve_model(args.model)
+    g = open_gguf(path)
+    md = g.metadata
+    arch = md.get("general.architecture", "?")
+    types = collections.Counter(quants.TYPES[t.ggml_type].name for t in g.tensors.values())
+    data = {
+        "architecture": arch,
+        "name": md.get("general.name"),
+        "n_params": sum(math.prod(t.shape) for t in g.tensors.values()),
+        "n_layers": md.get(f"{arch}.block_count"),
+        "context_length": md.get(f"{arch}.context_length"),
+        "tensor_types": dict(sorted(types.items())),
+        "file_size": os.path.getsize(path),
+        "sha256": sha256_file(path),
+        "licence": md.get("general.license"),
+        "tokenizer": md.get("tokenizer.ggml.model"),
+        "vocab_size": len(md.get("tokenizer.ggml.tokens", [])),
+    }
+    text = "\n".join(f"{k:16} {v}" for k, v in data.items())
+    _emit(args, data, text)
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    from .gguf import open_gguf
+    from .pull import resolve_model
+    from .tokenizer import Tokenizer
+
+    tok = Tokenizer.from_metadata(open_gguf(resolve_model(args.model)).metadata)
+    ids = tok.encode(args.text, add_bos=args.bos, parse_special=args.special)
+    pieces = [tok.token_bytes(i).decode("utf-8", errors="replace") for i in ids]
+    _emit(args, {"tokens": ids}, "\n".join(f"{i:8d}  {p!r}" for i, p in zip(ids, pieces)))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate
+
+    loaded = _load(args)
+    tok = loaded.tokenizer
+    prompt_tokens = tok.encode(args.prompt)
+    out_tokens: list[int] = []
+    done = None
+    for ev in generate(loaded.model, tok, prompt_tokens, _params(args, args.n_predict)):
+        if ev.kind == "token":
+            out_tokens.append(ev.token_id)
+            if not args.json:
+                print(ev.text, end="", flush=True)
+        elif ev.kind == "done":
+            done = ev
+    timings = {
+        "prefill_tok_s": done.prefill_tok_s,
+        "decode_tok_s": done.decode_tok_s,
+        "prefill_seconds": done.prefill_seconds,
+        "decode_seconds": done.decode_seconds,
+        "load_seconds": loaded.load_seconds,
+    }
+    if args.json:
+        print(json.dumps({
+            "prompt_tokens": list(map(int, prompt_tokens)),
+            "tokens": out_tokens,
+            "text": done.full_text,
+            "stop_reason": done.reason,
+            "timings": timings,
+        }, ensure_ascii=False))
+    else:
+        print()
+        print(f"[{done.reason}] prefill {done.prefill_tok_s:.1f} tok/s, decode {done.decode_tok_s:.1f} tok/s", file=sys.stderr)
+    return 0
+
+
+def cmd_logits(args) -> int:
+    loaded = _load(args)
+    ids = loaded.tokenizer.encode(args.prompt)
+    logits = loaded.model.forward(ids)  # (vocab,)
+    top = np.argsort(-logits, kind="stable")[: args.top]
+    pairs = [[int(i), float(logits[i])] for i in top]
+    text = "\n".join(f"{i:8d} {v:10.4f}  {loaded.tokenizer.token_bytes(i)!r}" for i, v in pairs)
+    _emit(args, {"tokens": list(map(int, ids)), "top": pairs}, text)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .chat import chat_tokens
+    from .generate import generate
+    from .sampler import Sampler
+
+    loaded = _load(args)
+    tok, template = loaded.tokenizer, loaded.template
+    params = _params(args, args.n_predict)
+    params = type(params)(**{**params.__dict__, "stop": tuple(params.stop) + template.stop})
+    print(f"{template.note}. Ctrl-D or /exit to quit, /reset to start over.", file=sys.stderr)
+    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    sampler = Sampler(params)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if line.strip() == "/reset":
+            messages = messages[:1] if args.system else []
+            continue
+        messages.append({"role": "user", "content": line})
+        # Re-render the whole conversation each turn (simple and always right for any template).
+        ids = chat_tokens(tok, template, messages)
+        reply = ""
+        for ev in generate(loaded.model, tok, ids, params, sampler=sampler):
+            if ev.kind == "token":
+                print(ev.text, end="", flush=True)
+            elif ev.kind == "done":
+                reply = ev.full_text
+                print(f"\n[{ev.decode_tok_s:.1f} tok/s]", file=sys.stderr)
+        messages.append({"role": "assistant", "content": reply})
+
+
+def cmd_bench(args) -> int:
+    from .generate import SamplingParams, generate
+
+    rss0 = _peak_rss_mb()
+    loaded = _load(args)
+    tok = loaded.tokenizer
+    prompt = tok.encode(args.prompt)
+    runs = []
+    for _ in range(args.repeat):
+        done = None
+        for ev in generate(loaded.model, tok, prompt, SamplingParams(temperature=0, max_tokens=args.n_predict)):
+            if ev.kind == "done":
+                done = ev
+        runs.append(done)
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    data = {
+        "model": str(loaded.path),
+        "architecture": loaded.model.config.architecture,
+        "load_seconds": loaded.load_seconds,
+        "n_prompt": len(prompt),
+        "n_generated": runs[0].n_generated,
+        "prefill_tok_s": med([r.prefill_tok_s for r in runs]),
+        "decode_tok_s": med([r.decode_tok_s for r in runs]),
+        "decode_tok_s_runs": [r.decode_tok_s for r in runs],
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_before_load_mb": rss0,
+        "platform": f"{platform.python_implementation()} {platform.python_version()} numpy {np.__version__}",
+    }
+    text = "\n".join(f"{k:18} {v}" for k, v in data.items())
+    _emit(args, data, text)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from web.app import serve
+
+    serve(host=args.host, port=args.port, models_dir=args.models)
+    return 0
+
+
+# ---- argument parsing ---------------------------------------------------------------------------
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--ctx", type=int, default=None, help="KV cache length (default: min(2048, model's))")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mote", description="Mote: pure-numpy GGUF inference.")
+    ap.add_argument("--version", action="version", version=f"mote {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pull", help="download a known model (e.g. gemma-3-270m) into the cache")
+    p.add_argument("name")
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("info", help="architecture, sizes and tensor types of a model")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("tokenize", help="token ids of a text")
+    p.add_argument("model")
+    p.add_argument("text")
+    p.add_argument("--bos", action="store_true", help="prepend BOS")
+    p.add_argument("--special", action="store_true", help="parse special-token text like <start_of_turn>")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("generate", help="continue a prompt")
+    p.add_argument("model")
+    p.add_argument("-p", "--prompt", required=True)
+    p.add_argument("-n", "--n-predict", type=int, default=128)
+    p.add_argument("--json", action="store_true")
+    _add_sampling(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="chat in the terminal using the model's chat template")
+    p.add_argument("model")
+    p.add_argument("--system", default=None)
+    p.add_argument("-n", "--n-predict", type=int, default=512)
+    _add_sampling(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("logits", help="top logits after a prompt")
+    p.add_argument("model")
+    p.add_argument("-p", "--prompt", required=True)
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--ctx", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_logits)
+
+    p = sub.add_parser("bench", help="native speed: load seconds, prefill and decode tok/s, peak RSS")
+    p.add_argument("model")
+    p.add_argument("-p", "--prompt", default=BENCH_PROMPT)
+    p.add_argument("-n", "--n-predict", type=int, default=32)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--ctx", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="the dev server: chat page and model files")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--models", default=None, help="folder of .gguf files to serve (default: the model cache)")
+    p.set_defaults(func=cmd_serve)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+    from .gguf import GGUFError
+    from .pull import ModelNotFound, PullError
+
+    try:
+        return args.func(args)
+    except (CLIError, ConfigError, GGUFError, ModelNotFound, PullError, FileNotFoundError, ValueError) as e:
+        print(f"mote: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

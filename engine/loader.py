@@ -1,0 +1,48 @@
+"""From a model argument to everything generation needs (glue over the pipeline's first stages).
+
+    path or name -> pull.resolve_model -> gguf.open_gguf -> model.load_model + Tokenizer + ChatTemplate
+
+The CLI, the benchmark and the tests use `load`; the browser bridge builds the same objects from a
+buffer with `load_buffer`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .chat import ChatTemplate
+from .gguf import GGUFFile, open_gguf
+from .model import LoadPolicy, Model, load_model
+from .pull import resolve_model
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class Loaded:
+    gguf: GGUFFile
+    model: Model
+    tokenizer: Tokenizer
+    template: ChatTemplate
+    path: Path | None
+    load_seconds: float
+
+
+def load_buffer(buffer, n_ctx: int | None = None, policy: LoadPolicy | None = None, path: Path | None = None) -> Loaded:
+    """Parse a GGUF held in memory (bytes, memoryview, mmap) and prepare model and tokenizer."""
+    t0 = time.perf_counter()
+    gguf = buffer if isinstance(buffer, GGUFFile) else GGUFFile(buffer)
+    model = load_model(gguf, n_ctx=n_ctx, policy=policy or LoadPolicy())
+    tokenizer = Tokenizer.from_metadata(gguf.metadata)
+    template = ChatTemplate.from_metadata(gguf.metadata)
+    return Loaded(gguf, model, tokenizer, template, path, time.perf_counter() - t0)
+
+
+def load(model: str | Path, n_ctx: int | None = None, policy: LoadPolicy | None = None) -> Loaded:
+    """Open a GGUF path or a pulled model name (e.g. 'gemma-3-270m')."""
+    path = resolve_model(model)
+    t0 = time.perf_counter()
+    loaded = load_buffer(open_gguf(path), n_ctx=n_ctx, policy=policy, path=path)
+    loaded.load_seconds = time.perf_counter() - t0
+    return loaded
