@@ -39,7 +39,7 @@ class DenseLinear:
     def __init__(self, w: np.ndarray):
         self.w = np.ascontiguousarray(w, dtype=np.float32)  # (n_out, n_in)
         self.n_out, self.n_in = self.w.shape
-
+        self.copied = True  # holds no view of the file
     @property
     def nbytes(self) -> int:
         return self.w.nbytes
@@ -59,7 +59,7 @@ class BlockLinear:
         self.n_out, self.n_in, self.n_sub, self.sub = n_out, n_sub * sub, n_sub, sub
         self.chunk = max(16, min(n_out, CHUNK_BYTES // (4 * self.n_in)))
         self._buf = np.empty((self.chunk, n_sub, sub), dtype=np.float32)  # reused every call
-
+        self.copied = q.base is None or q.flags.c_contiguous  # False: q is a view of the file
     @property
     def nbytes(self) -> int:
         own = 0 if self.q.base is not None and not self.q.flags.c_contiguous else self.q.nbytes
@@ -106,6 +106,11 @@ def prepare_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], dens
     if dense or ggml_type in (quants.BY_NAME["F32"].type_id, quants.BY_NAME["F16"].type_id, quants.BY_NAME["BF16"].type_id):
         return DenseLinear(quants.dequantize(raw, ggml_type, shape))
     n_out, n_in = shape
+    if ggml_type == quants.BY_NAME["Q8_0"].type_id:
+        # Q8_0 blocks are (f16 d, 32 x int8): use the file's int8 bytes in place, no copy.
+        blocks = raw.reshape(n_out, n_in // 32, 2 + 32)  # (n_out, n_sub, 34) bytes
+        d = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)  # (n_out, n_sub)
+        return BlockLinear(blocks[:, :, 2:].view(np.int8), d, None)
     q, scale, offset = quants.split_blocks(raw, ggml_type, n_out)  # (n_out, n_in) int8, (n_out, n_sub) f32
     sub = n_in // scale.shape[1]
     return BlockLinear(q.reshape(n_out, n_in // sub, sub), scale, offset)
