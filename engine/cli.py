@@ -320,6 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--models", default=None, help="folder of .gguf files to serve (default: the model cache)")
     p.set_defaults(func=cmd_serve)
+
+    # Tools that live beside the pipeline (each module adds its own subcommands).
+    import importlib
+
+    for module in ("quantize", "perplexity", "convert"):
+        try:
+            mod = importlib.import_module(f"engine.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"engine.{module}":  # a missing dependency inside the tool is a real error
+                raise
+            continue
+        mod.add_cli(sub)
     return ap
 
 

