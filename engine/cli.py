@@ -137,6 +137,8 @@ def cmd_generate(args) -> int:
                 print(ev.text, end="", flush=True)
         elif ev.kind == "done":
             done = ev
+            if not args.json:
+                print(ev.text, end="", flush=True)  # text held back for a possible stop string
     timings = {
         "prefill_tok_s": done.prefill_tok_s,
         "decode_tok_s": done.decode_tok_s,
@@ -201,6 +203,7 @@ def cmd_chat(args) -> int:
                 print(ev.text, end="", flush=True)
             elif ev.kind == "done":
                 reply = ev.full_text
+                print(ev.text, end="", flush=True)
                 print(f"\n[{ev.decode_tok_s:.1f} tok/s]", file=sys.stderr)
         messages.append({"role": "assistant", "content": reply})
 

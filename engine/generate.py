@@ -1,0 +1,216 @@
+"""Generation loop: prompt token ids -> a stream of TokenEvents. The stage after sampler.py.
+
+    prompt ids --model.forward (prefill, one call)--> logits --Sampler--> id --model.forward--> ...
+                                                                           |
+                                  token_bytes + incremental UTF-8 decoder + stop-string hold-back
+                                                                           v
+                                              TokenEvent('prefill'), TokenEvent('token')*, TokenEvent('done')
+
+`generate` is a Python generator, so the CLI, the browser worker and the benchmarks all consume the
+same loop and can stop it between tokens (`should_stop`, or simply closing the generator).
+
+Events, in order:
+- one 'prefill' event after the prompt's forward pass (n_prompt, prefill timing; text is "");
+- one 'token' event per sampled token except the stop token, whose `text` is the text that became
+  printable with it. It can be "" (half a UTF-8 character, or text held back because it could be
+  the start of a stop string) and can hold text of earlier tokens released by this one;
+- one 'done' event with the reason ('eos' | 'stop' | 'length' | 'abort'), the counts, the timings
+  and `full_text`. Its `text` is the tail released at the end (held-back text that turned out not
+  to be a stop string, or a U+FFFD for a dangling partial character), so a consumer that prints
+  `event.text` for every event prints exactly `full_text`.
+
+Stop rules: a token id in `tokenizer.stop_ids` ends with 'eos' (its text is never shown); a stop
+string ends with 'stop', and neither it nor anything after it is shown; `max_tokens` sampled tokens
+end with 'length' (as does a full KV cache, when the model exposes `n_ctx`); `should_stop()`
+returning True, checked before each decode step, ends with 'abort'.
+
+Timing (time.perf_counter): prefill_seconds is the prompt's forward pass; decode_seconds is the
+rest (sampling, detokenising and one forward pass per accepted token). Time the consumer spends
+between our yields is not counted, so the rates are the engine's own.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from engine.sampler import Sampler
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding knobs; the defaults are llama.cpp's (except max_tokens)."""
+    temperature: float = 0.8     # <= 0: greedy
+    top_k: int = 40              # <= 0: off
+    top_p: float = 0.95          # >= 1: off
+    min_p: float = 0.05          # <= 0: off
+    repeat_penalty: float = 1.0  # 1.0: off
+    repeat_last_n: int = 64      # window of the repetition penalty (prompt tokens included)
+    seed: int | None = None      # None: a fresh seed (Sampler.seed records it)
+    max_tokens: int = 128        # sampled tokens, the stop token included
+    stop: tuple[str, ...] = ()   # stop strings
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # a lone string would be split into characters
+            raise TypeError(f"stop must be a tuple of strings, got the string {self.stop!r}")
+        if any(not s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty, got {self.stop!r}")
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens {self.max_tokens} must be >= 0")
+
+
+@dataclass
+class TokenEvent:
+    """One step of generation; see the module docstring for the three kinds."""
+    kind: str                          # 'prefill' | 'token' | 'done'
+    token_id: int | None = None        # 'token' only
+    text: str = ""                     # newly printable text
+    # 'done' only (n_prompt and prefill timing are also set on 'prefill'):
+    reason: str | None = None          # 'eos' | 'stop' | 'length' | 'abort'
+    n_prompt: int = 0
+    n_generated: int = 0               # sampled tokens, the stop token included
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    prefill_tok_s: float = 0.0
+    decode_tok_s: float = 0.0
+    full_text: str = ""
+
+
+class _Model(Protocol):
+    pos: int
+    def reset(self) -> None: ...
+    def forward(self, tokens: Sequence[int]) -> np.ndarray: ...
+
+
+class _Tokenizer(Protocol):
+    stop_ids: frozenset[int]
+    def token_bytes(self, token_id: int) -> bytes: ...
+
+
+class StopStringFilter:
+    """Holds back text that might begin a stop string; cuts the text at the first stop string.
+
+    >>> f = StopStringFilter(("\\n\\nUser:",))
+    >>> f.feed("Hi.\\n"), f.feed("\\nUs"), f.feed("er: x")
+    (('Hi.', False), ('', False), ('', True))
+    >>> f = StopStringFilter(("\\n\\nUser:",)); f.feed("a\\n"), f.feed("b"), f.flush()
+    (('a', False), ('\\nb', False), '')
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.pending = ""            # text not yet released: a possible start of a stop string
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add text; return (releasable text, whether a stop string was found)."""
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        # the earliest complete stop string wins; everything from it on is dropped
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        # keep the longest suffix that is a proper prefix of some stop string
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.pending)), keep, -1):
+                if self.pending.endswith(s[:n]):
+                    keep = n
+                    break
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        """Release what is held (generation ended, so it can no longer become a stop string)."""
+        out, self.pending = self.pending, ""
+        return out
+
+
+def generate(model: _Model, tokenizer: _Tokenizer, prompt_tokens: Sequence[int],
+             params: SamplingParams = SamplingParams(),
+             should_stop: Callable[[], bool] | None = None, *,
+             reset: bool = True, sampler: Sampler | None = None) -> Iterator[TokenEvent]:
+    """Generate from `prompt_tokens`, yielding TokenEvents (see the module docstring).
+
+    reset=True clears the model's KV cache first; reset=False continues the cached sequence, with
+    `prompt_tokens` the new tokens to append (a chat's next turn). `sampler` may be passed to keep
+    one random stream and penalty history across calls (its own params then drive sampling;
+    `params` still sets max_tokens and stop); by default a fresh one is made from `params`.
+    """
+    prompt = [int(t) for t in prompt_tokens]
+    if not prompt:
+        raise ValueError("prompt_tokens is empty; generation needs at least one token (e.g. BOS)")
+    sampler = sampler if sampler is not None else Sampler(params)
+    sampler.accept_many(prompt)
+    stop_ids = frozenset(tokenizer.stop_ids)
+    n_ctx = getattr(model, "n_ctx", None)         # optional: stop cleanly when the cache is full
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stops = StopStringFilter(params.stop)
+    pieces: list[str] = []                        # all released text, for full_text
+
+    # -- prefill: the whole prompt in one forward pass ---------------------------------------------
+    t0 = time.perf_counter()
+    if reset:
+        model.reset()
+    logits = model.forward(prompt)                # (vocab,) logits after the last prompt token
+    prefill_s = time.perf_counter() - t0
+    n_prompt = len(prompt)
+    prefill_rate = n_prompt / prefill_s if prefill_s > 0 else 0.0
+    yield TokenEvent("prefill", n_prompt=n_prompt, prefill_seconds=prefill_s,
+                     prefill_tok_s=prefill_rate)
+
+    # -- decode: sample, detokenise, feed back ----------------------------------------------------
+    decode_s = 0.0
+    n_gen = 0
+    last: int | None = None                       # sampled token not yet fed to the model
+    while True:
+        t0 = time.perf_counter()                  # consumer time between yields is excluded
+        if n_gen >= params.max_tokens:
+            reason = "length"
+            break
+        if should_stop is not None and should_stop():
+            reason = "abort"
+            break
+        if last is not None:
+            if n_ctx is not None and model.pos >= n_ctx:
+                reason = "length"                 # KV cache full
+                break
+            logits = model.forward([last])        # (vocab,)
+        tok = sampler.sample(logits)
+        n_gen += 1
+        if tok in stop_ids:
+            reason = "eos"                        # never shown as text
+            break
+        sampler.accept(tok)
+        text, hit_stop = stops.feed(utf8.decode(tokenizer.token_bytes(tok)))
+        pieces.append(text)
+        decode_s += time.perf_counter() - t0
+        yield TokenEvent("token", token_id=tok, text=text)
+        if hit_stop:
+            reason = "stop"
+            t0 = time.perf_counter()
+            break
+        last = tok
+
+    # -- done: release the held-back tail (not after a stop string) ------------------------------
+    tail = utf8.decode(b"", final=True)           # U+FFFD for a dangling partial character
+    if reason == "stop":
+        tail = ""
+    else:
+        text, hit_stop = stops.feed(tail)
+        tail = text if hit_stop else text + stops.flush()
+        reason = "stop" if hit_stop else reason
+    pieces.append(tail)
+    decode_s += time.perf_counter() - t0
+    yield TokenEvent("done", text=tail, reason=reason, n_prompt=n_prompt, n_generated=n_gen,
+                     prefill_seconds=prefill_s, decode_seconds=decode_s,
+                     prefill_tok_s=prefill_rate,
+                     decode_tok_s=n_gen / decode_s if decode_s > 0 else 0.0,
+                     full_text="".join(pieces))
