@@ -1,0 +1,258 @@
+// @ts-check
+/**
+ * The chat page: model picker, load progress, streaming chat with Stop, sampling settings,
+ * tokens/s, licence notice. All inference runs in static/worker.js; this file only talks the
+ * protocol in static/protocol.js and updates the DOM (textContent only, never innerHTML).
+ *
+ * window.moteApp.state is read by the Playwright tests (stages, timings, runtime info, last done).
+ */
+import { Req, Ev, STAGES, isMessage } from "./protocol.js";
+
+const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
+
+const state = {
+  /** @type {Object<string, string>} */ stages: {},       // stage -> "active" | "done" | "failed"
+  /** @type {Object<string, number>} */ timings: {},
+  /** @type {any} */ runtime: null,                        // ready.info of the runtime-only boot
+  /** @type {any} */ model: null,                          // ready.model of the loaded model
+  /** @type {any[]} */ models: [],                         // GET /models
+  /** @type {any} */ selected: null,
+  /** @type {import("./protocol.js").ChatMessage[]} */ history: [],
+  /** @type {any} */ lastDone: null,
+  /** @type {string|null} */ lastError: null,
+  cached: false,
+  /** @type {any} */ memory: null,                         // worker memory at the last ready/done
+  generating: false,
+  nextId: 1,
+  bootMs: 0,
+};
+
+const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+const t0 = performance.now();
+let currentId = 0;
+/** @type {HTMLElement|null} */ let streamingEl = null;
+let streamed = "";
+
+/** @param {import("./protocol.js").Request} msg */
+const send = (msg) => worker.postMessage(msg);
+
+function setStatus(/** @type {string} */ text) { $("status").textContent = text; }
+
+function setStage(/** @type {string} */ stage, /** @type {string} */ how) {
+  state.stages[stage] = how;
+  const li = document.querySelector(`#stages li[data-stage="${stage}"]`);
+  if (li) li.className = how;
+}
+
+function fmtBytes(/** @type {number} */ n) {
+  return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(0)} kB`;
+}
+
+function addMessage(/** @type {string} */ role, /** @type {string} */ text) {
+  const el = document.createElement("div");
+  el.className = `msg ${role}`;
+  el.textContent = text;
+  $("log").appendChild(el);
+  $("log").scrollTop = $("log").scrollHeight;
+  return el;
+}
+
+function setBusy(/** @type {boolean} */ busy) {
+  state.generating = busy;
+  $("send-btn").disabled = busy || !state.model;
+  $("prompt").disabled = !state.model;
+  $("stop-btn").disabled = !busy;
+  $("load-btn").disabled = busy || !state.selected;
+}
+
+function showLicence(/** @type {any} */ m) {
+  const p = $("licence");
+  p.textContent = "";
+  const lic = m && m.licence;
+  if (!lic) { p.hidden = true; return; }
+  p.hidden = false;
+  p.append(lic.notice || `Licence: ${lic.name}`);
+  if (lic.url && /^https?:\/\//.test(lic.url)) {
+    const a = document.createElement("a");
+    a.href = lic.url; a.textContent = lic.name || lic.url; a.target = "_blank"; a.rel = "noopener noreferrer";
+    p.append(" — ", a);
+  }
+}
+
+// ---- worker events ----------------------------------------------------------------------------
+
+worker.addEventListener("message", (event) => {
+  const ev = event.data;
+  if (!isMessage(ev, Object.values(Ev))) return;
+  switch (ev.type) {
+    case Ev.PROGRESS: {
+      const p = /** @type {import("./protocol.js").ProgressEvent} */ (ev);
+      for (const s of STAGES) {                      // every earlier stage is done by now
+        if (s === p.stage) break;
+        if (state.stages[s] !== "done") setStage(s, "done");
+      }
+      setStage(p.stage, p.phase === "done" ? "done" : "active");
+      if (p.seconds !== undefined) state.timings[p.stage] = p.seconds;
+      const bar = $("load-progress");
+      if (p.total) {
+        bar.hidden = false; bar.max = p.total; bar.value = p.loaded || 0;
+        $("load-detail").textContent = `weights: ${p.phase} ${fmtBytes(p.loaded || 0)} / ${fmtBytes(p.total)}`;
+      } else {
+        $("load-detail").textContent = `${p.stage}: ${p.phase || ""}`;
+      }
+      break;
+    }
+    case Ev.READY: {
+      const r = /** @type {import("./protocol.js").ReadyEvent} */ (ev);
+      state.timings = { ...state.timings, ...r.timings };
+      for (const s of STAGES.slice(0, 3)) setStage(s, "done");
+      if (!state.runtime) {
+        state.runtime = r.info;
+        state.bootMs = performance.now() - t0;
+        setStatus(`Python ${r.info.python}, numpy ${r.info.numpy}, engine ${r.info.engine} — ready in ${(state.bootMs / 1000).toFixed(1)} s`);
+      }
+      if (r.model) {
+        setStage("weights", "done");
+        state.model = r.model;
+        state.cached = !!r.cached;
+        state.memory = r.memory || null;
+        $("load-progress").hidden = true;
+        $("load-detail").textContent =
+          `${r.model.name || state.selected?.name || "model"} loaded ${r.cached ? "from the offline cache" : "from the network"}` +
+          (r.timings.weights !== undefined ? ` (${r.timings.weights.toFixed(1)} s fetch, ${(r.timings.model || 0).toFixed(1)} s load)` : "");
+        $("prompt").placeholder = "Ask something…";
+        setBusy(false);
+        $("prompt").focus();
+      }
+      break;
+    }
+    case Ev.TOKEN: {
+      const t = /** @type {import("./protocol.js").TokenEvent} */ (ev);
+      if (t.id !== currentId || !streamingEl) break;
+      streamed += t.text;
+      streamingEl.textContent = streamed;
+      $("speed").textContent = `${t.n} tokens · ${t.tok_s.toFixed(1)} tok/s`;
+      $("log").scrollTop = $("log").scrollHeight;
+      break;
+    }
+    case Ev.DONE: {
+      const d = /** @type {import("./protocol.js").DoneEvent} */ (ev);
+      if (d.id !== currentId) break;
+      streamed += d.text || "";
+      if (streamingEl) { streamingEl.textContent = streamed; streamingEl.classList.remove("streaming"); }
+      state.history.push({ role: "assistant", content: streamed });
+      state.lastDone = { ...d, full_text: streamed };
+      if (d.memory) state.memory = d.memory;
+      if (d.reason !== "abort") {
+        $("speed").textContent = `${d.n_generated} tokens · prefill ${d.prefill_tok_s.toFixed(1)} tok/s · decode ${d.decode_tok_s.toFixed(1)} tok/s · ${d.reason}`;
+      } else {
+        $("speed").textContent = `stopped after ${d.n_generated} tokens`;
+      }
+      streamingEl = null;
+      setBusy(false);
+      break;
+    }
+    case Ev.ERROR: {
+      const e = /** @type {import("./protocol.js").ErrorEvent} */ (ev);
+      state.lastError = e.message;
+      if (e.stage) setStage(e.stage, "failed");
+      if (streamingEl) { streamingEl.classList.remove("streaming"); streamingEl = null; state.history.pop(); }
+      addMessage("error", `Error${e.stage ? ` (${e.stage})` : ""}: ${e.message}`);
+      $("load-progress").hidden = true;
+      setBusy(false);
+      break;
+    }
+  }
+});
+worker.addEventListener("error", (e) => {
+  state.lastError = e.message || "the worker failed to start";
+  addMessage("error", `Worker error: ${state.lastError}`);
+});
+
+// ---- user actions -----------------------------------------------------------------------------
+
+function settings() {
+  /** @type {Object<string, number|null>} */
+  const out = {};
+  for (const key of ["temperature", "top_k", "top_p", "max_tokens", "seed"]) {
+    const raw = $(key).value.trim();
+    out[key] = raw === "" ? null : Number(raw);
+  }
+  return out;
+}
+
+$("load-btn").addEventListener("click", () => {
+  if (!state.selected) return;
+  state.model = null;
+  setBusy(false);
+  setStage("weights", "active");
+  send({ type: Req.LOAD, model: { url: state.selected.url, sha256: state.selected.sha256, size: state.selected.size, name: state.selected.name } });
+});
+
+$("model-select").addEventListener("change", () => {
+  state.selected = state.models[Number($("model-select").value)] || null;
+  showLicence(state.selected);
+  setBusy(false);
+});
+
+$("chat-form").addEventListener("submit", (/** @type {Event} */ e) => {
+  e.preventDefault();
+  const text = $("prompt").value.trim();
+  if (!text || !state.model || state.generating) return;
+  $("prompt").value = "";
+  addMessage("user", text);
+  state.history.push({ role: "user", content: text });
+  streamed = "";
+  streamingEl = addMessage("assistant streaming", "");
+  currentId = state.nextId++;
+  setBusy(true);
+  send({ type: Req.GENERATE, id: currentId, messages: state.history.slice(), params: settings() });
+});
+
+$("prompt").addEventListener("keydown", (/** @type {KeyboardEvent} */ e) => {
+  if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("chat-form").requestSubmit(); }
+});
+
+$("stop-btn").addEventListener("click", () => send({ type: Req.ABORT, id: currentId }));
+
+$("clear-btn").addEventListener("click", () => {
+  if (state.generating) send({ type: Req.ABORT, id: currentId });
+  state.history = [];
+  $("log").textContent = "";
+  $("speed").textContent = "";
+});
+
+// ---- start ------------------------------------------------------------------------------------
+
+async function loadModelList() {
+  const sel = $("model-select");
+  try {
+    const r = await fetch("/models");
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    state.models = (await r.json()).filter((/** @type {any} */ m) => !m.error);
+  } catch (e) {
+    sel.textContent = "";
+    sel.append(new Option(`model list unavailable (${e})`));
+    return;
+  }
+  sel.textContent = "";
+  if (!state.models.length) { sel.append(new Option("no models in the models folder")); return; }
+  state.models.forEach((m, i) => {
+    const label = `${m.name} · ${m.architecture || "?"} · ${m.quantization || "?"} · ${fmtBytes(m.size)}`;
+    sel.append(new Option(label, String(i)));
+  });
+  sel.disabled = false;
+  state.selected = state.models[0];
+  showLicence(state.selected);
+  setBusy(false);
+}
+
+if ("serviceWorker" in navigator && window.isSecureContext) {
+  navigator.serviceWorker.register("/sw.js", { scope: "/" }).catch((e) => console.warn("service worker:", e));
+}
+setStage("runtime", "active");
+send({ type: Req.LOAD });          // boot Python + numpy + engine while the user picks a model
+loadModelList();
+
+/** For tests and the console: read-only view of the page state and the worker. */
+Object.defineProperty(window, "moteApp", { value: Object.freeze({ state, worker, send }) });

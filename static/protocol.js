@@ -1,0 +1,77 @@
+// @ts-check
+/**
+ * The page <-> worker protocol: every message has a `type`. Imported by static/main.js and
+ * static/worker.js (and by the embed script later), so both sides use the same names.
+ *
+ * Requests (page -> worker):  load, generate, abort
+ * Events   (worker -> page):  progress, ready, token, done, error
+ *
+ * A session:   load{model?} -> progress* (runtime, numpy, engine, weights) -> ready
+ *              generate{id} -> token* -> done{id, reason}      (abort{id} -> done{reason: "abort"})
+ * `load` without a model boots the runtime only (ready.info has versions, no model).
+ */
+
+export const PROTOCOL_VERSION = 1;
+
+/** Request types. */
+export const Req = Object.freeze({ LOAD: "load", GENERATE: "generate", ABORT: "abort" });
+
+/** Event types. */
+export const Ev = Object.freeze({
+  PROGRESS: "progress", READY: "ready", TOKEN: "token", DONE: "done", ERROR: "error",
+});
+
+/** Load stages, in order; `progress.stage` is one of these. */
+export const STAGES = Object.freeze(["runtime", "numpy", "engine", "weights"]);
+
+/**
+ * @typedef {Object} ModelRef           one entry of GET /models (only these fields are needed)
+ * @property {string} url               where to fetch the GGUF (same origin or CORS-enabled)
+ * @property {string} sha256            hex sha256 of the whole file: cache key and integrity check
+ * @property {number} size              bytes
+ * @property {string} [name]
+ *
+ * @typedef {Object} SamplingSettings
+ * @property {number} [temperature]     <= 0: greedy
+ * @property {number} [top_k]
+ * @property {number} [top_p]
+ * @property {number} [max_tokens]
+ * @property {number|null} [seed]
+ *
+ * @typedef {{role: "system"|"user"|"assistant", content: string}} ChatMessage
+ *
+ * @typedef {{type: "load", model?: ModelRef, n_ctx?: number}} LoadRequest
+ * @typedef {{type: "generate", id: number, messages?: ChatMessage[], prompt?: string,
+ *            params?: SamplingSettings}} GenerateRequest
+ * @typedef {{type: "abort", id?: number}} AbortRequest
+ * @typedef {LoadRequest | GenerateRequest | AbortRequest} Request
+ *
+ * @typedef {{type: "progress", stage: "runtime"|"numpy"|"engine"|"weights", phase?: string,
+ *            loaded?: number, total?: number, seconds?: number}} ProgressEvent
+ *   phase for weights: "cache" (reading the Cache API), "download", "verify", "store", "parse"
+ * @typedef {{wasm_bytes: number|null, js_heap_bytes: number|null}} MemoryStats
+ * @typedef {{type: "ready", info: Object, model?: Object, timings: Object<string, number>,
+ *            cached?: boolean, memory?: MemoryStats}} ReadyEvent
+ * @typedef {{type: "token", id: number, text: string, token_id: number, n: number,
+ *            tok_s: number}} TokenEvent
+ * @typedef {{type: "done", id: number, reason: string, text: string, n_prompt: number,
+ *            n_generated: number, prefill_tok_s: number, decode_tok_s: number,
+ *            token_ids: number[], memory?: MemoryStats}} DoneEvent
+ * @typedef {{type: "error", id?: number, stage?: string, message: string}} ErrorEvent
+ * @typedef {ProgressEvent | ReadyEvent | TokenEvent | DoneEvent | ErrorEvent} WorkerEvent
+ */
+
+/**
+ * Check the shape of a message before acting on it (both directions).
+ * @param {unknown} msg
+ * @param {readonly string[]} allowed  types accepted here
+ * @returns {msg is {type: string}}
+ */
+export function isMessage(msg, allowed) {
+  return typeof msg === "object" && msg !== null && typeof (/** @type {any} */ (msg).type) === "string"
+    && allowed.includes(/** @type {any} */ (msg).type);
+}
+
+/** Cache API names used by the worker (models) and the service worker (app shell + runtime). */
+export const MODEL_CACHE = "mote-models-v1";
+export const SHELL_CACHE_PREFIX = "mote-shell-";

@@ -1,0 +1,271 @@
+// @ts-check
+/**
+ * Web Worker hosting Pyodide and the engine (module worker: new Worker(url, {type: "module"})).
+ *
+ *   load     -> runtime (pyodide.mjs) -> numpy (loadPackage, checked by pyodide-lock.json's sha256)
+ *            -> engine (our wheels, each checked against build-manifest.json's sha256, then unpacked)
+ *            -> weights (Cache API hit, verified; or download with progress, verify, store) -> ready
+ *   generate -> engine.bridge.start_generation(); one step() per token, yielding to the event loop
+ *               between steps so an `abort` message is handled within one token
+ *   abort    -> the loop stops after the current token; the model stays loaded
+ *
+ * Model cache rules (shared/research/security.md §2, F1-F8): only a complete download whose length
+ * and sha256 match GET /models is stored; a cached copy is verified again on every read, and a bad
+ * one is deleted and downloaded again. The cache key is the sha256, so a new file is a new key.
+ * Everything is resolved against this script's own URL, so it also works as an imported module of
+ * a worker created by a page on another origin (the server must then send CORS headers).
+ */
+import { Req, Ev, isMessage, MODEL_CACHE } from "./protocol.js";
+
+const BASE = new URL(".", import.meta.url);            // .../static/
+/** @type {any} */ let pyodide = null;                  // the Pyodide instance, once booted
+/** @type {any} */ let bridge = null;                   // the engine.bridge module (PyProxy)
+/** @type {Promise<any>|null} */ let booting = null;
+/** @type {string|null} */ let loadedSha = null;        // sha256 of the model in memory
+let abortRequested = false;
+let generating = false;
+/** @type {Object<string, number>} */ const timings = {};
+
+/** @param {import("./protocol.js").WorkerEvent} ev @param {Transferable[]} [transfer] */
+function post(ev, transfer) { self.postMessage(ev, transfer || []); }
+
+/** @param {string} stage @param {Object} [extra] */
+function progress(stage, extra) {
+  post(/** @type {any} */ ({ type: Ev.PROGRESS, stage, ...(extra || {}) }));
+}
+
+/** WASM linear memory (grows, never shrinks: its size is the peak) and, in Chromium, the JS heap. */
+function memory() {
+  const perf = /** @type {any} */ (performance);
+  return { wasm_bytes: pyodide?._module?.HEAP8?.buffer?.byteLength ?? null,
+           js_heap_bytes: perf.memory ? perf.memory.usedJSHeapSize : null };
+}
+
+/** Let queued messages (abort) run: a macrotask turn of the worker's event loop. */
+const yieldToEventLoop = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+/** @param {BufferSource} data @returns {Promise<string>} hex sha256 */
+async function sha256Hex(data) {
+  const digest = await crypto.subtle.digest("SHA-256", data);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// ---- boot: runtime, numpy, engine ---------------------------------------------------------------
+
+async function fetchManifest() {
+  const r = await fetch(new URL("build-manifest.json", BASE));
+  if (!r.ok) throw new Error(`build-manifest.json: HTTP ${r.status} (run python build_wasm.py to build the browser assets)`);
+  return r.json();
+}
+
+async function boot() {
+  const t0 = performance.now();
+  const manifest = await fetchManifest();
+  const runtimeBase = new URL(manifest.runtime.base_url, BASE).href;
+
+  progress("runtime", { phase: "start" });
+  const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
+  const py = await loadPyodide({ indexURL: runtimeBase });
+  timings.runtime = (performance.now() - t0) / 1000;
+  progress("runtime", { phase: "done", seconds: timings.runtime });
+
+  progress("numpy", { phase: "start" });
+  const t1 = performance.now();
+  await py.loadPackage(manifest.packages, { checkIntegrity: true, messageCallback: () => {} });
+  timings.numpy = (performance.now() - t1) / 1000;
+  progress("numpy", { phase: "done", seconds: timings.numpy });
+
+  progress("engine", { phase: "start" });
+  const t2 = performance.now();
+  for (const whl of manifest.wheels) {
+    const r = await fetch(new URL(whl.file, BASE));
+    if (!r.ok) throw new Error(`${whl.file}: HTTP ${r.status}`);
+    const bytes = new Uint8Array(await r.arrayBuffer());
+    const got = await sha256Hex(bytes);
+    if (got !== whl.sha256) throw new Error(`${whl.file}: sha256 ${got} does not match build-manifest.json (${whl.sha256})`);
+    py.unpackArchive(bytes, "wheel");
+  }
+  py.runPython("import importlib; importlib.invalidate_caches()");
+  const mod = py.pyimport("engine.bridge");
+  const info = mod.runtime_info();
+  timings.engine = (performance.now() - t2) / 1000;
+  progress("engine", { phase: "done", seconds: timings.engine });
+  pyodide = py;
+  bridge = mod;
+  return info;
+}
+
+// ---- weights: Cache API first, else download with progress --------------------------------------
+
+/** @param {string} sha */
+const cacheKey = (sha) => new URL(`/__mote_models__/${sha}`, self.location.origin).href;
+
+/**
+ * A verified copy from the Cache API, or null (absent, unreadable, or bad -> deleted).
+ * @param {import("./protocol.js").ModelRef} model
+ */
+async function readCached(model) {
+  if (typeof caches === "undefined") return null;
+  let cache;
+  try { cache = await caches.open(MODEL_CACHE); } catch { return null; }
+  const hit = await cache.match(cacheKey(model.sha256));
+  if (!hit) return null;
+  progress("weights", { phase: "cache", loaded: 0, total: model.size });
+  const bytes = new Uint8Array(await hit.arrayBuffer());
+  progress("weights", { phase: "verify", loaded: bytes.length, total: model.size });
+  if (bytes.length === model.size && (await sha256Hex(bytes)) === model.sha256) return bytes;
+  await cache.delete(cacheKey(model.sha256));   // truncated or corrupted: drop it and download again
+  progress("weights", { phase: "cache-corrupt", loaded: 0, total: model.size });
+  return null;
+}
+
+/** @param {import("./protocol.js").ModelRef} model */
+async function download(model) {
+  const url = new URL(model.url, self.location.href);
+  const r = await fetch(url, { cache: "no-store" });   // the Cache API below is the one copy we keep
+  if (r.status !== 200) throw new Error(`${model.url}: HTTP ${r.status} ${r.statusText}`.trim());
+  const declared = Number(r.headers.get("Content-Length"));
+  if (r.headers.get("Content-Length") !== null && declared !== model.size) {
+    throw new Error(`${model.url}: Content-Length ${declared} but /models says ${model.size} bytes`);
+  }
+  if (!r.body) throw new Error(`${model.url}: empty response body`);
+  const bytes = new Uint8Array(model.size);            // (size,) filled chunk by chunk
+  const reader = r.body.getReader();
+  let loaded = 0, lastPost = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (loaded + value.length > model.size) {
+      await reader.cancel();
+      throw new Error(`${model.url}: more than the expected ${model.size} bytes`);
+    }
+    bytes.set(value, loaded);
+    loaded += value.length;
+    const now = performance.now();
+    if (now - lastPost > 100) { progress("weights", { phase: "download", loaded, total: model.size }); lastPost = now; }
+  }
+  progress("weights", { phase: "download", loaded, total: model.size });
+  if (loaded !== model.size) throw new Error(`${model.url}: download truncated at ${loaded} of ${model.size} bytes`);
+  progress("weights", { phase: "verify", loaded, total: model.size });
+  const got = await sha256Hex(bytes);
+  if (got !== model.sha256) throw new Error(`${model.url}: sha256 ${got} does not match the expected ${model.sha256}`);
+  return bytes;
+}
+
+/** Store a verified copy; a full quota only costs the offline copy, not the session. */
+async function store(/** @type {import("./protocol.js").ModelRef} */ model, /** @type {Uint8Array<ArrayBuffer>} */ bytes) {
+  if (typeof caches === "undefined") return false;
+  progress("weights", { phase: "store", loaded: bytes.length, total: model.size });
+  try {
+    const cache = await caches.open(MODEL_CACHE);
+    await cache.put(cacheKey(model.sha256), new Response(bytes, {
+      headers: { "Content-Type": "application/octet-stream", "X-Mote-Sha256": model.sha256,
+                 "X-Mote-Size": String(model.size) },
+    }));
+    return true;
+  } catch (e) {
+    progress("weights", { phase: "store-failed", message: String(e) });
+    return false;
+  }
+}
+
+// ---- requests ------------------------------------------------------------------------------------
+
+/** @param {import("./protocol.js").LoadRequest} msg */
+async function handleLoad(msg) {
+  booting = booting || boot();
+  let runtimeInfo;
+  try {
+    runtimeInfo = await booting;
+  } catch (e) {
+    booting = null;                                  // allow a retry after e.g. a network error
+    throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "runtime" });
+  }
+  const info = runtimeInfo.toJs ? runtimeInfo.toJs({ dict_converter: Object.fromEntries }) : runtimeInfo;
+  if (!msg.model) {
+    post({ type: Ev.READY, info, timings: { ...timings } });
+    return;
+  }
+  const model = msg.model;
+  if (loadedSha === model.sha256) {                 // already in memory
+    post({ type: Ev.READY, info, model: { sha256: model.sha256, reused: true }, timings: { ...timings }, cached: true });
+    return;
+  }
+  const t0 = performance.now();
+  let bytes = null, cached = false;
+  try {
+    bytes = await readCached(model);
+    cached = bytes !== null;
+    if (!bytes) {
+      bytes = await download(model);
+      await store(model, bytes);
+    }
+  } catch (e) {
+    throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "weights" });
+  }
+  timings.weights = (performance.now() - t0) / 1000;
+  progress("weights", { phase: "parse", loaded: model.size, total: model.size });
+  const t1 = performance.now();
+  loadedSha = null;
+  const modelInfo = bridge.load_model(bytes, msg.n_ctx ?? undefined);
+  bytes = null;                                      // the engine holds its own copy in WASM memory
+  timings.model = (performance.now() - t1) / 1000;
+  loadedSha = model.sha256;
+  post({ type: Ev.READY, info, model: modelInfo, cached, timings: { ...timings }, memory: memory() });
+}
+
+/** @param {import("./protocol.js").GenerateRequest} msg */
+async function handleGenerate(msg) {
+  if (!bridge || !loadedSha) throw new Error("no model loaded: send a load request first");
+  if (generating) throw new Error("already generating: send abort first");
+  generating = true;
+  abortRequested = false;
+  const request = pyodide.toPy({ messages: msg.messages ?? null, prompt: msg.prompt ?? null, params: msg.params ?? {} });
+  let gen;
+  try {
+    gen = bridge.start_generation(request);
+  } finally {
+    request.destroy();
+  }
+  const t0 = performance.now();
+  let decodeStart = 0, n = 0;
+  try {
+    for (;;) {
+      if (abortRequested) {
+        post({ type: Ev.DONE, id: msg.id, reason: "abort", text: "", n_prompt: 0, n_generated: n,
+               prefill_tok_s: 0, decode_tok_s: 0, token_ids: [] });
+        break;
+      }
+      const ev = gen.step();
+      if (ev === undefined || ev === null) break;
+      if (ev.type === "prefill") {
+        decodeStart = performance.now();
+      } else if (ev.type === "token") {
+        n = ev.n;
+        const secs = (performance.now() - (decodeStart || t0)) / 1000;
+        post({ type: Ev.TOKEN, id: msg.id, text: ev.text, token_id: ev.token_id, n, tok_s: secs > 0 ? n / secs : 0 });
+      } else if (ev.type === "done") {
+        post({ ...ev, type: Ev.DONE, id: msg.id, memory: memory() });
+        break;
+      }
+      await yieldToEventLoop();                      // abort lands here
+    }
+  } finally {
+    gen.close();
+    gen.destroy();
+    generating = false;
+  }
+}
+
+self.addEventListener("message", async (event) => {
+  const msg = event.data;
+  if (!isMessage(msg, [Req.LOAD, Req.GENERATE, Req.ABORT])) return;
+  if (msg.type === Req.ABORT) { abortRequested = true; return; }
+  try {
+    if (msg.type === Req.LOAD) await handleLoad(/** @type {any} */ (msg));
+    else await handleGenerate(/** @type {any} */ (msg));
+  } catch (e) {
+    const err = /** @type {any} */ (e);
+    post({ type: Ev.ERROR, id: /** @type {any} */ (msg).id, stage: err?.stage, message: String(err?.message || err) });
+  }
+});

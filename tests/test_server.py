@@ -1,0 +1,332 @@
+"""Dev server (web/app.py): /models, HTTP Range, caching headers, traversal, Host check, CORS.
+
+Two clients: Starlette's TestClient for headers and bodies, and raw sockets against a real uvicorn
+server on 127.0.0.1, because httpx normalises `..` and percent-escapes before sending and so cannot
+send the traversal attempts a browser or curl --path-as-is can.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from web.app import Settings, create_app, parse_range, serve, Unsatisfiable  # noqa: E402
+
+SECRET = b"TOP-SECRET-NOT-A-MODEL"
+
+
+def write_model(path: Path, arch: str, file_type: int, licence: str | None, n: int = 3000) -> bytes:
+    """A small valid GGUF written by the gguf package (a reference writer, not ours)."""
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"Test {arch}")
+    w.add_file_type(file_type)
+    if licence:
+        w.add_license(licence)
+    w.add_tensor("token_embd.weight", np.arange(n, dtype=np.float32).reshape(n // 100, 100))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    models = root / "models"
+    models.mkdir()
+    (root / "secret.txt").write_bytes(SECRET)
+    (root / "models_private").mkdir()
+    (root / "models_private" / "hidden.gguf").write_bytes(SECRET)
+    (models / ".hidden.gguf").write_bytes(SECRET)
+    (models / "notes.txt").write_bytes(SECRET)
+    (models / "link.gguf").symlink_to(root / "secret.txt")
+    static = root / "static"
+    static.mkdir()
+    (static / "x.wasm").write_bytes(b"\0asm\1\0\0\0")
+    (static / "sw.js").write_text("// sw")
+    data = {
+        "tiny-gemma.gguf": write_model(models / "tiny-gemma.gguf", "gemma3", 15, "gemma"),
+        "tiny-llama.gguf": write_model(models / "tiny-llama.gguf", "llama", 7, "apache-2.0", n=500),
+    }
+    return {"root": root, "models": models, "static": static, "data": data}
+
+
+@pytest.fixture(scope="module")
+def settings(site):
+    return Settings(models_dir=site["models"], static_dir=site["static"])
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    return TestClient(create_app(settings), base_url="http://127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def server(settings):
+    """A real uvicorn server on a free loopback port, for raw-socket requests."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not srv.started:
+        if time.time() > deadline:
+            raise RuntimeError("uvicorn did not start within 10 s")
+        time.sleep(0.02)
+    yield port
+    srv.should_exit = True
+    thread.join(5)
+
+
+def raw(port: int, target: bytes, host: bytes | None = None, method: bytes = b"GET") -> tuple[int, bytes, bytes]:
+    """Send one request line exactly as given; return (status, header block, body)."""
+    host = host if host is not None else f"127.0.0.1:{port}".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(method + b" " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    response = b"".join(chunks)
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head, body
+
+
+# ---- /models -----------------------------------------------------------------------------------
+
+def test_models_list_reads_headers_and_hashes(client, site):
+    r = client.get("/models")
+    assert r.status_code == 200
+    listing = {m["file"]: m for m in r.json()}
+    assert set(listing) == {"tiny-gemma.gguf", "tiny-llama.gguf"}  # no dotfile, .txt, symlink
+    for name, data in site["data"].items():
+        m = listing[name]
+        assert set(m) >= {"name", "file", "url", "size", "sha256", "architecture", "quantization", "licence"}
+        assert m["size"] == len(data)
+        assert m["sha256"] == hashlib.sha256(data).hexdigest()
+        assert m["url"] == f"/models/{name}"
+    g, ll = listing["tiny-gemma.gguf"], listing["tiny-llama.gguf"]
+    assert (g["architecture"], ll["architecture"]) == ("gemma3", "llama")
+    assert g["name"] == "Test gemma3"
+    # quantization names agree with the gguf package's LlamaFileType enum
+    assert g["quantization"] == gguf.LlamaFileType(15).name.removeprefix("MOSTLY_")
+    assert ll["quantization"] == gguf.LlamaFileType(7).name.removeprefix("MOSTLY_")
+    assert g["licence"]["url"] == "https://ai.google.dev/gemma/terms"
+    assert "Gemma Terms of Use" in g["licence"]["notice"]
+    assert ll["licence"]["id"] == "apache-2.0" and ll["licence"]["notice"] is None
+
+
+def test_sha256_is_computed_once_per_file_version(settings, site, monkeypatch):
+    import web.app as app_mod
+
+    calls = []
+    real = app_mod._sha256
+    monkeypatch.setattr(app_mod, "_sha256", lambda p: calls.append(p) or real(p))
+    c = TestClient(create_app(settings), base_url="http://127.0.0.1")
+    for _ in range(3):
+        c.get("/models")
+        c.get("/models/tiny-llama.gguf", headers={"Range": "bytes=0-0"})
+    assert len(calls) == 2  # one per file, not per request
+
+
+# ---- GET /models/{file} ------------------------------------------------------------------------
+
+def test_full_download_headers(client, site):
+    data = site["data"]["tiny-gemma.gguf"]
+    r = client.get("/models/tiny-gemma.gguf")
+    assert r.status_code == 200
+    assert r.content == data
+    h = r.headers
+    assert h["accept-ranges"] == "bytes"
+    assert h["content-type"] == "application/octet-stream"
+    assert h["content-length"] == str(len(data))
+    assert h["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'  # strong, content-derived
+    assert "last-modified" in h and "cache-control" in h
+    assert "content-encoding" not in h
+    assert h["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("spec, span", [
+    ("bytes=0-9", (0, 9)),
+    ("bytes=10-19", (10, 19)),
+    ("bytes=-16", (-16, -1)),                     # suffix
+    ("bytes=100-", (100, -1)),                    # open-ended
+    ("bytes=0-99999999999999999999", (0, -1)),    # end past EOF is clamped
+    ("bytes=-99999999", (0, -1)),                 # suffix longer than the file
+    ("BYTES=5-5", (5, 5)),                        # unit is case-insensitive
+])
+def test_single_range(client, site, spec, span):
+    data = site["data"]["tiny-gemma.gguf"]
+    size = len(data)
+    start, end = (s % size for s in span)
+    r = client.get("/models/tiny-gemma.gguf", headers={"Range": spec})
+    assert r.status_code == 206
+    assert r.headers["content-range"] == f"bytes {start}-{end}/{size}"
+    assert r.headers["content-length"] == str(end - start + 1)
+    assert r.content == data[start:end + 1]
+
+
+@pytest.mark.parametrize("spec", ["bytes=SIZE-", "bytes=5-4", "bytes=-0", "bytes=abc", "bytes=1-2-3",
+                                  "bytes= ", "bytes=SIZE-SIZE"])
+def test_unsatisfiable_range_is_416(client, site, spec):
+    size = len(site["data"]["tiny-gemma.gguf"])
+    r = client.get("/models/tiny-gemma.gguf", headers={"Range": spec.replace("SIZE", str(size))})
+    assert r.status_code == 416
+    assert r.headers["content-range"] == f"bytes */{size}"
+    assert r.content == b""
+
+
+@pytest.mark.parametrize("spec", ["bytes=0-1,5-6", "bytes=" + ",".join(["0-"] * 5000), "items=0-1", "bytes"])
+def test_multi_range_and_other_units_get_the_whole_file(client, site, spec):
+    data = site["data"]["tiny-gemma.gguf"]
+    t0 = time.perf_counter()
+    r = client.get("/models/tiny-gemma.gguf", headers={"Range": spec})
+    assert time.perf_counter() - t0 < 2.0
+    assert r.status_code == 200 and r.content == data and "content-range" not in r.headers
+
+
+def test_conditional_requests(client, site):
+    etag = client.get("/models/tiny-llama.gguf", headers={"Range": "bytes=0-0"}).headers["etag"]
+    r = client.get("/models/tiny-llama.gguf", headers={"If-None-Match": etag})
+    assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == etag
+    assert client.get("/models/tiny-llama.gguf", headers={"If-None-Match": f'"x", W/{etag}'}).status_code == 304
+    assert client.get("/models/tiny-llama.gguf", headers={"If-None-Match": '"other"'}).status_code == 200
+    # If-Range with a stale ETag: the Range is ignored and the whole file comes back
+    r = client.get("/models/tiny-llama.gguf", headers={"Range": "bytes=0-3", "If-Range": '"stale"'})
+    assert r.status_code == 200 and len(r.content) == len(site["data"]["tiny-llama.gguf"])
+    r = client.get("/models/tiny-llama.gguf", headers={"Range": "bytes=0-3", "If-Range": etag})
+    assert r.status_code == 206 and len(r.content) == 4
+
+
+def test_head(client, site):
+    r = client.head("/models/tiny-llama.gguf", headers={"Range": "bytes=4-7"})
+    assert r.status_code == 206 and r.content == b""
+    assert r.headers["content-length"] == "4"
+    assert r.headers["content-range"] == f"bytes 4-7/{len(site['data']['tiny-llama.gguf'])}"
+
+
+def test_parse_range_edges():
+    assert parse_range(None, 10) is None
+    assert parse_range("bytes=0-0", 10) == (0, 0)
+    assert parse_range("bytes=9-", 10) == (9, 9)
+    assert parse_range("bytes=-1", 10) == (9, 9)
+    for bad in ("bytes=10-", "bytes=0-", "bytes=-1"):
+        with pytest.raises(Unsatisfiable):
+            parse_range(bad, 0)  # nothing is satisfiable in an empty file
+
+
+# ---- traversal (raw requests) --------------------------------------------------------------------
+
+TRAVERSALS = [
+    b"/models/../secret.txt",
+    b"/models/..%2fsecret.txt",
+    b"/models/%2e%2e%2fsecret.txt",
+    b"/models/%2e%2e/secret.txt",
+    b"/models/%252e%252e%252fsecret.txt",
+    b"/models/..%5csecret.txt",
+    b"/models/..\\secret.txt",
+    b"/models/%2fetc%2fpasswd",
+    b"/models//etc/passwd",
+    b"/models/..",
+    b"/models/.",
+    b"/models/",
+    b"/models/.hidden.gguf",
+    b"/models/notes.txt",
+    b"/models/link.gguf",
+    b"/models/../models_private/hidden.gguf",
+    b"/models/tiny-gemma.gguf%00.txt",
+    b"/models/tiny-gemma.gguf%00",
+    b"/static/../secret.txt",
+    b"/static/%2e%2e/secret.txt",
+    b"/static/..%2fsecret.txt",
+    b"/static/../models/notes.txt",
+    b"http://127.0.0.1/../secret.txt",
+]
+
+
+@pytest.mark.parametrize("target", TRAVERSALS)
+def test_no_path_outside_models_dir(server, target):
+    status, _, body = raw(server, target)
+    assert status in (400, 404), (target, status)
+    assert SECRET not in body
+
+
+def test_raw_request_reaches_a_model(server, site):
+    status, head, body = raw(server, b"/models/tiny-llama.gguf")
+    assert status == 200 and body == site["data"]["tiny-llama.gguf"]
+    # proof that raw() sends the path as written: a client that normalised `..` would get the file
+    status, _, body = raw(server, b"/models/../models/tiny-llama.gguf")
+    assert status == 404 and body != site["data"]["tiny-llama.gguf"]
+
+
+def test_symlinked_model_is_not_listed(client):
+    assert "link.gguf" not in {m["file"] for m in client.get("/models").json()}
+    assert client.get("/models/link.gguf").status_code == 404
+
+
+# ---- Host header, CORS, page headers -----------------------------------------------------------
+
+@pytest.mark.parametrize("host, ok", [
+    (b"evil.example", False), (b"evil.example:PORT", False), (b"127.0.0.1.evil.example", False),
+    (b"localhost:PORT", True), (b"127.0.0.1:PORT", True), (b"[::1]:PORT", True), (b"", False),
+])
+def test_host_header_limited_to_loopback(server, host, ok):
+    status, _, _ = raw(server, b"/models", host=host.replace(b"PORT", str(server).encode()))
+    assert status == (200 if ok else 400)
+
+
+def test_cors_closed_by_default(client):
+    r = client.get("/models/tiny-llama.gguf", headers={"Origin": "http://127.0.0.1:9999", "Range": "bytes=0-0"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_cors_for_configured_origin(settings):
+    origin = "http://127.0.0.1:9999"
+    c = TestClient(create_app(Settings(**{**settings.__dict__, "cors_origins": (origin,)})),
+                   base_url="http://127.0.0.1")
+    for path in ("/models/tiny-llama.gguf", "/models", "/static/x.wasm"):
+        r = c.get(path, headers={"Origin": origin, "Range": "bytes=0-0"})
+        assert r.headers["access-control-allow-origin"] == origin, path
+        exposed = {h.strip().lower() for h in r.headers["access-control-expose-headers"].split(",")}
+        assert {"content-length", "content-range", "etag", "accept-ranges"} <= exposed
+    pre = c.options("/models/tiny-llama.gguf", headers={
+        "Origin": origin, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "range"})
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == origin
+    other = c.get("/models", headers={"Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_page_and_security_headers(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    csp = r.headers["content-security-policy"]
+    assert "'wasm-unsafe-eval'" in csp and "'unsafe-eval'" not in csp.replace("'wasm-unsafe-eval'", "")
+    assert "object-src 'none'" in csp
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert "browser assets are not built" in r.text  # this test's static/ has no build-manifest.json
+    sw = client.get("/sw.js")
+    assert sw.status_code == 200 and sw.headers["service-worker-allowed"] == "/"
+    assert client.get("/static/x.wasm").headers["content-type"] == "application/wasm"
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        assert client.get(path).status_code == 404
+
+
+def test_serve_binds_loopback_by_default():
+    import inspect
+
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"

@@ -1,0 +1,350 @@
+"""Dev server: the chat page, static assets and GGUF files with HTTP Range (FastAPI + uvicorn).
+
+    app = create_app(Settings(models_dir=Path("models")))      # tests inject their own Settings
+    serve("127.0.0.1", 8000, "models")                          # what `mote serve` calls
+
+Routes
+    GET /                     the chat page (web/templates/index.html)
+    GET /sw.js                the service worker, served at the root so its scope is the whole app
+    GET /static/...           static/ (page scripts, style, and build_wasm.py's pyodide/ and wheels/)
+    GET /models               JSON list: name, file, url, size, sha256, architecture, quantization, licence
+    GET|HEAD /models/{file}   one .gguf file: single Range -> 206, Accept-Ranges, strong ETag (the sha256),
+                              Last-Modified, If-None-Match -> 304, no compression
+
+Hardening (see shared/research/security.md §3.6):
+  * Host header limited to loopback names (DNS rebinding); bind 127.0.0.1 by default.
+  * Model files are looked up by exact name in a listing of models_dir made with os.scandir: the
+    request path is never joined onto a directory, so `..`, encoded slashes, absolute paths,
+    backslashes and NUL cannot name anything else. Symlinks are skipped unless follow_symlinks.
+  * Range is parsed here, single range only: several ranges -> 200 with the whole file (RFC 9110
+    §14.2 lets a server ignore Range), so no merging of attacker-chosen range lists at all.
+  * CORS is closed unless `cors_origins` names the origins (or '*') that may embed the runtime,
+    wheels and models; Content-Length, Content-Range, Accept-Ranges and ETag are exposed.
+  * CSP, nosniff and no-referrer on every response; no /docs or /openapi.json.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK = 256 * 1024  # bytes per read when streaming a model
+
+# llama.cpp's `general.file_type` (enum llama_ftype) -> the quantization name people use.
+FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
+    10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
+    16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S",
+    22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M",
+    28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0",
+}
+
+# Licences the page must show a notice for. Gemma's terms require passing on this notice.
+LICENCES = {
+    "gemma": {
+        "name": "Gemma Terms of Use",
+        "url": "https://ai.google.dev/gemma/terms",
+        "notice": "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms",
+    },
+}
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.gguf$")  # what we list and serve
+SINGLE_RANGE = re.compile(r"^(\d*)-(\d*)$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    models_dir: Path = Path("models")
+    static_dir: Path = ROOT / "static"
+    templates_dir: Path = Path(__file__).resolve().parent / "templates"
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+    cors_origins: tuple[str, ...] = ()  # e.g. ("http://127.0.0.1:9000",) or ("*",); empty: same origin only
+    follow_symlinks: bool = False  # serve symlinked .gguf files from models_dir (they may point anywhere)
+    model_cache_control: str = "no-cache"  # URLs are not content-addressed: revalidate with the ETag
+    static_cache_control: str = "no-cache"
+    extra_csp_sources: tuple[str, ...] = field(default=())  # e.g. a Pyodide CDN origin
+
+
+# ---------------------------------------------------------------------------------------------
+# Model listing: header facts and sha256, computed once per (path, size, mtime)
+# ---------------------------------------------------------------------------------------------
+class ModelIndex:
+    """The .gguf files directly in models_dir, with facts read from their GGUF headers."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._facts: dict[tuple[str, int, int], dict] = {}
+        self._lock = threading.Lock()
+
+    def files(self) -> dict[str, Path]:
+        """Name -> path for every servable model file (regular files with a plain .gguf name)."""
+        out: dict[str, Path] = {}
+        try:
+            entries = list(os.scandir(self.settings.models_dir))
+        except FileNotFoundError:
+            return out
+        for e in entries:
+            if not MODEL_NAME.match(e.name):
+                continue
+            if e.is_symlink() and not self.settings.follow_symlinks:
+                continue
+            if e.is_file(follow_symlinks=self.settings.follow_symlinks):
+                out[e.name] = Path(e.path)
+        return dict(sorted(out.items()))
+
+    def facts(self, path: Path, st: os.stat_result) -> dict:
+        """sha256 and header facts of one file; cached on (path, size, mtime_ns)."""
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if key not in self._facts:
+                self._facts[key] = {"sha256": _sha256(path), **_header_facts(path)}
+            return self._facts[key]
+
+    def describe(self, name: str, path: Path) -> dict:
+        st = path.stat()
+        facts = dict(self.facts(path, st))  # a copy: the cached dict stays whole
+        return {
+            "name": facts.pop("display_name", None) or path.stem,
+            "file": name,
+            "url": f"/models/{name}",
+            "size": st.st_size,
+            **facts,
+        }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _header_facts(path: Path) -> dict:
+    """architecture, quantization, licence and display name from the GGUF metadata."""
+    from engine.gguf import GGUFError, open_gguf  # engine import kept out of module import time
+
+    try:
+        meta = open_gguf(path).metadata
+    except (GGUFError, OSError) as e:
+        return {"architecture": None, "quantization": None, "licence": None, "error": str(e)}
+    arch = meta.get("general.architecture")
+    file_type = meta.get("general.file_type")
+    licence_id = meta.get("general.license")
+    if licence_id is None and isinstance(arch, str) and arch.startswith("gemma"):
+        licence_id = "gemma"  # Gemma weights are under the Gemma terms whether or not the file says so
+    licence = None
+    if licence_id is not None:
+        licence = {"id": str(licence_id), "name": str(licence_id), "url": meta.get("general.license.link"),
+                   "notice": None}
+        licence.update({k: v for k, v in LICENCES.get(str(licence_id).lower(), {}).items()})
+    return {
+        "display_name": meta.get("general.name"),
+        "architecture": arch,
+        "quantization": FILE_TYPES.get(file_type, None if file_type is None else f"file_type {file_type}"),
+        "licence": licence,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP Range (RFC 9110 §14), single range only
+# ---------------------------------------------------------------------------------------------
+class Unsatisfiable(Exception):
+    pass
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end inclusive) for a single byte range, or None to send the whole file.
+
+    >>> parse_range("bytes=0-99", 1000), parse_range("bytes=-100", 1000), parse_range("bytes=900-", 1000)
+    ((0, 99), (900, 999), (900, 999))
+
+    None for: no header, a unit other than bytes (ignored, RFC 9110 §14.2), several ranges (we
+    choose to ignore those and send 200). Raises Unsatisfiable (-> 416) for a bytes range that is
+    malformed, reversed (5-4), starts at or past the end, or is an empty suffix (-0).
+    """
+    if header is None:
+        return None
+    unit, sep, spec = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    if "," in spec:
+        return None
+    m = SINGLE_RANGE.match(spec.strip())
+    if m is None or (m[1] == "" and m[2] == "") or len(spec) > 64:
+        raise Unsatisfiable(f"malformed range {spec!r}")
+    if m[1] == "":  # suffix: the last N bytes
+        n = int(m[2])
+        if n == 0 or size == 0:
+            raise Unsatisfiable("empty suffix range")
+        return max(size - n, 0), size - 1
+    start = int(m[1])
+    end = int(m[2]) if m[2] else size - 1
+    if end < start or start >= size:
+        raise Unsatisfiable(f"range {start}-{end} outside 0-{size - 1}")
+    return start, min(end, size - 1)
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    """If-None-Match: weak comparison over a list of entity tags, or '*'."""
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
+
+
+def _read_span(path: Path, start: int, length: int) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        f.seek(start)
+        while length > 0:
+            chunk = f.read(min(CHUNK, length))
+            if not chunk:  # the file shrank under us: stop rather than pad
+                return
+            length -= len(chunk)
+            yield chunk
+
+
+# ---------------------------------------------------------------------------------------------
+def _csp(settings: Settings) -> str:
+    extra = " ".join(settings.extra_csp_sources)
+    return (
+        f"default-src 'self'; script-src 'self' 'wasm-unsafe-eval' {extra}; worker-src 'self'; "
+        f"connect-src 'self' {extra}; img-src 'self' data:; style-src 'self'; object-src 'none'; "
+        "base-uri 'none'; frame-ancestors 'self'"
+    ).replace("  ", " ")
+
+
+def _cdn_origin(static_dir: Path) -> tuple[str, ...]:
+    """The Pyodide CDN origin when build_wasm.py was run with --pyodide-cdn, for the CSP."""
+    try:
+        base = json.loads((static_dir / "build-manifest.json").read_text())["runtime"]["base_url"]
+    except (OSError, ValueError, KeyError):
+        return ()
+    m = re.match(r"^(https?://[^/]+)", base)
+    return (m[1],) if m else ()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(title="Mote", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
+    app.state.settings = settings
+    index = app.state.models = ModelIndex(settings)
+    templates = Jinja2Templates(directory=str(settings.templates_dir))
+    csp = _csp(Settings(**{**settings.__dict__,
+                           "extra_csp_sources": settings.extra_csp_sources + _cdn_origin(settings.static_dir)}))
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", csp)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if request.url.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", settings.static_cache_control)
+        return response
+
+    @app.get("/", include_in_schema=False)
+    async def page(request: Request):
+        manifest_path = settings.static_dir / "build-manifest.json"
+        return templates.TemplateResponse(request, "index.html", {
+            "built": manifest_path.is_file(),
+            "manifest": json.loads(manifest_path.read_text()) if manifest_path.is_file() else None,
+        }, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/sw.js", include_in_schema=False)
+    async def service_worker():
+        return FileResponse(settings.static_dir / "sw.js", media_type="text/javascript",
+                            headers={"Cache-Control": "no-cache", "Service-Worker-Allowed": "/"})
+
+    @app.get("/models")
+    def list_models():  # sync: hashing a new file runs in the thread pool
+        return JSONResponse([index.describe(name, path) for name, path in index.files().items()],
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.api_route("/models/{file}", methods=["GET", "HEAD"])
+    def get_model(file: str, request: Request):
+        path = index.files().get(file)  # exact-name lookup: no path is built from the request
+        if path is None:
+            return JSONResponse({"detail": f"no model named {file!r}"}, status_code=404)
+        st = path.stat()
+        facts = index.facts(path, st)
+        etag = f'"{facts["sha256"]}"'
+        headers = {
+            "Accept-Ranges": "bytes",
+            "ETag": etag,
+            "Last-Modified": email.utils.formatdate(st.st_mtime, usegmt=True),
+            "Cache-Control": settings.model_cache_control,
+        }
+        inm = request.headers.get("if-none-match")
+        if inm is not None and _etag_matches(inm, etag):
+            return Response(status_code=304, headers=headers)
+
+        range_header = request.headers.get("range")
+        if_range = request.headers.get("if-range")
+        if if_range is not None and if_range.strip() != etag:
+            range_header = None  # the client's partial copy is of another version: send it all
+        try:
+            span = parse_range(range_header, st.st_size)
+        except Unsatisfiable:
+            return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{st.st_size}"})
+        if span is None:
+            start, end, status = 0, st.st_size - 1, 200
+        else:
+            (start, end), status = span, 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{st.st_size}"
+        length = end - start + 1
+        headers["Content-Length"] = str(length)
+        if request.method == "HEAD":
+            return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+        return StreamingResponse(_read_span(path, start, length), status_code=status, headers=headers,
+                                 media_type="application/octet-stream")
+
+    app.mount("/static", StaticFiles(directory=settings.static_dir, check_dir=False), name="static")
+
+    # Outermost first: the Host check runs before anything else, then CORS.
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "HEAD"],
+            allow_headers=["Range", "If-None-Match", "If-Range"],
+            expose_headers=["Content-Length", "Content-Range", "Accept-Ranges", "ETag"],
+            allow_credentials=False,
+        )
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, models_dir: str | os.PathLike = "models",
+          *, cors_origins: tuple[str, ...] = (), allowed_hosts: tuple[str, ...] | None = None) -> None:
+    """Run the dev server until interrupted (the `mote serve` entry point).
+
+    The Host check admits the loopback names plus `host` itself when it is a specific address;
+    binding 0.0.0.0 or :: needs `allowed_hosts` spelled out (a warning says so).
+    """
+    import uvicorn
+
+    hosts = allowed_hosts or Settings.allowed_hosts
+    if host not in ("0.0.0.0", "::") and allowed_hosts is None:
+        hosts = tuple(dict.fromkeys(hosts + ((f"[{host}]" if ":" in host else host),)))
+    if host in ("0.0.0.0", "::"):
+        print(f"warning: binding {host} exposes the server to your network; only Host headers "
+              f"{', '.join(hosts)} are accepted")
+    settings = Settings(models_dir=Path(models_dir), allowed_hosts=hosts, cors_origins=cors_origins)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"Mote: http://{shown}:{port}/  (models from {Path(models_dir).resolve()})", flush=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
+                limit_concurrency=64, timeout_keep_alive=5)
