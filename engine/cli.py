@@ -244,7 +244,14 @@ def cmd_bench(args) -> int:
 def cmd_serve(args) -> int:
     from web.app import serve
 
-    serve(host=args.host, port=args.port, models_dir=args.models)
+    from .pull import default_cache_dir, pull
+
+    models = args.models
+    if models is None:  # the default: Gemma 3 270M (pulled on first use) plus any GGUF in the cache
+        if not args.no_pull:
+            pull("gemma-3-270m")
+        models = default_cache_dir()
+    serve(host=args.host, port=args.port, models_dir=models, cors_origins=tuple(args.cors_origin or ()))
     return 0
 
 
@@ -321,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="the dev server: chat page and model files")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--models", default=None, help="folder of .gguf files to serve (default: the model cache)")
+    p.add_argument("--models", default=None, help="folder of .gguf files to serve (default: the model cache, with Gemma 3 270M)")
+    p.add_argument("--no-pull", action="store_true", help="do not pull the default model first")
+    p.add_argument("--cors-origin", action="append", help="allow pages on this origin to use the runtime and models (repeatable)")
     p.set_defaults(func=cmd_serve)
 
     # Tools that live beside the pipeline (each module adds its own subcommands).
