@@ -103,7 +103,7 @@ def cmd_info(args) -> int:
         "sha256": sha256_file(path),
         "licence": md.get("general.license"),
         "tokenizer": md.get("tokenizer.ggml.model"),
-        "vocab_size": len(md.get("tokenizer.ggml.tokens", [])),
+        "vocab_size": len(md.get("tokenizer.ggml.tokens", [])) or (256 if md.get("tokenizer.ggml.model") == "bytes" else 0),
     }
     text = "\n".join(f"{k:16} {v}" for k, v in data.items())
     _emit(args, data, text)

@@ -269,6 +269,10 @@ _VECTORS = ("attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attenti
 def load_model(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolicy = LoadPolicy()) -> Model:
     """Build a Model from a parsed GGUF file: hyperparameters once, then every weight in its resident form."""
     md = gguf.metadata
+    if md.get("general.architecture") == "atome":  # not a transformer: its own module
+        from . import atome
+
+        return atome.load_from_gguf(gguf, n_ctx)
     vocab = gguf.tensors["token_embd.weight"].shape[0] if "token_embd.weight" in gguf.tensors else None
     cfg = ModelConfig.from_metadata(md, vocab_size=vocab)
     if md.get(f"{cfg.architecture}.mote.activation") == "gelu_erf":  # written by `mote convert` for exact-GELU models

@@ -277,3 +277,30 @@ def test_kv_cache_grows_past_first_allocation(tiny):
     for t in tokens[250:]:
         last = model.forward([t])
     np.testing.assert_allclose(last, reference_forward(tiny, tokens)[-1], atol=1e-4, rtol=0)
+
+
+# ---- through GGUF: `mote convert` -> the engine's loader -> generate ---------------------------
+
+
+@needs_shared
+def test_converted_gguf_matches_c_engine(tmp_path, reference):
+    """The blob converted to GGUF (TQ1_0 trits, F32 scales) and run through the CLI's path."""
+    from engine.cli import main
+    from engine.generate import SamplingParams, generate
+    from engine.gguf import open_gguf
+    from engine.loader import load
+
+    out = tmp_path / "atome.gguf"
+    assert main(["convert", str(BLOB), str(out)]) == 0
+    types = {t.ggml_type for t in open_gguf(out).tensors.values()}
+    assert types == {0, 34}  # F32 vectors and scales, TQ1_0 trits: ternary stays <= 2 bits
+    loaded = load(out)
+    for prompt, case in reference.items():
+        tokens = loaded.tokenizer.encode(prompt)
+        assert tokens == case["prompt_tokens"]
+        loaded.model.reset()
+        np.testing.assert_allclose(loaded.model.forward(tokens), case["last_logits"], atol=1e-3, rtol=0)
+        got = [ev.token_id for ev in generate(loaded.model, loaded.tokenizer, tokens,
+                                              SamplingParams(temperature=0, max_tokens=len(case["greedy_tokens"])))
+               if ev.kind == "token"]
+        assert got == case["greedy_tokens"]
