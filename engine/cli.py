@@ -68,7 +68,7 @@ def _params(args, max_tokens: int):
 def _load(args):
     from .loader import load
 
-    return load(args.model, n_ctx=getattr(args, "ctx", None))
+    return load(args.model, n_ctx=getattr(args, "ctx", None), progress="auto")
 
 
 # ---- commands -----------------------------------------------------------------------------------

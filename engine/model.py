@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -266,8 +266,12 @@ _MATRICES = ("attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_gate"
 _VECTORS = ("attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm")
 
 
-def load_model(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolicy = LoadPolicy()) -> Model:
-    """Build a Model from a parsed GGUF file: hyperparameters once, then every weight in its resident form."""
+def load_model(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolicy = LoadPolicy(),
+               progress: Callable[[int, int], None] | None = None) -> Model:
+    """Build a Model from a parsed GGUF file: hyperparameters once, then every weight in its resident form.
+
+    `progress(done, total)` is called with tensor bytes prepared so far (a bar for big files).
+    """
     md = gguf.metadata
     if md.get("general.architecture") == "atome":  # not a transformer: its own module
         from . import atome
@@ -303,6 +307,8 @@ def load_model(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolicy = Lo
         "ffn_down": (d, cfg.d_ff),
     }
     vec_sizes = {"attn_q_norm": hd, "attn_k_norm": hd}
+    total_bytes = sum(t.nbytes for t in gguf.tensors.values())
+    done_bytes = 0
     dense_left = policy.dense_layers_mb * 2**20  # float32 bytes still allowed for block matrices
     release = getattr(gguf, "release", None)  # drop a tensor's file pages once it has been copied
 
@@ -318,6 +324,9 @@ def load_model(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolicy = Lo
                 b[m] = prepare_linear(gguf.raw(name), t.ggml_type, t.shape, dense=dense)
                 if release is not None and b[m].copied:
                     release(name)
+                done_bytes += t.nbytes
+                if progress is not None:
+                    progress(done_bytes, total_bytes)
                 if f"blk.{i}.{m}.bias" in gguf.tensors:
                     b[m + ".bias"] = vector(f"blk.{i}.{m}.bias", shapes[m][0])
         for v in _VECTORS:
@@ -352,6 +361,8 @@ def load_model(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolicy = Lo
         pe = tensor("position_embd.weight")
         weights["position_embd"] = quants.dequantize(gguf.raw(pe.name), pe.ggml_type, pe.shape)  # (n_pos, d)
         n_ctx = min(n_ctx, pe.shape[0])
+    if progress is not None:
+        progress(total_bytes, total_bytes)
     return Model(cfg, weights, n_ctx)
 
 
