@@ -67,8 +67,12 @@ def _params(args, max_tokens: int):
 
 def _load(args):
     from .loader import load
+    from .model import LoadPolicy
 
-    return load(args.model, n_ctx=getattr(args, "ctx", None), progress="auto")
+    policy = LoadPolicy()
+    if getattr(args, "dense_mb", None) is not None:
+        policy = LoadPolicy(dense_layers_mb=args.dense_mb, dense_head_mb=args.dense_mb)
+    return load(args.model, n_ctx=getattr(args, "ctx", None), policy=policy, progress="auto")
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -267,7 +271,14 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat-last-n", type=int, default=64)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    _add_load(p)
+
+
+def _add_load(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=int, default=None, help="KV cache length (default: min(2048, model's))")
+    p.add_argument("--dense-mb", type=float, default=None,
+                   help="float32 budget (MB) for layer matrices and the LM head: faster, more memory "
+                        "(default: 192 for layers, 64 for the head)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("-p", "--prompt", required=True)
     p.add_argument("--top", type=int, default=20)
-    p.add_argument("--ctx", type=int, default=None)
+    _add_load(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_logits)
 
@@ -321,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--prompt", default=BENCH_PROMPT)
     p.add_argument("-n", "--n-predict", type=int, default=32)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--ctx", type=int, default=None)
+    _add_load(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
