@@ -11,9 +11,13 @@ Needs (not engine dependencies): llama-cpp-python==0.3.36 (pip builds llama.cpp 
                                token_to_piece bytes for a sample of ids.
   tokenizer_golden_bpe.json    a small byte-level BPE vocabulary trained here with Hugging Face
                                `tokenizers` on STRINGS + the TinyStories sample, written as
-                               vocab-only GGUFs with tokenizer.ggml.pre = gpt-2 / llama-bpe / qwen2;
-                               the vocabulary itself, llama.cpp's ids for every string, and
-                               `tokenizers`' own ids as a second opinion.
+                               vocab-only GGUFs with each tokenizer.ggml.pre in BPE_PRE;
+                               the vocabulary itself, llama.cpp's ids for every string, its
+                               end-of-generation ids and pieces, and the strings on which
+                               `tokenizers` (a second opinion) disagrees with llama.cpp.
+
+Each case holds llama.cpp's `ids` (add_special=False, parse_special=False), `ids_special`
+(parse_special=True) and `ids_add_special` (add_special=True: the model's own BOS/EOS policy).
 
 The test (tests/test_tokenizer.py) rebuilds each tokenizer from the same metadata and compares.
 """
@@ -24,6 +28,7 @@ import argparse
 import ctypes
 import json
 import os
+import random
 import sys
 import tempfile
 from pathlib import Path
@@ -36,14 +41,15 @@ sys.path.insert(0, str(ROOT))
 GEMMA_DEFAULT = os.environ.get("MOTE_GEMMA_PATH", "/tmp/gemma/gemma-3-270m-q4_k_m.gguf")
 TINYSTORIES = Path("/work/shared/atome/tinystories_sample.txt")
 BPE_VOCAB_SIZE = 1200
-BPE_PRE = ("gpt-2", "llama-bpe", "qwen2")
+BPE_PRE = ("gpt-2", "llama-bpe", "qwen2", "default", "starcoder")
+HF_PRE = ("gpt-2", "llama-bpe", "qwen2")     # the ones rebuilt in `tokenizers` as a second opinion
 # tokens added to the trained BPE vocabulary: control, user-defined, and one normal token no merge
 # path reaches (only llama-bpe's ignore_merges finds it whole)
 BPE_CONTROL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 BPE_USER = ["<|user|>", "<tag>"]
 BPE_UNREACHABLE = ["Ġunreachableword"]
 
-# Strings nobody has tokenized for us before: whitespace runs, digits, scripts, emoji, byte
+# Strings nobody has tokenized for us before (plus `random_strings()` below): whitespace runs, digits, scripts, emoji, byte
 # fallback, special-token texts (parsed and not), code, and text around the special tokens.
 STRINGS = [
     "", " ", "  ", "   ", "a", "Hello world", "hello world", " Hello", "  two leading spaces",
@@ -72,8 +78,27 @@ STRINGS = [
     "unreachableword unreachableword",
 ]
 
-# ids whose token_to_piece we record for Gemma (every byte/special token plus a stride sample)
-PIECE_STRIDE = 251
+# Seeded random strings over a fixed pool (so regenerating never depends on the Python version):
+# ASCII, every whitespace kind, and code points of each Unicode class the pre-tokenizers look at.
+RANDOM_POOL = (
+    [chr(c) for c in range(32, 127)] * 2 + list("\t\n\r\x0b\x0c\x85\xa0\u2000\u2028\u3000\x1c\x00")
+    + list("éüßÆŁλΩжЯאبकไ日本語中文한글ヲ々") + list("٣४²½Ⅻ") + list("\u0301\u0308\u093f")
+    + list("’“”—…¿¡«»§") + list("€£¥±×÷∑√∞♥★☃") + ["🙂", "🚀", "👍🏽", "\U00020000", "\ue000"]
+    + ["'s", "'LL", "'d", "<start_of_turn>", "<end_of_turn>", "<b>", "</s>", "\n\n", "  ", "\t\t",
+       "<|endoftext|>", "<|user|>", "<tag>", "\u2581"]
+)
+N_RANDOM, RANDOM_MAX_LEN, RANDOM_SEED = 200, 24, 1234
+
+
+def random_strings() -> list[str]:
+    rng = random.Random(RANDOM_SEED)
+    return ["".join(rng.choice(RANDOM_POOL) for _ in range(rng.randint(1, RANDOM_MAX_LEN)))
+            for _ in range(N_RANDOM)]
+
+
+# ids whose token_to_piece we record for Gemma: every byte and special token but the 6000-odd
+# "<unusedN>", every id the cases produce, and every PIECE_STRIDE-th id
+PIECE_STRIDE = 101
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,14 +137,14 @@ def lc_eog(llm, n_vocab: int) -> list[int]:
     return [i for i in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i)]
 
 
-def tokenize_all(llm) -> dict:
+def tokenize_all(llm) -> list[dict]:
     cases = []
-    for s in STRINGS:
+    for s in STRINGS + random_strings():
         cases.append({
             "text": s,
             "ids": lc_tokenize(llm, s, add_bos=False, special=False),
             "ids_special": lc_tokenize(llm, s, add_bos=False, special=True),
-            "ids_bos": lc_tokenize(llm, s, add_bos=True, special=False),
+            "ids_add_special": lc_tokenize(llm, s, add_bos=True, special=False),  # model policy
         })
     return cases
 
@@ -188,7 +213,9 @@ def gemma_golden(gemma_path: str, tmp: str) -> dict:
     llm = load_vocab(gemma_path)
     out = {"source": f"llama.cpp (llama-cpp-python 0.3.36, vocab_only) on {Path(gemma_path).name}",
            "cases": tokenize_all(llm), "eog_ids": lc_eog(llm, n)}
-    ids = sorted(set(np.nonzero(types != 1)[0].tolist()) | set(range(0, n, PIECE_STRIDE))
+    tokens = md["tokenizer.ggml.tokens"]
+    ids = sorted({i for i in np.nonzero(types != 1)[0].tolist() if "unused" not in tokens[i]}
+                 | set(range(0, n, PIECE_STRIDE))
                  | {i for c in out["cases"] for i in c["ids"] + c["ids_special"]})
     out["pieces"] = {str(i): [lc_piece(llm, i, False).hex(), lc_piece(llm, i, True).hex()]
                      for i in ids}
@@ -242,6 +269,8 @@ def hf_bpe(tokens, merges, pre: str):
         tk.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(pat), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.add_special_tokens(BPE_CONTROL)        # already in the vocabulary: the ids stay ours
+    tk.add_tokens(BPE_USER)
     return tk
 
 
@@ -254,7 +283,8 @@ def bpe_golden(tmp: str) -> dict:
                      + [3] * len(BPE_CONTROL) + [4] * len(BPE_USER), np.int32)
     eot = tokens.index("<|endoftext|>")
     out = {"source": "llama.cpp (llama-cpp-python 0.3.36, vocab_only) on vocab-only GGUFs; "
-                     "hf = tokenizers' encode of the same vocabulary (second opinion)",
+                     "tokenizers_disagrees_on: strings where Hugging Face tokenizers (same "
+                     "vocabulary, parse_special) gives other ids",
            "metadata": {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens,
                         "tokenizer.ggml.token_type": types.tolist(), "tokenizer.ggml.merges": merges,
                         "tokenizer.ggml.bos_token_id": eot, "tokenizer.ggml.eos_token_id": eot},
@@ -270,17 +300,31 @@ def bpe_golden(tmp: str) -> dict:
             "bos_token_id": eot, "eos_token_id": eot})
         llm = load_vocab(path)
         cases = tokenize_all(llm)
-        hf = hf_bpe(tokens, merges, pre)
-        for c in cases:
-            c["hf"] = hf.encode(c["text"], add_special_tokens=False).ids
-        n_diff = sum(c["hf"] != c["ids"] for c in cases)
-        print(f"  {pre}: tokenizers disagrees with llama.cpp on {n_diff} of {len(cases)} strings")
-        out["pre"][pre] = {"cases": cases, "eog_ids": lc_eog(llm, len(tokens)),
-                           "pieces": {str(i): [lc_piece(llm, i, False).hex(),
-                                               lc_piece(llm, i, True).hex()]
-                                      for i in range(len(tokens))}}
+        out["pre"][pre] = {"cases": cases, "eog_ids": lc_eog(llm, len(tokens))}
+        if pre in HF_PRE:
+            # tokenizers always splits out added tokens, so it is compared with ids_special
+            hf = hf_bpe(tokens, merges, pre)
+            differ = [c["text"] for c in cases
+                      if hf.encode(c["text"], add_special_tokens=False).ids != c["ids_special"]]
+            out["pre"][pre]["tokenizers_disagrees_on"] = differ
+            print(f"  {pre}: tokenizers disagrees with llama.cpp on {len(differ)} of {len(cases)}")
+        pieces = {str(i): [lc_piece(llm, i, False).hex(), lc_piece(llm, i, True).hex()]
+                  for i in range(len(tokens))}
+        assert out.setdefault("pieces", pieces) == pieces   # the same for every pre-tokenizer
         del llm
     return out
+
+
+def dump(obj, depth: int = 0) -> str:
+    """JSON with one line per case / piece (small, and diffs line up with strings)."""
+    one = lambda x: json.dumps(x, ensure_ascii=True, separators=(",", ":"))  # noqa: E731
+    pad = " " * (depth + 1)
+    if isinstance(obj, dict) and depth < 3 and any(isinstance(v, (dict, list)) for v in obj.values()):
+        items = [f"{pad}{one(k)}: {dump(v, depth + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
+    if isinstance(obj, list) and obj and isinstance(obj[0], dict):
+        return "[\n" + ",\n".join(pad + one(x) for x in obj) + "\n" + " " * depth + "]"
+    return one(obj)
 
 
 def main() -> None:
@@ -293,10 +337,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         print("1. Gemma vocabulary")
         g = gemma_golden(args.gemma, tmp)
-        (out / "tokenizer_golden_gemma.json").write_text(json.dumps(g, ensure_ascii=True, indent=0))
+        (out / "tokenizer_golden_gemma.json").write_text(dump(g) + "\n")
         print("2. byte-level BPE vocabularies")
         b = bpe_golden(tmp)
-        (out / "tokenizer_golden_bpe.json").write_text(json.dumps(b, ensure_ascii=True, indent=0))
+        (out / "tokenizer_golden_bpe.json").write_text(dump(b) + "\n")
     print("wrote", out / "tokenizer_golden_gemma.json", out / "tokenizer_golden_bpe.json")
 
 
