@@ -213,8 +213,15 @@ def cmd_chat(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.browser:  # headless Chromium (and --native / --compare wllama beside it): web/bench.py
+        from web.bench import run_browser_bench
+
+        return run_browser_bench(args)
     from .generate import SamplingParams, generate
 
+    if len(args.model) != 1:
+        raise CLIError("native bench takes one model (use --browser to compare several)")
+    args.model = args.model[0]
     rss0 = _peak_rss_mb()
     loaded = _load(args)
     tok = loaded.tokenizer
@@ -327,13 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_logits)
 
-    p = sub.add_parser("bench", help="native speed: load seconds, prefill and decode tok/s, peak RSS")
-    p.add_argument("model")
+    p = sub.add_parser("bench", help="speed: natively, or in headless Chromium with --browser")
+    p.add_argument("model", nargs="+", help="model(s); several files compare models or quantizations (--browser)")
     p.add_argument("-p", "--prompt", default=BENCH_PROMPT)
     p.add_argument("-n", "--n-predict", type=int, default=32)
     p.add_argument("--repeat", type=int, default=3)
     _add_load(p)
     p.add_argument("--json", action="store_true")
+    try:
+        from web.bench import add_browser_args
+    except ImportError:  # the engine installed without web/: native bench only
+        p.set_defaults(browser=False)
+    else:
+        add_browser_args(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("serve", help="the dev server: chat page and model files")

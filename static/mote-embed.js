@@ -1,0 +1,506 @@
+// @ts-check
+/**
+ * Mote on any web page, with one script tag (classic script, no bundler, no globals but `Mote`):
+ *
+ *   <script src="https://HOST/static/mote-embed.js" data-model="https://HOST/models/x.gguf"
+ *           data-target="#chat" data-title="Ask me"></script>
+ *
+ * With data-target: renders a chat widget inside a Shadow DOM on that element (load progress,
+ * streaming answer, Stop). Without it: nothing visible, only the API on window.Mote:
+ *
+ *   const mote = await Mote.load("https://HOST/models/x.gguf", { onProgress });
+ *   for await (const piece of mote.generate("Once upon a time", { temperature: 0, max_tokens: 32, signal })) ...
+ *   const stream = await mote.chat.completions.create({ messages, stream: true });   // OpenAI-shaped chunks
+ *   for await (const chunk of stream) chunk.choices[0].delta.content ...
+ *   const completion = await mote.chat.completions.create({ messages });             // chat.completion + usage
+ *
+ * Page -> worker path (see docs/EMBED.md for the host's CSP):
+ *   this script (host page) -> Worker: static/worker.js directly when the host is Mote's own origin,
+ *   else a one-line blob: module worker that imports the absolute worker URL (a page may not start
+ *   a Worker from another origin's URL). worker.js resolves the runtime, wheels and manifest
+ *   against its own URL, so everything comes from the Mote server, which must send CORS headers for
+ *   the host's origin (`mote serve --cors-origin https://host.example`). No COOP/COEP is needed:
+ *   no SharedArrayBuffer; Stop is cooperative (the worker checks between tokens).
+ *
+ * Messages: only a dedicated Worker is used; its messages cannot come from another origin or
+ * window. Each event is shape-checked (protocol.js isMessage) and routed by request id. This
+ * script adds no window "message" listener, so window.postMessage from anyone reaches nothing here.
+ * Text from the model is only ever put into the DOM with textContent.
+ */
+(() => {
+  "use strict";
+
+  const script = /** @type {HTMLScriptElement|null} */ (document.currentScript);
+  /** .../static/ on the Mote server: where this script, worker.js and protocol.js live */
+  const BASE = new URL(".", script && script.src ? script.src : location.href).href;
+
+  /** @type {Promise<typeof import("./protocol.js")>|null} */ let protocolPromise = null;
+  const protocol = () => (protocolPromise = protocolPromise || import(BASE + "protocol.js").catch((e) => {
+    protocolPromise = null;                 // a module import is a CORS request: say what to allow
+    throw new Error(`Mote: cannot load ${BASE}protocol.js (${e && e.message || e}); the Mote server must allow `
+      + `this page's origin: mote serve --cors-origin ${location.origin}`);
+  }));
+
+  // ---- model reference: url + sha256 + size (the worker verifies the download against them) ---
+
+  /**
+   * @param {string|{url: string, sha256?: string, size?: number, name?: string}} model
+   * @param {{sha256?: string, size?: number, name?: string}} opts
+   * @returns {Promise<import("./protocol.js").ModelRef>}
+   */
+  async function resolveModel(model, opts) {
+    const given = typeof model === "string" ? { url: model } : { ...model };
+    const url = new URL(given.url, location.href).href;           // absolute: the worker may be a blob:
+    const name = given.name || opts.name || decodeURIComponent(url.split("/").pop() || "model").replace(/\.gguf$/, "");
+    let sha256 = given.sha256 || opts.sha256, size = given.size ?? opts.size;
+    if (!sha256 || size === undefined) {
+      // The Mote server's strong ETag is the file's sha256, and Content-Length its size (both readable
+      // cross-origin: the server exposes ETag). Other static hosts: pass {sha256, size} (data-sha256/-size).
+      let r;
+      try {
+        r = await fetch(url, { method: "HEAD", cache: "no-store" });
+      } catch (e) {
+        throw new Error(`Mote: cannot reach ${url} (${e}); is the Mote server up, and does it allow this origin `
+          + `(${location.origin}) with --cors-origin?`);
+      }
+      if (!r.ok) throw new Error(`Mote: HEAD ${url}: HTTP ${r.status}`);
+      const etag = (r.headers.get("ETag") || "").replace(/^W\//, "").replace(/"/g, "");
+      sha256 = sha256 || (/^[0-9a-f]{64}$/.test(etag) ? etag : undefined);
+      size = size ?? (r.headers.get("Content-Length") !== null ? Number(r.headers.get("Content-Length")) : undefined);
+      if (!sha256 || size === undefined || !Number.isFinite(size)) {
+        throw new Error(`Mote: ${url} has no sha256 ETag or no Content-Length; pass {sha256, size} `
+          + `(data-sha256 and data-size on the script tag)`);
+      }
+    }
+    if (!/^[0-9a-f]{64}$/.test(String(sha256))) throw new Error(`Mote: sha256 must be 64 hex digits, got ${sha256}`);
+    return { url, sha256: String(sha256), size: Number(size), name };
+  }
+
+  // ---- the worker ------------------------------------------------------------------------------
+
+  /** @returns {{worker: Worker, blobUrl: string|null}} */
+  function startWorker() {
+    const url = new URL("worker.js", BASE);
+    if (url.origin === location.origin) return { worker: new Worker(url, { type: "module", name: "mote" }), blobUrl: null };
+    const source = `import ${JSON.stringify(url.href)};\n`;       // the whole blob: one static import
+    const blobUrl = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
+    return { worker: new Worker(blobUrl, { type: "module", name: "mote" }), blobUrl };
+  }
+
+  const abortError = (/** @type {AbortSignal|undefined} */ signal) =>
+    signal && signal.reason instanceof Error ? signal.reason : new DOMException("generation aborted", "AbortError");
+
+  const FINISH = /** @type {Object<string, string>} */ ({ eos: "stop", stop: "stop", length: "length" });
+
+  let nextModelId = 1;
+
+  /** One loaded model in its own worker. Requests run one at a time, in call order. */
+  class MoteModel {
+    /** @param {any} P protocol.js @param {import("./protocol.js").ModelRef} ref */
+    constructor(P, ref) {
+      this.P = P;
+      this.ref = ref;
+      this.model = ref.name;                 // OpenAI's `model` field
+      /** @type {any} */ this.info = null;   // ready.model (name, architecture, n_ctx, ...)
+      /** @type {any} */ this.runtime = null;
+      /** @type {any} */ this.timings = null;
+      /** @type {any} */ this.memory = null;
+      /** @type {any} */ this.last = null;   // the last done event (token_ids, speeds, memory)
+      this.cached = false;
+      this._id = (nextModelId++) * 1_000_000;
+      /** @type {Map<number, (ev: any) => void>} */ this._routes = new Map();
+      /** @type {((ev: any) => void)|null} */ this._loadRoute = null;
+      this._tail = Promise.resolve();        // request queue
+      const { worker, blobUrl } = startWorker();
+      this.worker = worker;
+      this._blobUrl = blobUrl;
+      this._startError = null;
+      worker.addEventListener("message", (event) => this._route(event.data));
+      worker.addEventListener("error", (e) => {
+        const why = `Mote: the worker failed (${e.message || "could not load " + new URL("worker.js", BASE).href}). `
+          + `Cross-origin use needs the Mote server to allow ${location.origin} (mote serve --cors-origin ${location.origin}) `
+          + `and this page's CSP to allow worker-src blob: and script-src ${new URL(BASE).origin} 'wasm-unsafe-eval'.`;
+        this._fail(why);
+      });
+      this.chat = { completions: { create: (/** @type {any} */ req) => this._createCompletion(req) } };
+    }
+
+    /** @param {any} ev */
+    _route(ev) {
+      if (this._blobUrl) { URL.revokeObjectURL(this._blobUrl); this._blobUrl = null; }
+      if (!this.P.isMessage(ev, Object.values(this.P.Ev))) return;
+      const route = typeof ev.id === "number" ? this._routes.get(ev.id) : undefined;
+      if (route) route(ev);
+      else if (this._loadRoute && (ev.type === "progress" || ev.type === "ready" || ev.type === "error")) this._loadRoute(ev);
+    }
+
+    /** @param {string} message */
+    _fail(message) {
+      this._startError = message;
+      const ev = { type: "error", message };
+      if (this._loadRoute) this._loadRoute(ev);
+      for (const route of this._routes.values()) route(ev);
+    }
+
+    /** @param {((p: any) => void)|undefined} onProgress @param {number|undefined} n_ctx */
+    _load(onProgress, n_ctx) {
+      return new Promise((resolve, reject) => {
+        this._loadRoute = (ev) => {
+          if (ev.type === "progress") { if (onProgress) try { onProgress(ev); } catch (e) { console.error(e); } return; }
+          this._loadRoute = null;
+          if (ev.type === "error") { reject(new Error(ev.stage ? `${ev.stage}: ${ev.message}` : ev.message)); return; }
+          this.info = ev.model; this.runtime = ev.info; this.timings = ev.timings;
+          this.memory = ev.memory || null; this.cached = !!ev.cached;
+          if (ev.model && ev.model.name) this.model = ev.model.name;
+          resolve(this);
+        };
+        this.worker.postMessage({ type: this.P.Req.LOAD, model: this.ref, ...(n_ctx ? { n_ctx } : {}) });
+      });
+    }
+
+    /**
+     * Protocol events of one generate request: token* then done (ends the iteration).
+     * An error event throws; `signal` aborts (throws AbortError); leaving the loop early aborts too.
+     * @param {{prompt?: string, messages?: any[]}} request @param {any} params @param {AbortSignal} [signal]
+     */
+    async *events(request, params, signal) {
+      if (signal && signal.aborted) throw abortError(signal);
+      const prev = this._tail;
+      /** @type {() => void} */ let release = () => {};
+      this._tail = new Promise((r) => { release = r; });
+      await prev;
+      const id = ++this._id;
+      /** @type {any[]} */ const queue = [];
+      /** @type {(() => void)|null} */ let wake = null;
+      let finished = false;
+      /** @type {(v?: any) => void} */ let settle = () => {};
+      const settled = new Promise((r) => { settle = r; });
+      this._routes.set(id, (ev) => {
+        if (ev.type === "done" || ev.type === "error") { finished = true; settle(); }
+        queue.push(ev);
+        if (wake) wake();
+      });
+      const abort = () => this.worker.postMessage({ type: this.P.Req.ABORT, id });
+      let started = false;
+      if (signal) signal.addEventListener("abort", abort);
+      try {
+        if (this._startError) throw new Error(this._startError);
+        if (signal && signal.aborted) throw abortError(signal);   // aborted while queued
+        this.worker.postMessage({ type: this.P.Req.GENERATE, id, ...request, params });
+        started = true;
+        for (;;) {
+          while (!queue.length) await new Promise((r) => { wake = () => { wake = null; r(undefined); }; });
+          const ev = queue.shift();
+          if (ev.type === "error") throw new Error(ev.message);
+          if (ev.type === "done") {
+            this.last = ev;
+            if (ev.memory) this.memory = ev.memory;
+            if (ev.reason === "abort" && signal && signal.aborted) throw abortError(signal);
+          }
+          yield ev;
+          if (ev.type === "done") return;
+        }
+      } finally {
+        if (signal) signal.removeEventListener("abort", abort);
+        if (started && !finished && !this._startError) { abort(); await settled; }   // the worker is free again
+        this._routes.delete(id);
+        release();
+      }
+    }
+
+    /**
+     * Text pieces of a completion: `prompt` is raw text (no chat template), or an array of
+     * {role, content} messages (the model's chat template).
+     * @param {string|any[]} prompt
+     * @param {{temperature?: number, top_k?: number, top_p?: number, max_tokens?: number, seed?: number, signal?: AbortSignal}} [opts]
+     */
+    async *generate(prompt, opts = {}) {
+      const { signal, ...params } = opts;
+      const request = Array.isArray(prompt) ? { messages: checkMessages(prompt) } : { prompt: String(prompt) };
+      for await (const ev of this.events(request, samplingParams(params), signal)) {
+        if (ev.text) yield ev.text;               // token text, then the done event's held-back tail
+      }
+    }
+
+    /** OpenAI-style chat completion: a chat.completion, or (stream: true) async chat.completion.chunk's. */
+    async _createCompletion(/** @type {any} */ req) {
+      if (!req || !Array.isArray(req.messages)) throw new TypeError("chat.completions.create needs {messages: [...]}");
+      if (req.n !== undefined && req.n !== 1) throw new TypeError(`n=${req.n}: only n=1 is supported`);
+      if (req.stop !== undefined && req.stop !== null) throw new TypeError("stop strings are not supported yet (the chat template's own stops apply)");
+      const messages = checkMessages(req.messages);
+      const params = samplingParams({
+        temperature: req.temperature, top_p: req.top_p, top_k: req.top_k, seed: req.seed,
+        max_tokens: req.max_completion_tokens ?? req.max_tokens,
+      });
+      const id = `chatcmpl-${Math.random().toString(36).slice(2)}${Date.now().toString(36)}`;
+      const created = Math.floor(Date.now() / 1000);
+      const model = req.model || this.model;
+      const events = this.events({ messages }, params, req.signal);
+      if (!req.stream) {
+        let content = "", done = null;
+        for await (const ev of events) { content += ev.text || ""; if (ev.type === "done") done = ev; }
+        return {
+          id, object: "chat.completion", created, model,
+          choices: [{ index: 0, message: { role: "assistant", content }, logprobs: null,
+                      finish_reason: FINISH[done.reason] || "stop" }],
+          usage: { prompt_tokens: done.n_prompt, completion_tokens: done.n_generated,
+                   total_tokens: done.n_prompt + done.n_generated },
+        };
+      }
+      const includeUsage = !!(req.stream_options && req.stream_options.include_usage);
+      const chunk = (/** @type {any} */ delta, /** @type {string|null} */ finish) => ({
+        id, object: "chat.completion.chunk", created, model,
+        choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+      });
+      async function* chunks() {
+        yield chunk({ role: "assistant", content: "" }, null);
+        for await (const ev of events) {
+          if (ev.type === "token") { if (ev.text) yield chunk({ content: ev.text }, null); continue; }
+          if (ev.text) yield chunk({ content: ev.text }, null);
+          yield chunk({}, FINISH[ev.reason] || "stop");
+          if (includeUsage) {
+            yield { id, object: "chat.completion.chunk", created, model, choices: [],
+                    usage: { prompt_tokens: ev.n_prompt, completion_tokens: ev.n_generated,
+                             total_tokens: ev.n_prompt + ev.n_generated } };
+          }
+        }
+      }
+      const it = chunks();
+      // like the OpenAI SDK's Stream: async-iterable, and .controller.abort() stops it
+      return Object.assign(it, { controller: { abort: () => it.return(undefined) } });
+    }
+
+    /** Stop the running generation (its iterator ends, or throws AbortError if it had a signal). */
+    abort() { for (const id of this._routes.keys()) this.worker.postMessage({ type: this.P.Req.ABORT, id }); }
+
+    /** End the worker and free its memory; this object can no longer generate. */
+    terminate() { this.worker.terminate(); this._fail("Mote: this model was terminated"); }
+  }
+
+  /** @param {any[]} messages */
+  function checkMessages(messages) {
+    return messages.map((m, i) => {
+      if (!m || !["system", "user", "assistant"].includes(m.role)) throw new TypeError(`messages[${i}].role must be system, user or assistant`);
+      let content = m.content;
+      if (Array.isArray(content)) {             // OpenAI content parts: keep the text ones
+        content = content.filter((p) => p && p.type === "text").map((p) => String(p.text)).join("");
+      }
+      if (typeof content !== "string") throw new TypeError(`messages[${i}].content must be a string`);
+      return { role: m.role, content };
+    });
+  }
+
+  /** @param {Object<string, any>} p only the settings the engine knows; undefined/null dropped */
+  function samplingParams(p) {
+    /** @type {Object<string, number>} */ const out = {};
+    for (const key of ["temperature", "top_k", "top_p", "max_tokens", "seed"]) {
+      if (p[key] === undefined || p[key] === null) continue;
+      const v = Number(p[key]);
+      if (!Number.isFinite(v)) throw new TypeError(`${key} must be a number, got ${p[key]}`);
+      out[key] = v;
+    }
+    for (const key of Object.keys(p)) {
+      if (!(key in out) && p[key] !== undefined && p[key] !== null && !["temperature", "top_k", "top_p", "max_tokens", "seed"].includes(key)) {
+        throw new TypeError(`unknown setting ${key} (known: temperature, top_k, top_p, max_tokens, seed, signal)`);
+      }
+    }
+    return out;
+  }
+
+  // ---- the widget ------------------------------------------------------------------------------
+
+  const CSS = `
+:host { display: block; }
+.mote { all: initial; box-sizing: border-box; display: flex; flex-direction: column; gap: 8px;
+  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2127; background: #fff;
+  border: 1px solid #d5d9e0; border-radius: 10px; padding: 10px; min-height: 220px; max-height: 100%; }
+.mote * { box-sizing: border-box; font: inherit; color: inherit; margin: 0; }
+.title { font-weight: 600; font-size: 15px; }
+.status { font-size: 12px; color: #5b6470; }
+progress { width: 100%; height: 6px; }
+.log { flex: 1; overflow-y: auto; display: flex; flex-direction: column; gap: 6px; min-height: 80px; }
+.msg { padding: 6px 9px; border-radius: 8px; white-space: pre-wrap; overflow-wrap: anywhere; max-width: 92%; }
+.user { align-self: flex-end; background: #e3ecff; }
+.assistant { align-self: flex-start; background: #f2f3f5; }
+.error { align-self: stretch; background: #fde8e8; color: #8a1c1c; }
+form { display: flex; gap: 6px; }
+textarea { flex: 1; resize: none; min-height: 38px; padding: 6px 8px; border: 1px solid #c5cad3; border-radius: 6px; background: #fff; }
+button { padding: 6px 12px; border-radius: 6px; border: 1px solid #3b63c4; background: #3b63c4; color: #fff; cursor: pointer; }
+button.stop { background: #fff; color: #3b63c4; }
+button:disabled { opacity: .45; cursor: default; }
+`;
+
+  /** @type {CSSStyleSheet|null} */ let sheet = null;
+
+  /**
+   * A chat widget on `target` (an element or a selector), in its own shadow root.
+   * @param {Element|string} target
+   * @param {{model: string, title?: string, sha256?: string, size?: number, temperature?: number,
+   *          max_tokens?: number, placeholder?: string}} options
+   */
+  function mount(target, options) {
+    const hostEl = typeof target === "string" ? document.querySelector(target) : target;
+    if (!hostEl) throw new Error(`Mote: data-target ${target} matches no element`);
+    const root = hostEl.attachShadow({ mode: "open" });
+    if ("adoptedStyleSheets" in root) {         // constructed sheets: no inline <style>, no CSP style-src needed
+      sheet = sheet || new CSSStyleSheet();
+      if (!sheet.cssRules.length) sheet.replaceSync(CSS);
+      root.adoptedStyleSheets = [sheet];
+    } else {
+      const style = document.createElement("style");
+      style.textContent = CSS;
+      root.append(style);
+    }
+    const el = (/** @type {string} */ tag, /** @type {string} */ cls, /** @type {string} */ text = "") => {
+      const e = document.createElement(tag);
+      if (cls) e.className = cls;
+      if (text) e.textContent = text;
+      return e;
+    };
+    const box = el("div", "mote");
+    const title = el("div", "title", options.title || "Ask me");
+    const status = el("div", "status", "Loading…");
+    const bar = /** @type {HTMLProgressElement} */ (el("progress", "bar"));
+    const log = el("div", "log");
+    const form = el("form", "");
+    const input = /** @type {HTMLTextAreaElement} */ (el("textarea", "prompt"));
+    input.placeholder = options.placeholder || "Loading the model…";
+    input.disabled = true;
+    input.setAttribute("aria-label", "Message");
+    const send = /** @type {HTMLButtonElement} */ (el("button", "send", "Send"));
+    send.type = "submit"; send.disabled = true;
+    const stop = /** @type {HTMLButtonElement} */ (el("button", "stop", "Stop"));
+    stop.type = "button"; stop.disabled = true;
+    form.append(input, send, stop);
+    box.append(title, status, bar, log, form);
+    root.append(box);
+
+    const widget = {
+      element: hostEl, root,
+      /** @type {"loading"|"ready"|"generating"|"error"} */ state: "loading",
+      /** @type {MoteModel|null} */ mote: null,
+      /** @type {any} */ last: null,         // the last done event
+      /** @type {string|null} */ error: null,
+      /** @type {{role: string, content: string}[]} */ history: [],
+    };
+    const setState = (/** @type {typeof widget.state} */ s) => { widget.state = s; box.dataset.state = s; };
+    setState("loading");
+    const addMsg = (/** @type {string} */ role, /** @type {string} */ text) => {
+      const m = el("div", `msg ${role}`, text);
+      log.append(m);
+      log.scrollTop = log.scrollHeight;
+      return m;
+    };
+    const fail = (/** @type {any} */ e) => {
+      widget.error = String(e && e.message || e);
+      addMsg("error", widget.error);
+      status.textContent = "Error";
+      bar.hidden = true;
+      setState("error");
+    };
+
+    /** @type {AbortController|null} */ let controller = null;
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const text = input.value.trim();
+      if (!text || !widget.mote || widget.state !== "ready") return;
+      input.value = "";
+      addMsg("user", text);
+      widget.history.push({ role: "user", content: text });
+      const answer = addMsg("assistant", "");
+      controller = new AbortController();
+      setState("generating");
+      send.disabled = true; stop.disabled = false;
+      let content = "";
+      try {
+        const stream = await widget.mote.chat.completions.create({
+          messages: widget.history.slice(), stream: true, signal: controller.signal,
+          temperature: options.temperature, max_tokens: options.max_tokens,
+        });
+        for await (const chunk of stream) {
+          const delta = chunk.choices[0] && chunk.choices[0].delta.content;
+          if (delta) { content += delta; answer.textContent = content; log.scrollTop = log.scrollHeight; }
+        }
+        const d = widget.mote.last;
+        status.textContent = `${d.n_generated} tokens · ${d.decode_tok_s.toFixed(1)} tok/s`;
+      } catch (err) {
+        if (/** @type {any} */ (err).name !== "AbortError") { fail(err); return; }
+        status.textContent = `Stopped after ${widget.mote.last ? widget.mote.last.n_generated : 0} tokens`;
+      } finally {
+        controller = null;
+        stop.disabled = true;
+      }
+      widget.history.push({ role: "assistant", content });
+      widget.last = widget.mote.last;
+      send.disabled = false;
+      setState("ready");
+      input.focus();
+    });
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
+    });
+    stop.addEventListener("click", () => { if (controller) controller.abort(); });
+
+    const onProgress = (/** @type {any} */ p) => {
+      if (p.total) { bar.max = p.total; bar.value = p.loaded || 0; }
+      const pct = p.total ? ` ${Math.round(100 * (p.loaded || 0) / p.total)}%` : "";
+      status.textContent = `Loading ${p.stage}${p.phase && p.phase !== "start" ? ` (${p.phase})` : ""}${pct}`;
+    };
+    if (!options.model) { fail(new Error("Mote: the script tag has no data-model")); return widget; }
+    Mote.load(options.model, { onProgress, sha256: options.sha256, size: options.size }).then((mote) => {
+      widget.mote = mote;
+      bar.hidden = true;
+      status.textContent = `${mote.model} ready${mote.cached ? " (offline copy)" : ""}`;
+      input.disabled = false; send.disabled = false;
+      input.placeholder = options.placeholder || "Ask something…";
+      setState("ready");
+    }, fail);
+    return widget;
+  }
+
+  // ---- window.Mote ----------------------------------------------------------------------------
+
+  const Mote = {
+    version: "0.1.0",
+    base: BASE,
+    /**
+     * Start a worker and load a model into it.
+     * @param {string|{url: string, sha256?: string, size?: number, name?: string}} model
+     * @param {{onProgress?: (p: any) => void, sha256?: string, size?: number, name?: string, n_ctx?: number}} [opts]
+     */
+    async load(model, opts = {}) {
+      const [P, ref] = await Promise.all([protocol(), resolveModel(model, opts)]);
+      const m = new MoteModel(P, ref);
+      try {
+        return await m._load(opts.onProgress, opts.n_ctx);
+      } catch (e) {
+        m.worker.terminate();
+        throw e;
+      }
+    },
+    mount,
+    /** @type {any[]} widgets rendered from script tags or mount() (state, last done event, error) */
+    widgets: [],
+  };
+  const mountAndRecord = (/** @type {Element|string} */ t, /** @type {any} */ o) => {
+    const w = mount(t, o);
+    Mote.widgets.push(w);
+    return w;
+  };
+  Mote.mount = mountAndRecord;
+
+  if (!("Mote" in window)) Object.defineProperty(window, "Mote", { value: Object.freeze(Mote), enumerable: true });
+
+  // ---- the script tag --------------------------------------------------------------------------
+  const data = script ? script.dataset : {};
+  if (data.target) {
+    const num = (/** @type {string|undefined} */ s) => (s === undefined || s === "" ? undefined : Number(s));
+    const options = {
+      model: data.model || "", title: data.title, sha256: data.sha256, size: num(data.size),
+      temperature: num(data.temperature), max_tokens: num(data.maxTokens), placeholder: data.placeholder,
+    };
+    const go = () => { Mote.mount(/** @type {string} */ (data.target), options); };
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", go, { once: true });
+    else go();
+  }
+})();

@@ -1,0 +1,108 @@
+"""`mote bench --browser` (web/bench.py) on the tiny model, with fast settings.
+
+* one cold run in headless Chromium plus --native: bench.json, bench.md and bench.png are written,
+  and the correctness column is computed from real token ids (browser vs CPython engine);
+* the column turns red (and the exit status 1) when the reference comes from a perturbed copy of
+  the model file, i.e. when the tokens differ;
+* a missing Chromium is a clear one-line error, exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.browser_util import CHROMIUM, ensure_static_built
+
+pytestmark = pytest.mark.browser
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    pytest.importorskip("gguf")
+    pytest.importorskip("playwright")
+    from tests.tiny_models import write_tiny
+
+    ensure_static_built()
+    d = tmp_path_factory.mktemp("bench-models")
+    return write_tiny(d / "tiny-llama.gguf", "llama", seed=7, ctx=256), write_tiny(d / "other.gguf", "llama", seed=8, ctx=256)
+
+
+def args(model, out, *extra):
+    return [str(model), "-n", "6", "--repeat", "1", "--bench-prompt", PROMPT, "--out", str(out),
+            "--chromium", CHROMIUM, *extra]
+
+
+def test_bench_tiny_three_outputs_and_real_correctness(tiny, tmp_path, capsys):
+    from engine.generate import SamplingParams, generate
+    from engine.loader import load
+    from web.bench import main
+
+    model, _ = tiny
+    assert main(args(model, tmp_path, "--native")) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    md = (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert md == capsys.readouterr().out.split("wrote ")[0].rstrip("\n") + "\n"
+
+    rows = {r["engine"]: r for r in report["rows"]}
+    assert set(rows) == {"mote", "cpython"}
+    mote = rows["mote"]
+    # the CPython engine's greedy tokens, computed here independently of web/bench.py
+    loaded = load(model)
+    want = [ev.token_id for ev in generate(loaded.model, loaded.tokenizer, loaded.tokenizer.encode(PROMPT),
+                                           SamplingParams(temperature=0, max_tokens=6, stop=loaded.template.stop))
+            if ev.kind == "token"]
+    assert len(want) == 6
+    assert mote["runs"][0]["token_ids"] == [want] and mote["greedy_ok"] is True
+    run = mote["runs"][0]
+    for key in ("download_s", "init_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "wasm_mb", "peak_rss_mb"):
+        assert run[key] is not None and run[key] > 0, key
+    assert run["wasm_mb"] < run["peak_rss_mb"]  # the tab holds the worker's WASM memory and more
+    assert rows["cpython"]["greedy_ok"] is True and rows["cpython"]["stats"]["decode_tok_s"]["median"] > 0
+    line = next(ln for ln in md.splitlines() if "| mote |" in ln)
+    assert line.startswith("| tiny-llama | F32 | mote | 1 |") and line.endswith("✅ yes |")
+
+
+def test_bench_correctness_turns_red_when_tokens_differ(tiny, tmp_path, monkeypatch, capsys):
+    import web.bench as bench
+
+    model, other = tiny
+    real = bench.cpython_reference
+    # the reference is computed on a perturbed file (other weights): the browser's tokens differ
+    monkeypatch.setattr(bench, "cpython_reference", lambda path, *a, **k: real(other, *a, **k))
+    assert bench.main(args(model, tmp_path)) == 1
+    report = json.loads((tmp_path / "bench.json").read_text())
+    (row,) = report["rows"]
+    assert row["greedy_ok"] is False and row["runs"][0]["token_ids"] != [r["token_ids"] for r in row["reference"]]
+    assert "❌ NO" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_missing_chromium_is_a_clear_error(tiny, tmp_path, capsys):
+    from web.bench import main
+
+    model, _ = tiny
+    rc = main([str(model), "--repeat", "1", "--out", str(tmp_path), "--chromium", str(tmp_path / "no-chromium")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "Chromium not found" in err and "apt-get install -y chromium" in err
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_add_browser_args_fits_the_cli_bench_parser():
+    """The lead's `mote bench` parser already has -n/--repeat/--ctx/--json: no clash, new flags added."""
+    import argparse
+
+    from web.bench import add_browser_args
+
+    p = argparse.ArgumentParser()
+    p.add_argument("model", nargs="+")
+    p.add_argument("-n", "--n-predict", type=int, default=32)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    add_browser_args(p)
+    a = p.parse_args(["m.gguf", "--browser", "--native", "--compare", "wllama", "-n", "4"])
+    assert (a.browser, a.native, a.compare, a.n_predict, a.repeat) == (True, True, ["wllama"], 4, 3)

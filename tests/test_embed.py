@@ -1,0 +1,277 @@
+"""The embeddable script (static/mote-embed.js) on a page from another origin, in headless Chromium.
+
+Two servers on loopback: the Mote dev server (runtime, wheels, tiny model; CORS open to the host
+origin only) and a host site on another port whose page has its own hostile CSS, its own globals
+and a strict CSP (the one docs/EMBED.md tells hosts to use). Checked:
+
+* the widget renders in a shadow root, loads, answers a prompt, and Stop ends a long answer;
+* the host's styles and scripts are untouched, and the host's CSS cannot reach the widget;
+* the JS API streams the same greedy tokens as the CPython engine (engine.loader + engine.generate);
+* chat.completions.create streams chunks with OpenAI's field names, and its non-stream form
+  returns a chat.completion with usage that agrees with the streamed one;
+* without the server's CORS permission for the host origin, loading fails with a clear error.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.browser_util import chromium, ensure_static_built, serve_in_thread
+
+pytestmark = pytest.mark.browser
+
+PROMPT = "Once upon a time"
+N = 16
+
+HOST_CSS = """
+* { color: rgb(255, 0, 0) !important; }
+button { background: rgb(0, 128, 0); padding: 17px; }
+.mote, .msg, .log, textarea, form, progress { display: none !important; }
+#chat { height: 420px; }
+"""
+HOST_JS = """
+var hostGlobal = 42;
+function hostFunction() { return "host " + hostGlobal; }
+var __keysBefore = Object.keys(window);  // hoisted: itself included
+"""
+
+
+def host_app(state: dict):
+    """The embedding site: a page with hostile CSS, globals, a strict CSP, and the script tag."""
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse, Response
+    from starlette.routing import Route
+
+    def page(request):
+        mote = state["mote"]
+        attrs = state.get("attrs", "")
+        html = f"""<!doctype html><html><head><meta charset="utf-8"><title>Host</title>
+<link rel="stylesheet" href="/host.css"><script src="/host.js"></script></head>
+<body><h1 id="title">Host page</h1><button id="host-btn">Host button</button>
+<div id="chat"></div>
+<script src="{mote}/static/mote-embed.js" data-model="{mote}/models/tiny-llama.gguf" data-target="#chat"
+        data-title="Ask me" {attrs}></script>
+</body></html>"""
+        return HTMLResponse(html, headers={"Content-Security-Policy": state["csp"]})
+
+    def api_page(request):  # no data-target: nothing visible, API only
+        mote = state["mote"]
+        html = f"""<!doctype html><html><head><meta charset="utf-8"><script src="/host.js"></script></head>
+<body><p id="p">API only</p><script src="{mote}/static/mote-embed.js"></script></body></html>"""
+        return HTMLResponse(html, headers={"Content-Security-Policy": state["csp"]})
+
+    return Starlette(routes=[
+        Route("/", page), Route("/api", api_page),
+        Route("/host.css", lambda r: Response(HOST_CSS, media_type="text/css")),
+        Route("/host.js", lambda r: Response(HOST_JS, media_type="text/javascript")),
+    ])
+
+
+def strict_csp(mote_origin: str) -> str:
+    """What docs/EMBED.md tells a host to add for the widget (nothing broader)."""
+    return (f"default-src 'none'; script-src 'self' {mote_origin} 'wasm-unsafe-eval'; "
+            f"worker-src blob: {mote_origin}; connect-src {mote_origin}; style-src 'self'")
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("gguf")
+    from tests.tiny_models import write_tiny
+    from web.app import Settings, create_app
+
+    static = ensure_static_built()
+    models = tmp_path_factory.mktemp("embed-models")
+    path = write_tiny(models / "tiny-llama.gguf", "llama", seed=5, ctx=4096)
+    state: dict = {}
+    with serve_in_thread(host_app(state)) as host_url:
+        settings = Settings(models_dir=models, static_dir=static, cors_origins=(host_url,))
+        with serve_in_thread(create_app(settings)) as mote_url:
+            state.update(mote=mote_url, csp=strict_csp(mote_url))
+            yield {"host": host_url, "mote": mote_url, "path": path, "state": state}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
+
+
+def cpython_greedy(path, prompt: str | None, max_tokens: int, messages=None) -> list[int]:
+    """The CPython engine's greedy tokens for a raw prompt (or a chat through the template)."""
+    from engine.chat import chat_tokens
+    from engine.generate import SamplingParams, generate
+    from engine.loader import load
+
+    loaded = load(path)
+    ids = (chat_tokens(loaded.tokenizer, loaded.template, messages) if messages is not None
+           else loaded.tokenizer.encode(prompt))
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, stop=loaded.template.stop if messages else ())
+    return [ev.token_id for ev in generate(loaded.model, loaded.tokenizer, ids, params) if ev.kind == "token"]
+
+
+def new_page(browser, logs):
+    page = browser.new_page()
+    page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
+    return page
+
+
+def test_widget_cross_origin_isolated_from_host(sites, browser):
+    sites["state"]["attrs"] = 'data-temperature="0" data-max-tokens="12"'
+    logs: list[str] = []
+    page = new_page(browser, logs)
+    page.goto(sites["host"] + "/")
+    before = page.evaluate("""() => ({
+        title: getComputedStyle(document.getElementById('title')).color,
+        btn: [getComputedStyle(document.getElementById('host-btn')).backgroundColor,
+              getComputedStyle(document.getElementById('host-btn')).padding]})""")
+    page.wait_for_function("() => window.Mote && Mote.widgets[0] && Mote.widgets[0].state !== 'loading'",
+                           timeout=120_000)
+    w = page.evaluate("() => ({state: Mote.widgets[0].state, error: Mote.widgets[0].error})")
+    assert w == {"state": "ready", "error": None}, (w, logs)
+
+    # the widget lives in an open shadow root on #chat; the host's light DOM gained nothing
+    assert page.evaluate("() => document.getElementById('chat').shadowRoot !== null")
+    assert page.evaluate("() => document.getElementById('chat').children.length") == 0
+    assert page.locator("#chat .title").inner_text() == "Ask me"
+
+    # answer a prompt through the widget (greedy: the CPython engine's tokens for the same chat)
+    page.locator("#chat textarea").fill("hello")
+    page.locator("#chat button.send").click()
+    page.wait_for_function("() => Mote.widgets[0].last && Mote.widgets[0].state === 'ready'", timeout=60_000)
+    last = page.evaluate("() => Mote.widgets[0].last")
+    assert last["reason"] in ("length", "eos", "stop")
+    want = cpython_greedy(sites["path"], None, 12, messages=[{"role": "user", "content": "hello"}])
+    assert last["token_ids"] == want
+    answer = page.locator("#chat .msg.assistant").last.inner_text()
+    assert len(answer) > 0
+
+    # host CSS cannot reach inside: widget text is not red, hidden-by-host classes still show
+    inner = page.evaluate("""() => {
+        const root = document.getElementById('chat').shadowRoot;
+        const msg = root.querySelector('.msg.assistant'), box = root.querySelector('.mote');
+        return {msg: getComputedStyle(msg).color, msgDisplay: getComputedStyle(msg).display,
+                box: getComputedStyle(box).display, send: getComputedStyle(root.querySelector('button.send')).padding};
+    }""")
+    assert inner["msg"] != "rgb(255, 0, 0)" and inner["msgDisplay"] != "none" and inner["box"] != "none"
+    assert inner["send"] != "17px"
+    # ... and the widget changed nothing outside: host styles, globals and functions as they were
+    after = page.evaluate("""() => ({
+        title: getComputedStyle(document.getElementById('title')).color,
+        btn: [getComputedStyle(document.getElementById('host-btn')).backgroundColor,
+              getComputedStyle(document.getElementById('host-btn')).padding]})""")
+    assert after == before == {"title": "rgb(255, 0, 0)", "btn": ["rgb(0, 128, 0)", "17px"]}
+    assert page.evaluate("() => [hostGlobal, hostFunction()]") == [42, "host 42"]
+    added = page.evaluate("() => Object.keys(window).filter(k => !window.__keysBefore.includes(k))")
+    assert added == ["Mote"]
+    assert page.evaluate("() => document.styleSheets.length") == 1  # only host.css; the widget adopts its own
+
+    # Stop: a long answer is cut short and the widget answers again afterwards
+    page.evaluate("() => Mote.mount(document.body.appendChild(document.createElement('div')), "
+                  "{model: Mote.widgets[0].mote.ref.url, temperature: 0, max_tokens: 3000})")
+    page.wait_for_function("() => Mote.widgets[1].state === 'ready'", timeout=60_000)
+    page.locator("div:not(#chat) > .mote textarea").first.fill("tell me a story")  # the second widget
+    page.evaluate("() => Mote.widgets[1].root.querySelector('form').requestSubmit()")
+    page.wait_for_function("() => (Mote.widgets[1].root.querySelector('.msg.assistant').textContent.length > 20)",
+                           timeout=30_000)
+    page.evaluate("() => Mote.widgets[1].root.querySelector('button.stop').click()")
+    page.wait_for_function("() => Mote.widgets[1].state === 'ready'", timeout=10_000)
+    stopped = page.evaluate("() => Mote.widgets[1].mote.last")
+    assert stopped["reason"] == "abort" and stopped["n_generated"] < 3000
+    assert "Stopped" in page.evaluate("() => Mote.widgets[1].root.querySelector('.status').textContent")
+    assert not [m for m in logs if "Content Security Policy" in m or m.startswith("pageerror")], logs
+    page.close()
+
+
+def test_api_streams_cpython_greedy_tokens(sites, browser):
+    logs: list[str] = []
+    page = new_page(browser, logs)
+    page.goto(sites["host"] + "/api")
+    assert page.evaluate("() => getComputedStyle(document.getElementById('p')).color") == "rgb(0, 0, 0)"
+    got = page.evaluate("""async ([url, prompt, n]) => {
+        const stages = [];
+        const mote = await Mote.load(url, {onProgress: (p) => stages.push(p.stage)});
+        const pieces = [];
+        for await (const piece of mote.generate(prompt, {temperature: 0, max_tokens: n})) pieces.push(piece);
+        // a second run, aborted through an AbortSignal after 3 pieces, ends with an AbortError
+        const ctl = new AbortController();
+        let k = 0, error = null;
+        try {
+          for await (const piece of mote.generate(prompt, {temperature: 0, max_tokens: 4000, signal: ctl.signal})) {
+            if (++k === 3) ctl.abort();
+          }
+        } catch (e) { error = e.name; }
+        const aborted = mote.last;
+        // and the model still answers afterwards, the same tokens
+        let again = "";
+        for await (const piece of mote.generate(prompt, {temperature: 0, max_tokens: n})) again += piece;
+        return {pieces, last: mote.last, stages: [...new Set(stages)], error, abortedN: aborted.n_generated,
+                abortedReason: aborted.reason, again, visible: document.body.children.length};
+    }""", [sites["mote"] + "/models/tiny-llama.gguf", PROMPT, N])
+    assert got["stages"] == ["runtime", "numpy", "engine", "weights"]
+    assert got["last"]["token_ids"] == cpython_greedy(sites["path"], PROMPT, N)
+    assert len(got["pieces"]) >= 1 and "".join(got["pieces"]) == got["again"]
+    assert got["error"] == "AbortError" and got["abortedReason"] == "abort" and got["abortedN"] < 4000
+    assert got["visible"] == 2  # <p> and the script: no widget without data-target
+    assert not [m for m in logs if m.startswith("pageerror")], logs
+    page.close()
+
+
+def test_chat_completions_openai_shapes(sites, browser):
+    page = browser.new_page()
+    page.goto(sites["host"] + "/api")
+    got = page.evaluate("""async (url) => {
+        const mote = await Mote.load(url);
+        const messages = [{role: "system", content: "Be brief."}, {role: "user", content: "hi"}];
+        const stream = await mote.chat.completions.create({messages, stream: true, temperature: 0, max_tokens: 10,
+                                                           stream_options: {include_usage: true}});
+        const chunks = [];
+        for await (const c of stream) chunks.push(c);
+        const full = await mote.chat.completions.create({messages, temperature: 0, max_tokens: 10});
+        return {chunks, full, ids: mote.last.token_ids};
+    }""", sites["mote"] + "/models/tiny-llama.gguf")
+    chunks, full = got["chunks"], got["full"]
+    *body, usage_chunk = chunks
+    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
+    for c in body:
+        assert set(c) == {"id", "object", "created", "model", "choices"}
+        assert c["object"] == "chat.completion.chunk" and isinstance(c["created"], int)
+        (choice,) = c["choices"]
+        assert choice["index"] == 0 and set(choice) == {"index", "delta", "logprobs", "finish_reason"}
+    assert body[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(set(c["choices"][0]["delta"]) == {"content"} for c in body[1:-1])
+    assert body[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
+    assert all(c["choices"][0]["finish_reason"] is None for c in body[:-1])
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 10
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in body)
+
+    assert full["object"] == "chat.completion" and full["id"].startswith("chatcmpl-")
+    assert full["choices"] == [{"index": 0, "message": {"role": "assistant", "content": streamed},
+                                "logprobs": None, "finish_reason": "length"}]
+    u = full["usage"]
+    assert u == usage_chunk["usage"] and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert got["ids"] == cpython_greedy(sites["path"], None, 10, messages=messages)
+    page.close()
+
+
+def test_cross_origin_refused_without_cors(sites, browser):
+    """A Mote server that does not allow the host origin: a clear error naming --cors-origin, no hang."""
+    from web.app import Settings, create_app
+
+    settings = Settings(models_dir=sites["path"].parent, static_dir=ensure_static_built())  # CORS closed
+    state = sites["state"]
+    saved = dict(state)
+    with serve_in_thread(create_app(settings)) as closed_url:
+        state.update(mote=closed_url, csp=strict_csp(closed_url))
+        try:
+            page = browser.new_page()
+            page.goto(sites["host"] + "/api")  # the classic script itself loads (no CORS needed for it)
+            err = page.evaluate("""async (url) => {
+                try { await Mote.load(url); return null; } catch (e) { return String(e.message || e); }
+            }""", closed_url + "/models/tiny-llama.gguf")
+            page.close()
+        finally:
+            state.update(saved)
+    assert err is not None and f"--cors-origin {sites['host']}" in err, err

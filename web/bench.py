@@ -1,0 +1,620 @@
+"""`mote bench --browser`: the engine measured in headless Chromium, beside CPython and wllama.
+
+    mote bench MODEL [MODEL ...] --browser [--native] [--compare wllama] [-n 32] [--repeat 3] [--out bench-out]
+    python -m web.bench MODEL ...  (the same, without the CLI wiring)
+
+For every model (several quantizations are several files) and every engine, `--repeat` runs,
+each in a freshly launched Chromium (cold: no Cache API copy, no warm renderer), with the same
+prompts for every model:
+
+    download_s   fetching the GGUF (Mote: the worker's fetch + sha256; wllama: fetch into a Blob)
+    init_s       runtime boot + model load (Mote: Pyodide, numpy, engine wheels, GGUF parse)
+    ttft_s       request -> first token (prefill included)
+    prefill / decode tok/s   as each engine reports them (Mote's done event, llama.cpp's timings)
+    wasm_mb      Mote: the worker's WASM linear memory (it never shrinks: its size is the peak)
+    js_heap_mb   JS heap of the page and its workers (CDP Runtime.getHeapUsage), after the run
+    peak_rss_mb  the tab's renderer process peak resident memory (Linux /proc VmHWM): both engines
+    greedy_ok    the browser's greedy tokens == the CPython engine's tokens for the same prompt
+                 (engine.loader.load + engine.generate in this process); wllama: llama.cpp's tokens
+
+`--native` adds the CPython engine's own numbers (load, TTFT, tok/s, process peak RSS). Output:
+bench.json (every run), bench.md (median ± half the min-max range), bench.png (decode tok/s and
+peak memory per model and engine). The exit status is 1 when any greedy_ok is false.
+
+wllama: `scripts/setup_wllama.sh` installs npm `@wllama/wllama` into .cache/wllama (git-ignored);
+its ESM and single-thread wasm are served from /wllama/ by the same dev server (no COOP/COEP, so
+single-thread, like Mote).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WLLAMA_DIR = ROOT / ".cache" / "wllama" / "node_modules" / "@wllama" / "wllama"
+WLLAMA_VERSION = "3.13.0"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DEFAULT_PROMPTS = (
+    "Once upon a time, in a small village, there lived an old clockmaker who",
+    "The three most important things to know about the ocean are",
+)
+
+
+class BenchError(Exception):
+    """A user-facing error (missing Chromium, unbuilt assets, ...): one line, exit status 2."""
+
+
+class RunFailed(Exception):
+    """One engine failed on one model (e.g. llama.cpp refuses the file): shown in its table row."""
+
+
+# ---- arguments ---------------------------------------------------------------------------------
+
+def add_browser_args(parser: argparse.ArgumentParser) -> None:
+    """The --browser options, added to an existing `bench` parser (skips names it already has)."""
+    have = set(parser._option_string_actions)  # noqa: SLF001 - argparse has no public lookup
+
+    def add(*names, **kw):
+        if not have.intersection(names):
+            parser.add_argument(*names, **kw)
+
+    add("--browser", action="store_true", help="run in headless Chromium (Playwright) instead of natively")
+    add("--native", action="store_true", help="with --browser: add the CPython engine's numbers")
+    add("--compare", action="append", choices=["wllama"], default=None,
+        help="with --browser: add wllama (llama.cpp in WebAssembly) on the same GGUF")
+    add("--bench-prompt", action="append", default=None,
+        help="prompt for every model (repeatable; default: two fixed prompts)")
+    add("--out", default="bench-out", help="folder for bench.json, bench.md, bench.png (default bench-out)")
+    add("--chromium", default=os.environ.get("MOTE_CHROMIUM", "/usr/bin/chromium"),
+        help="Chromium executable (default /usr/bin/chromium or $MOTE_CHROMIUM)")
+    add("--run-timeout", type=float, default=600.0, help="seconds allowed for one browser run")
+    add("-n", "--n-predict", type=int, default=32, help="tokens to generate per prompt")
+    add("--repeat", type=int, default=3, help="runs per model and engine")
+    add("--ctx", type=int, default=None, help="KV cache length (default: the engine's)")
+    add("--json", action="store_true", help="print the JSON report instead of the table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m web.bench", description=__doc__.split("\n")[0])
+    p.add_argument("model", nargs="+", help=".gguf paths or pulled model names")
+    p.add_argument("-p", "--prompt", default=None, help="one prompt (same as a single --bench-prompt)")
+    add_browser_args(p)
+    return p
+
+
+# ---- references and native numbers ------------------------------------------------------------
+
+def cpython_run(path: Path, prompt: str, max_tokens: int, n_ctx: int | None = None, loaded=None) -> dict:
+    """The CPython engine on `prompt`, greedy, as the browser worker runs it (template stops apply)."""
+    from engine.generate import SamplingParams, generate
+    from engine.loader import load
+
+    t0 = time.perf_counter()
+    loaded = loaded or load(path, n_ctx=n_ctx)
+    load_s = time.perf_counter() - t0
+    ids = loaded.tokenizer.encode(prompt)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, stop=tuple(loaded.template.stop))
+    tokens, first, done = [], None, None
+    t1 = time.perf_counter()
+    for ev in generate(loaded.model, loaded.tokenizer, ids, params):
+        if ev.kind == "token":
+            first = first if first is not None else time.perf_counter() - t1
+            tokens.append(int(ev.token_id))
+        elif ev.kind == "done":
+            done = ev
+    return {"token_ids": tokens, "ttft_s": first, "load_s": load_s, "n_prompt": len(ids),
+            "n_generated": done.n_generated, "prefill_tok_s": done.prefill_tok_s,
+            "decode_tok_s": done.decode_tok_s, "text": done.full_text}
+
+
+def cpython_reference(path: Path, prompts: list[str], max_tokens: int, n_ctx: int | None = None) -> list[dict]:
+    """Greedy {token_ids, text} per prompt from the CPython engine: the correctness column's reference."""
+    from engine.loader import load
+
+    loaded = load(path, n_ctx=n_ctx)
+    runs = [cpython_run(path, p, max_tokens, loaded=loaded) for p in prompts]
+    return [{"token_ids": r["token_ids"], "text": r["text"]} for r in runs]
+
+
+def native_runs(path: Path, prompts: list[str], max_tokens: int, repeat: int, n_ctx: int | None) -> list[dict]:
+    from engine.loader import load
+
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        loaded = load(path, n_ctx=n_ctx)
+        load_s = time.perf_counter() - t0
+        per = [cpython_run(path, p, max_tokens, loaded=loaded) for p in prompts]
+        runs.append({"download_s": None, "init_s": load_s, **_per_prompt_summary(per),
+                     "wasm_mb": None, "js_heap_mb": None,
+                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                     "token_ids": [r["token_ids"] for r in per]})
+    return runs
+
+
+def _per_prompt_summary(per: list[dict]) -> dict:
+    """One run's numbers over its prompts: TTFT and prefill are per prompt, averaged; decode too."""
+    mean = lambda xs: statistics.fmean(xs) if xs else None  # noqa: E731
+    return {"ttft_s": mean([r["ttft_s"] for r in per if r["ttft_s"] is not None]),
+            "prefill_tok_s": mean([r["prefill_tok_s"] for r in per if r["prefill_tok_s"]]),
+            "decode_tok_s": mean([r["decode_tok_s"] for r in per if r["decode_tok_s"]]),
+            "n_generated": sum(r["n_generated"] for r in per)}
+
+
+# ---- the server and the browser ------------------------------------------------------------------
+
+BENCH_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>mote bench</title></head>
+<body><p>mote bench</p><script src="/static/mote-embed.js"></script>
+<script type="module" src="/__bench__/wllama-page.mjs"></script></body></html>"""
+
+# wllama on the page: fetch the GGUF into a Blob (download), then load it single-threaded (init).
+WLLAMA_PAGE_JS = """
+import { Wllama } from "/wllama/esm/index.js";
+window.benchWllama = async (url, prompts, n, nCtx) => {
+  const t0 = performance.now();
+  const r = await fetch(url, { cache: "no-store" });
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  const blob = await r.blob();
+  const t1 = performance.now();
+  const w = new Wllama({ default: "/wllama/esm/wasm/wllama.wasm" }, { suppressNativeLog: true });
+  await w.loadModel([blob], { n_ctx: nCtx || 1024, n_threads: 1, n_gpu_layers: 0 });
+  const t2 = performance.now();
+  const runs = [];
+  for (const prompt of prompts) {
+    const ts = performance.now();
+    let first = null, text = "", timings = null, tokens = [], usage = null;
+    const stream = await w.createCompletion({ prompt, max_tokens: n, temperature: 0, stream: true,
+                                              return_tokens: true, cache_prompt: false });
+    for await (const c of stream) {
+      if (first === null && c.choices && c.choices.length && c.choices[0].text !== undefined) first = performance.now();
+      if (c.choices && c.choices.length) text += c.choices[0].text || "";
+      if (c.timings) timings = c.timings;
+      if (c.usage) usage = c.usage;
+      if (Array.isArray(c.tokens)) tokens.push(...c.tokens);
+    }
+    runs.push({ ttft_s: first === null ? null : (first - ts) / 1000, text, token_ids: tokens.length ? tokens : null,
+                prefill_tok_s: timings ? timings.prompt_per_second : null,
+                decode_tok_s: timings ? timings.predicted_per_second : null,
+                n_prompt: timings ? timings.prompt_n : null, n_generated: timings ? timings.predicted_n : (usage ? usage.completion_tokens : null) });
+  }
+  await w.exit();
+  return { download_s: (t1 - t0) / 1000, init_s: (t2 - t1) / 1000, runs, memory: null };
+};
+"""
+
+# Mote on the page: the public API (mote-embed.js), greedy, the protocol events for timing.
+MOTE_RUN_JS = """async ([url, prompts, n, nCtx]) => {
+  const mote = await Mote.load(url, nCtx ? { n_ctx: nCtx } : {});
+  const t = mote.timings;
+  const runs = [];
+  for (const prompt of prompts) {
+    const ts = performance.now();
+    let first = null;
+    for await (const ev of mote.events({ prompt }, { temperature: 0, max_tokens: n })) {
+      if (ev.type === "token" && first === null) first = performance.now();
+    }
+    const d = mote.last;
+    runs.push({ ttft_s: first === null ? null : (first - ts) / 1000, token_ids: d.token_ids,
+                prefill_tok_s: d.prefill_tok_s, decode_tok_s: d.decode_tok_s,
+                n_prompt: d.n_prompt, n_generated: d.n_generated });
+  }
+  return { download_s: t.weights, init_s: (t.runtime || 0) + (t.numpy || 0) + (t.engine || 0) + (t.model || 0),
+           timings: t, runs, memory: mote.memory };
+}"""
+
+
+def _bench_app(models_dir: Path, with_wllama: bool):
+    """The dev server app (create_app) plus the bench page and, for --compare wllama, /wllama/."""
+    from fastapi.responses import HTMLResponse, Response
+    from fastapi.staticfiles import StaticFiles
+
+    from web.app import Settings, create_app
+
+    app = create_app(Settings(models_dir=models_dir, follow_symlinks=True))
+    # wllama starts its worker from a blob: URL, so the bench page's own CSP allows blob: workers
+    csp = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self' blob:; "
+           "connect-src 'self' blob: data:; object-src 'none'; base-uri 'none'")
+
+    @app.get("/__bench__/", include_in_schema=False)
+    async def bench_page():
+        return HTMLResponse(BENCH_PAGE, headers={"Content-Security-Policy": csp, "Cache-Control": "no-store"})
+
+    @app.get("/__bench__/wllama-page.mjs", include_in_schema=False)
+    async def wllama_page():
+        body = WLLAMA_PAGE_JS if with_wllama else "// wllama not requested\n"
+        return Response(body, media_type="text/javascript", headers={"Cache-Control": "no-store"})
+
+    if with_wllama:
+        app.mount("/wllama", StaticFiles(directory=WLLAMA_DIR), name="wllama")
+    return app
+
+
+@contextlib.contextmanager
+def serve(app) -> Iterator[str]:
+    """uvicorn on a free 127.0.0.1 port in a daemon thread; yields the base URL."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 15
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise BenchError("the dev server did not start within 15 s")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _renderer_pids() -> set[int]:
+    pids = set()
+    for d in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if d.isdigit():
+            try:
+                cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"--type=renderer" in cmd:
+                pids.add(int(d))
+    return pids
+
+
+def _peak_rss_mb(pids: set[int]) -> float | None:
+    """Largest VmHWM (peak resident set) among these processes, in MB."""
+    best = None
+    for pid in pids:
+        try:
+            m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+        except OSError:
+            continue
+        if m:
+            best = max(best or 0.0, int(m[1]) / 1024)
+    return best
+
+
+def _js_heap_mb(browser) -> float | None:
+    """Used JS heap over the page and worker targets (CDP Runtime.getHeapUsage), in MB."""
+    try:
+        cdp = browser.new_browser_cdp_session()
+        targets = cdp.send("Target.getTargets")["targetInfos"]
+        total = 0.0
+        for t in targets:
+            if t["type"] not in ("page", "worker"):
+                continue
+            sid = cdp.send("Target.attachToTarget", {"targetId": t["targetId"], "flatten": False})["sessionId"]
+            replies: list[dict] = []
+            cdp.on("Target.receivedMessageFromTarget",
+                   lambda e, sid=sid: replies.append(json.loads(e["message"])) if e.get("sessionId") == sid else None)
+            cdp.send("Target.sendMessageToTarget",
+                     {"sessionId": sid, "message": json.dumps({"id": 1, "method": "Runtime.getHeapUsage"})})
+            deadline = time.time() + 5
+            while not any(r.get("id") == 1 for r in replies) and time.time() < deadline:
+                cdp.send("Target.getTargets")  # pumps the event loop while waiting
+            got = next((r for r in replies if r.get("id") == 1), None)
+            if got and "result" in got:
+                total += got["result"]["usedSize"] / 1e6
+            cdp.send("Target.detachFromTarget", {"sessionId": sid})
+        cdp.detach()
+        return total
+    except Exception:  # noqa: BLE001 - a missing metric must not sink the benchmark
+        return None
+
+
+def _check_chromium(path: str) -> None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as e:
+        raise BenchError(f"--browser needs Playwright: pip install playwright ({e})") from e
+    if not (os.path.isfile(path) or shutil.which(path)):
+        raise BenchError(f"Chromium not found at {path!r}: install it (apt-get install -y chromium) "
+                         "or pass --chromium PATH / set MOTE_CHROMIUM")
+
+
+def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: list[str], n: int,
+                n_ctx: int | None, timeout_s: float) -> dict:
+    """One cold run in a fresh Chromium: load the model, answer every prompt, read memory."""
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    logs: list[str] = []
+    before = _renderer_pids()
+    with sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        except PlaywrightError as e:
+            raise BenchError(f"could not start Chromium at {chromium!r}: {str(e).splitlines()[0]}") from e
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(timeout_s * 1000)
+            page.on("console", lambda m: logs.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
+            page.goto(base + "/__bench__/")
+            t0 = time.perf_counter()
+            try:
+                if engine == "mote":
+                    out = page.evaluate(MOTE_RUN_JS, [model_url, prompts, n, n_ctx])
+                else:
+                    page.wait_for_function("() => typeof window.benchWllama === 'function'", timeout=30_000)
+                    out = page.evaluate("([u, p, n, c]) => benchWllama(u, p, n, c)", [model_url, prompts, n, n_ctx])
+            except PlaywrightError as e:
+                detail = next((m for m in logs if "Error" in m), logs[-1] if logs else "")
+                raise RunFailed(f"{engine}: {str(e).splitlines()[0]} ({detail.splitlines()[0][:200] if detail else 'no console error'})") from e
+            out["wall_s"] = time.perf_counter() - t0
+            out["js_heap_mb"] = _js_heap_mb(browser)
+            out["peak_rss_mb"] = _peak_rss_mb(_renderer_pids() - before)
+        finally:
+            browser.close()
+    return out
+
+
+# ---- the report --------------------------------------------------------------------------------
+
+def _stat(xs: list) -> dict | None:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+COLUMNS = [  # (key, header, format)
+    ("download_s", "download s", "{:.2f}"), ("init_s", "init s", "{:.2f}"), ("ttft_s", "TTFT s", "{:.3f}"),
+    ("prefill_tok_s", "prefill tok/s", "{:.1f}"), ("decode_tok_s", "decode tok/s", "{:.1f}"),
+    ("wasm_mb", "WASM MB", "{:.0f}"), ("js_heap_mb", "JS heap MB", "{:.0f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+]
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    for row in rows:
+        row["stats"] = {k: _stat([r.get(k) for r in row["runs"]]) for k, _, _ in COLUMNS}
+    return rows
+
+
+def markdown(report: dict) -> str:
+    head = ["model", "quant", "engine", "runs"] + [h for _, h, _ in COLUMNS] + ["greedy = CPython"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in report["rows"]:
+        cells = [row["model"], row["quant"] or "?", row["engine"], str(len(row["runs"]))]
+        for key, _, fmt in COLUMNS:
+            s = row["stats"][key]
+            if s is None:
+                cells.append("–")
+            else:
+                spread = (s["max"] - s["min"]) / 2
+                cells.append(fmt.format(s["median"]) + (f" ±{fmt.format(spread)}" if s["n"] > 1 else ""))
+        ok, how = row["greedy_ok"], " (text)" if row.get("compared") == "text" else ""
+        cells.append(("failed: " + row["error"][:80]) if row.get("error") else
+                     "–" if ok is None else ("✅ yes" if ok else "❌ NO") + how)
+        lines.append("| " + " | ".join(cells) + " |")
+    meta = report["meta"]
+    lines += ["", f"{meta['n_predict']} greedy tokens for each of {len(meta['prompts'])} prompt(s), "
+              f"{meta['repeat']} cold run(s) each (fresh Chromium); median ± half the min-max range. "
+              f"{meta['browser']}; {meta['platform']}.",
+              "peak RSS: the tab's renderer process (browser) or this Python process (cpython)."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict, path: Path) -> Path:
+    """bench.png: decode tok/s and peak memory per model/quant and engine (matplotlib)."""
+    labels = [f"{r['model']}\n{r['quant'] or ''}\n{r['engine']}" for r in report["rows"]]
+    decode = [(r["stats"]["decode_tok_s"] or {}).get("median", 0) for r in report["rows"]]
+    memory = [(r["stats"]["peak_rss_mb"] or {}).get("median", 0) for r in report["rows"]]
+    colors = [{"mote": "#3b63c4", "wllama": "#d9822b", "cpython": "#5a9e4b"}.get(r["engine"], "#888")
+              for r in report["rows"]]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return _png_bars(path, [decode, memory], colors)
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(labels) + 2) * 1.3, 4.2))
+    for ax, values, title in ((axes[0], decode, "decode tok/s (median)"), (axes[1], memory, "peak RSS MB (median)")):
+        ax.bar(range(len(values)), values, color=colors)
+        ax.set_xticks(range(len(values)), labels, fontsize=7)
+        ax.set_title(title)
+        for i, v in enumerate(values):
+            text = "failed" if report["rows"][i].get("error") else f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+            ax.annotate(text, (i, v), ha="center", va="bottom", fontsize=7)
+    fig.suptitle(f"mote bench: {report['meta']['browser']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _png_bars(path: Path, series: list[list[float]], colors: list[str]) -> Path:
+    """A plain bar chart PNG without matplotlib (one panel per series, no text)."""
+    import struct
+    import zlib
+
+    w_bar, gap, h = 24, 8, 160
+    n = max(1, len(series[0]))
+    panel_w = n * (w_bar + gap) + gap
+    width = panel_w * len(series) + gap
+    img = [[(255, 255, 255)] * width for _ in range(h)]
+    for k, values in enumerate(series):
+        top = max(values) or 1
+        for i, v in enumerate(values):
+            rgb = tuple(int(colors[i][j:j + 2], 16) for j in (1, 3, 5))
+            x0 = k * panel_w + gap + i * (w_bar + gap)
+            for y in range(h - int((h - 10) * v / top), h):
+                for x in range(x0, x0 + w_bar):
+                    img[y][x] = rgb
+    raw = b"".join(b"\0" + bytes(c for px in row for c in px) for row in img)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+# ---- the command ---------------------------------------------------------------------------------
+
+def _model_facts(path: Path) -> tuple[str, str | None]:
+    from web.app import _header_facts
+
+    facts = _header_facts(path)
+    quant = facts.get("quantization")
+    if quant is None:  # no general.file_type: name the most common type among the 2-D weights
+        import collections
+
+        from engine.gguf import open_gguf
+        from engine.quants import TYPES
+
+        counts = collections.Counter(t.ggml_type for t in open_gguf(path).tensors.values() if len(t.shape) == 2)
+        if counts:
+            tid = counts.most_common(1)[0][0]
+            quant = TYPES[tid].name if tid in TYPES else f"type {tid}"
+    return (facts.get("display_name") or path.stem), quant
+
+
+def run_browser_bench(args) -> int:
+    """`mote bench --browser`: see the module docstring. Returns the exit status."""
+    try:
+        return _run(args)
+    except BenchError as e:
+        print(f"mote bench: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from engine.pull import resolve_model
+
+    models = args.model if isinstance(args.model, list) else [args.model]
+    prompts = list(getattr(args, "bench_prompt", None) or ([args.prompt] if getattr(args, "prompt", None) else DEFAULT_PROMPTS))
+    n, repeat, n_ctx = args.n_predict, max(1, args.repeat), getattr(args, "ctx", None)
+    compare = list(dict.fromkeys(getattr(args, "compare", None) or []))
+    chromium = getattr(args, "chromium", None) or os.environ.get("MOTE_CHROMIUM", "/usr/bin/chromium")
+    out_dir = Path(getattr(args, "out", None) or "bench-out")
+    _check_chromium(chromium)
+    if not (ROOT / "static" / "build-manifest.json").is_file():
+        raise BenchError("browser assets are not built: run python build_wasm.py")
+    if "wllama" in compare and not (WLLAMA_DIR / "esm" / "index.js").is_file():
+        raise BenchError(f"wllama is not installed: run scripts/setup_wllama.sh "
+                         f"(npm install --prefix .cache/wllama @wllama/wllama@{WLLAMA_VERSION})")
+    paths = []
+    for m in models:
+        try:
+            paths.append(Path(resolve_model(m)).resolve())
+        except Exception as e:  # noqa: BLE001
+            raise BenchError(f"model {m!r}: {e}") from e
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="mote-bench-") as tmp:
+        served = Path(tmp)
+        names = []
+        for i, path in enumerate(paths):  # the server lists plain names: link each file under one
+            name = f"{i}-{re.sub(r'[^A-Za-z0-9._-]', '_', path.stem)[:120]}.gguf"
+            os.symlink(path, served / name)
+            names.append(name)
+        with serve(_bench_app(served, "wllama" in compare)) as base:
+            for path, name in zip(paths, names):
+                label, quant = _model_facts(path)
+                print(f"[bench] {label} {quant or ''}: CPython reference ...", file=sys.stderr, flush=True)
+                reference = cpython_reference(path, prompts, n, n_ctx)
+                engines = ["mote"] + compare
+                for engine in engines:
+                    runs, error = [], None
+                    for r in range(repeat):
+                        print(f"[bench] {label} {quant or ''}: {engine} run {r + 1}/{repeat} ...", file=sys.stderr, flush=True)
+                        try:
+                            out = browser_run(base, chromium, engine, f"{base}/models/{name}", prompts, n, n_ctx,
+                                              getattr(args, "run_timeout", 600.0))
+                        except RunFailed as e:  # reported in the table; the other engines still run
+                            error = str(e)
+                            print(f"[bench]   failed: {error}", file=sys.stderr, flush=True)
+                            break
+                        mem = out.get("memory") or {}
+                        runs.append({
+                            "download_s": out["download_s"], "init_s": out["init_s"],
+                            **_per_prompt_summary([{**x, "n_generated": x.get("n_generated") or 0} for x in out["runs"]]),
+                            "wasm_mb": mem["wasm_bytes"] / 1e6 if mem.get("wasm_bytes") else None,
+                            "js_heap_mb": out.get("js_heap_mb"), "peak_rss_mb": out.get("peak_rss_mb"),
+                            "token_ids": [x.get("token_ids") for x in out["runs"]],
+                            "texts": [x.get("text") for x in out["runs"]] if engine != "mote" else None,
+                            "timings": out.get("timings"), "wall_s": out["wall_s"],
+                        })
+                    rows.append(_row(label, quant, path, engine, runs, reference, error))
+                if getattr(args, "native", False):
+                    print(f"[bench] {label} {quant or ''}: cpython ...", file=sys.stderr, flush=True)
+                    rows.append(_row(label, quant, path, "cpython", native_runs(path, prompts, n, repeat, n_ctx), reference))
+
+    report = {
+        "meta": {"prompts": prompts, "n_predict": n, "repeat": repeat, "n_ctx": n_ctx,
+                 "browser": _browser_version(chromium), "platform": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                 f"Python {platform.python_version()}", "time": time.strftime("%Y-%m-%d %H:%M:%S")},
+        "rows": summarize(rows),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=1))
+    md = markdown(report)
+    (out_dir / "bench.md").write_text(md)
+    png = chart(report, out_dir / "bench.png")
+    if getattr(args, "json", False):
+        print(json.dumps(report))
+    else:
+        print(md)
+        print(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {png}")
+    return 0 if all(r["greedy_ok"] is not False for r in rows) else 1
+
+
+def _row(label, quant, path, engine, runs, reference, error: str | None = None) -> dict:
+    """A table row. greedy_ok: every run's token ids equal the CPython reference's, per prompt;
+    for an engine that reports text only (wllama), its text equals the reference's decoded text.
+    A failed run is not ok for Mote; for a compared engine it is unknown (None) with the error."""
+    want_ids = [r["token_ids"] for r in reference]
+    want_text = [r["text"] for r in reference]
+    compared = "tokens"
+    if error is not None:
+        ok = False if engine in ("mote", "cpython") else None
+    elif all(t is not None for r in runs for t in r["token_ids"]):
+        ok = all(r["token_ids"] == want_ids for r in runs)
+    elif all(r.get("texts") for r in runs):
+        compared = "text"
+        ok = all(r["texts"] == want_text for r in runs)
+    else:
+        ok = None
+    return {"model": label, "quant": quant, "file": str(path), "engine": engine, "runs": runs,
+            "reference": reference, "greedy_ok": ok, "compared": compared, "error": error}
+
+
+def _browser_version(chromium: str) -> str:
+    import subprocess
+
+    try:
+        v = subprocess.run([chromium, "--version"], capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        v = ""
+    return f"headless {v or chromium}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.browser = True
+    return run_browser_bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
