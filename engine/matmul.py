@@ -1,30 +1,71 @@
 """Products with quantized weights (pipeline stage: quants.py -> matmul.py -> model.py).
 
 This is the kernel module: the one place in the engine allowed to be clever. Every fast path sits
-beside its naive reference (`reference_linear`: dequantize the whole matrix, then multiply) and is
-tested against it in tests/test_matmul.py; speed claims come from `scripts/bench_kernels.py`.
+beside its naive reference (`reference_linear`: dequantize the whole matrix, then multiply), is
+tested against it in tests/test_matmul.py (natively and inside Pyodide), and is measured by
+`scripts/bench_kernels.py` (table in docs/kernels.md).
 
 A weight is prepared once at load time into one of two resident forms:
 
-- `DenseLinear`: the matrix dequantized to float32 (4 bytes/weight). Fastest natively, since numpy
-  hands the product to BLAS.
+- `DenseLinear`: the matrix dequantized to float32 (4 bytes/weight). Natively numpy hands the
+  product to BLAS (`matmul`); in Pyodide there is no BLAS and `einsum` is about 2x faster than
+  `matmul` (its inner loop is a plain multiply-add over a contiguous row).
 - `BlockLinear`: int8 values plus one float32 scale (and offset) per sub-block, from
-  `quants.split_blocks` (about 1 byte/weight). For Q8_0 the int8 values are a zero-copy strided
-  view of the file's own bytes. A product dequantizes a few hundred rows at a time into a small
-  reusable float32 buffer and multiplies that, so no full float32 copy ever exists.
+  `quants.split_blocks` (about 1 byte/weight; for Q8_0 the file's own bytes). Every block format
+  in quants.py (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, TQ1_0, TQ2_0, ...) is
+  `scale * q - offset` per sub-block, so one set of kernels serves them all; what differs between
+  types is only the sub-block length (16, 32 or 256) and whether there is an offset.
 
-`prepare_linear` picks the form from a memory policy (see `LoadPolicy` in model.py).
+A matrix-vector product with sub-block scales has four formulations here, all computing
+    y[r] = sum_s scale[r, s] * (q[r, s, :] . x[s, :])  -  sum_s offset[r, s] * sum(x[s, :])
+chunk by chunk (a few hundred rows into a reused float32 buffer, so no float copy of the matrix):
+
+    "scale"       buf = q * scale (broadcast per sub-block), then buf @ x       (the first version)
+    "subdot"      buf = float(q); for each sub-block s: P[s] = buf[:, s] @ x[s]; y = sum_s scale * P
+    "einsum"      buf = float(q); P = einsum('rsk,sk->rs', buf, x); y = sum_s scale * P
+    "transposed"  q repacked at load to (n_in, n_out): buf = float(q_T chunk of columns);
+                  P = einsum('sk,skr->sr', x, buf), whose inner loop runs along the rows
+
+Which one wins depends on the runtime and the shape (see docs/kernels.md): natively the cast
+plus BLAS per-sub-block products ("subdot") beats the broadcast multiply, whose inner loop is only
+one sub-block long; in Pyodide the int8 -> float32 cast dominates and "transposed" keeps every
+loop long. `choose_kernel` times the candidates once per (runtime, shape, sub-block) on a slice of
+the real matrix at load time and caches the answer; MOTE_KERNEL=<name> forces one.
+
+Products over several tokens (prefill) dequantize a chunk with "scale" and use one matrix-matrix
+product per chunk (BLAS natively; einsum in Pyodide), which is already efficient.
+
+Tried and dropped (numbers in docs/kernels.md): int16 weights times int16-quantized activations
+(per-sub-block sums overflow int16 for 8-bit weights, and the short per-sub-block loops make it
+only ~1.3x faster than the float path in Pyodide, at twice the memory and with activation
+rounding); einsum with a dtype= cast (buffered, slower than one explicit cast).
 """
 
 from __future__ import annotations
+
+import os
+import sys
+import time
 
 import numpy as np
 
 from . import quants
 
-# Rows per chunk in BlockLinear: big enough to amortise Python overhead, small enough that the
-# float32 chunk (rows * n_in * 4 bytes) stays in the CPU's L2 cache.
+ON_WASM = sys.platform == "emscripten"  # Pyodide: no BLAS, no threads
+
+# Rows per chunk: big enough to amortise Python overhead, small enough that the float32 chunk
+# (rows * n_in * 4 bytes) stays in the CPU's L2 cache.
 CHUNK_BYTES = 1 << 20
+
+KERNELS = ("scale", "subdot", "einsum", "transposed")
+CALIBRATION_ROWS = 1024  # rows of the real matrix timed per candidate kernel at load time
+# "transposed" repacks q (1 byte/weight). For a matrix that is a view of the file (Q8_0) that
+# copy is extra memory, allowed only below this size (Gemma's 262144 x 640 head would add 160 MB).
+COPY_VIEW_LIMIT_MB = 64.0
+# "transposed" reads each chunk as a band of columns of (n_in, n_out): rows n_out bytes apart. On a
+# tall matrix (the LM head) that defeats the caches, and a slice timed at load would not show it.
+TRANSPOSED_MAX_ROWS = 8192
+_CHOSEN: dict[tuple, str] = {}  # (runtime, n_out, n_in, sub, offset?, file view?) -> kernel name
 
 
 def reference_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], x: np.ndarray) -> np.ndarray:
@@ -33,56 +74,207 @@ def reference_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], x:
     return x @ w.T
 
 
+def dense_matvec(w: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """y = w @ x for a float32 (n_out, n_in) matrix and (n_in,) vector, fastest per runtime."""
+    if ON_WASM:
+        return np.einsum("ij,j->i", w, x, out=out)  # (n_out,) ~2x matmul in Pyodide
+    return np.matmul(w, x, out=out)  # (n_out,) BLAS gemv
+
+
+def dense_matmul(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """y = x @ w.T for x (n, n_in), w (n_out, n_in): BLAS gemm natively, einsum in Pyodide."""
+    if ON_WASM:
+        return np.einsum("ij,kj->ki", w, x, out=out)  # (n, n_out)
+    return np.matmul(x, w.T, out=out)  # (n, n_out)
+
+
 class DenseLinear:
     """y = x @ W.T with W resident as float32."""
 
     def __init__(self, w: np.ndarray):
         self.w = np.ascontiguousarray(w, dtype=np.float32)  # (n_out, n_in)
         self.n_out, self.n_in = self.w.shape
+        self.kernel = "dense"
         self.copied = True  # holds no view of the file
+
     @property
     def nbytes(self) -> int:
         return self.w.nbytes
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return x @ self.w.T  # (..., n_out)
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.size == self.n_in:  # one token: matrix-vector product
+            y = dense_matvec(self.w, x.reshape(self.n_in), None if out is None else out.reshape(self.n_out))  # (n_out,)
+            return y.reshape(*x.shape[:-1], self.n_out)
+        x2 = np.ascontiguousarray(x.reshape(-1, self.n_in))  # (n, n_in)
+        y = dense_matmul(x2, self.w, None if out is None else out.reshape(-1, self.n_out))  # (n, n_out)
+        return y.reshape(*x.shape[:-1], self.n_out)
 
 
 class BlockLinear:
-    """y = x @ W.T with W = scale * q - offset per sub-block, dequantized chunk by chunk."""
+    """y = x @ W.T with W = scale * q - offset per sub-block, never dequantized in full.
 
-    def __init__(self, q: np.ndarray, scale: np.ndarray, offset: np.ndarray | None):
+    q: (n_out, n_sub, sub) int8 (may be a strided view of the file's blocks, for Q8_0);
+    scale, offset: (n_out, n_sub) float32 (offset None for symmetric types).
+    kernel: one of KERNELS, or None to let `choose_kernel` time them on this matrix.
+    """
+
+    def __init__(self, q: np.ndarray, scale: np.ndarray, offset: np.ndarray | None, kernel: str | None = None):
         n_out, n_sub, sub = q.shape
-        self.q = q  # (n_out, n_sub, sub) int8, may be a strided view of the file
-        self.scale = np.ascontiguousarray(scale, dtype=np.float32)[:, :, None]  # (n_out, n_sub, 1)
-        self.offset = None if offset is None else np.ascontiguousarray(offset, dtype=np.float32)  # (n_out, n_sub)
         self.n_out, self.n_in, self.n_sub, self.sub = n_out, n_sub * sub, n_sub, sub
-        self.chunk = max(16, min(n_out, CHUNK_BYTES // (4 * self.n_in)))
+        self.scale = np.ascontiguousarray(scale, dtype=np.float32)  # (n_out, n_sub)
+        self.offset = None if offset is None else np.ascontiguousarray(offset, dtype=np.float32)  # (n_out, n_sub)
+        if kernel is None:
+            kernel = choose_kernel(q, self.scale, self.offset)
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r} (expected one of {', '.join(KERNELS)})")
+        self.kernel = kernel
+        self.chunk = max(16, min(n_out, CHUNK_BYTES // (4 * self.n_in)))  # rows per chunk
+        if kernel == "transposed":
+            self.q = None
+            self.qT = np.ascontiguousarray(q.reshape(n_out, self.n_in).T)  # (n_in, n_out) int8
+            self._bufT = np.empty((self.n_in, self.chunk), dtype=np.float32)  # reused: columns of W.T
+            self.scaleT = np.ascontiguousarray(self.scale.T)  # (n_sub, n_out)
+        else:
+            self.q = q  # (n_out, n_sub, sub), kept as given (a strided view of the file for Q8_0)
         self._buf = np.empty((self.chunk, n_sub, sub), dtype=np.float32)  # reused every call
-        self.copied = q.base is None or q.flags.c_contiguous  # False: q is a view of the file
+        self._part = np.empty((self.chunk, n_sub), dtype=np.float32)  # per-sub-block dot products
+        self._partT = np.empty((n_sub, self.chunk), dtype=np.float32)
+        # False only while q is a strided view of the file (then the file's pages must stay)
+        self.copied = self.q is None or self.q.base is None or self.q.flags.c_contiguous
+
     @property
     def nbytes(self) -> int:
-        own = 0 if self.q.base is not None and not self.q.flags.c_contiguous else self.q.nbytes
-        return own + self.scale.nbytes + (0 if self.offset is None else self.offset.nbytes) + self._buf.nbytes
+        own = self.qT.nbytes if self.q is None else (self.q.nbytes if self.copied else 0)
+        extra = self._buf.nbytes + self._part.nbytes + self._partT.nbytes + self.scale.nbytes
+        if self.q is None:
+            extra += self._bufT.nbytes + self.scaleT.nbytes
+        return own + extra + (0 if self.offset is None else self.offset.nbytes)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        squeeze = x.ndim == 1
-        x2 = np.ascontiguousarray(x.reshape(-1, self.n_in), dtype=np.float32)  # (n, n_in)
-        y = np.empty((x2.shape[0], self.n_out), dtype=np.float32)  # (n, n_out)
-        buf, flat = self._buf, self._buf.reshape(self.chunk, self.n_in)
-        for i in range(0, self.n_out, self.chunk):
-            c = min(self.chunk, self.n_out - i)
-            # Dequantize rows i..i+c without the offset: (c, n_sub, sub) float32.
-            np.multiply(self.q[i : i + c], self.scale[i : i + c], out=buf[:c])
-            if squeeze:
-                np.matmul(flat[:c], x2[0], out=y[0, i : i + c])  # (c,)
-            else:
-                np.matmul(x2, flat[:c].T, out=y[:, i : i + c])  # (n, c)
+    # ---- the product ----------------------------------------------------------------------------
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.size == self.n_in:  # one token, (n_in,) or (1, n_in) as model.forward passes it in decode
+            y = np.empty(self.n_out, np.float32) if out is None else out.reshape(self.n_out)  # (n_out,)
+            x1 = np.ascontiguousarray(x.reshape(self.n_in))  # (n_in,)
+            getattr(self, "_mv_" + self.kernel)(x1, y)
+            if self.offset is not None:
+                xsum = x1.reshape(self.n_sub, self.sub).sum(axis=1)  # (n_sub,) per-sub-block sums of x
+                y -= dense_matvec(self.offset, xsum)  # (n_out,)
+            return y.reshape(*x.shape[:-1], self.n_out)
+        x2 = np.ascontiguousarray(x.reshape(-1, self.n_in))  # (n, n_in)
+        y2 = np.empty((x2.shape[0], self.n_out), np.float32) if out is None else out.reshape(-1, self.n_out)
+        self._mm(x2, y2)
         if self.offset is not None:
-            # sum_k offset[r, s] * x[s, k] = offset @ (per-sub-block sums of x)
             xsum = x2.reshape(-1, self.n_sub, self.sub).sum(axis=2)  # (n, n_sub)
-            y -= xsum @ self.offset.T  # (n, n_out)
-        return y[0] if squeeze else y.reshape(*x.shape[:-1], self.n_out)
+            y2 -= dense_matmul(xsum, self.offset)  # (n, n_out)
+        return y2.reshape(*x.shape[:-1], self.n_out)
+
+    def _rows(self):
+        """(start, count) of each chunk of rows."""
+        for i in range(0, self.n_out, self.chunk):
+            yield i, min(self.chunk, self.n_out - i)
+
+    def _dequant_chunk(self, i: int, c: int) -> np.ndarray:
+        """Rows i..i+c of W without the offset, into the reused buffer: (c, n_in) float32."""
+        src = self.q[i : i + c] if self.q is not None else self.qT[:, i : i + c].T.reshape(c, self.n_sub, self.sub)
+        np.multiply(src, self.scale[i : i + c, :, None], out=self._buf[:c])  # (c, n_sub, sub)
+        return self._buf[:c].reshape(c, self.n_in)
+
+    def _mm(self, x2: np.ndarray, y2: np.ndarray) -> None:
+        """Several tokens: dequantize a chunk, one matrix-matrix product per chunk."""
+        for i, c in self._rows():
+            dense_matmul(x2, self._dequant_chunk(i, c), out=y2[:, i : i + c])  # (n, c)
+
+    def _mv_scale(self, x: np.ndarray, y: np.ndarray) -> None:
+        for i, c in self._rows():
+            dense_matvec(self._dequant_chunk(i, c), x, out=y[i : i + c])  # (c,)
+
+    def _mv_subdot(self, x: np.ndarray, y: np.ndarray) -> None:
+        sub, part = self.sub, self._partT
+        for i, c in self._rows():
+            np.copyto(self._buf[:c], self.q[i : i + c], casting="unsafe")  # (c, n_sub, sub) int8 -> f32
+            buf = self._buf[:c].reshape(c, self.n_in)  # (c, n_in)
+            for s in range(self.n_sub):  # one strided gemv per sub-block column band
+                dense_matvec(buf[:, s * sub : (s + 1) * sub], x[s * sub : (s + 1) * sub], out=part[s, :c])
+            np.einsum("sr,rs->r", part[:, :c], self.scale[i : i + c], out=y[i : i + c])  # (c,)
+
+    def _mv_einsum(self, x: np.ndarray, y: np.ndarray) -> None:
+        xs, part = x.reshape(self.n_sub, self.sub), self._part
+        for i, c in self._rows():
+            np.copyto(self._buf[:c], self.q[i : i + c], casting="unsafe")  # (c, n_sub, sub) f32
+            np.einsum("rsk,sk->rs", self._buf[:c], xs, out=part[:c])  # (c, n_sub)
+            np.einsum("rs,rs->r", part[:c], self.scale[i : i + c], out=y[i : i + c])  # (c,)
+
+    def _mv_transposed(self, x: np.ndarray, y: np.ndarray) -> None:
+        xs, part, bufT = x.reshape(self.n_sub, self.sub), self._partT, self._bufT
+        for i, c in self._rows():
+            np.copyto(bufT[:, :c], self.qT[:, i : i + c], casting="unsafe")  # (n_in, c) f32
+            # P[s, r] = sum_k x[s, k] * W[r, s, k]: the inner loop runs over c rows, not k
+            np.einsum("sk,skr->sr", xs, bufT[:, :c].reshape(self.n_sub, self.sub, c), out=part[:, :c])
+            np.einsum("sr,sr->r", part[:, :c], self.scaleT[:, i : i + c], out=y[i : i + c])  # (c,)
+
+
+# ---- choosing a kernel at load time ---------------------------------------------------------------
+
+
+def _time_call(f, budget_s: float, min_batch_s: float = 0.002) -> float:
+    """Best seconds per call of f over about budget_s, timing batches of calls.
+
+    Browser timers are coarse (about 0.1 ms), so calls are timed in batches of at least
+    min_batch_s; the first call warms caches and is not counted.
+    """
+    f()
+    n = 1
+    while True:  # batch size: enough calls to fill min_batch_s
+        t = time.perf_counter()
+        for _ in range(n):
+            f()
+        dt = time.perf_counter() - t
+        if dt >= min_batch_s:
+            break
+        n *= 2
+    best, spent = dt / n, dt
+    while spent < budget_s:
+        t = time.perf_counter()
+        for _ in range(n):
+            f()
+        dt = time.perf_counter() - t
+        best, spent = min(best, dt / n), spent + dt
+    return best
+
+
+def choose_kernel(q: np.ndarray, scale: np.ndarray, offset: np.ndarray | None, budget_s: float = 0.02) -> str:
+    """The fastest matrix-vector kernel for this runtime and shape, timed once and cached.
+
+    Times each of KERNELS on the first CALIBRATION_ROWS rows of the real matrix (a few ms each);
+    the answer is reused for every later matrix of the same (runtime, shape, sub-block).
+    MOTE_KERNEL=<name> in the environment skips the timing and forces that kernel.
+    """
+    forced = os.environ.get("MOTE_KERNEL")
+    if forced:
+        return forced
+    n_out, n_sub, sub = q.shape
+    is_view = q.base is not None and not q.flags.c_contiguous
+    key = (sys.platform, n_out, n_sub * sub, sub, offset is not None, is_view)
+    if key not in _CHOSEN:
+        rows = min(n_out, CALIBRATION_ROWS)
+        x = np.random.default_rng(0).standard_normal(n_sub * sub).astype(np.float32)  # (n_in,)
+        y = np.empty(rows, np.float32)
+        lins = {}
+        for name in KERNELS:
+            too_big_copy = is_view and q.size > COPY_VIEW_LIMIT_MB * 2**20
+            if name == "transposed" and (n_out > TRANSPOSED_MAX_ROWS or too_big_copy):
+                continue
+            lins[name] = BlockLinear(q[:rows], scale[:rows], None, kernel=name)
+        # Round robin, best of each: a burst of load from other processes hits every candidate.
+        times = dict.fromkeys(lins, float("inf"))
+        for _ in range(3):
+            for name, lin in lins.items():
+                times[name] = min(times[name], _time_call(lambda: lin(x, out=y), budget_s / 3))
+        _CHOSEN[key] = min(times, key=times.get)
+    return _CHOSEN[key]
 
 
 class Embedding:
@@ -101,16 +293,19 @@ class Embedding:
         return quants.dequantize(picked.reshape(-1), self.ggml_type, (len(ids), self.d))  # (n, d)
 
 
-def prepare_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], dense: bool):
-    """Resident form of a (n_out, n_in) weight: float32 when `dense` or not block-quantized."""
-    if dense or ggml_type in (quants.BY_NAME["F32"].type_id, quants.BY_NAME["F16"].type_id, quants.BY_NAME["BF16"].type_id):
+def prepare_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], dense: bool, kernel: str | None = None):
+    """Resident form of a (n_out, n_in) weight: float32 when `dense` or not block-quantized.
+
+    kernel: force a BlockLinear kernel (None: `choose_kernel` decides).
+    """
+    if dense or quants.TYPES[ggml_type].is_float:
         return DenseLinear(quants.dequantize(raw, ggml_type, shape))
     n_out, n_in = shape
     if ggml_type == quants.BY_NAME["Q8_0"].type_id:
         # Q8_0 blocks are (f16 d, 32 x int8): use the file's int8 bytes in place, no copy.
         blocks = raw.reshape(n_out, n_in // 32, 2 + 32)  # (n_out, n_sub, 34) bytes
         d = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)  # (n_out, n_sub)
-        return BlockLinear(blocks[:, :, 2:].view(np.int8), d, None)
+        return BlockLinear(blocks[:, :, 2:].view(np.int8), d, None, kernel)
     q, scale, offset = quants.split_blocks(raw, ggml_type, n_out)  # (n_out, n_in) int8, (n_out, n_sub) f32
     sub = n_in // scale.shape[1]
-    return BlockLinear(q.reshape(n_out, n_in // sub, sub), scale, offset)
+    return BlockLinear(q.reshape(n_out, n_in // sub, sub), scale, offset, kernel)

@@ -357,6 +357,8 @@ def load_model(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolicy = Lo
         raise ConfigError(f"{head.name} has shape {tuple(head.shape)} (expected (vocab, {d}))")
     head_dense = 4 * math.prod(head.shape) <= policy.dense_head_mb * 2**20
     weights["output"] = prepare_linear(gguf.raw(head.name), head.ggml_type, head.shape, dense=head_dense)
+    if release is not None and weights["output"].copied:  # the kernel repacked the head: drop its file pages
+        release(head.name)
     if cfg.architecture == "gpt2":
         pe = tensor("position_embd.weight")
         weights["position_embd"] = quants.dequantize(gguf.raw(pe.name), pe.ggml_type, pe.shape)  # (n_pos, d)
