@@ -23,6 +23,7 @@ const state = {
   cached: false,
   /** @type {any} */ memory: null,                         // worker memory at the last ready/done
   generating: false,
+  loading: false,                                          // a model load is in flight
   nextId: 1,
   bootMs: 0,
 };
@@ -62,7 +63,7 @@ function setBusy(/** @type {boolean} */ busy) {
   $("send-btn").disabled = busy || !state.model;
   $("prompt").disabled = !state.model;
   $("stop-btn").disabled = !busy;
-  $("load-btn").disabled = busy || !state.selected;
+  $("load-btn").disabled = busy || state.loading || !state.selected;
 }
 
 function showLicence(/** @type {any} */ m) {
@@ -113,6 +114,7 @@ worker.addEventListener("message", (event) => {
       }
       if (r.model) {
         setStage("weights", "done");
+        state.loading = false;
         state.model = r.model;
         state.cached = !!r.cached;
         state.memory = r.memory || null;
@@ -155,6 +157,7 @@ worker.addEventListener("message", (event) => {
     case Ev.ERROR: {
       const e = /** @type {import("./protocol.js").ErrorEvent} */ (ev);
       state.lastError = e.message;
+      if (e.id === undefined) state.loading = false;     // a load's error (generate errors carry an id)
       if (e.stage) setStage(e.stage, "failed");
       if (streamingEl) { streamingEl.classList.remove("streaming"); streamingEl = null; state.history.pop(); }
       addMessage("error", `Error${e.stage ? ` (${e.stage})` : ""}: ${e.message}`);
@@ -184,6 +187,8 @@ function settings() {
 $("load-btn").addEventListener("click", () => {
   if (!state.selected) return;
   state.model = null;
+  state.lastError = null;                           // lastError belongs to the latest request
+  state.loading = true;
   setBusy(false);
   setStage("weights", "active");
   send({ type: Req.LOAD, model: { url: state.selected.url, sha256: state.selected.sha256, size: state.selected.size, name: state.selected.name } });
@@ -205,6 +210,7 @@ $("chat-form").addEventListener("submit", (/** @type {Event} */ e) => {
   streamed = "";
   streamingEl = addMessage("assistant streaming", "");
   currentId = state.nextId++;
+  state.lastError = null;
   setBusy(true);
   send({ type: Req.GENERATE, id: currentId, messages: state.history.slice(), params: settings() });
 });

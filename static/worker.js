@@ -5,6 +5,8 @@
  *   load     -> runtime (pyodide.mjs) -> numpy (loadPackage, checked by pyodide-lock.json's sha256)
  *            -> engine (our wheels, each checked against build-manifest.json's sha256, then unpacked)
  *            -> weights (Cache API hit, verified; or download with progress, verify, store) -> ready
+ *               The file's bytes go chunk by chunk into one engine.bridge.ModelBuffer in WASM
+ *               memory, hashed (sha256) as they land: no whole-file copy on the JS side, ever.
  *   generate -> engine.bridge.start_generation(); one step() per token, yielding to the event loop
  *               between steps so an `abort` message is handled within one token
  *   abort    -> the loop stops after the current token; the model stays loaded
@@ -24,6 +26,7 @@ const BASE = new URL(".", import.meta.url);            // .../static/
 /** @type {string|null} */ let loadedSha = null;        // sha256 of the model in memory
 let abortRequested = false;
 let generating = false;
+let loadingModel = false;                             // one model load at a time (see store)
 /** @type {Object<string, number>} */ const timings = {};
 
 /** @param {import("./protocol.js").WorkerEvent} ev @param {Transferable[]} [transfer] */
@@ -101,7 +104,55 @@ async function boot() {
 const cacheKey = (sha) => new URL(`/__mote_models__/${sha}`, self.location.origin).href;
 
 /**
- * A verified copy from the Cache API, or null (absent, unreadable, or bad -> deleted).
+ * Copy a response body into a new ModelBuffer chunk by chunk, posting `phase` progress.
+ * Returns the buffer (a PyProxy; the caller destroys it) once every byte is in, or throws.
+ * @param {ReadableStream<Uint8Array>} body @param {import("./protocol.js").ModelRef} model
+ * @param {string} phase @param {string} what  names the source in error messages
+ */
+async function fill(body, model, phase, what) {
+  let buf;
+  try {
+    buf = bridge.ModelBuffer(model.size);             // (size,) bytes in WASM memory
+  } catch (e) {                                       // e.g. MemoryError: not the source's fault
+    throw Object.assign(new Error(`cannot hold ${model.size} bytes in WASM memory: ${/** @type {any} */ (e)?.message || e}`),
+                        { fatal: true });
+  }
+  // A BYOB reader fills one reused 1 MB scratch buffer, so reading leaves no garbage chunks
+  // behind (a default reader allocates every chunk: ~200 MB of ArrayBuffers awaiting GC).
+  let reader, scratch = null;
+  try {
+    reader = body.getReader({ mode: "byob" });
+    scratch = new ArrayBuffer(1 << 20);
+  } catch {
+    reader = body.getReader();                        // not a byte stream: default chunks
+  }
+  let loaded = 0, lastPost = 0;
+  try {
+    for (;;) {
+      const { done, value } = scratch
+        ? await /** @type {ReadableStreamBYOBReader} */ (reader).read(new Uint8Array(scratch))
+        : await /** @type {ReadableStreamDefaultReader<Uint8Array>} */ (reader).read();
+      if (done || !value) break;
+      if (scratch) scratch = value.buffer;            // the scratch buffer comes back, transferred
+      if (loaded + value.length > model.size) {
+        await reader.cancel();
+        throw new Error(`${what}: more than the expected ${model.size} bytes`);
+      }
+      loaded = buf.write(value);                      // copied into WASM memory and hashed
+      const now = performance.now();
+      if (now - lastPost > 100) { progress("weights", { phase, loaded, total: model.size }); lastPost = now; }
+    }
+    progress("weights", { phase, loaded, total: model.size });
+    if (loaded !== model.size) throw new Error(`${what}: download truncated at ${loaded} of ${model.size} bytes`);
+    return buf;
+  } catch (e) {
+    buf.destroy();                                    // frees the WASM copy now, not at the next GC
+    throw e;
+  }
+}
+
+/**
+ * A verified copy from the Cache API as a ModelBuffer, or null (absent, unreadable, or bad -> deleted).
  * @param {import("./protocol.js").ModelRef} model
  */
 async function readCached(model) {
@@ -109,11 +160,18 @@ async function readCached(model) {
   let cache;
   try { cache = await caches.open(MODEL_CACHE); } catch { return null; }
   const hit = await cache.match(cacheKey(model.sha256));
-  if (!hit) return null;
+  if (!hit || !hit.body) return null;
   progress("weights", { phase: "cache", loaded: 0, total: model.size });
-  const bytes = new Uint8Array(await hit.arrayBuffer());
-  progress("weights", { phase: "verify", loaded: bytes.length, total: model.size });
-  if (bytes.length === model.size && (await sha256Hex(bytes)) === model.sha256) return bytes;
+  let buf = null;
+  try {
+    buf = await fill(hit.body, model, "cache", "cached model");
+  } catch (e) {
+    if (/** @type {any} */ (e)?.fatal) throw e;      // out of memory: keep the cached copy
+    /* wrong length: treated like a bad hash below */
+  }
+  progress("weights", { phase: "verify", loaded: model.size, total: model.size });
+  if (buf && buf.sha256() === model.sha256) return buf;
+  if (buf) buf.destroy();
   await cache.delete(cacheKey(model.sha256));   // truncated or corrupted: drop it and download again
   progress("weights", { phase: "cache-corrupt", loaded: 0, total: model.size });
   return null;
@@ -129,36 +187,53 @@ async function download(model) {
     throw new Error(`${model.url}: Content-Length ${declared} but /models says ${model.size} bytes`);
   }
   if (!r.body) throw new Error(`${model.url}: empty response body`);
-  const bytes = new Uint8Array(model.size);            // (size,) filled chunk by chunk
-  const reader = r.body.getReader();
-  let loaded = 0, lastPost = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    if (loaded + value.length > model.size) {
-      await reader.cancel();
-      throw new Error(`${model.url}: more than the expected ${model.size} bytes`);
-    }
-    bytes.set(value, loaded);
-    loaded += value.length;
-    const now = performance.now();
-    if (now - lastPost > 100) { progress("weights", { phase: "download", loaded, total: model.size }); lastPost = now; }
+  let buf;
+  try {
+    buf = await fill(r.body, model, "download", model.url);
+  } catch (e) {                                        // a cut connection surfaces as a TypeError here
+    const msg = String(/** @type {any} */ (e)?.message || e);
+    if (/** @type {any} */ (e)?.fatal || msg.startsWith(model.url)) throw e;
+    throw new Error(`${model.url}: download failed after a partial response (${msg})`);
   }
-  progress("weights", { phase: "download", loaded, total: model.size });
-  if (loaded !== model.size) throw new Error(`${model.url}: download truncated at ${loaded} of ${model.size} bytes`);
-  progress("weights", { phase: "verify", loaded, total: model.size });
-  const got = await sha256Hex(bytes);
-  if (got !== model.sha256) throw new Error(`${model.url}: sha256 ${got} does not match the expected ${model.sha256}`);
-  return bytes;
+  progress("weights", { phase: "verify", loaded: model.size, total: model.size });
+  const got = buf.sha256();                            // hashed while the chunks arrived
+  if (got !== model.sha256) {
+    buf.destroy();
+    throw new Error(`${model.url}: sha256 ${got} does not match the expected ${model.sha256}`);
+  }
+  return buf;
 }
 
-/** Store a verified copy; a full quota only costs the offline copy, not the session. */
-async function store(/** @type {import("./protocol.js").ModelRef} */ model, /** @type {Uint8Array<ArrayBuffer>} */ bytes) {
+/**
+ * Store a verified copy, streamed straight out of WASM memory: each chunk is a view of the
+ * ModelBuffer's bytes, not a copy, so storing allocates nothing the size of the file. No Python
+ * runs while this awaits (generate is refused during a load), so WASM memory cannot grow and
+ * detach the views; if it did, the stream errors and nothing is stored.
+ * A full quota only costs the offline copy, not the session.
+ * @param {import("./protocol.js").ModelRef} model @param {any} buf  a complete, verified ModelBuffer
+ */
+async function store(model, buf) {
   if (typeof caches === "undefined") return false;
-  progress("weights", { phase: "store", loaded: bytes.length, total: model.size });
+  progress("weights", { phase: "store", loaded: 0, total: model.size });
+  const STORE_CHUNK = 1 << 20;
+  const bytes = buf.data;                              // the bytearray (PyProxy)
+  const view = bytes.getBuffer("u8");                  // view.data: Uint8Array over WASM memory
+  let offset = 0;
+  const body = new ReadableStream({
+    pull(controller) {
+      if (view.data.byteLength !== model.size) {       // detached by a memory.grow: give up
+        controller.error(new Error("WASM memory was resized while storing the model"));
+        return;
+      }
+      if (offset >= model.size) { controller.close(); return; }
+      const end = Math.min(offset + STORE_CHUNK, model.size);
+      controller.enqueue(view.data.subarray(offset, end));   // (end - offset,) view, no copy
+      offset = end;
+    },
+  }, { highWaterMark: 1 });
   try {
     const cache = await caches.open(MODEL_CACHE);
-    await cache.put(cacheKey(model.sha256), new Response(bytes, {
+    await cache.put(cacheKey(model.sha256), new Response(body, {
       headers: { "Content-Type": "application/octet-stream", "X-Mote-Sha256": model.sha256,
                  "X-Mote-Size": String(model.size) },
     }));
@@ -166,6 +241,9 @@ async function store(/** @type {import("./protocol.js").ModelRef} */ model, /** 
   } catch (e) {
     progress("weights", { phase: "store-failed", message: String(e) });
     return false;
+  } finally {
+    view.release();
+    bytes.destroy();
   }
 }
 
@@ -191,14 +269,30 @@ async function handleLoad(msg) {
     post({ type: Ev.READY, info, model: { sha256: model.sha256, reused: true }, timings: { ...timings }, cached: true });
     return;
   }
-  const t0 = performance.now();
-  let bytes = null, cached = false;
+  if (loadingModel) throw new Error("a model is already loading: wait for its ready or error event");
+  loadingModel = true;
   try {
-    bytes = await readCached(model);
-    cached = bytes !== null;
-    if (!bytes) {
-      bytes = await download(model);
-      await store(model, bytes);
+    await loadWeights(msg, model, info);
+  } finally {
+    loadingModel = false;
+  }
+}
+
+/**
+ * Weights of `model` into the engine: Cache API or download, store, parse; posts ready.
+ * @param {import("./protocol.js").LoadRequest} msg @param {import("./protocol.js").ModelRef} model
+ * @param {Object} info  the runtime info for the ready event
+ */
+async function loadWeights(msg, model, info) {
+  loadedSha = null;                                 // from here on generate is refused (see store)
+  const t0 = performance.now();
+  let buf = null, cached = false;
+  try {
+    buf = await readCached(model);
+    cached = buf !== null;
+    if (!buf) {
+      buf = await download(model);
+      await store(model, buf);
     }
   } catch (e) {
     throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "weights" });
@@ -207,8 +301,14 @@ async function handleLoad(msg) {
   progress("weights", { phase: "parse", loaded: model.size, total: model.size });
   const t1 = performance.now();
   loadedSha = null;
-  const modelInfo = bridge.load_model(bytes, msg.n_ctx ?? undefined);
-  bytes = null;                                      // the engine holds its own copy in WASM memory
+  let modelInfo;
+  try {
+    modelInfo = bridge.load_model(buf, msg.n_ctx ?? undefined);   // parses the buffer in place
+  } catch (e) {                                      // e.g. GGUFError: a verified file we cannot run
+    throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "weights" });
+  } finally {
+    buf.destroy();                                   // the Session keeps the bytes; drop our handle
+  }
   timings.model = (performance.now() - t1) / 1000;
   loadedSha = model.sha256;
   post({ type: Ev.READY, info, model: modelInfo, cached, timings: { ...timings }, memory: memory() });

@@ -2,6 +2,8 @@
 
     with serve_in_thread(create_app(settings)) as base_url: ...        # uvicorn on a free port
     with chromium() as browser: page = browser.new_page(); ...           # Playwright, fresh profile
+    heap = WorkerHeap(browser, page); heap.sample()                      # the worker's memory (CDP)
+    renderer_peak_rss()                                                  # the tab's peak RSS (/proc)
 
 Chromium flags: the machine's network is closed, so background networking, sync, component
 updates and QUIC are switched off (otherwise Chromium retries refused connections at every start).
@@ -10,6 +12,7 @@ updates and QUIC are switched off (otherwise Chromium retries refused connection
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -91,3 +94,103 @@ def ensure_static_built() -> Path:
     elif not (static / "build-manifest.json").is_file():
         pytest.skip("browser assets not built and downloads not cached: run python build_wasm.py")
     return static
+
+
+# ---- memory of the tab ------------------------------------------------------------------------
+
+class WorkerHeap:
+    """The dedicated worker's V8 heap and ArrayBuffer backing stores (the WASM memory is one), by CDP.
+
+    `performance.memory` does not exist in workers and Playwright gives no CDP session for them, so
+    this attaches to the worker target from a browser-level session (non-flattened: the worker's
+    replies come back as Target.receivedMessageFromTarget events). sample() returns
+    {"js_heap": usedSize, "buffers": backingStorageSize} in bytes and keeps the peak of their sum.
+    """
+
+    def __init__(self, browser, page):
+        self.page = page
+        self.cdp = browser.new_browser_cdp_session()
+        self.replies: dict[int, dict] = {}
+        self.cdp.on("Target.receivedMessageFromTarget", self._on_message)
+        self.session: str | None = None
+        self.next_id = 0
+        self.peak = {"js_heap": 0, "buffers": 0, "total": 0}
+
+    def _on_message(self, event) -> None:
+        msg = json.loads(event["message"])
+        if "id" in msg:
+            self.replies[msg["id"]] = msg
+
+    def _attach(self) -> bool:
+        if self.session is None:
+            workers = [t for t in self.cdp.send("Target.getTargets")["targetInfos"]
+                       if t["type"] == "worker" and t["url"].endswith("/static/worker.js")]
+            if not workers:
+                return False
+            self.session = self.cdp.send("Target.attachToTarget",
+                                         {"targetId": workers[-1]["targetId"], "flatten": False})["sessionId"]
+        return True
+
+    def sample(self) -> dict | None:
+        if not self._attach():
+            return None
+        self.next_id += 1
+        self.cdp.send("Target.sendMessageToTarget", {"sessionId": self.session, "message": json.dumps(
+            {"id": self.next_id, "method": "Runtime.getHeapUsage"})})
+        for _ in range(100):
+            if self.next_id in self.replies:
+                break
+            self.page.wait_for_timeout(10)
+        reply = self.replies.pop(self.next_id, {}).get("result")
+        if reply is None:
+            return None
+        now = {"js_heap": reply["usedSize"], "buffers": reply["backingStorageSize"]}
+        now["total"] = now["js_heap"] + now["buffers"]
+        for k in self.peak:
+            self.peak[k] = max(self.peak[k], now[k])
+        return now
+
+    def wait_for(self, js_condition: str, timeout_s: float, every_ms: int = 100) -> None:
+        """page.wait_for_function with heap samples in between (the peak is kept)."""
+        deadline = time.time() + timeout_s
+        while not self.page.evaluate(js_condition):
+            if time.time() > deadline:
+                raise TimeoutError(f"{js_condition} not true within {timeout_s} s")
+            self.sample()
+            self.page.wait_for_timeout(every_ms)
+        self.sample()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def renderer_peak_rss() -> int | None:
+    """Largest VmHWM (peak resident set, bytes) of the Chromium renderer processes this test started.
+
+    The page and its worker live in one renderer process, so this is the tab's peak memory as the
+    OS sees it (WASM memory, JS heaps, Chromium's own share). None where /proc is unavailable.
+    """
+    seen, todo, peak = set(), [os.getpid()], None
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo += _children(pid)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"--type=renderer" not in cmdline:
+                continue
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak or 0, int(line.split()[1]) * 1024)
+        except OSError:
+            pass
+    return peak

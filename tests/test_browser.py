@@ -1,0 +1,410 @@
+"""The chat page in headless Chromium, end to end (issue 3's Must show).
+
+One server and one browser per module; the happy path runs in one tab, test after test:
+  cold load (stage names, licence notice, phone-sized layout) -> the golden greedy answer, token for
+  token (tests/data/tiny_golden.json, the same golden tests/test_tiny_golden.py asserts in CPython)
+  with tokens/s shown live -> Stop mid-answer, then the next request still answers -> reload reads
+  the Cache API copy -> a corrupted cached copy is detected (sha256) and downloaded again -> reload
+  with the browser context offline still chats.
+A second context (service workers blocked, so Playwright can rewrite GET /models) gets a 404, a
+chunked download cut short, a connection cut before Content-Length, and a file with the wrong
+bytes: each shows an error in the page and leaves the model cache empty.
+The slow tier loads Gemma 3 270M in the page and compares 16 greedy tokens with the CPython engine,
+measuring load times, decode speed and the tab's peak memory (budget 900 MB).
+
+Numbers are printed as `browser-metrics: {...}` lines (run with -s to see them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from tests import tiny_golden as tg
+from tests.browser_util import WorkerHeap, chromium, ensure_static_built, renderer_peak_rss, serve_in_thread
+
+pytestmark = pytest.mark.browser
+
+PHONE = {"width": 390, "height": 844}
+SCREENSHOT = "/tmp/mote-phone.png"
+
+# Before any page script: record every worker event (type, stage, phase) and every text #speed shows.
+RECORDER = """
+window.__mote = { events: [], speed: [] };
+const NativeWorker = window.Worker;
+window.Worker = class extends NativeWorker {
+  constructor(url, options) {
+    super(url, options);
+    this.addEventListener("message", (e) => {
+      const d = e.data || {};
+      window.__mote.events.push({ type: d.type, stage: d.stage, phase: d.phase, model: !!d.model,
+                                  cached: d.cached, message: d.message, t: performance.now() });
+    });
+  }
+};
+document.addEventListener("DOMContentLoaded", () => {
+  const el = document.getElementById("speed");
+  new MutationObserver(() => window.__mote.speed.push(el.textContent))
+    .observe(el, { childList: true, characterData: true, subtree: true });
+});
+"""
+
+
+def metrics(**values) -> None:
+    print("\nbrowser-metrics:", json.dumps(values, sort_keys=True))
+
+
+# ---- page driving --------------------------------------------------------------------------------
+
+def open_page(page, base_url: str) -> float:
+    """Go to the chat page and wait for the runtime and the model list; returns the boot seconds."""
+    page.goto(base_url + "/")
+    page.wait_for_function("() => window.moteApp && (window.moteApp.state.runtime || window.moteApp.state.lastError)"
+                           " && window.moteApp.state.models.length > 0", timeout=120_000)
+    assert page.evaluate("() => window.moteApp.state.lastError") is None
+    return page.evaluate("() => window.moteApp.state.bootMs") / 1000
+
+
+def select_model(page, file: str) -> None:
+    i = page.evaluate("(f) => window.moteApp.state.models.findIndex((m) => m.file === f)", file)
+    assert i >= 0, f"{file} not in the page's model list"
+    page.select_option("#model-select", str(i))
+
+
+def load_model(page, file: str, heap: WorkerHeap | None = None, timeout_s: float = 60) -> dict:
+    """Pick `file`, press Load, wait for ready or error; returns that event plus the seconds taken."""
+    select_model(page, file)
+    n = page.evaluate("() => window.__mote.events.length")
+    page.evaluate("() => { window.__mote.loadStart = performance.now(); }")
+    page.click("#load-btn")
+    cond = f"() => window.__mote.events.slice({n}).some((e) => (e.type === 'ready' && e.model) || e.type === 'error')"
+    if heap is not None:
+        heap.wait_for(cond, timeout_s)
+    else:
+        page.wait_for_function(cond, timeout=timeout_s * 1000)
+    return page.evaluate(f"""() => {{
+        const e = window.__mote.events.slice({n}).find((e) => (e.type === 'ready' && e.model) || e.type === 'error');
+        return {{ ...e, seconds: (e.t - window.__mote.loadStart) / 1000,
+                 phases: window.__mote.events.slice({n}).filter((e) => e.type === 'progress').map((e) => e.phase) }};
+    }}""")
+
+
+def chat(page, text: str, max_tokens: int, wait: bool = True, heap: WorkerHeap | None = None,
+         timeout_s: float = 60) -> dict | None:
+    """Send `text` greedily (temperature 0) and, unless wait=False, return the page's lastDone."""
+    page.evaluate("() => { document.getElementById('settings').open = true; }")
+    page.fill("#temperature", "0")
+    page.fill("#max_tokens", str(max_tokens))
+    page.evaluate("() => { window.__before = window.moteApp.state.lastDone; window.__mote.speed = []; }")
+    page.fill("#prompt", text)
+    page.click("#send-btn")
+    if not wait:
+        return None
+    cond = "() => window.moteApp.state.lastDone !== window.__before || window.moteApp.state.lastError"
+    if heap is not None:
+        heap.wait_for(cond, timeout_s)
+    else:
+        page.wait_for_function(cond, timeout=timeout_s * 1000)
+    assert page.evaluate("() => window.moteApp.state.lastError") is None
+    return page.evaluate("() => window.moteApp.state.lastDone")
+
+
+def model_cache_keys(page) -> list[str]:
+    return page.evaluate("async () => (await (await caches.open('mote-models-v1')).keys()).map((r) => r.url)")
+
+
+# ---- fixtures ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def golden() -> dict:
+    return tg.load_golden()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, golden):
+    """The dev server with the tiny golden model, a tiny gemma3 (licence notice) and broken routes."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("gguf")
+    from fastapi.responses import Response, StreamingResponse
+
+    from tests.tiny_models import write_tiny
+    from web.app import Settings, create_app
+
+    static = ensure_static_built()
+    models = tmp_path_factory.mktemp("models")
+    data = tg.write_model(models / tg.FILE_NAME, golden).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == golden["model"]["sha256"]
+    write_tiny(models / "tiny-gemma3.gguf", "gemma3", seed=1)
+    app = create_app(Settings(models_dir=models, static_dir=static))
+    octet = "application/octet-stream"
+
+    # Test-only routes serving bad copies of the golden model (GET /models is rewritten to list them).
+    @app.get("/broken/chunked-short.gguf")
+    def chunked_short():   # no Content-Length, ends cleanly after half the bytes
+        return StreamingResponse(iter([data[: len(data) // 2]]), media_type=octet)
+
+    @app.get("/broken/connection-cut.gguf")
+    def connection_cut():  # promises every byte, closes the connection after half of them
+        return StreamingResponse(iter([data[: len(data) // 2]]), media_type=octet,
+                                 headers={"Content-Length": str(len(data))})
+
+    @app.get("/broken/wrong-bytes.gguf")
+    def wrong_bytes():     # full length, one byte changed: only the sha256 can tell
+        bad = bytearray(data)
+        bad[len(bad) // 2] ^= 0x5A
+        return Response(bytes(bad), media_type=octet)
+
+    with serve_in_thread(app) as url:
+        yield url, data
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def tab(browser, site):
+    """One phone-sized tab for the happy path; its tests run in file order and build on each other."""
+    context = browser.new_context(viewport=PHONE)
+    context.add_init_script(RECORDER)
+    page = context.new_page()
+    logs: list[str] = []
+    page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
+    yield page, context, logs
+    context.close()
+
+
+# ---- the happy path, one tab ---------------------------------------------------------------------
+
+def test_cold_load_shows_stages_and_licence(tab, site):
+    page, _, _ = tab
+    base_url, data = site
+    boot_s = open_page(page, base_url)
+    assert page.locator("#stages li").all_inner_texts() == ["runtime", "numpy", "engine", "weights"]
+
+    # licence notice: Gemma's terms for a gemma model, the file's own licence for the tiny model
+    select_model(page, "tiny-gemma3.gguf")
+    assert page.locator("#licence").is_visible()
+    assert "Gemma Terms of Use" in page.locator("#licence").inner_text()
+    assert page.locator("#licence a").get_attribute("href") == "https://ai.google.dev/gemma/terms"
+    select_model(page, tg.FILE_NAME)
+    assert page.locator("#licence").inner_text() == "Licence: apache-2.0"
+
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready" and ready["cached"] is False, ready
+    # every stage was reported by name, in order, and the page marks each one done
+    stages = page.evaluate("() => [...new Set(window.__mote.events.filter((e) => e.type === 'progress').map((e) => e.stage))]")
+    assert stages == ["runtime", "numpy", "engine", "weights"]
+    assert {"download", "verify", "store", "parse"} <= set(ready["phases"])
+    assert page.evaluate("() => [...document.querySelectorAll('#stages li')].map((li) => li.className)") == ["done"] * 4
+    detail = page.locator("#load-detail").inner_text()
+    assert "loaded from the network" in detail
+    assert len(model_cache_keys(page)) == 1
+    metrics(tiny_cold_boot_s=round(boot_s, 2), tiny_cold_model_s=round(ready["seconds"], 3), model_bytes=len(data))
+
+
+def test_golden_greedy_tokens_in_page(tab, golden):
+    """The page's greedy answer is token for token tests/data/tiny_golden.json (CPython's answer)."""
+    page, _, logs = tab
+    done = chat(page, golden["messages"][0]["content"], golden["max_tokens"])
+    assert done["reason"] == golden["reason"], logs
+    assert done["n_prompt"] == len(golden["prompt_tokens"])
+    assert done["token_ids"] == golden["tokens"]
+    assert done["full_text"] == golden["text"]
+    assert page.locator(".msg.assistant").last.text_content() == golden["text"]
+
+    # tokens/s shown live while streaming, then the summary
+    speeds = page.evaluate("() => window.__mote.speed")
+    live = [s for s in speeds if s.endswith(" tok/s") and " tokens · " in s and "decode" not in s]
+    assert len(live) >= golden["max_tokens"] // 2, speeds[:5]
+    assert page.locator("#speed").inner_text().startswith(f"{golden['max_tokens']} tokens · prefill ")
+
+    # phone-sized screen: nothing wider than the viewport, the composer and Stop in view
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+    for sel in ("#prompt", "#send-btn", "#stop-btn", "#model-select", "#load-btn"):
+        box = page.locator(sel).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (sel, box)
+    page.screenshot(path=SCREENSHOT, full_page=True)
+    metrics(tiny_decode_tok_s=round(done["decode_tok_s"], 1), tiny_prefill_tok_s=round(done["prefill_tok_s"], 1))
+
+
+def test_stop_during_generation_then_next_request_answers(tab, golden):
+    page, _, _ = tab
+    page.click("#clear-btn")
+    chat(page, "Tell me a very long story about a cat.", 1900, wait=False)
+    page.wait_for_function("() => /^([3-9]|\\d{2,}) tokens · /.test(document.querySelector('#speed').textContent)",
+                           timeout=30_000)
+    assert page.locator("#stop-btn").is_enabled()
+    page.click("#stop-btn")
+    page.wait_for_function("() => window.moteApp.state.lastDone && window.moteApp.state.lastDone.reason === 'abort'",
+                           timeout=10_000)
+    stopped = page.evaluate("() => window.moteApp.state.lastDone.n_generated")
+    assert 3 <= stopped < 1900
+    assert page.locator("#speed").inner_text() == f"stopped after {stopped} tokens"
+    assert page.locator("#send-btn").is_enabled() and not page.locator("#stop-btn").is_enabled()
+    page.click("#clear-btn")
+    again = chat(page, golden["messages"][0]["content"], golden["max_tokens"])
+    assert again["token_ids"] == golden["tokens"]
+
+
+def test_reload_reads_the_cached_model(tab, site, golden):
+    page, _, _ = tab
+    boot_s = open_page(page, site[0])
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready" and ready["cached"] is True, ready
+    assert "download" not in ready["phases"] and "cache" in ready["phases"]
+    assert "loaded from the offline cache" in page.locator("#load-detail").inner_text()
+    assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
+    metrics(tiny_cached_boot_s=round(boot_s, 2), tiny_cached_model_s=round(ready["seconds"], 3))
+
+
+def test_corrupted_cached_model_is_downloaded_again(tab, site, golden):
+    page, _, _ = tab
+    page.evaluate("""async () => {
+        const cache = await caches.open('mote-models-v1');
+        const [key] = await cache.keys();
+        const bytes = new Uint8Array(await (await cache.match(key)).arrayBuffer());
+        bytes[bytes.length >> 1] ^= 0xff;                    // same length, one byte wrong
+        await cache.put(key, new Response(bytes));
+    }""")
+    open_page(page, site[0])
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready" and ready["cached"] is False, ready
+    assert "cache-corrupt" in ready["phases"] and "download" in ready["phases"]
+    assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
+    cached = page.evaluate("""async () => {
+        const [key] = await (await caches.open('mote-models-v1')).keys();
+        const bytes = new Uint8Array(await (await (await caches.open('mote-models-v1')).match(key)).arrayBuffer());
+        return Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', bytes)), (b) => b.toString(16).padStart(2, '0')).join('');
+    }""")
+    assert cached == golden["model"]["sha256"]               # the good copy replaced the bad one
+
+
+def test_offline_reload_still_chats(tab, site, golden):
+    page, context, _ = tab
+    page.evaluate("async () => { await navigator.serviceWorker.ready; }")
+    page.wait_for_function("() => navigator.serviceWorker.controller !== null", timeout=10_000)
+    context.set_offline(True)
+    try:
+        assert page.evaluate("() => fetch('/models/' + 'tiny-golden.gguf', {cache: 'no-store'}).then(() => 'online', () => 'offline')") == "offline"
+        boot_s = open_page(page, site[0])
+        ready = load_model(page, tg.FILE_NAME)
+        assert ready["type"] == "ready" and ready["cached"] is True, ready
+        done = chat(page, golden["messages"][0]["content"], golden["max_tokens"])
+        assert done["token_ids"] == golden["tokens"]
+    finally:
+        context.set_offline(False)
+    metrics(tiny_offline_boot_s=round(boot_s, 2))
+
+
+# ---- failed downloads: an error in the page, nothing cached --------------------------------------
+
+def test_failed_downloads_show_error_and_cache_nothing(browser, site, golden):
+    base_url, data = site
+    context = browser.new_context(viewport=PHONE, service_workers="block")  # so page.route sees /models
+    context.add_init_script(RECORDER)
+    page = context.new_page()
+
+    def list_broken_models(route):
+        response = route.fetch()
+        models = response.json()
+        good = next(m for m in models if m["file"] == tg.FILE_NAME)
+        for name, url, sha in (("missing", "/models/missing.gguf", hashlib.sha256(b"missing").hexdigest()),
+                               ("chunked-short", "/broken/chunked-short.gguf", good["sha256"]),
+                               ("connection-cut", "/broken/connection-cut.gguf", good["sha256"]),
+                               ("wrong-bytes", "/broken/wrong-bytes.gguf", good["sha256"])):
+            models.append({**good, "name": name, "file": name + ".gguf", "url": url, "sha256": sha})
+        route.fulfill(response=response, json=models)
+
+    page.route("**/models", list_broken_models)
+    try:
+        open_page(page, base_url)
+        expected = {"missing.gguf": "HTTP 404", "chunked-short.gguf": f"truncated at {len(data) // 2} of {len(data)}",
+                    "connection-cut.gguf": "download failed after a partial response", "wrong-bytes.gguf": "sha256"}
+        for i, (file, words) in enumerate(expected.items()):
+            ev = load_model(page, file)
+            assert ev["type"] == "error" and ev["stage"] == "weights", ev
+            assert words in ev["message"], ev
+            shown = page.locator(".msg.error").all_inner_texts()
+            assert len(shown) == i + 1 and shown[-1].startswith("Error (weights): "), shown
+            assert words in shown[-1]
+            assert page.locator('#stages li[data-stage="weights"]').get_attribute("class") == "failed"
+            assert model_cache_keys(page) == [], f"{file}: something was cached"
+            assert page.evaluate("() => window.moteApp.state.model") is None
+        # the worker is still usable: the good model loads and answers
+        ready = load_model(page, tg.FILE_NAME)
+        assert ready["type"] == "ready", ready
+        assert chat(page, golden["messages"][0]["content"], 4)["token_ids"] == golden["tokens"][:4]
+        assert len(model_cache_keys(page)) == 1
+    finally:
+        context.close()
+
+
+# ---- slow: Gemma 3 270M in the page --------------------------------------------------------------
+
+GEMMA_MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+GEMMA_TOKENS = 16
+MEMORY_BUDGET = 900e6
+
+
+@pytest.mark.slow
+def test_gemma_greedy_tokens_match_cpython(browser, tmp_path):
+    pytest.importorskip("fastapi")
+    from tests.paths import gemma_path
+    from web.app import Settings, create_app
+
+    gemma = gemma_path()
+    static = ensure_static_built()
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / gemma.name).symlink_to(gemma.resolve())
+    reference = tg.engine_greedy(gemma.read_bytes(), {"messages": GEMMA_MESSAGES, "max_tokens": GEMMA_TOKENS})
+    from engine import bridge
+
+    bridge._session = None   # free the CPython copy before the browser starts
+
+    app = create_app(Settings(models_dir=models, static_dir=static, follow_symlinks=True))
+    with serve_in_thread(app) as base_url:
+        context = browser.new_context(viewport=PHONE)
+        context.add_init_script(RECORDER)
+        page = context.new_page()
+        cold_boot = open_page(page, base_url)
+        select_model(page, gemma.name)
+        assert "Gemma Terms of Use" in page.locator("#licence").inner_text()
+        heap = WorkerHeap(browser, page)
+        heap.sample()
+        cold = load_model(page, gemma.name, heap=heap, timeout_s=240)
+        assert cold["type"] == "ready" and cold["cached"] is False, cold
+        main_heap = page.evaluate("() => performance.memory ? performance.memory.usedJSHeapSize : 0")
+        done = chat(page, GEMMA_MESSAGES[0]["content"], GEMMA_TOKENS, heap=heap, timeout_s=240)
+        assert done["token_ids"] == reference["tokens"]
+        assert done["full_text"] == reference["text"]
+        assert done["n_prompt"] == len(reference["prompt_tokens"])
+        page.screenshot(path="/tmp/mote-phone-gemma.png", full_page=True)
+        load_peak = dict(heap.peak)
+        rss = renderer_peak_rss()
+        wasm = page.evaluate("() => window.moteApp.state.memory")   # the worker's own report at done
+
+        cached_boot = open_page(page, base_url)   # reload: runtime from the HTTP/SW cache, model from the Cache API
+        heap = WorkerHeap(browser, page)
+        cached = load_model(page, gemma.name, heap=heap, timeout_s=240)
+        assert cached["type"] == "ready" and cached["cached"] is True, cached
+        context.close()
+
+    metrics(gemma_cold_boot_s=round(cold_boot, 2), gemma_cold_model_s=round(cold["seconds"], 2),
+            gemma_cached_boot_s=round(cached_boot, 2), gemma_cached_model_s=round(cached["seconds"], 2),
+            gemma_decode_tok_s=round(done["decode_tok_s"], 2), gemma_prefill_tok_s=round(done["prefill_tok_s"], 2),
+            worker_peak_mb={k: round(v / 1e6) for k, v in load_peak.items()},
+            worker_peak_cached_load_mb={k: round(v / 1e6) for k, v in heap.peak.items()},
+            page_js_heap_mb=round(main_heap / 1e6, 1), renderer_peak_rss_mb=rss and round(rss / 1e6),
+            worker_report_mb={k: v and round(v / 1e6) for k, v in (wasm or {}).items()})
+    # WASM memory only grows, so its size at the end is its peak; the worker's JS heap and
+    # ArrayBuffers (CDP) are sampled peaks; the page's own heap is a few MB.
+    wasm_peak = wasm["wasm_bytes"]
+    assert wasm_peak is not None
+    assert wasm_peak + max(load_peak["total"], heap.peak["total"]) + main_heap <= MEMORY_BUDGET
