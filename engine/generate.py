@@ -106,30 +106,36 @@ class StopStringFilter:
         self.pending = ""            # text not yet released: a possible start of a stop string
 
     def feed(self, text: str) -> tuple[str, bool]:
-        """Add text; return (releasable text, whether a stop string was found)."""
+        """Add text; return (releasable text, whether a stop string was found).
+
+        The result equals cutting the whole text at its first stop string, however the text is
+        split into pieces: a complete match only wins once no earlier, still incomplete match
+        (a suffix of the held text that begins some stop string) could start before it.
+        """
         self.pending += text
         if not self.stops:
             out, self.pending = self.pending, ""
             return out, False
-        # the earliest complete stop string wins; everything from it on is dropped
         hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.pending = self.pending[: min(hits)], ""
+        first = min(hits) if hits else len(self.pending)  # earliest complete stop string
+        # earliest start of a suffix that is a proper prefix of some stop string (may still complete)
+        partial = len(self.pending)
+        for start in range(max(0, len(self.pending) - max(map(len, self.stops)) + 1), first):
+            tail = self.pending[start:]
+            if any(len(tail) < len(s) and s.startswith(tail) for s in self.stops):
+                partial = start
+                break
+        if hits and first <= partial:
+            out, self.pending = self.pending[:first], ""
             return out, True
-        # keep the longest suffix that is a proper prefix of some stop string
-        keep = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.pending)), keep, -1):
-                if self.pending.endswith(s[:n]):
-                    keep = n
-                    break
-        cut = len(self.pending) - keep
+        cut = min(partial, first)
         out, self.pending = self.pending[:cut], self.pending[cut:]
         return out, False
 
     def flush(self) -> str:
-        """Release what is held (generation ended, so it can no longer become a stop string)."""
-        out, self.pending = self.pending, ""
+        """Release what is held (generation ended): up to its first stop string, if one is there."""
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        out, self.pending = self.pending[: min(hits)] if hits else self.pending, ""
         return out
 
 
