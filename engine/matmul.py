@@ -29,8 +29,9 @@ chunk by chunk (a few hundred rows into a reused float32 buffer, so no float cop
 Which one wins depends on the runtime and the shape (see docs/kernels.md): natively the cast
 plus BLAS per-sub-block products ("subdot") beats the broadcast multiply, whose inner loop is only
 one sub-block long; in Pyodide the int8 -> float32 cast dominates and "transposed" keeps every
-loop long. `choose_kernel` times the candidates once per (runtime, shape, sub-block) on a slice of
-the real matrix at load time and caches the answer; MOTE_KERNEL=<name> forces one.
+loop long. `choose_kernel` uses the measured table by default (reproducible outputs and memory);
+MOTE_KERNEL=auto times the candidates once per (runtime, shape, sub-block) on a slice of the real
+matrix at load time instead, and MOTE_KERNEL=<name> forces one.
 
 Products over several tokens (prefill) dequantize a chunk with "scale" and use one matrix-matrix
 product per chunk (BLAS natively; einsum in Pyodide), which is already efficient.
@@ -245,17 +246,33 @@ def _time_call(f, budget_s: float, min_batch_s: float = 0.002) -> float:
     return best
 
 
-def choose_kernel(q: np.ndarray, scale: np.ndarray, offset: np.ndarray | None, budget_s: float = 0.02) -> str:
-    """The fastest matrix-vector kernel for this runtime and shape, timed once and cached.
+def measured_kernel(sub: int, has_offset: bool) -> str:
+    """The winner per runtime from the measured table in docs/kernels.md (deterministic default).
 
-    Times each of KERNELS on the first CALIBRATION_ROWS rows of the real matrix (a few ms each);
-    the answer is reused for every later matrix of the same (runtime, shape, sub-block).
-    MOTE_KERNEL=<name> in the environment skips the timing and forces that kernel.
+    Natively "einsum" wins for every block type except the ternary ones (one 256-long sub-block,
+    no offset), where the cast plus BLAS per-sub-block products ("subdot") wins. In Pyodide
+    "einsum" and "transposed" are within noise of each other; "einsum" needs no repacked copy,
+    so memory stays the same from run to run.
+    """
+    if not ON_WASM and sub == 256 and not has_offset:
+        return "subdot"
+    return "einsum"
+
+
+def choose_kernel(q: np.ndarray, scale: np.ndarray, offset: np.ndarray | None, budget_s: float = 0.02) -> str:
+    """The matrix-vector kernel for this runtime and shape.
+
+    By default the measured table (`measured_kernel`): the same choice on every run, so outputs
+    and memory are reproducible. MOTE_KERNEL=auto instead times each of KERNELS on the first
+    CALIBRATION_ROWS rows of the real matrix (a few ms each) and caches the answer per (runtime,
+    shape, sub-block); MOTE_KERNEL=<name> forces one kernel.
     """
     forced = os.environ.get("MOTE_KERNEL")
-    if forced:
+    if forced and forced != "auto":
         return forced
     n_out, n_sub, sub = q.shape
+    if forced != "auto":
+        return measured_kernel(sub, offset is not None)
     is_view = q.base is not None and not q.flags.c_contiguous
     key = (sys.platform, n_out, n_sub * sub, sub, offset is not None, is_view)
     if key not in _CHOSEN:
