@@ -1,0 +1,323 @@
+// @ts-check
+/**
+ * One shard of a model decoded across several workers (module worker, created by static/parallel.js).
+ *
+ *   boot              Pyodide + numpy + our wheels (each checked against build-manifest.json's sha256)
+ *   ports{index,n}    a MessagePort to every other shard (MessageChannels made by the coordinator)
+ *   load{size,n_ctx}  asks the coordinator for the GGUF header (want -> bytes), then for only the
+ *                     byte ranges its shard needs (engine.shard.ShardLoader), 16 MB at a time, each
+ *                     copied straight into a Python buffer in WASM memory -> loaded{memory}
+ *   generate (shard 0, the leader): engine.shard.LeaderSession; before each step of the generation
+ *                     loop it sends forward{tokens, start} to every peer and runs its own shard
+ *
+ * A forward pass is engine.shard.ShardRunner, one call per sync point. At a SUM each shard posts
+ * its partial (d floats per token) to every peer over the direct ports and waits for theirs; the
+ * peers' rows are written into the runner's mailbox straight in WASM memory (HEAPF32 at its
+ * address), so a sync costs one copy out, one postMessage with the buffer transferred, one copy in.
+ * No SharedArrayBuffer, so no COOP/COEP headers are needed.
+ */
+
+const BASE = new URL(".", import.meta.url);
+const PIECE = 16 << 20;                                  // bytes per `want` request while loading
+
+/** @type {any} */ let pyodide = null;
+/** @type {any} */ let shardMod = null;                 // engine.shard (PyProxy)
+/** @type {any} */ let runner = null;                   // ShardRunner
+/** @type {any} */ let session = null;                  // LeaderSession (shard 0 only)
+let index = 0, nShards = 1;
+/** @type {(MessagePort|null)[]} */ let peers = [];
+let transfer = true;                                     // postMessage partials with transfer (vs structured clone)
+let abortRequested = false, generating = false;
+let seq = 0;                                             // sync points so far: the same count on every shard
+/** @type {number[]} */ let vocabStarts = [];
+const stats = { forwards: 0, syncs: 0, wait_ms: 0, copy_ms: 0, forward_ms: 0 };
+
+/** @param {any} msg @param {Transferable[]} [tr] */
+const post = (msg, tr) => self.postMessage(msg, tr || []);
+
+function memory() {
+  return { wasm_bytes: pyodide?._module?.HEAP8?.buffer?.byteLength ?? null };
+}
+
+/** A macrotask turn without the 4 ms clamp of nested setTimeout (so `abort` can land). */
+const yieldChannel = new MessageChannel();
+/** @type {(() => void)[]} */ const yieldQueue = [];
+yieldChannel.port1.onmessage = () => { const r = yieldQueue.shift(); if (r) r(); };
+const yieldToEventLoop = () => new Promise((r) => { yieldQueue.push(/** @type {any} */ (r)); yieldChannel.port2.postMessage(0); });
+
+/** @param {BufferSource} data */
+async function sha256Hex(data) {
+  const digest = await crypto.subtle.digest("SHA-256", data);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// ---- boot (as static/worker.js boots) --------------------------------------------------------------
+
+async function boot() {
+  const t0 = performance.now();
+  const r = await fetch(new URL("build-manifest.json", BASE));
+  if (!r.ok) throw new Error(`build-manifest.json: HTTP ${r.status} (run python build_wasm.py)`);
+  const manifest = await r.json();
+  const runtimeBase = new URL(manifest.runtime.base_url, BASE).href;
+  const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
+  const py = await loadPyodide({ indexURL: runtimeBase });
+  await py.loadPackage(manifest.packages, { checkIntegrity: true, messageCallback: () => {} });
+  for (const whl of manifest.wheels) {
+    const w = await fetch(new URL(whl.file, BASE));
+    if (!w.ok) throw new Error(`${whl.file}: HTTP ${w.status}`);
+    const bytes = new Uint8Array(await w.arrayBuffer());
+    const got = await sha256Hex(bytes);
+    if (got !== whl.sha256) throw new Error(`${whl.file}: sha256 ${got} does not match build-manifest.json (${whl.sha256})`);
+    py.unpackArchive(bytes, "wheel");
+  }
+  py.runPython("import importlib; importlib.invalidate_caches()");
+  shardMod = py.pyimport("engine.shard");
+  pyodide = py;
+  return (performance.now() - t0) / 1000;
+}
+
+// ---- bytes from the coordinator -------------------------------------------------------------------
+
+let wantId = 0;
+/** @type {Map<number, (data: ArrayBuffer) => void>} */ const wanted = new Map();
+
+/** Bytes [start, end) of the model file, from the coordinator (transferred, no copy). */
+function want(start, end) {
+  const id = ++wantId;
+  return new Promise((resolve) => { wanted.set(id, resolve); post({ type: "want", id, start, end }); });
+}
+
+/** Copy a JS chunk into a Python buffer at `offset` (one memcpy into WASM memory). */
+function fill(pyBuf, offset, chunk) {
+  const view = pyBuf.getBuffer("u8");
+  try { view.data.set(new Uint8Array(chunk), offset); } finally { view.release(); }
+}
+
+/** @param {{size: number, n_ctx?: number, split_attention?: boolean}} msg */
+async function load(msg) {
+  const t0 = performance.now();
+  const size = msg.size;
+  // 1. the header: grow the prefix until engine.shard can parse it (Gemma 3 270M: 6.5 MB)
+  let prefixLen = Math.min(size, 4 << 20), prefix = null;
+  for (;;) {
+    const chunk = await want(0, prefixLen);
+    prefix = pyodide.globals.get("bytearray")(prefixLen);
+    fill(prefix, 0, chunk);
+    if (shardMod.ShardFile.header_length(prefix, size) > 0 || prefixLen === size) break;
+    prefix.destroy();
+    prefixLen = Math.min(size, prefixLen * 2);
+  }
+  const loader = shardMod.ShardLoader(prefix, size, nShards, index, msg.n_ctx ?? null, msg.split_attention !== false);
+  prefix.destroy();
+  // 2. only this shard's byte ranges, PIECE bytes per request
+  const ranges = loader.ranges().toJs();
+  let held = 0;
+  for (const [start, end] of ranges) {
+    const buf = loader.piece(start, end);
+    for (let a = start; a < end; a += PIECE) {
+      const b = Math.min(end, a + PIECE);
+      fill(buf, a - start, await want(a, b));
+      held += b - a;
+    }
+    buf.destroy();
+  }
+  const tParse = performance.now();
+  runner = loader.runner();
+  vocabStarts = runner.vocab_starts().toJs();
+  if (index === 0) session = loader.leader_session(runner.model.n_ctx);
+  const plan = runner.model.plan;
+  const info = { index, heads: plan.heads.toJs(), ffn: plan.ffn.toJs(), vocab: plan.vocab.toJs(),
+                 held_bytes: loader.held_bytes(), n_ctx: runner.model.n_ctx };
+  loader.destroy();
+  return { info, seconds: (performance.now() - t0) / 1000, parse_seconds: (performance.now() - tParse) / 1000 };
+}
+
+// ---- the exchange at sync points ------------------------------------------------------------------
+
+/** @type {Map<number, Map<number, Float32Array>>} */ const arrived = new Map();
+/** @type {{seq: number, need: number, resolve: (m: Map<number, Float32Array>) => void} | null} */
+let waiting = null;
+
+/** @param {{seq: number, from: number, data: Float32Array}} m */
+function onPart(m) {
+  let got = arrived.get(m.seq);
+  if (!got) arrived.set(m.seq, got = new Map());
+  got.set(m.from, m.data);
+  if (waiting && waiting.seq === m.seq && got.size === waiting.need) {
+    const w = waiting;
+    waiting = null;
+    arrived.delete(m.seq);
+    w.resolve(got);
+  }
+}
+
+/** The partials of sync point `s` from `need` peers: at once if all came, else a promise. */
+function receive(s, need) {
+  const got = arrived.get(s);
+  if (need === 0 || (got && got.size === need)) { arrived.delete(s); return got || new Map(); }
+  return new Promise((resolve) => { waiting = { seq: s, need, resolve }; });
+}
+
+/** @param {number} to @param {number} s @param {Float32Array} data @param {boolean} last */
+function send(to, s, data, last) {
+  const port = /** @type {MessagePort} */ (peers[to]);
+  if (transfer) {
+    const buf = last ? data : data.slice();             // a transferred buffer can go to one peer only
+    port.postMessage({ t: "p", seq: s, from: index, data: buf }, [buf.buffer]);
+  } else {
+    port.postMessage({ t: "p", seq: s, from: index, data });   // structured clone (a copy)
+  }
+}
+
+/** One forward pass of this shard: tokens at cache position `start`, syncing with every peer. */
+async function forward(tokens, start) {
+  const t0 = performance.now();
+  const pyTokens = pyodide.toPy(tokens);
+  let code = runner.begin(pyTokens, start);
+  pyTokens.destroy();
+  const cap = runner.capacity;
+  const box = runner.mailbox_address() >> 2;            // float32 index of the mailbox in HEAPF32
+  const others = peers.map((p, j) => j).filter((j) => j !== index);
+  while (code !== 0) {
+    const s = ++seq;
+    const n = Math.abs(code);
+    const sends = others.length > 0 && (code > 0 || index !== 0);   // the leader keeps its own logits slice
+    const tc = performance.now();
+    const mine = sends ? pyodide._module.HEAPF32.slice(box + index * cap, box + index * cap + n) : null;  // (n,) copy out
+    stats.copy_ms += performance.now() - tc;
+    const tw = performance.now();
+    if (code > 0) {                                      // SUM: all-to-all
+      others.forEach((j, k) => send(j, s, /** @type {Float32Array} */ (mine), k === others.length - 1));
+      let got = receive(s, others.length);
+      if (got instanceof Promise) got = await got;
+      stats.wait_ms += performance.now() - tw;
+      const heap = pyodide._module.HEAPF32;
+      for (const [from, data] of got) heap.set(data, box + from * cap);
+    } else if (index !== 0) {                            // GATHER: my logits slice to the leader
+      send(0, s, /** @type {Float32Array} */ (mine), true);
+    } else if (others.length) {
+      let got = receive(s, others.length);
+      if (got instanceof Promise) got = await got;
+      stats.wait_ms += performance.now() - tw;
+      const heap = pyodide._module.HEAPF32;
+      const logits = runner.logits_address() >> 2;
+      for (const [from, data] of got) heap.set(data, logits + vocabStarts[from]);
+    }
+    stats.syncs++;
+    code = runner.resume();
+  }
+  stats.forwards++;
+  stats.forward_ms += performance.now() - t0;
+}
+
+let followerChain = Promise.resolve();
+
+/** @param {MessageEvent} e  a peer's message: a partial, or (from the leader) a forward to run */
+function onPeerMessage(e) {
+  const m = e.data;
+  if (m.t === "p") onPart(m);
+  else if (m.t === "f") {
+    followerChain = followerChain.then(() => forward(m.tokens, m.start)).catch((err) => {
+      post({ type: "error", message: `shard ${index}: ${err?.message || err}` });
+    });
+  }
+}
+
+// ---- generation on the leader ------------------------------------------------------------------------
+
+async function generate(msg) {
+  if (!session) throw new Error("no model loaded on the leader shard");
+  if (generating) throw new Error("already generating: send abort first");
+  generating = true;
+  abortRequested = false;
+  const request = pyodide.toPy({ messages: msg.messages ?? null, prompt: msg.prompt ?? null, params: msg.params ?? {} });
+  let gen;
+  try { gen = session.start(request); } finally { request.destroy(); }
+  const t0 = performance.now();
+  for (const k of Object.keys(stats)) /** @type {any} */ (stats)[k] = 0;
+  let n = 0, decodeStart = 0;
+  try {
+    for (;;) {
+      if (abortRequested) {
+        post({ type: "done", id: msg.id, reason: "abort", text: "", n_prompt: 0, n_generated: n,
+               prefill_tok_s: 0, decode_tok_s: 0, token_ids: [] });
+        break;
+      }
+      const need = gen.need();
+      if (need !== undefined && need !== null) {
+        const [tokens, start] = need.toJs();
+        need.destroy();
+        for (const j of peers.keys()) if (j !== index) /** @type {MessagePort} */ (peers[j]).postMessage({ t: "f", tokens, start });
+        await forward(tokens, start);
+        const logits = runner.last_logits;                 // (vocab,) ndarray, handed back to Python
+        gen.provide(logits, runner.seconds);
+        logits.destroy();
+      }
+      const py = gen.step();
+      if (py === undefined || py === null) break;
+      const ev = py.toJs({ dict_converter: Object.fromEntries });
+      py.destroy();
+      if (ev.type === "prefill") {
+        decodeStart = performance.now();
+      } else if (ev.type === "token") {
+        n = ev.n;
+        const secs = (performance.now() - (decodeStart || t0)) / 1000;
+        post({ type: "token", id: msg.id, text: ev.text, token_id: ev.token_id, n, tok_s: secs > 0 ? n / secs : 0 });
+      } else if (ev.type === "done") {
+        post({ ...ev, id: msg.id, memory: memory(), stats: { ...stats } });
+        break;
+      }
+      await yieldToEventLoop();                          // abort lands here
+    }
+  } finally {
+    gen.close();
+    gen.destroy();
+    generating = false;
+  }
+}
+
+// ---- message-passing micro-benchmark (no Pyodide needed) --------------------------------------------
+
+/** Round trips of a Float32Array(n) to a peer over `port`: clone or transfer. */
+async function pingPong(port, n, iters, mode) {
+  let data = new Float32Array(n);
+  const once = () => new Promise((resolve) => {
+    port.onmessage = (e) => resolve(e.data);
+    if (mode === "transfer") port.postMessage(data, [data.buffer]); else port.postMessage(data);
+  });
+  for (let i = 0; i < 20; i++) data = /** @type {Float32Array} */ (await once());   // warm up
+  const t0 = performance.now();
+  for (let i = 0; i < iters; i++) data = /** @type {Float32Array} */ (await once());
+  return (performance.now() - t0) / iters;
+}
+
+// ---- messages from the coordinator -----------------------------------------------------------------
+
+self.addEventListener("message", async (event) => {
+  const msg = event.data || {};
+  try {
+    switch (msg.type) {
+      case "boot": post({ type: "booted", seconds: await boot() }); break;
+      case "ports":
+        index = msg.index; nShards = msg.n; transfer = msg.transfer !== false;
+        peers = msg.ports;
+        for (const p of peers) if (p) p.onmessage = onPeerMessage;
+        break;
+      case "bytes": { const r = wanted.get(msg.id); wanted.delete(msg.id); if (r) r(msg.data); break; }
+      case "load": post({ type: "loaded", ...(await load(msg)), memory: memory() }); break;
+      case "generate": await generate(msg); break;
+      case "abort": abortRequested = true; break;
+      case "stats": post({ type: "stats", stats: { ...stats }, memory: memory() }); break;
+      case "pong": msg.port.onmessage = (e) => {                       // echo back, same mode
+        const d = e.data;
+        if (msg.mode === "transfer") msg.port.postMessage(d, [d.buffer]); else msg.port.postMessage(d);
+      }; break;
+      case "ping": post({ type: "pinged", ms: await pingPong(msg.port, msg.n, msg.iters, msg.mode) }); break;
+      case "echo": post({ type: "echo", data: msg.data }, msg.mode === "transfer" ? [msg.data.buffer] : []); break;
+      default: break;
+    }
+  } catch (e) {
+    const err = /** @type {any} */ (e);
+    post({ type: "error", id: msg.id, message: `shard ${index}: ${String(err?.message || err)}` });
+  }
+});

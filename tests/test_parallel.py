@@ -1,0 +1,259 @@
+"""Sharded decoding (engine/shard.py, static/parallel*.js) against the plain engine.
+
+CPython: N shards driven in lockstep give Model.forward's logits (prefill, then token by token
+through the KV caches) for tiny models of every architecture and for Gemma 3 270M (slow), each shard
+built from a ShardFile that holds only the header and shard_ranges() of the file, so a missing
+range would fail here. The generation loop on the leader (LookaheadModel inside engine.generate)
+gives engine.generate's greedy tokens.
+Browser (marked `browser`): static/parallel.html with 1 and 2 workers produces the CPython engine's
+greedy tokens on a tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from engine import shard
+from engine.generate import SamplingParams, generate
+from engine.gguf import open_gguf
+from engine.loader import load
+from engine.model import LoadPolicy, load_model
+from tests.paths import gemma_path
+from tests.tiny_models import VOCAB, write_tiny
+
+ARCHS = ["llama", "qwen2", "gemma3", "gpt2"]
+BLOCKS = LoadPolicy(dense_layers_mb=0, dense_head_mb=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    made = {}
+
+    def get(arch, qtype="F32", tied=False, **kw):
+        key = (arch, qtype, tied, tuple(sorted(kw.items())))
+        if key not in made:
+            path = tmp_path_factory.mktemp("tiny") / f"{arch}-{qtype}-{tied}.gguf"
+            made[key] = write_tiny(path, arch, qtype=qtype, tied=tied, **kw)
+        return made[key]
+
+    return get
+
+
+def _tokens(n, seed=1):
+    return np.random.default_rng(seed).integers(3, VOCAB, size=n).tolist()
+
+
+def _shards_from_ranges(path, n, policy=shard.WORKER_POLICY, n_ctx=None, split_attention=True):
+    """Every shard as a worker builds it: header + its byte ranges only, copied out of the file."""
+    data = path.read_bytes()
+    header_len = shard.ShardFile.header_length(data[: 1 << 20], len(data))
+    assert header_len > 0
+    header = data[:header_len]
+    plans = shard.plan_for(shard.ShardFile(header, len(data)), n, split_attention)
+    shards = []
+    for plan in plans:
+        ranges = shard.shard_ranges(shard.ShardFile(header, len(data)), plan)
+        pieces = [(a, bytearray(data[a:b])) for a, b in ranges]
+        shards.append(shard.load_shard(shard.ShardFile(header, len(data), pieces), plan, n_ctx, policy))
+    return shards
+
+
+def _compare(shards, model, toks, split=7):
+    """Prefill toks[:split], then one token at a time: sharded logits == Model.forward's."""
+    for s in shards:
+        s.reset()
+    model.reset()
+    worst = 0.0
+    for chunk in [toks[:split]] + [[t] for t in toks[split:]]:
+        got = shard.run_lockstep(shards, chunk)  # (vocab,)
+        ref = model.forward(chunk)  # (vocab,)
+        scale = max(1.0, float(np.abs(ref).max()))
+        worst = max(worst, float(np.abs(got - ref).max()) / scale)
+    assert all(s.pos == len(toks) for s in shards)
+    return worst
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_sharded_forward_equals_model(tiny, arch, n):
+    path = tiny(arch)
+    model = load_model(open_gguf(path), policy=BLOCKS)
+    shards = _shards_from_ranges(path, n, policy=BLOCKS)
+    assert _compare(shards, model, _tokens(20)) < 1e-4  # 20 tokens cross gemma3's window of 8
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_ffn_only_split_equals_model(tiny, arch):
+    """Attention replicated on every shard, FFN and vocabulary split: one SUM per layer."""
+    path = tiny(arch, "Q8_0")
+    model = load_model(open_gguf(path), policy=BLOCKS)
+    shards = _shards_from_ranges(path, 3, policy=BLOCKS, split_attention=False)
+    assert _compare(shards, model, _tokens(14, seed=6)) < 1e-4
+    runner = shard.ShardRunner(shards[0])
+    for s in shards:
+        s.reset()
+    steps = [s.forward_steps([5]) for s in shards]
+    kinds = []
+    msgs = [next(g) for g in steps]
+    while msgs[0][0] == shard.SUM:
+        kinds.append(msgs[0][0])
+        total = np.stack([p for _, p in msgs]).sum(axis=0)
+        msgs = [g.send(total.copy()) for g in steps]
+    assert len(kinds) == 1 + 2 and runner.n_shards == 3  # embedding + one per layer
+
+
+@pytest.mark.parametrize("arch,qtype,tied", [("llama", "Q8_0", True), ("gemma3", "Q4_0", False),
+                                              ("qwen2", "Q5_0", True), ("gpt2", "Q8_0", False)])
+def test_sharded_block_quantized(tiny, arch, qtype, tied):
+    """Quantized weights: rows cut by byte ranges, columns cut at block boundaries (or dequantized)."""
+    path = tiny(arch, qtype, tied)
+    model = load_model(open_gguf(path), policy=BLOCKS)
+    for n in (2, 3):
+        shards = _shards_from_ranges(path, n, policy=BLOCKS)
+        assert _compare(shards, model, _tokens(12, seed=3), split=5) < 1e-4
+
+
+def test_plan_splits_heads_by_kv_group():
+    from engine.config import ModelConfig
+
+    cfg = ModelConfig("llama", 128, 64, 2, 96, 8, VOCAB, n_kv_heads=2)
+    two = shard.plan_shards(cfg, 2)
+    assert [p.heads for p in two] == [(0, 4), (4, 8)] and [p.kv_heads for p in two] == [(0, 1), (1, 2)]
+    four = shard.plan_shards(cfg, 4)  # more shards than kv heads: each stays inside one group
+    assert [p.heads for p in four] == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    assert [p.kv_heads for p in four] == [(0, 1), (0, 1), (1, 2), (1, 2)]
+    assert [p.ffn for p in shard.plan_shards(cfg, 2, ffn_unit=32)] == [(0, 64), (64, 96)]
+    assert shard.plan_shards(cfg, 3)[-1].vocab[1] == VOCAB
+    with pytest.raises(ValueError, match="9 shards for 8 attention heads"):
+        shard.plan_shards(cfg, 9)
+
+
+def test_shard_file_holds_only_its_ranges(tiny):
+    """A shard's ranges are a fraction of the file; asking for bytes it does not hold names them."""
+    path = tiny("gemma3", "Q8_0", True, d=128, d_ff=256, n_layers=2)
+    data = path.read_bytes()
+    header = data[: shard.ShardFile.header_length(data, len(data))]
+    plans = shard.plan_for(shard.ShardFile(header, len(data)), 2)
+    sizes = [sum(b - a for a, b in shard.shard_ranges(shard.ShardFile(header, len(data)), p)) for p in plans]
+    assert all(s < 0.8 * len(data) for s in sizes)
+    assert shard.ShardFile.header_length(data[:100], len(data)) == 0  # too short to tell
+    gf = shard.ShardFile(header, len(data), [(len(header), bytearray(16))])
+    with pytest.raises(KeyError, match="token_embd.weight"):
+        gf.raw("token_embd.weight")
+
+
+def test_runner_mailbox_protocol(tiny):
+    """ShardRunner as the browser worker drives it, with the peers' rows copied in by hand."""
+    path = tiny("llama", "Q8_0", True)
+    toks = _tokens(6, seed=4)
+    ref = shard.run_lockstep(_shards_from_ranges(path, 2), toks)
+    runners = [shard.ShardRunner(s) for s in _shards_from_ranges(path, 2)]
+    codes = [r.begin(toks, 0) for r in runners]
+    n_sums = 0
+    while codes[0] > 0:
+        assert codes[0] == codes[1]
+        n = codes[0]
+        rows = [r.mailbox[r.index, :n].copy() for r in runners]  # what each worker posts
+        for r in runners:
+            for j, row in enumerate(rows):
+                r.mailbox[j, :n] = row
+        codes = [r.resume() for r in runners]
+        n_sums += 1
+    assert n_sums == 1 + 2 * 2  # embedding + two per layer
+    starts = runners[0].vocab_starts()
+    peer = runners[1].mailbox[1, : -codes[1]]
+    runners[0].logits[starts[1] : starts[1] + len(peer)] = peer
+    assert [r.resume() for r in runners] == [0, 0]
+    np.testing.assert_array_equal(runners[0].logits, ref)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_leader_generation_gives_engine_tokens(tiny, arch):
+    """engine.generate over the LookaheadModel, fed by 2 shards: the same greedy tokens and text."""
+    path = tiny(arch, "Q8_0")
+    loaded = load(path, policy=BLOCKS)
+    prompt = [1] + _tokens(5, seed=5)
+    params = SamplingParams(temperature=0, max_tokens=12)
+    want = [ev.token_id for ev in generate(loaded.model, loaded.tokenizer, prompt, params) if ev.kind == "token"]
+
+    shards = _shards_from_ranges(path, 2, policy=BLOCKS)
+    session = shard.LeaderSession(open_gguf(path), shards[0].n_ctx)
+    gen = shard.LeaderGeneration(session, prompt, 0, params)
+    got, done = [], None
+    while True:
+        need = gen.need()
+        if need is not None:
+            tokens, start = need
+            for s in shards:
+                s.pos = start
+            gen.provide(shard.run_lockstep(shards, tokens), 0.01)
+        ev = gen.step()
+        if ev is None:
+            break
+        if ev["type"] == "token":
+            got.append(ev["token_id"])
+        if ev["type"] == "done":
+            done = ev
+    assert got == want and done["token_ids"] == want and done["reason"] == "length"
+    assert done["decode_tok_s"] > 0 and done["prefill_tok_s"] > 0
+
+
+@pytest.mark.slow
+def test_gemma_sharded_forward_equals_model():
+    path = gemma_path()
+    gf = open_gguf(path)
+    model = load_model(gf, n_ctx=64, policy=shard.WORKER_POLICY)
+    toks = [2] + list(range(1000, 1010))
+    data = path.read_bytes()
+    header = data[: shard.ShardFile.header_length(data[: 8 << 20], len(data))]
+    plans = shard.plan_for(shard.ShardFile(header, len(data)), 2)
+    shards = []
+    for plan in plans:
+        ranges = shard.shard_ranges(shard.ShardFile(header, len(data)), plan)
+        shards.append(shard.load_shard(shard.ShardFile(header, len(data), [(a, data[a:b]) for a, b in ranges]),
+                                       plan, 64))
+        print(f"\nshard {plan.index}: heads {plan.heads} ffn {plan.ffn} vocab {plan.vocab}: "
+              f"{sum(b - a for a, b in ranges) / 2**20:.1f} MB of {len(data) / 2**20:.1f} MB")
+    assert _compare(shards, model, toks, split=6) < 1e-4
+
+
+# ---- the browser --------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_parallel_page_matches_engine(tiny, tmp_path):
+    from tests.browser_util import chromium, ensure_static_built, serve_in_thread
+    from web.app import Settings, create_app
+
+    static = ensure_static_built()
+    path = tiny("gemma3", "Q8_0", True, d=128, d_ff=256, n_layers=3)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny.gguf").write_bytes(path.read_bytes())
+    prompt = "Hello, parallel world"
+    loaded = load(models / "tiny.gguf")
+    params = SamplingParams(temperature=0, max_tokens=16, stop=tuple(loaded.template.stop))
+    want = [ev.token_id for ev in generate(loaded.model, loaded.tokenizer,
+                                           loaded.tokenizer.encode(prompt), params) if ev.kind == "token"]
+
+    app = create_app(Settings(models_dir=models, static_dir=static))
+    with serve_in_thread(app) as base, chromium() as browser:
+        page = browser.new_page()
+        page.on("console", lambda m: print("console:", m.text))
+        page.goto(f"{base}/static/parallel.html")
+        page.wait_for_function("window.MoteParallel !== undefined", timeout=30_000)
+        results = {}
+        for n in (1, 2):
+            out = page.evaluate("""async ([n, prompt]) => {
+                const models = await (await fetch('/models')).json();
+                return await window.MoteParallel.run({workers: n, model: models[0], prompt,
+                                                      params: {temperature: 0, max_tokens: 16}});
+            }""", [n, prompt])
+            print(f"\nparallel-metrics workers={n}:", json.dumps({k: v for k, v in out.items() if k != "token_ids"}))
+            results[n] = out["token_ids"]
+        assert results[1] == want
+        assert results[2] == want
