@@ -1,12 +1,20 @@
 // @ts-check
 /**
  * The chat page: model picker, load progress, streaming chat with Stop, sampling settings,
- * tokens/s, licence notice. All inference runs in static/worker.js; this file only talks the
- * protocol in static/protocol.js and updates the DOM (textContent only, never innerHTML).
+ * tokens/s, licence notice. All inference runs in static/worker.js, or with the "Workers" setting
+ * above 1 in a ParallelWorker (static/parallel.js: the model sharded over N workers, same
+ * protocol); this file only talks the protocol in static/protocol.js and updates the DOM
+ * (textContent only, never innerHTML).
+ *
+ * Workers: saved in localStorage, default 1 (on a 2-core machine 2 workers measured slower than 1).
+ * A model decodes on one worker anyway when engine/shard.py cannot split its architecture (e.g.
+ * atome) or its file is under MIN_PARALLEL_BYTES (?minParallelBytes=N overrides, for tests).
+ * Changing the setting ends the current worker(s); the model must be loaded again.
  *
  * window.moteApp.state is read by the Playwright tests (stages, timings, runtime info, last done).
  */
 import { Req, Ev, STAGES, isMessage } from "./protocol.js";
+import { ParallelWorker, defaultWorkers, MAX_WORKERS } from "./parallel.js";
 
 const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
 
@@ -26,16 +34,59 @@ const state = {
   loading: false,                                          // a model load is in flight
   nextId: 1,
   bootMs: 0,
+  workers: 1,                                              // workers of the current worker object
 };
 
-const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
-const t0 = performance.now();
+const WORKERS_KEY = "mote.workers";
+/** The architectures engine/shard.py can split; anything else (atome, ...) runs on one worker. */
+const SHARDABLE = new Set(["llama", "qwen2", "gemma3", "gpt2"]);
+/** Smaller files decode on one worker: the per-layer syncs cost more than the split saves. */
+const MIN_PARALLEL_BYTES = (() => {
+  const v = Number(new URLSearchParams(location.search).get("minParallelBytes") ?? NaN);
+  return Number.isFinite(v) && v >= 0 ? v : 50e6;
+})();
+
+/** @type {Worker|ParallelWorker} */ let worker;
+let t0 = performance.now();                                // when the current worker started booting
 let currentId = 0;
 /** @type {HTMLElement|null} */ let streamingEl = null;
 let streamed = "";
 
 /** @param {import("./protocol.js").Request} msg */
 const send = (msg) => worker.postMessage(msg);
+
+/** The Workers setting, clamped to 1..MAX_WORKERS. */
+function workersSetting() {
+  const n = Math.floor(Number($("workers").value));
+  return Number.isFinite(n) ? Math.max(1, Math.min(n, MAX_WORKERS)) : 1;
+}
+
+/** Workers to decode `model` (a GET /models entry) with: the setting, or 1 where sharding does not pay. */
+function workersFor(/** @type {any} */ model) {
+  const n = workersSetting();
+  if (n <= 1 || !model || !SHARDABLE.has(model.architecture) || !(model.size >= MIN_PARALLEL_BYTES)) return 1;
+  return n;
+}
+
+/** End the current worker(s), if any, and boot `n`: a plain worker for 1, a ParallelWorker above. */
+function startWorker(/** @type {number} */ n) {
+  if (worker) worker.terminate();
+  const w = n > 1 ? new ParallelWorker({ workers: n })
+                  : new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  // events of a terminated worker still queued must not reach the page
+  w.addEventListener("message", (/** @type {any} */ e) => { if (w === worker) onWorkerMessage(e); });
+  w.addEventListener("error", (/** @type {any} */ e) => { if (w === worker) onWorkerError(e); });
+  worker = w;
+  state.workers = n;
+  state.runtime = null;
+  state.model = null;
+  state.loading = false;
+  if (streamingEl) { streamingEl.classList.remove("streaming"); streamingEl = null; state.history.pop(); }
+  for (const s of STAGES) setStage(s, "");
+  setStage("runtime", "active");
+  t0 = performance.now();
+  setBusy(false);
+}
 
 function setStatus(/** @type {string} */ text) { $("status").textContent = text; }
 
@@ -82,7 +133,7 @@ function showLicence(/** @type {any} */ m) {
 
 // ---- worker events ----------------------------------------------------------------------------
 
-worker.addEventListener("message", (event) => {
+function onWorkerMessage(/** @type {MessageEvent} */ event) {
   const ev = event.data;
   if (!isMessage(ev, Object.values(Ev))) return;
   switch (ev.type) {
@@ -110,7 +161,9 @@ worker.addEventListener("message", (event) => {
       if (!state.runtime) {
         state.runtime = r.info;
         state.bootMs = performance.now() - t0;
-        setStatus(`Python ${r.info.python}, numpy ${r.info.numpy}, engine ${r.info.engine} — ready in ${(state.bootMs / 1000).toFixed(1)} s`);
+        const ready = `ready in ${(state.bootMs / 1000).toFixed(1)} s`;
+        setStatus(r.info.parallel ? `${r.info.workers} workers (Python + numpy in each) — ${ready}`
+                                  : `Python ${r.info.python}, numpy ${r.info.numpy}, engine ${r.info.engine} — ${ready}`);
       }
       if (r.model) {
         setStage("weights", "done");
@@ -166,11 +219,12 @@ worker.addEventListener("message", (event) => {
       break;
     }
   }
-});
-worker.addEventListener("error", (e) => {
+}
+
+function onWorkerError(/** @type {ErrorEvent} */ e) {
   state.lastError = e.message || "the worker failed to start";
   addMessage("error", `Worker error: ${state.lastError}`);
-});
+}
 
 // ---- user actions -----------------------------------------------------------------------------
 
@@ -188,10 +242,23 @@ $("load-btn").addEventListener("click", () => {
   if (!state.selected) return;
   state.model = null;
   state.lastError = null;                           // lastError belongs to the latest request
+  const n = workersFor(state.selected);
+  if (n !== state.workers) startWorker(n);         // e.g. a small or atome model on a multi-worker setting
   state.loading = true;
   setBusy(false);
   setStage("weights", "active");
   send({ type: Req.LOAD, model: { url: state.selected.url, sha256: state.selected.sha256, size: state.selected.size, name: state.selected.name } });
+});
+
+$("workers").addEventListener("change", () => {
+  const n = workersSetting();
+  $("workers").value = String(n);
+  try { localStorage.setItem(WORKERS_KEY, String(n)); } catch { /* storage blocked: this tab only */ }
+  const boot = state.selected ? workersFor(state.selected) : n;   // what Load will need
+  if (boot === state.workers && !state.model && !state.loading) return;
+  startWorker(boot);
+  send({ type: Req.LOAD });
+  $("load-detail").textContent = `Workers: ${n}. Press Load to load the model again.`;
 });
 
 $("model-select").addEventListener("change", () => {
@@ -256,9 +323,18 @@ async function loadModelList() {
 if ("serviceWorker" in navigator && window.isSecureContext) {
   navigator.serviceWorker.register("/sw.js", { scope: "/" }).catch((e) => console.warn("service worker:", e));
 }
-setStage("runtime", "active");
+let saved = null;
+try { saved = localStorage.getItem(WORKERS_KEY); } catch { saved = null; }
+$("workers").max = String(MAX_WORKERS);
+$("workers").value = saved ?? "1";                 // 1 unless the user chose more (see the file docstring)
+$("workers").title = `Decoding workers, each with its own Python. Default 1: on a 2-core machine 2 were ` +
+  `slower than 1; this device has ${navigator.hardwareConcurrency || "?"} cores (up to ${defaultWorkers()} may help). ` +
+  `Atome models and files under ${fmtBytes(MIN_PARALLEL_BYTES)} always use 1. Changing it needs a fresh Load.`;
+startWorker(workersSetting());
 send({ type: Req.LOAD });          // boot Python + numpy + engine while the user picks a model
 loadModelList();
 
-/** For tests and the console: read-only view of the page state and the worker. */
-Object.defineProperty(window, "moteApp", { value: Object.freeze({ state, worker, send }) });
+/** For tests and the console: read-only view of the page state, the current worker, the workers rule. */
+Object.defineProperty(window, "moteApp", {
+  value: Object.freeze({ state, get worker() { return worker; }, send, workersFor }),
+});

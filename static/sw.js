@@ -18,6 +18,7 @@
 const sw = /** @type {ServiceWorkerGlobalScope} */ (/** @type {unknown} */ (self));
 const SHELL_CACHE = "mote-shell-v1";
 const SHELL = ["/", "/models", "/static/main.js", "/static/worker.js", "/static/protocol.js",
+               "/static/parallel.js", "/static/parallel-worker.js",
                "/static/style.css", "/static/build-manifest.json"];
 
 sw.addEventListener("install", (event) => {

@@ -302,6 +302,48 @@ def test_offline_reload_still_chats(tab, site, golden):
     metrics(tiny_offline_boot_s=round(boot_s, 2))
 
 
+# ---- the Workers setting: the golden answer from two workers ------------------------------------
+
+def test_two_workers_give_the_golden_answer(browser, site, golden):
+    """Workers=2 in the page shards the model over two workers (static/parallel.js) and still gives
+    the golden greedy tokens; ?minParallelBytes=0 lifts the 50 MB floor so the tiny model qualifies."""
+    base_url, _ = site
+    context = browser.new_context(viewport=PHONE)          # its own localStorage: the tab keeps 1 worker
+    context.add_init_script(RECORDER)
+    page = context.new_page()
+    ready_cond = "() => window.moteApp && window.moteApp.state.runtime && window.moteApp.state.models.length > 0"
+    try:
+        page.goto(base_url + "/?minParallelBytes=0")
+        page.wait_for_function(ready_cond, timeout=120_000)
+        assert page.input_value("#workers") == "1"          # the page's default, whatever the cores
+        assert page.evaluate("() => window.moteApp.state.workers") == 1
+        # the rule: atome and unknown architectures stay on one worker, shardable ones get the setting
+        page.evaluate("() => { document.getElementById('settings').open = true; }")
+        page.fill("#workers", "2")
+        page.dispatch_event("#workers", "change")
+        assert page.evaluate("() => localStorage.getItem('mote.workers')") == "2"
+        assert page.evaluate("() => window.moteApp.workersFor({architecture: 'atome', size: 1e9})") == 1
+        assert page.evaluate("() => window.moteApp.workersFor({architecture: 'qwen2', size: 1e9})") == 2
+        page.wait_for_function(ready_cond, timeout=120_000)
+        assert page.evaluate("() => window.moteApp.state.workers") == 2
+
+        select_model(page, tg.FILE_NAME)
+        page.click("#load-btn")
+        page.wait_for_function("() => window.moteApp.state.model || window.moteApp.state.lastError", timeout=120_000)
+        assert page.evaluate("() => window.moteApp.state.lastError") is None
+        assert page.evaluate("() => window.moteApp.state.model.workers") == 2
+        assert page.evaluate("() => window.moteApp.worker.n") == 2     # a ParallelWorker, not worker.js
+        done = chat(page, golden["messages"][0]["content"], golden["max_tokens"])
+        assert done["reason"] == golden["reason"]
+        assert done["n_prompt"] == len(golden["prompt_tokens"])
+        assert done["token_ids"] == golden["tokens"]
+        assert done["full_text"] == golden["text"]
+        assert page.locator(".msg.assistant").last.text_content() == golden["text"]
+        metrics(tiny_2workers_decode_tok_s=round(done["decode_tok_s"], 1))
+    finally:
+        context.close()
+
+
 # ---- failed downloads: an error in the page, nothing cached --------------------------------------
 
 def test_failed_downloads_show_error_and_cache_nothing(browser, site, golden):
