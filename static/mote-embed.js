@@ -60,8 +60,8 @@
       try {
         r = await fetch(url, { method: "HEAD", cache: "no-store" });
       } catch (e) {
-        throw new Error(`Mote: cannot reach ${url} (${e}); is the Mote server up, and does it allow this origin `
-          + `(${location.origin}) with --cors-origin?`);
+        throw new Error(`Mote: cannot reach ${url} (${e}); is the Mote server up, and does it allow this `
+          + `page's origin (mote serve --cors-origin ${location.origin})?`);
       }
       if (!r.ok) throw new Error(`Mote: HEAD ${url}: HTTP ${r.status}`);
       const etag = (r.headers.get("ETag") || "").replace(/^W\//, "").replace(/"/g, "");
