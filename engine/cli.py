@@ -26,9 +26,30 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
+
+
+def _blas_threads(argv: list[str]) -> str:
+    """BLAS threads for this run, decided before numpy loads (OpenBLAS reads the variable once).
+
+    By default the int8-block products of the LM head run in Mote's own row-band threads
+    (engine/matmul.py), and a second, BLAS thread pool on the same cores only gets in the way:
+    measured on 2 cores, Gemma decode 10.2 tok/s with BLAS on 1 thread vs 8.7 on 2. With
+    --dense-mb large enough that everything is float32, all the work is BLAS and its threads win
+    (24.3 vs 13.2 tok/s).
+    """
+    for i, a in enumerate(argv):
+        value = a.split("=", 1)[1] if a.startswith("--dense-mb=") else (argv[i + 1] if a == "--dense-mb" and i + 1 < len(argv) else None)
+        try:
+            if value is not None and float(value) >= 1024:
+                return str(os.cpu_count() or 1)
+        except ValueError:
+            pass
+    return "1"
+
+
+if "numpy" not in sys.modules:  # the `mote` entry point: nothing has loaded numpy yet
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", _blas_threads(sys.argv[1:]))
 
 BENCH_PROMPT = "Once upon a time, in a small village, there lived an old clockmaker who"
 
@@ -168,6 +189,8 @@ def cmd_logits(args) -> int:
     loaded = _load(args)
     ids = loaded.tokenizer.encode(args.prompt)
     logits = loaded.model.forward(ids)  # (vocab,)
+    import numpy as np
+
     top = np.argsort(-logits, kind="stable")[: args.top]
     pairs = [[int(i), float(logits[i])] for i in top]
     text = "\n".join(f"{i:8d} {v:10.4f}  {loaded.tokenizer.token_bytes(i)!r}" for i, v in pairs)
@@ -233,6 +256,8 @@ def cmd_bench(args) -> int:
             if ev.kind == "done":
                 done = ev
         runs.append(done)
+    import numpy as np
+
     med = lambda xs: float(np.median(xs))  # noqa: E731
     data = {
         "model": str(loaded.path),

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -67,6 +68,35 @@ COPY_VIEW_LIMIT_MB = 64.0
 # tall matrix (the LM head) that defeats the caches, and a slice timed at load would not show it.
 TRANSPOSED_MAX_ROWS = 8192
 _CHOSEN: dict[tuple, str] = {}  # (runtime, n_out, n_in, sub, offset?, file view?) -> kernel name
+
+# Natively, numpy releases the GIL inside casts and einsum loops, so a tall matrix (the LM head)
+# is split into row bands computed by a small thread pool. Pyodide has no threads: one band.
+THREADS = 1 if ON_WASM else max(1, min(int(os.environ.get("MOTE_THREADS", os.cpu_count() or 1)), 8))
+THREAD_MIN_ROWS = 32768  # below this, thread hand-off costs more than it saves
+_POOL = None
+
+
+_LOCAL = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 working buffer of `shape`, reused across calls and matrices (one set per thread)."""
+    cache = getattr(_LOCAL, "bufs", None)
+    if cache is None:
+        cache = _LOCAL.bufs = {}
+    buf = cache.get((name, shape))
+    if buf is None:
+        buf = cache[(name, shape)] = np.empty(shape, dtype=np.float32)
+    return buf
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="mote-matmul")
+    return _POOL
 
 
 def reference_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], x: np.ndarray) -> np.ndarray:
@@ -120,7 +150,8 @@ class BlockLinear:
     kernel: one of KERNELS, or None to let `choose_kernel` time them on this matrix.
     """
 
-    def __init__(self, q: np.ndarray, scale: np.ndarray, offset: np.ndarray | None, kernel: str | None = None):
+    def __init__(self, q: np.ndarray, scale: np.ndarray, offset: np.ndarray | None, kernel: str | None = None,
+                 threads: int | None = None):
         n_out, n_sub, sub = q.shape
         self.n_out, self.n_in, self.n_sub, self.sub = n_out, n_sub * sub, n_sub, sub
         self.scale = np.ascontiguousarray(scale, dtype=np.float32)  # (n_out, n_sub)
@@ -134,22 +165,44 @@ class BlockLinear:
         if kernel == "transposed":
             self.q = None
             self.qT = np.ascontiguousarray(q.reshape(n_out, self.n_in).T)  # (n_in, n_out) int8
-            self._bufT = np.empty((self.n_in, self.chunk), dtype=np.float32)  # reused: columns of W.T
             self.scaleT = np.ascontiguousarray(self.scale.T)  # (n_sub, n_out)
         else:
             self.q = q  # (n_out, n_sub, sub), kept as given (a strided view of the file for Q8_0)
-        self._buf = np.empty((self.chunk, n_sub, sub), dtype=np.float32)  # reused every call
-        self._part = np.empty((self.chunk, n_sub), dtype=np.float32)  # per-sub-block dot products
-        self._partT = np.empty((n_sub, self.chunk), dtype=np.float32)
         # False only while q is a strided view of the file (then the file's pages must stay)
         self.copied = self.q is None or self.q.base is None or self.q.flags.c_contiguous
+        # Row bands for the thread pool (tall matrices, native only): each band its own buffers.
+        self._bands = []
+        threads = THREADS if threads is None else threads
+        if threads > 1 and n_out >= THREAD_MIN_ROWS and self.q is not None:
+            edges = [n_out * t // threads for t in range(threads + 1)]
+            self._bands = [
+                (a, b, BlockLinear(q[a:b], self.scale[a:b], None if offset is None else self.offset[a:b], kernel, 1))
+                for a, b in zip(edges, edges[1:])
+            ]
+
+    # Working buffers: shared by every matrix of the same chunk shape (per thread), not one set per
+    # matrix; a model has ~130 block matrices, which would otherwise hold ~1 MB of scratch each.
+    @property
+    def _buf(self) -> np.ndarray:
+        return _scratch("buf", (self.chunk, self.n_sub, self.sub))  # (chunk, n_sub, sub) f32
+
+    @property
+    def _part(self) -> np.ndarray:
+        return _scratch("part", (self.chunk, self.n_sub))  # per-sub-block dot products
+
+    @property
+    def _partT(self) -> np.ndarray:
+        return _scratch("partT", (self.n_sub, self.chunk))
+
+    @property
+    def _bufT(self) -> np.ndarray:
+        return _scratch("bufT", (self.n_in, self.chunk))  # columns of W.T
 
     @property
     def nbytes(self) -> int:
+        """Bytes this matrix holds itself (not the file's pages, not the shared scratch)."""
         own = self.qT.nbytes if self.q is None else (self.q.nbytes if self.copied else 0)
-        extra = self._buf.nbytes + self._part.nbytes + self._partT.nbytes + self.scale.nbytes
-        if self.q is None:
-            extra += self._bufT.nbytes + self.scaleT.nbytes
+        extra = self.scale.nbytes + (self.scaleT.nbytes if self.q is None else 0)
         return own + extra + (0 if self.offset is None else self.offset.nbytes)
 
     # ---- the product ----------------------------------------------------------------------------
@@ -159,6 +212,11 @@ class BlockLinear:
         if x.size == self.n_in:  # one token, (n_in,) or (1, n_in) as model.forward passes it in decode
             y = np.empty(self.n_out, np.float32) if out is None else out.reshape(self.n_out)  # (n_out,)
             x1 = np.ascontiguousarray(x.reshape(self.n_in))  # (n_in,)
+            if self._bands:  # row bands in parallel threads, each writing its slice of y
+                jobs = [_pool().submit(band, x1, y[a:b]) for a, b, band in self._bands]
+                for job in jobs:
+                    job.result()
+                return y.reshape(*x.shape[:-1], self.n_out)
             getattr(self, "_mv_" + self.kernel)(x1, y)
             if self.offset is not None:
                 xsum = x1.reshape(self.n_sub, self.sub).sum(axis=1)  # (n_sub,) per-sub-block sums of x

@@ -69,6 +69,20 @@ def test_q8_0_head_stays_a_view_of_the_file():
     assert lin.copied and not np.shares_memory(lin.qT, raw)
 
 
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_K"])
+def test_row_bands_in_threads_equal_one_band(name, monkeypatch):
+    """Natively a tall matrix is split into row bands computed by a thread pool: same numbers."""
+    monkeypatch.setattr(matmul, "THREAD_MIN_ROWS", 64)
+    tid, raw, xs = _case(name, 300, 256, seed=3)
+    one = matmul.prepare_linear(raw, tid, (300, 256), dense=False, kernel="einsum")
+    q, scale, offset = one.q, one.scale, one.offset
+    banded = matmul.BlockLinear(q, scale, offset, "einsum", threads=3)
+    assert len(banded._bands) == 3 and sum(b - a for a, b, _ in banded._bands) == 300
+    assert _close(banded(xs[0]), one(xs[0])) <= 1e-6  # same rows, same kernel (BLAS blocking may differ)
+    ref = matmul.reference_linear(raw, tid, (300, 256), xs[0])
+    assert _close(banded(xs[0]), ref) <= RTOL
+
+
 def test_unknown_kernel_is_named():
     tid, raw, _ = _case("Q8_0", 8, 64)
     with pytest.raises(ValueError, match="unknown kernel 'fast'"):
