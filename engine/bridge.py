@@ -241,25 +241,32 @@ class Session:
         self._cached = list(tokens[: self.model.pos]) if tokens else []
 
     def prompt_tokens(self, request: dict) -> list[int]:
-        """Token ids of a request: a chat (`messages`, through the chat template) or a raw `prompt`."""
-        from engine.chat import chat_tokens
-
-        if request.get("messages") is not None:
-            return chat_tokens(self.tokenizer, self.template, request["messages"])
-        prompt = request.get("prompt")
-        if not isinstance(prompt, str):
-            raise ValueError(f"generate request needs 'messages' or a 'prompt' string, got {sorted(request)}")
-        return list(self.tokenizer.encode(prompt, add_bos=None))
+        return request_tokens(self.tokenizer, self.template, request)
 
     def start(self, request: dict) -> Generation:
         from engine.generate import SamplingParams
 
         params = sampling_params(request.get("params") or {}, SamplingParams, self.template.stop)
         tokens = self.prompt_tokens(request)
-        # Reuse the KV cache when it holds an exact prefix of the new prompt (a chat's next turn).
-        n = len(self._cached)
-        reuse = n if 0 < n < len(tokens) and tokens[:n] == self._cached and self.model.pos == n else 0
-        return Generation(self, tokens, reuse, params)
+        return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos), params)
+
+
+def request_tokens(tokenizer, template, request: dict) -> list[int]:
+    """Token ids of a request: a chat (`messages`, through the chat template) or a raw `prompt`."""
+    from engine.chat import chat_tokens
+
+    if request.get("messages") is not None:
+        return chat_tokens(tokenizer, template, request["messages"])
+    prompt = request.get("prompt")
+    if not isinstance(prompt, str):
+        raise ValueError(f"generate request needs 'messages' or a 'prompt' string, got {sorted(request)}")
+    return list(tokenizer.encode(prompt, add_bos=None))
+
+
+def reusable_prefix(cached: list[int], tokens: list[int], pos: int) -> int:
+    """How many leading tokens the KV cache already holds (a chat's next turn), or 0."""
+    n = len(cached)
+    return n if 0 < n < len(tokens) and tokens[:n] == cached and pos == n else 0
 
 
 def sampling_params(raw: dict, cls, stop: tuple[str, ...] = ()):

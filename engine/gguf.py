@@ -530,9 +530,13 @@ class GGUFFile:
         nbytes = n_elements // qt.block_size * qt.type_size
         return name, tuple(reversed(ne)), ggml_type, rel_offset, nbytes
 
+    def _file_nbytes(self) -> int:
+        """Bytes the tensors may span: the buffer (a partial reader overrides this with the file's size)."""
+        return len(self._mv)
+
     def _place_tensors(self, infos: list) -> None:
         """Check each tensor's offset against the alignment, the file end and its neighbours."""
-        data_size = len(self._mv) - self.data_offset
+        data_size = self._file_nbytes() - self.data_offset
         for name, shape, ggml_type, rel_offset, nbytes in infos:
             if rel_offset % self.alignment:
                 raise GGUFError(f"tensor {name!r}: offset {rel_offset} is not a multiple of the "

@@ -164,22 +164,9 @@ class ShardFile(GGUFFile):
                 raise  # the whole file is there: a real defect
             return 0
 
-    def _place_tensors(self, infos: list) -> None:
-        """As GGUFFile's check, but against the declared file size rather than the bytes held."""
-        data_size = self.file_size - self.data_offset
-        for name, shape, ggml_type, rel_offset, nbytes in infos:
-            if rel_offset % self.alignment:
-                raise GGUFError(f"tensor {name!r}: offset {rel_offset} is not a multiple of the "
-                                f"alignment {self.alignment}")
-            if rel_offset > data_size or nbytes > data_size - rel_offset:
-                raise GGUFError(f"tensor {name!r}: bytes [{rel_offset}, {rel_offset + nbytes}) of the data "
-                                f"section lie outside the file (data section holds {max(data_size, 0)} bytes)")
-            self.tensors[name] = TensorInfo(name, shape, ggml_type, self.data_offset + rel_offset, nbytes)
-        spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in self.tensors.values())
-        for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:]):
-            if start_b < end_a:
-                raise GGUFError(f"tensor {name_b!r} at offset {start_b} overlaps tensor {name_a!r} "
-                                f"(which ends at {end_a})")
+    def _file_nbytes(self) -> int:
+        """Tensors are checked against the declared file size, not the header bytes held."""
+        return self.file_size
 
     def _span(self, name: str, start: int, end: int) -> np.ndarray:
         for p_start, p_end, arr in self.pieces:
@@ -714,24 +701,17 @@ class LeaderSession:
         self._cached = list(tokens[: self.proxy.pos]) if tokens else []
 
     def prompt_tokens(self, request: dict) -> list[int]:
-        from .chat import chat_tokens
+        from .bridge import request_tokens
 
-        if request.get("messages") is not None:
-            return chat_tokens(self.tokenizer, self.template, request["messages"])
-        prompt = request.get("prompt")
-        if not isinstance(prompt, str):
-            raise ValueError(f"generate request needs 'messages' or a 'prompt' string, got {sorted(request)}")
-        return list(self.tokenizer.encode(prompt, add_bos=None))
+        return request_tokens(self.tokenizer, self.template, request)
 
     def start(self, request: dict) -> LeaderGeneration:
-        from .bridge import sampling_params
+        from .bridge import reusable_prefix, sampling_params
         from .generate import SamplingParams
 
         params = sampling_params(request.get("params") or {}, SamplingParams, self.template.stop)
         tokens = self.prompt_tokens(request)
-        n = len(self._cached)
-        reuse = n if 0 < n < len(tokens) and tokens[:n] == self._cached and self.proxy.pos == n else 0
-        return LeaderGeneration(self, tokens, reuse, params)
+        return LeaderGeneration(self, tokens, reusable_prefix(self._cached, tokens, self.proxy.pos), params)
 
 
 class ShardLoader:
