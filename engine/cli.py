@@ -248,7 +248,7 @@ def cmd_bench(args) -> int:
     rss0 = _peak_rss_mb()
     loaded = _load(args)
     tok = loaded.tokenizer
-    prompt = tok.encode(args.prompt)
+    prompt = tok.encode(args.prompt or BENCH_PROMPT)
     runs = []
     for _ in range(args.repeat):
         done = None
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="speed: natively, or in headless Chromium with --browser")
     p.add_argument("model", nargs="+", help="model(s); several files compare models or quantizations (--browser)")
-    p.add_argument("-p", "--prompt", default=BENCH_PROMPT)
+    p.add_argument("-p", "--prompt", default=None, help="prompt (default: a fixed story opening; --browser: two fixed prompts)")
     p.add_argument("-n", "--n-predict", type=int, default=32)
     p.add_argument("--repeat", type=int, default=3)
     _add_load(p)

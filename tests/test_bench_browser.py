@@ -4,6 +4,7 @@
   and the correctness column is computed from real token ids (browser vs CPython engine);
 * the column turns red (and the exit status 1) when the reference comes from a perturbed copy of
   the model file, i.e. when the tokens differ;
+* `--workers 2` adds a `mote ×2 workers` row (static/parallel.js) whose tokens are checked the same way;
 * a missing Chromium is a clear one-line error, exit status 2.
 """
 
@@ -67,6 +68,42 @@ def test_bench_tiny_three_outputs_and_real_correctness(tiny, tmp_path, capsys):
     assert line.startswith("| tiny-llama | F32 | mote | 1 |") and line.endswith("✅ yes |")
 
 
+def _engine_tokens(model, prompt, n):
+    """The CPython engine's greedy tokens, computed here independently of web/bench.py."""
+    from engine.generate import SamplingParams, generate
+    from engine.loader import load
+
+    loaded = load(model)
+    return [ev.token_id for ev in generate(loaded.model, loaded.tokenizer, loaded.tokenizer.encode(prompt),
+                                           SamplingParams(temperature=0, max_tokens=n, stop=loaded.template.stop))
+            if ev.kind == "token"]
+
+
+def test_bench_workers_row(tiny, tmp_path, capsys):
+    from web.bench import main
+
+    model, _ = tiny
+    assert main(args(model, tmp_path, "--workers", "2")) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    rows = {r["engine"]: r for r in report["rows"]}
+    assert list(rows) == ["mote", "mote ×2 workers"]
+    par = rows["mote ×2 workers"]
+    want = _engine_tokens(model, PROMPT, 6)
+    assert len(want) == 6
+    assert par["error"] is None and par["compared"] == "tokens"
+    assert par["runs"][0]["token_ids"] == [want] and par["greedy_ok"] is True
+    run = par["runs"][0]
+    for key in ("download_s", "init_s", "ttft_s", "decode_tok_s", "wasm_mb", "peak_rss_mb"):
+        assert run[key] is not None and run[key] > 0, key
+    # two Pyodide instances, one per worker: the sum is reported, and is more than one worker's
+    assert len(run["wasm_mb_per_worker"]) == 2 and run["wasm_mb"] == pytest.approx(sum(run["wasm_mb_per_worker"]))
+    assert run["wasm_mb"] > max(run["wasm_mb_per_worker"])
+    md = (tmp_path / "bench.md").read_text()
+    line = next(ln for ln in md.splitlines() if "| mote ×2 workers |" in ln)
+    assert line.startswith("| tiny-llama | F32 | mote ×2 workers | 1 |") and line.endswith("✅ yes |")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_bench_correctness_turns_red_when_tokens_differ(tiny, tmp_path, monkeypatch, capsys):
     import web.bench as bench
 
@@ -105,4 +142,8 @@ def test_add_browser_args_fits_the_cli_bench_parser():
     p.add_argument("--json", action="store_true")
     add_browser_args(p)
     a = p.parse_args(["m.gguf", "--browser", "--native", "--compare", "wllama", "-n", "4"])
-    assert (a.browser, a.native, a.compare, a.n_predict, a.repeat) == (True, True, ["wllama"], 4, 3)
+    assert (a.browser, a.native, a.compare, a.n_predict, a.repeat, a.workers) == (True, True, ["wllama"], 4, 3, None)
+    assert p.parse_args(["m.gguf", "--browser", "--workers", "2", "4"]).workers == [2, 4]
+    for bad in ("1", "two", "9"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["m.gguf", "--workers", bad])

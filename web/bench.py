@@ -1,6 +1,6 @@
 """`mote bench --browser`: the engine measured in headless Chromium, beside CPython and wllama.
 
-    mote bench MODEL [MODEL ...] --browser [--native] [--compare wllama] [-n 32] [--repeat 3] [--out bench-out]
+    mote bench MODEL [MODEL ...] --browser [--native] [--workers 2 4] [--compare wllama] [-n 32] [--repeat 3] [--out bench-out]
     python -m web.bench MODEL ...  (the same, without the CLI wiring)
 
 For every model (several quantizations are several files) and every engine, `--repeat` runs,
@@ -16,6 +16,11 @@ prompts for every model:
     peak_rss_mb  the tab's renderer process peak resident memory (Linux /proc VmHWM): both engines
     greedy_ok    the browser's greedy tokens == the CPython engine's tokens for the same prompt
                  (engine.loader.load + engine.generate in this process); wllama: llama.cpp's tokens
+
+`--workers N [N ...]` adds a row `mote ×N workers` per N: Mote decoding across N Web Workers
+(static/parallel.js, one model shard per worker; driven on /static/parallel.html), with the same
+prompts, greedy settings and correctness check; its download_s is the coordinator's fetch + sha256,
+init_s the workers' boot + shard load, wasm_mb the sum over the workers' WASM memories.
 
 `--native` adds the CPython engine's own numbers (load, TTFT, tok/s, process peak RSS). Output:
 bench.json (every run), bench.md (median ± half the min-max range), bench.png (decode tok/s and
@@ -49,6 +54,7 @@ WLLAMA_DIR = ROOT / ".cache" / "wllama" / "node_modules" / "@wllama" / "wllama"
 WLLAMA_VERSION = "3.13.0"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MAX_WORKERS = 8  # static/parallel.js MAX_WORKERS
 DEFAULT_PROMPTS = (
     "Once upon a time, in a small village, there lived an old clockmaker who",
     "The three most important things to know about the ocean are",
@@ -75,6 +81,8 @@ def add_browser_args(parser: argparse.ArgumentParser) -> None:
 
     add("--browser", action="store_true", help="run in headless Chromium (Playwright) instead of natively")
     add("--native", action="store_true", help="with --browser: add the CPython engine's numbers")
+    add("--workers", type=_worker_count, nargs="+", default=None, metavar="N",
+        help="with --browser: add a row per N for Mote decoding across N Web Workers (N >= 2)")
     add("--compare", action="append", choices=["wllama"], default=None,
         help="with --browser: add wllama (llama.cpp in WebAssembly) on the same GGUF")
     add("--bench-prompt", action="append", default=None,
@@ -87,6 +95,18 @@ def add_browser_args(parser: argparse.ArgumentParser) -> None:
     add("--repeat", type=int, default=3, help="runs per model and engine")
     add("--ctx", type=int, default=None, help="KV cache length (default: the engine's)")
     add("--json", action="store_true", help="print the JSON report instead of the table")
+
+
+def _worker_count(text: str) -> int:
+    """--workers values: whole numbers from 2 to MAX_WORKERS of static/parallel.js (1 is plain `mote`)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"worker count must be a whole number, got {text!r}") from None
+    if not 2 <= n <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"worker count must be 2..{MAX_WORKERS} (1 worker is the plain "
+                                         f"'mote' row), got {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +238,51 @@ MOTE_RUN_JS = """async ([url, prompts, n, nCtx]) => {
 }"""
 
 
+# Mote across N workers, on /static/parallel.html: the ParallelWorker of static/parallel.js (same
+# protocol as the single worker), loaded once, every prompt in turn; WASM memory summed over workers.
+# The workers stay alive until the browser closes, so the JS heap is read with them, as for plain Mote.
+MOTE_PARALLEL_RUN_JS = """async ([url, prompts, n, nCtx, workers]) => {
+  const listing = await (await fetch('/models', { cache: 'no-store' })).json();
+  const model = listing.find((m) => new URL(m.url, location.href).href === new URL(url, location.href).href);
+  if (!model) throw new Error(`${url} is not in GET /models`);
+  const w = new window.MoteParallel.ParallelWorker({ workers });
+  let waiter = null;                                   // {resolve, reject, want, onToken}
+  w.addEventListener('message', (e) => {
+    const d = e.data;
+    if (!waiter) return;
+    if (d.type === 'error') { const x = waiter; waiter = null; x.reject(new Error(d.message)); }
+    else if (d.type === 'token' && waiter.onToken) waiter.onToken(d);
+    else if (d.type === waiter.want && (d.type !== 'ready' || d.model)) { const x = waiter; waiter = null; x.resolve(d); }
+  });
+  const wait = (want, msg, onToken) => new Promise((resolve, reject) => {
+    waiter = { resolve, reject, want, onToken };
+    w.postMessage(msg);
+  });
+  try {
+    const ready = await wait('ready', { type: 'load', model, n_ctx: nCtx || undefined });
+    const t = ready.timings;
+    const runs = [];
+    let id = 0;
+    for (const prompt of prompts) {
+      const ts = performance.now();
+      let first = null;
+      const d = await wait('done', { type: 'generate', id: ++id, prompt, params: { temperature: 0, max_tokens: n } },
+                           () => { if (first === null) first = performance.now(); });
+      runs.push({ ttft_s: first === null ? null : (first - ts) / 1000, token_ids: d.token_ids,
+                  prefill_tok_s: d.prefill_tok_s, decode_tok_s: d.decode_tok_s,
+                  n_prompt: d.n_prompt, n_generated: d.n_generated });
+    }
+    const perWorker = (await w.stats()).map((s) => s.memory.wasm_bytes || 0);
+    window.moteBenchWorkers = w;                        // alive, like plain Mote's worker, for the JS heap reading
+    return { download_s: t.weights, init_s: (t.runtime || 0) + (t.model || 0), timings: t, runs,
+             memory: { wasm_bytes: perWorker.reduce((a, b) => a + b, 0), per_worker: perWorker }, workers: w.n };
+  } catch (e) {
+    w.terminate();
+    throw e;
+  }
+}"""
+
+
 def _bench_app(models_dir: Path, with_wllama: bool):
     """The dev server app (create_app) plus the bench page and, for --compare wllama, /wllama/."""
     from fastapi.responses import HTMLResponse, Response
@@ -334,8 +399,9 @@ def _check_chromium(path: str) -> None:
 
 
 def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: list[str], n: int,
-                n_ctx: int | None, timeout_s: float) -> dict:
-    """One cold run in a fresh Chromium: load the model, answer every prompt, read memory."""
+                n_ctx: int | None, timeout_s: float, workers: int | None = None) -> dict:
+    """One cold run in a fresh Chromium: load the model, answer every prompt, read memory.
+    engine "mote" with `workers` set: Mote across that many Web Workers (static/parallel.html)."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
@@ -351,10 +417,15 @@ def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: 
             page.set_default_timeout(timeout_s * 1000)
             page.on("console", lambda m: logs.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
-            page.goto(base + "/__bench__/")
+            page.goto(base + ("/static/parallel.html" if workers else "/__bench__/"))
             t0 = time.perf_counter()
             try:
-                if engine == "mote":
+                if workers:
+                    page.wait_for_function("() => window.MoteParallel !== undefined", timeout=30_000)
+                    out = page.evaluate(MOTE_PARALLEL_RUN_JS, [model_url, prompts, n, n_ctx, workers])
+                    if out.get("workers") != workers:
+                        raise RunFailed(f"{engine}: asked for {workers} workers, the page ran {out.get('workers')}")
+                elif engine == "mote":
                     out = page.evaluate(MOTE_RUN_JS, [model_url, prompts, n, n_ctx])
                 else:
                     page.wait_for_function("() => typeof window.benchWllama === 'function'", timeout=30_000)
@@ -422,7 +493,7 @@ def chart(report: dict, path: Path) -> Path:
     decode = [(r["stats"]["decode_tok_s"] or {}).get("median", 0) for r in report["rows"]]
     memory = [(r["stats"]["peak_rss_mb"] or {}).get("median", 0) for r in report["rows"]]
     colors = [{"mote": "#3b63c4", "wllama": "#d9822b", "cpython": "#5a9e4b"}.get(r["engine"], "#888")
-              for r in report["rows"]]
+              if not r["engine"].startswith("mote ×") else "#7f9be0" for r in report["rows"]]  # workers: light blue
     try:
         import matplotlib
 
@@ -506,6 +577,7 @@ def _run(args) -> int:
     prompts = list(getattr(args, "bench_prompt", None) or ([args.prompt] if getattr(args, "prompt", None) else DEFAULT_PROMPTS))
     n, repeat, n_ctx = args.n_predict, max(1, args.repeat), getattr(args, "ctx", None)
     compare = list(dict.fromkeys(getattr(args, "compare", None) or []))
+    workers = list(dict.fromkeys(getattr(args, "workers", None) or []))
     chromium = getattr(args, "chromium", None) or os.environ.get("MOTE_CHROMIUM", "/usr/bin/chromium")
     out_dir = Path(getattr(args, "out", None) or "bench-out")
     _check_chromium(chromium)
@@ -534,14 +606,16 @@ def _run(args) -> int:
                 label, quant = _model_facts(path)
                 print(f"[bench] {label} {quant or ''}: CPython reference ...", file=sys.stderr, flush=True)
                 reference = cpython_reference(path, prompts, n, n_ctx)
-                engines = ["mote"] + compare
-                for engine in engines:
+                # (row label, engine, workers): plain Mote, Mote across N workers, the compared engines
+                engines = ([("mote", "mote", None)] + [(f"mote ×{w} workers", "mote", w) for w in workers]
+                           + [(c, c, None) for c in compare])
+                for engine, kind, n_workers in engines:
                     runs, error = [], None
                     for r in range(repeat):
                         print(f"[bench] {label} {quant or ''}: {engine} run {r + 1}/{repeat} ...", file=sys.stderr, flush=True)
                         try:
-                            out = browser_run(base, chromium, engine, f"{base}/models/{name}", prompts, n, n_ctx,
-                                              getattr(args, "run_timeout", 600.0))
+                            out = browser_run(base, chromium, kind, f"{base}/models/{name}", prompts, n, n_ctx,
+                                              getattr(args, "run_timeout", 600.0), workers=n_workers)
                         except RunFailed as e:  # reported in the table; the other engines still run
                             error = str(e)
                             print(f"[bench]   failed: {error}", file=sys.stderr, flush=True)
@@ -553,8 +627,9 @@ def _run(args) -> int:
                             "wasm_mb": mem["wasm_bytes"] / 1e6 if mem.get("wasm_bytes") else None,
                             "js_heap_mb": out.get("js_heap_mb"), "peak_rss_mb": out.get("peak_rss_mb"),
                             "token_ids": [x.get("token_ids") for x in out["runs"]],
-                            "texts": [x.get("text") for x in out["runs"]] if engine != "mote" else None,
+                            "texts": [x.get("text") for x in out["runs"]] if kind != "mote" else None,
                             "timings": out.get("timings"), "wall_s": out["wall_s"],
+                            **({"wasm_mb_per_worker": [b / 1e6 for b in mem.get("per_worker") or []]} if n_workers else {}),
                         })
                     rows.append(_row(label, quant, path, engine, runs, reference, error))
                 if getattr(args, "native", False):
@@ -588,7 +663,7 @@ def _row(label, quant, path, engine, runs, reference, error: str | None = None) 
     want_text = [r["text"] for r in reference]
     compared = "tokens"
     if error is not None:
-        ok = False if engine in ("mote", "cpython") else None
+        ok = False if engine.startswith("mote") or engine == "cpython" else None
     elif all(t is not None for r in runs for t in r["token_ids"]):
         ok = all(r["token_ids"] == want_ids for r in runs)
     elif all(r.get("texts") for r in runs):
