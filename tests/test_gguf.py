@@ -353,7 +353,7 @@ def test_gemma_header_matches_gguf_reader():
 @pytest.mark.slow
 @needs_gemma
 def test_gemma_parse_time_and_memory(capsys):
-    """Header parse time (target < 0.5 s on a desktop CPU) and no copy of the 253 MB of weights."""
+    """No copy of the 253 MB of weights while parsing (the parse time is printed, not asserted)."""
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -367,7 +367,6 @@ def test_gemma_parse_time_and_memory(capsys):
         print(f"\nGemma 3 270M header: {len(f.metadata)} keys, {len(f.tensors)} tensors, "
               f"{len(f.metadata['tokenizer.ggml.tokens'])} tokens; parse {min(times) * 1e3:.0f} ms "
               f"(best of 3), traced peak {peak / 2**20:.1f} MiB for a {f.nbytes / 2**20:.0f} MiB file")
-    assert min(times) < 2.0  # generous for loaded CI machines; measured ~0.15 s here
     assert peak < 64 * 2**20  # metadata only (262144 token strings); weights stay in the mmap
     token_embd = f.tensors["token_embd.weight"]
     assert token_embd.shape == (262144, 640) and f.raw("token_embd.weight").nbytes == token_embd.nbytes
