@@ -17,9 +17,15 @@ fi
 
 echo "== 2. Python environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v -i "warning" || true
-.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -i "warning" || true
-.venv/bin/python -c "import engine, numpy, pytest, playwright, fastapi" # fail loudly if the install did not work
+mkdir -p .cache
+if ! .venv/bin/python -m pip install -q --upgrade pip > .cache/pip.log 2>&1 \
+   || ! .venv/bin/python -m pip install -q -e '.[dev]' >> .cache/pip.log 2>&1; then
+  grep -v -i "warning" .cache/pip.log >&2
+  echo "pip install failed (full log: .cache/pip.log)" >&2
+  exit 1
+fi
+# fail loudly if anything the tests need did not install (a missing one would only skip tests)
+.venv/bin/python -c "import engine, numpy, pytest, playwright, fastapi, gguf, hypothesis, torch, transformers, safetensors, matplotlib"
 
 echo "== 3. browser assets (static/)"
 .venv/bin/python build_wasm.py
