@@ -150,17 +150,7 @@ class Model:
             b = w["blk"][i]
             # attention block: norm -> q, k, v -> (QK-norm) -> RoPE -> cache -> attend -> output
             h = self._norm(x, b, "attn_norm")  # (n, d)
-            q, k, v = self._qkv(h, b)  # (n, H, hd), (n, KV, hd), (n, KV, hd_v)
-            if "attn_q_norm" in b:
-                q = rmsnorm(q, b["attn_q_norm"], cfg.eps)
-                k = rmsnorm(k, b["attn_k_norm"], cfg.eps)
-            if cfg.architecture != "gpt2":
-                cos, sin = self._rope_angles(i, positions)  # (n, 1, hd/2)
-                q = rope(q, cos, sin, cfg.rope_neox)
-                k = rope(k, cos, sin, cfg.rope_neox)
-            self.k_cache[i, start:end] = k
-            self.v_cache[i, start:end] = v
-            att = self._attend(i, q, start, end)  # (n, H * hd_v)
+            att = self._self_attention(i, h, b, positions)  # (n, H * hd_v)
             o = b["attn_output"](att)  # (n, d)
             if "attn_output.bias" in b:
                 o = o + b["attn_output.bias"]
@@ -205,6 +195,22 @@ class Model:
             k.reshape(n, cfg.kv_heads, cfg.head_dim),
             v.reshape(n, cfg.kv_heads, cfg.v_head_dim),
         )
+
+    def _self_attention(self, layer: int, h: np.ndarray, b: dict, positions: np.ndarray) -> np.ndarray:
+        """q, k, v -> (QK-norm) -> RoPE -> append k, v to the cache -> attend. h: (n, d) -> (n, H * hd_v)."""
+        cfg = self.config
+        q, k, v = self._qkv(h, b)  # (n, H, hd), (n, KV, hd), (n, KV, hd_v)
+        if "attn_q_norm" in b:
+            q = rmsnorm(q, b["attn_q_norm"], cfg.eps)
+            k = rmsnorm(k, b["attn_k_norm"], cfg.eps)
+        if cfg.architecture != "gpt2":
+            cos, sin = self._rope_angles(layer, positions)  # (n, 1, hd/2)
+            q = rope(q, cos, sin, cfg.rope_neox)
+            k = rope(k, cos, sin, cfg.rope_neox)
+        start, end = int(positions[0]), int(positions[-1]) + 1
+        self.k_cache[layer, start:end] = k
+        self.v_cache[layer, start:end] = v
+        return self._attend(layer, q, start, end)  # (n, H * hd_v)
 
     def _rope_angles(self, layer: int, positions: np.ndarray):
         cfg = self.config

@@ -53,7 +53,7 @@ from . import quants
 from .config import ConfigError, ModelConfig
 from .gguf import GGUFError, GGUFFile, TensorInfo
 from .matmul import DenseLinear, Embedding, prepare_linear
-from .model import DEFAULT_CTX, LoadPolicy, Model, rmsnorm, rope
+from .model import DEFAULT_CTX, LoadPolicy, Model, rmsnorm
 
 SUM = "sum"        # sync point: every worker gets the sum of all partials, in shard order
 GATHER = "gather"  # sync point: the leader gets the concatenation of all slices (the logits)
@@ -365,17 +365,7 @@ class ShardModel:
             # attention over MY heads -> partial output projection -> SUM
             h = m._norm(x, b, "attn_norm")  # (n, d)
             if self.has_attention:
-                q, k, v = m._qkv(h, b)  # (n, H_local, hd), (n, KV_local, hd), (n, KV_local, hd_v)
-                if "attn_q_norm" in b:
-                    q = rmsnorm(q, b["attn_q_norm"], cfg.eps)
-                    k = rmsnorm(k, b["attn_k_norm"], cfg.eps)
-                if cfg.architecture != "gpt2":
-                    cos, sin = m._rope_angles(i, positions)  # (n, 1, hd/2)
-                    q = rope(q, cos, sin, cfg.rope_neox)
-                    k = rope(k, cos, sin, cfg.rope_neox)
-                m.k_cache[i, start:end] = k
-                m.v_cache[i, start:end] = v
-                att = m._attend(i, q, start, end)  # (n, H_local * hd_v)
+                att = m._self_attention(i, h, b, positions)  # (n, H_local * hd_v), my heads
                 o = b["attn_output"](att)  # (n, d) partial: my heads' share
             else:
                 o = np.zeros((n, cfg.d_model), np.float32)
