@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.browser_util import CHROMIUM, CHROMIUM_ARGS, _children, renderer_peak_rss, serve_in_thread  # noqa: E402
+from tests.browser_util import CHROMIUM, CHROMIUM_ARGS, renderer_peak_rss, renderer_pids, serve_in_thread  # noqa: E402
 from web.app import Settings, create_app  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village, there lived an old clockmaker who"
@@ -37,16 +37,9 @@ PROMPT = "Once upon a time, in a small village, there lived an old clockmaker wh
 
 def renderer_cpu_seconds() -> float:
     """CPU seconds (user + system) of the Chromium renderers this process started, exited threads included."""
-    total, seen, todo = 0, set(), [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        todo += _children(pid)
+    total = 0
+    for pid in renderer_pids():
         try:
-            if b"--type=renderer" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                continue
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks (all threads, live or exited)
         except OSError:

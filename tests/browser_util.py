@@ -171,13 +171,9 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def renderer_peak_rss() -> int | None:
-    """Largest VmHWM (peak resident set, bytes) of the Chromium renderer processes this test started.
-
-    The page and its worker live in one renderer process, so this is the tab's peak memory as the
-    OS sees it (WASM memory, JS heaps, Chromium's own share). None where /proc is unavailable.
-    """
-    seen, todo, peak = set(), [os.getpid()], None
+def renderer_pids() -> list[int]:
+    """Chromium renderer processes started (directly or not) by this process."""
+    seen, todo, out = set(), [os.getpid()], []
     while todo:
         pid = todo.pop()
         if pid in seen:
@@ -185,9 +181,22 @@ def renderer_peak_rss() -> int | None:
         seen.add(pid)
         todo += _children(pid)
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"--type=renderer" not in cmdline:
-                continue
+            if b"--type=renderer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def renderer_peak_rss() -> int | None:
+    """Largest VmHWM (peak resident set, bytes) of the Chromium renderer processes this test started.
+
+    The page and its worker live in one renderer process, so this is the tab's peak memory as the
+    OS sees it (WASM memory, JS heaps, Chromium's own share). None where /proc is unavailable.
+    """
+    peak = None
+    for pid in renderer_pids():
+        try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak = max(peak or 0, int(line.split()[1]) * 1024)
