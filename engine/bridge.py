@@ -218,7 +218,7 @@ class Session:
         t0 = time.perf_counter()
         self.buffer = _buffer(data)  # kept alive: weights may be views into it
         self.gguf = GGUFFile(self.buffer)
-        self.model = load_model(self.gguf, n_ctx=n_ctx, policy=LoadPolicy(dense_layers_mb=DENSE_LAYERS_MB))
+        self.model = load_model(self.gguf, n_ctx=n_ctx, policy=LoadPolicy(dense_layers_mb=DENSE_LAYERS_MB, own_buffer=True))
         self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
         self.template = ChatTemplate.from_metadata(self.gguf.metadata)
         self.load_seconds = time.perf_counter() - t0

@@ -39,12 +39,16 @@ class LoadPolicy:
         256 MB keeps Gemma 3 270M at ~600 MB RSS, ~680 MB with a full 2048-token KV cache.
     dense_head_mb: the LM head (often the largest matrix: Gemma's is 262144 x 640, 671 MB as
         float32) is float32 only below this size.
+    own_buffer: the GGUF buffer is this model's private, writable copy (the browser worker's, never
+        parsed again), so block weights may be rearranged in it in place (Q8_0 compacted to
+        contiguous int8 rows, `matmul.compact_q8_0`). Off for files (read-only mmap) and shared bytes.
 
     The defaults keep Gemma 3 270M under 700 MB resident while generating (see README, "Memory").
     """
 
     dense_layers_mb: float = 256.0
     dense_head_mb: float = 64.0
+    own_buffer: bool = False
 
 
 # ---- small numpy helpers ------------------------------------------------------------------------
@@ -328,7 +332,7 @@ def load_model(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolicy = Lo
                 t = tensor(name, shapes[m])
                 dense = 4 * math.prod(t.shape) <= dense_left
                 dense_left -= 4 * math.prod(t.shape) if dense else 0
-                b[m] = prepare_linear(gguf.raw(name), t.ggml_type, t.shape, dense=dense)
+                b[m] = prepare_linear(gguf.raw(name), t.ggml_type, t.shape, dense=dense, in_place=policy.own_buffer)
                 if release is not None and b[m].copied:
                     release(name)
                 done_bytes += t.nbytes
@@ -363,7 +367,10 @@ def load_model(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolicy = Lo
     if len(head.shape) != 2 or head.shape[1] != d:
         raise ConfigError(f"{head.name} has shape {tuple(head.shape)} (expected (vocab, {d}))")
     head_dense = 4 * math.prod(head.shape) <= policy.dense_head_mb * 2**20
-    weights["output"] = prepare_linear(gguf.raw(head.name), head.ggml_type, head.shape, dense=head_dense)
+    weights["output"] = prepare_linear(gguf.raw(head.name), head.ggml_type, head.shape, dense=head_dense,
+                                       in_place=policy.own_buffer)
+    if getattr(weights["output"], "compacted", False) and head is emb:  # tied: the file's rows are gone
+        weights["token_embd"] = Embedding.from_block(weights["output"], emb.ggml_type)
     if release is not None and weights["output"].copied:  # the kernel repacked the head: drop its file pages
         release(head.name)
     if cfg.architecture == "gpt2":

@@ -276,14 +276,14 @@ def _columns(gf: GGUFFile, name: str, c0: int, c1: int, dense: bool):
     return DenseLinear(w[:, c0:c1])
 
 
-def _rows(gf: ShardFile | GGUFFile, name: str, spans: list[tuple[int, int]], dense: bool):
+def _rows(gf: ShardFile | GGUFFile, name: str, spans: list[tuple[int, int]], dense: bool, in_place: bool = False):
     """Resident form of the given row ranges of matrix `name` (concatenated in order)."""
     t = gf.tensors[name]
     n_in = t.shape[1]
     parts = [_raw_rows(gf, name, a, b) for a, b in spans if b > a]
     raw = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (rows * row bytes,) uint8
     n_rows = sum(b - a for a, b in spans)
-    return prepare_linear(raw, t.ggml_type, (n_rows, n_in), dense=dense)
+    return prepare_linear(raw, t.ggml_type, (n_rows, n_in), dense=dense, in_place=in_place)
 
 
 def _raw_rows(gf, name: str, a: int, b: int) -> np.ndarray:
@@ -424,7 +424,7 @@ def load_shard(gf: GGUFFile, plan: ShardPlan, n_ctx: int | None = None,
             dense = 4 * n_rows * t.shape[1] <= dense_left
             dense_left -= 4 * n_rows * t.shape[1] if dense else 0
             if n_rows:
-                b[m] = _rows(gf, name, spans, dense)
+                b[m] = _rows(gf, name, spans, dense, policy.own_buffer)
             if f"blk.{i}.{m}.bias" in gf.tensors:
                 full = _vector(gf, f"blk.{i}.{m}.bias")  # (n_out,)
                 b[m + ".bias"] = np.concatenate([full[s:e] for s, e in spans])  # (n_rows,)
@@ -458,7 +458,9 @@ def load_shard(gf: GGUFFile, plan: ShardPlan, n_ctx: int | None = None,
     embed = Embedding(_raw_rows(gf, emb.name, v0, v1), emb.ggml_type, (v1 - v0, emb.shape[1]))
     head_t = gf.tensors.get("output.weight", emb)  # tied when absent
     head_dense = 4 * (v1 - v0) * head_t.shape[1] <= policy.dense_head_mb * 2**20
-    head = _rows(gf, head_t.name, [(v0, v1)], head_dense)
+    head = _rows(gf, head_t.name, [(v0, v1)], head_dense, policy.own_buffer)
+    if getattr(head, "compacted", False) and head_t is emb:  # tied: the piece no longer holds the file's rows
+        embed = Embedding.from_block(head, emb.ggml_type)
     top = {"output_norm": _vector(gf, "output_norm.weight")}
     if "output_norm.bias" in gf.tensors:
         top["output_norm.bias"] = _vector(gf, "output_norm.bias")
@@ -745,7 +747,9 @@ class ShardLoader:
         return self._file
 
     def runner(self) -> ShardRunner:
-        return ShardRunner(load_shard(self.file(), self.plan, self.n_ctx))
+        """The shard's model over its pieces, which it owns: Q8_0 matrices are compacted in them."""
+        policy = dataclasses.replace(WORKER_POLICY, own_buffer=True)
+        return ShardRunner(load_shard(self.file(), self.plan, self.n_ctx, policy))
 
     def leader_session(self, n_ctx: int) -> LeaderSession:
         return LeaderSession(self.file(), n_ctx)

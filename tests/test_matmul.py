@@ -69,6 +69,34 @@ def test_q8_0_head_stays_a_view_of_the_file():
     assert lin.copied and not np.shares_memory(lin.qT, raw)
 
 
+def test_q8_0_compacted_in_place():
+    """compact_q8_0: the same products and embedding rows from contiguous int8 written over the blocks."""
+    tid, raw, xs = _case("Q8_0", 200, 256)
+    ref = matmul.reference_linear(raw, tid, (200, 256), xs)  # (5, 200)
+    before, after = b"\xaa" * 40, b"\x55" * 40
+    buf = bytearray(before + raw.tobytes() + after)  # the tensor inside a bigger writable buffer
+    region = np.frombuffer(buf, np.uint8, count=raw.size, offset=len(before))
+    matmul.CHUNK_BYTES, chunk = 34 * 8 * 7, matmul.CHUNK_BYTES  # several moves of 7 rows
+    try:
+        lin = matmul.prepare_linear(region, tid, (200, 256), dense=False, in_place=True)
+    finally:
+        matmul.CHUNK_BYTES = chunk
+    assert lin.compacted and lin.q.flags.c_contiguous and np.shares_memory(lin.q, region)
+    assert bytes(buf[: len(before)]) == before and bytes(buf[-len(after):]) == after  # nothing outside moved
+    assert bytes(buf[len(before) : len(before) + 10]) != raw.tobytes()[:10]  # the file's bytes are gone
+    assert _close(lin(xs), ref) <= RTOL and _close(lin(xs[0]), ref[0]) <= RTOL
+    emb = matmul.Embedding.from_block(lin, tid)
+    ids = [0, 199, 17, 17]
+    want = matmul.Embedding(raw, tid, (200, 256))(ids)  # from the untouched file bytes
+    assert np.array_equal(emb(ids), want)  # bit for bit: d * q in float32 either way
+    with pytest.raises(ValueError, match="out of range"):
+        emb([200])
+    # a read-only buffer (an mmapped file) is never rearranged: the strided view stays
+    ro = np.frombuffer(raw.tobytes(), np.uint8)
+    lin = matmul.prepare_linear(ro, tid, (200, 256), dense=False, in_place=True)
+    assert not lin.compacted and np.shares_memory(lin.q, ro) and not lin.copied
+
+
 @pytest.mark.parametrize("name", ["Q8_0", "Q4_K"])
 def test_row_bands_in_threads_equal_one_band(name, monkeypatch):
     """Natively a tall matrix is split into row bands computed by a thread pool: same numbers."""

@@ -5,6 +5,8 @@
 - a missing tensor, a wrong shape or an unsupported architecture is a clear error.
 """
 
+import dataclasses
+
 import gguf as gguf_pkg
 import numpy as np
 import pytest
@@ -61,6 +63,23 @@ def test_block_products_equal_dense(tiny, arch, qtype):
     dense = load_model(g, policy=DENSE).forward(toks, all_logits=True)
     blocks = load_model(g, policy=BLOCKS).forward(toks, all_logits=True)
     np.testing.assert_allclose(blocks, dense, rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_own_buffer_compacts_q8_0_with_the_same_logits(tiny, arch):
+    """LoadPolicy.own_buffer (the browser worker's private copy): Q8_0 rewritten in place, same outputs."""
+    from engine.gguf import GGUFFile
+
+    path = tiny(arch, "Q8_0", tied=True)
+    toks = _tokens(9, seed=4)
+    ref = load_model(open_gguf(path), policy=BLOCKS).forward(toks, all_logits=True)
+    buf = bytearray(path.read_bytes())
+    own = dataclasses.replace(BLOCKS, own_buffer=True)
+    model = load_model(GGUFFile(buf), policy=own)
+    assert model.w["output"].compacted and model.w["token_embd"].block is model.w["output"]  # tied head
+    assert any(getattr(m, "compacted", False) for m in model.w["blk"][0].values())  # layer Q8_0 too
+    assert bytes(buf) != path.read_bytes()  # the buffer was rearranged, so it is the model's alone
+    np.testing.assert_array_equal(model.forward(toks, all_logits=True), ref)  # same float ops, same bits
 
 
 def test_sliding_window_changes_logits_only_past_the_window(tiny):

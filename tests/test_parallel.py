@@ -11,6 +11,7 @@ greedy tokens on a tiny model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -115,6 +116,11 @@ def test_sharded_block_quantized(tiny, arch, qtype, tied):
     for n in (2, 3):
         shards = _shards_from_ranges(path, n, policy=BLOCKS)
         assert _compare(shards, model, _tokens(12, seed=3), split=5) < 1e-4
+    # as ShardLoader.runner loads them: each worker owns its pieces, Q8_0 is compacted in them
+    own = dataclasses.replace(BLOCKS, own_buffer=True)
+    shards = _shards_from_ranges(path, 2, policy=own)
+    assert (qtype == "Q8_0") == any(getattr(s.head, "compacted", False) for s in shards)
+    assert _compare(shards, model, _tokens(12, seed=3), split=5) < 1e-4
 
 
 def test_plan_splits_heads_by_kv_group():
@@ -212,12 +218,14 @@ def test_gemma_sharded_forward_equals_model():
     header = data[: shard.ShardFile.header_length(data[: 8 << 20], len(data))]
     plans = shard.plan_for(shard.ShardFile(header, len(data)), 2)
     shards = []
-    for plan in plans:
-        ranges = shard.shard_ranges(shard.ShardFile(header, len(data)), plan)
-        shards.append(shard.load_shard(shard.ShardFile(header, len(data), [(a, data[a:b]) for a, b in ranges]),
-                                       plan, 64))
+    for plan in plans:  # as static/parallel-worker.js loads a shard: ShardLoader, pieces filled in
+        loader = shard.ShardLoader(header, len(data), len(plans), plan.index, n_ctx=64)
+        for start, end in loader.ranges():
+            loader.piece(start, end)[:] = data[start:end]
+        shards.append(loader.runner().model)
+        assert shards[-1].head.compacted  # Gemma's tied Q8_0 head, compacted in the worker's piece
         print(f"\nshard {plan.index}: heads {plan.heads} ffn {plan.ffn} vocab {plan.vocab}: "
-              f"{sum(b - a for a, b in ranges) / 2**20:.1f} MB of {len(data) / 2**20:.1f} MB")
+              f"{loader.held_bytes() / 2**20:.1f} MB of {len(data) / 2**20:.1f} MB")
     assert _compare(shards, model, toks, split=6) < 1e-4
 
 
