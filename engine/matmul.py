@@ -261,11 +261,12 @@ class BlockLinear:
             np.einsum("sr,rs->r", part[:, :c], self.scale[i : i + c], out=y[i : i + c])  # (c,)
 
     def _mv_einsum(self, x: np.ndarray, y: np.ndarray) -> None:
-        xs, part = x.reshape(self.n_sub, self.sub), self._part
+        xs, part, buf, q, scale = x.reshape(self.n_sub, self.sub), self._part, self._buf, self.q, self.scale
         for i, c in self._rows():
-            np.copyto(self._buf[:c], self.q[i : i + c], casting="unsafe")  # (c, n_sub, sub) f32
-            np.einsum("rsk,sk->rs", self._buf[:c], xs, out=part[:c])  # (c, n_sub)
-            np.einsum("rs,rs->r", part[:c], self.scale[i : i + c], out=y[i : i + c])  # (c,)
+            b = buf[:c]  # (c, n_sub, sub) f32
+            np.copyto(b, q[i : i + c], casting="unsafe")
+            np.einsum("rsk,sk->rs", b, xs, out=part[:c])  # (c, n_sub)
+            np.einsum("rs,rs->r", part[:c], scale[i : i + c], out=y[i : i + c])  # (c,)
 
     def _mv_transposed(self, x: np.ndarray, y: np.ndarray) -> None:
         xs, part, bufT = x.reshape(self.n_sub, self.sub), self._partT, self._bufT

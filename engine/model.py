@@ -55,8 +55,14 @@ class LoadPolicy:
 
 
 def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    """x * w / sqrt(mean(x^2) + eps) over the last axis. x: (..., d), w: (d,)."""
-    ms = np.mean(np.square(x), axis=-1, keepdims=True)  # (..., 1)
+    """x * w / sqrt(mean(x^2) + eps) over the last axis. x: (..., d), w: (d,).
+
+    The mean is np.mean's own two steps (sum, then divide by the count as an intp), called
+    directly: the same bits, without np.mean's Python-level bookkeeping, which costs more than the
+    arithmetic on a 640-vector in Pyodide (this runs ~110 times per token for Gemma 3).
+    """
+    ms = np.add.reduce(np.square(x), axis=-1, keepdims=True)  # (..., 1) sum of squares
+    np.true_divide(ms, np.intp(x.shape[-1]), out=ms, casting="unsafe")  # mean
     return x * (1.0 / np.sqrt(ms + np.float32(eps))) * w
 
 

@@ -125,3 +125,16 @@ def test_missing_tensor_names_it(tmp_path):
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     with pytest.raises(ConfigError, match="layer 1: missing tensors ffn_down"):
         load_model(open_gguf(tmp_path / "m.gguf"))
+
+
+def test_rmsnorm_is_bit_identical_to_the_np_mean_formula():
+    """rmsnorm calls np.mean's two steps directly (speed in Pyodide): the bits must not change."""
+    from engine.model import rmsnorm
+
+    rng = np.random.default_rng(0)
+    for shape in [(640,), (3, 640), (2, 4, 256), (5, 1)]:
+        x = (rng.standard_normal(shape) * 7).astype(np.float32)
+        w = rng.standard_normal(shape[-1]).astype(np.float32)
+        want = x * (1.0 / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + np.float32(1e-6))) * w
+        got = rmsnorm(x, w, 1e-6)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
