@@ -8,7 +8,7 @@
  * With data-target: renders a chat widget inside a Shadow DOM on that element (load progress,
  * streaming answer, Stop). Without it: nothing visible, only the API on window.Mote:
  *
- *   const mote = await Mote.load("https://HOST/models/x.gguf", { onProgress });
+ *   const mote = await Mote.load("https://HOST/models/x.gguf", { onProgress, workers: 2 });   // workers: optional
  *   for await (const piece of mote.generate("Once upon a time", { temperature: 0, max_tokens: 32, signal })) ...
  *   const stream = await mote.chat.completions.create({ messages, stream: true });   // OpenAI-shaped chunks
  *   for await (const chunk of stream) chunk.choices[0].delta.content ...
@@ -17,13 +17,19 @@
  * Page -> worker path (see docs/EMBED.md for the host's CSP):
  *   this script (host page) -> Worker: static/worker.js directly when the host is Mote's own origin,
  *   else a one-line blob: module worker that imports the absolute worker URL (a page may not start
- *   a Worker from another origin's URL). worker.js resolves the runtime, wheels and manifest
- *   against its own URL, so everything comes from the Mote server, which must send CORS headers for
- *   the host's origin (`mote serve --cors-origin https://host.example`). No COOP/COEP is needed:
- *   no SharedArrayBuffer; Stop is cooperative (the worker checks between tokens).
+ *   a Worker from another origin's URL; protocol.js moduleWorker). worker.js resolves the runtime,
+ *   wheels and manifest against its own URL, so everything comes from the Mote server, which must
+ *   send CORS headers for the host's origin (`mote serve --cors-origin https://host.example`).
+ *   No COOP/COEP is needed: no SharedArrayBuffer; Stop is cooperative (checked between tokens).
  *
- * Messages: only a dedicated Worker is used; its messages cannot come from another origin or
- * window. Each event is shape-checked (protocol.js isMessage) and routed by request id. This
+ * Workers (`workers: N`, data-workers): above 1, the model is split over N workers by a
+ * ParallelWorker (static/parallel.js, same protocol), whose shard workers start the same blob: way.
+ * Default: one per core, at most 4, for files of 50 MB and more, as on Mote's own page; an explicit
+ * N applies to any file size. Either way a model engine/shard.py cannot split (its GGUF
+ * general.architecture, read from the file's first bytes) decodes on one worker.
+ *
+ * Messages: only dedicated Workers (and, with several, MessageChannels between them) are used;
+ * their messages cannot come from another origin or window. Each event is shape-checked (protocol.js isMessage) and routed by request id. This
  * script adds no window "message" listener, so window.postMessage from anyone reaches nothing here.
  * Text from the model is only ever put into the DOM with textContent.
  */
@@ -34,11 +40,20 @@
   /** .../static/ on the Mote server: where this script, worker.js and protocol.js live */
   const BASE = new URL(".", script && script.src ? script.src : location.href).href;
 
-  /** @type {Promise<typeof import("./protocol.js")>|null} */ let protocolPromise = null;
-  const protocol = () => (protocolPromise = protocolPromise || import(BASE + "protocol.js").catch((e) => {
-    protocolPromise = null;                 // a module import is a CORS request: say what to allow
-    throw new Error(`Mote: cannot load ${BASE}protocol.js (${e && e.message || e}); the Mote server must allow `
+  /** A module of the Mote server; a module import is a CORS request, so a failure says what to allow. */
+  const importFromMote = (/** @type {string} */ file) => import(BASE + file).catch((e) => {
+    throw new Error(`Mote: cannot load ${BASE}${file} (${e && e.message || e}); the Mote server must allow `
       + `this page's origin: mote serve --cors-origin ${location.origin}`);
+  });
+  /** @type {Promise<typeof import("./protocol.js")>|null} */ let protocolPromise = null;
+  /** @type {Promise<typeof import("./parallel.js")>|null} */ let parallelPromise = null;
+  const protocol = () => (protocolPromise = protocolPromise || importFromMote("protocol.js").catch((e) => {
+    protocolPromise = null;                 // a later call tries again
+    throw e;
+  }));
+  const parallel = () => (parallelPromise = parallelPromise || importFromMote("parallel.js").catch((e) => {
+    parallelPromise = null;
+    throw e;
   }));
 
   // ---- model reference: url + sha256 + size (the worker verifies the download against them) ---
@@ -76,15 +91,22 @@
     return { url, sha256: String(sha256), size: Number(size), name };
   }
 
-  // ---- the worker ------------------------------------------------------------------------------
+  // ---- the worker(s) ---------------------------------------------------------------------------
 
-  /** @returns {{worker: Worker, blobUrl: string|null}} */
-  function startWorker() {
-    const url = new URL("worker.js", BASE);
-    if (url.origin === location.origin) return { worker: new Worker(url, { type: "module", name: "mote" }), blobUrl: null };
-    const source = `import ${JSON.stringify(url.href)};\n`;       // the whole blob: one static import
-    const blobUrl = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
-    return { worker: new Worker(blobUrl, { type: "module", name: "mote" }), blobUrl };
+  /**
+   * How many workers decode `ref`: `workers` if given, else parallel.js defaultWorkers() for files
+   * of MIN_PARALLEL_BYTES and more; 1 for an architecture engine/shard.py cannot split.
+   * @param {typeof import("./parallel.js")} par @param {import("./protocol.js").ModelRef} ref
+   * @param {number|string|undefined} workers  the option or data-workers attribute
+   */
+  async function chooseWorkers(par, ref, workers) {
+    const given = workers !== undefined && workers !== null && workers !== "";
+    const wanted = given ? Number(workers) : par.defaultWorkers();
+    if (!Number.isInteger(wanted) || wanted < 1) throw new TypeError(`Mote: workers must be a whole number from 1, got ${workers}`);
+    const minBytes = given ? 0 : par.MIN_PARALLEL_BYTES;
+    if (wanted === 1 || ref.size < minBytes) return 1;             // no need to read the file's header
+    const architecture = await par.peekArchitecture(ref);
+    return par.workersForModel({ architecture, size: ref.size }, wanted, minBytes);
   }
 
   const abortError = (/** @type {AbortSignal|undefined} */ signal) =>
@@ -94,10 +116,13 @@
 
   let nextModelId = 1;
 
-  /** One loaded model in its own worker. Requests run one at a time, in call order. */
+  /** One loaded model in its own worker(s). Requests run one at a time, in call order. */
   class MoteModel {
-    /** @param {any} P protocol.js @param {import("./protocol.js").ModelRef} ref */
-    constructor(P, ref) {
+    /**
+     * @param {any} P protocol.js @param {typeof import("./parallel.js")} par
+     * @param {import("./protocol.js").ModelRef} ref @param {number} workers  1: worker.js; more: a ParallelWorker
+     */
+    constructor(P, par, ref, workers) {
       this.P = P;
       this.ref = ref;
       this.model = ref.name;                 // OpenAI's `model` field
@@ -111,12 +136,13 @@
       /** @type {Map<number, (ev: any) => void>} */ this._routes = new Map();
       /** @type {((ev: any) => void)|null} */ this._loadRoute = null;
       this._tail = Promise.resolve();        // request queue
-      const { worker, blobUrl } = startWorker();
-      this.worker = worker;
-      this._blobUrl = blobUrl;
+      this.workers = workers;                // how many decode this model (each boots its own Python)
+      const worker = workers > 1 ? new par.ParallelWorker({ workers })
+                                 : P.moduleWorker(new URL("worker.js", BASE), "mote");
+      /** @type {Worker|import("./parallel.js").ParallelWorker} */ this.worker = worker;
       this._startError = null;
-      worker.addEventListener("message", (event) => this._route(event.data));
-      worker.addEventListener("error", (e) => {
+      worker.addEventListener("message", (event) => this._route(/** @type {MessageEvent} */ (event).data));
+      worker.addEventListener("error", (/** @type {any} */ e) => {
         const why = `Mote: the worker failed (${e.message || "could not load " + new URL("worker.js", BASE).href}). `
           + `Cross-origin use needs the Mote server to allow ${location.origin} (mote serve --cors-origin ${location.origin}) `
           + `and this page's CSP to allow worker-src blob: and script-src ${new URL(BASE).origin} 'wasm-unsafe-eval'.`;
@@ -127,7 +153,6 @@
 
     /** @param {any} ev */
     _route(ev) {
-      if (this._blobUrl) { URL.revokeObjectURL(this._blobUrl); this._blobUrl = null; }
       if (!this.P.isMessage(ev, Object.values(this.P.Ev))) return;
       const route = typeof ev.id === "number" ? this._routes.get(ev.id) : undefined;
       if (route) route(ev);
@@ -273,7 +298,7 @@
     /** Stop the running generation (its iterator ends, or throws AbortError if it had a signal). */
     abort() { for (const id of this._routes.keys()) this.worker.postMessage({ type: this.P.Req.ABORT, id }); }
 
-    /** End the worker and free its memory; this object can no longer generate. */
+    /** End the worker(s) and free their memory; this object can no longer generate. */
     terminate() { this.worker.terminate(); this._fail("Mote: this model was terminated"); }
   }
 
@@ -336,7 +361,7 @@ button:disabled { opacity: .45; cursor: default; }
    * A chat widget on `target` (an element or a selector), in its own shadow root.
    * @param {Element|string} target
    * @param {{model: string, title?: string, sha256?: string, size?: number, temperature?: number,
-   *          max_tokens?: number, placeholder?: string}} options
+   *          max_tokens?: number, placeholder?: string, workers?: number}} options
    */
   function mount(target, options) {
     const hostEl = typeof target === "string" ? document.querySelector(target) : target;
@@ -447,10 +472,11 @@ button:disabled { opacity: .45; cursor: default; }
       status.textContent = `Loading ${p.stage}${p.phase && p.phase !== "start" ? ` (${p.phase})` : ""}${pct}`;
     };
     if (!options.model) { fail(new Error("Mote: the script tag has no data-model")); return widget; }
-    Mote.load(options.model, { onProgress, sha256: options.sha256, size: options.size }).then((mote) => {
+    Mote.load(options.model, { onProgress, sha256: options.sha256, size: options.size, workers: options.workers }).then((mote) => {
       widget.mote = mote;
       bar.hidden = true;
-      status.textContent = `${mote.model} ready${mote.cached ? " (offline copy)" : ""}`;
+      status.textContent = `${mote.model} ready${mote.cached ? " (offline copy)" : ""}`
+        + (mote.workers > 1 ? ` · ${mote.workers} workers` : "");
       input.disabled = false; send.disabled = false;
       input.placeholder = options.placeholder || "Ask something…";
       setState("ready");
@@ -464,13 +490,14 @@ button:disabled { opacity: .45; cursor: default; }
     version: "0.1.0",
     base: BASE,
     /**
-     * Start a worker and load a model into it.
+     * Start the worker(s) and load a model into them; `workers` as in the file docstring.
      * @param {string|{url: string, sha256?: string, size?: number, name?: string}} model
-     * @param {{onProgress?: (p: any) => void, sha256?: string, size?: number, name?: string, n_ctx?: number}} [opts]
+     * @param {{onProgress?: (p: any) => void, sha256?: string, size?: number, name?: string, n_ctx?: number,
+     *          workers?: number}} [opts]
      */
     async load(model, opts = {}) {
-      const [P, ref] = await Promise.all([protocol(), resolveModel(model, opts)]);
-      const m = new MoteModel(P, ref);
+      const [P, par, ref] = await Promise.all([protocol(), parallel(), resolveModel(model, opts)]);
+      const m = new MoteModel(P, par, ref, await chooseWorkers(par, ref, opts.workers));
       try {
         return await m._load(opts.onProgress, opts.n_ctx);
       } catch (e) {
@@ -498,6 +525,7 @@ button:disabled { opacity: .45; cursor: default; }
     const options = {
       model: data.model || "", title: data.title, sha256: data.sha256, size: num(data.size),
       temperature: num(data.temperature), max_tokens: num(data.maxTokens), placeholder: data.placeholder,
+      workers: num(data.workers),
     };
     const go = () => { Mote.mount(/** @type {string} */ (data.target), options); };
     if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", go, { once: true });

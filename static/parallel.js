@@ -3,7 +3,7 @@
  * Decoding across several Web Workers, without SharedArrayBuffer (so no COOP/COEP headers: it works
  * on any static host and inside an embedding page).
  *
- *   const w = new ParallelWorker({ workers: 2 });   // default: defaultWorkers()
+ *   const w = new ParallelWorker({ workers: 2 });   // default: defaultWorkers() (cores, at most 4)
  *   w.addEventListener("message", (e) => ...);      // the events of static/protocol.js
  *   w.postMessage({ type: "load", model });         // progress* -> ready
  *   w.postMessage({ type: "generate", id, prompt | messages, params });   // token* -> done
@@ -15,21 +15,129 @@
  * This coordinator:
  *   1. boots the workers in parallel and connects every pair with a MessageChannel, so per-layer
  *      activations go worker to worker, never through this thread;
- *   2. reads the model once (Cache API copy if there is one, else the network), checks its sha256,
- *      and serves each worker only the byte ranges its shard asks for (transferred, 16 MB at a time);
- *      the whole file lives in this thread only while loading;
+ *   2. reads the model once under static/worker.js's cache rules (static/model-cache.js: a cached
+ *      copy is verified, a bad one dropped; a download is verified, then stored under the same key),
+ *      and serves each worker only the byte ranges its shard asks for (transferred, 16 MB at a
+ *      time); the whole file lives in this thread only while loading;
  *   3. forwards generate/abort to shard 0 (the leader: tokenizer, sampler, generation loop) and
  *      re-dispatches its token/done events.
+ * The shard workers are started with protocol.js moduleWorker, so a page on another origin (the
+ * embed script, docs/EMBED.md) can run this too.
+ *
+ * How many workers: workersForModel() below, used by the chat page (static/main.js) and the embed
+ * script (static/mote-embed.js) alike.
  */
-import { Req, Ev, MODEL_CACHE } from "./protocol.js";
+import { Req, Ev, moduleWorker } from "./protocol.js";
+import { cachedModel, dropModel, fetchModel, storeModel } from "./model-cache.js";
 
 const WORKER_URL = new URL("./parallel-worker.js", import.meta.url);
+/** The most workers anyone may ask for. */
 export const MAX_WORKERS = 8;
+/**
+ * The default's cap: on 2 cores, 2 workers decoded Gemma 3 270M 1.62x faster than 1 (6.7 vs 4.1
+ * tok/s); more than 2 workers was never measured.
+ */
+export const DEFAULT_MAX_WORKERS = 4;
+/** The architectures engine/shard.py can split; anything else (atome, ...) decodes on one worker. */
+export const SHARDABLE = Object.freeze(["llama", "qwen2", "gemma3", "gpt2"]);
+/** Smaller files decode on one worker by default: the per-layer syncs cost more than the split saves. */
+export const MIN_PARALLEL_BYTES = 50e6;
 
-/** Workers to use by default: one per logical core, at most MAX_WORKERS (the page may override). */
+/** Workers to use by default: one per logical core (navigator.hardwareConcurrency), at most DEFAULT_MAX_WORKERS. */
 export function defaultWorkers() {
   const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency || 1 : 1;
-  return Math.max(1, Math.min(cores, MAX_WORKERS));
+  return Math.max(1, Math.min(cores, DEFAULT_MAX_WORKERS));
+}
+
+/**
+ * Workers to decode `model` with: `wanted` (clamped to 1..MAX_WORKERS), or 1 where sharding cannot
+ * or does not pay (an architecture engine/shard.py cannot split, a file under `minBytes`).
+ *   workersForModel({architecture: "gemma3", size: 268e6}, 2)   // 2
+ *   workersForModel({architecture: "gemma3", size: 2e6}, 2)     // 1: under MIN_PARALLEL_BYTES
+ *   workersForModel({architecture: "atome", size: 1e9}, 4)      // 1: shard.py cannot split it
+ * @param {{architecture?: string|null, size?: number}|null} model  a GET /models entry, or as much as is known
+ * @param {number} wanted @param {number} [minBytes]
+ */
+export function workersForModel(model, wanted, minBytes = MIN_PARALLEL_BYTES) {
+  const n = Math.max(1, Math.min(Math.floor(wanted) || 1, MAX_WORKERS));
+  if (n === 1 || !model || !SHARDABLE.includes(model.architecture || "") || !((model.size ?? 0) >= minBytes)) return 1;
+  return n;
+}
+
+// ---- the architecture of a file GET /models does not describe (the embed script) ---------------
+
+const NEED_MORE = Symbol("need more bytes");
+
+/**
+ * general.architecture from the first bytes of a GGUF file; undefined while more bytes are needed;
+ * null when it is not there (or this is not GGUF version 2 or 3).
+ *   GGUF: "GGUF", u32 version, u64 n_tensors, u64 n_kv, then n_kv x (key string, u32 type, value);
+ *   a string is a u64 length + UTF-8, an array a u32 type + u64 count + values (as engine/gguf.py reads)
+ *   ggufArchitecture(first64kB)   // "gemma3"
+ * @param {Uint8Array} bytes @returns {string|null|undefined}
+ */
+export function ggufArchitecture(bytes) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const SIZE = [1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8];  // by value type; 8 string, 9 array vary
+  let at = 0;
+  const take = (/** @type {number} */ n) => { if (at + n > bytes.length) throw NEED_MORE; at += n; return at - n; };
+  const u32 = () => view.getUint32(take(4), true);
+  const u64 = () => Number(view.getBigUint64(take(8), true));
+  const str = () => { const n = u64(); const a = take(n); return new TextDecoder().decode(bytes.subarray(a, a + n)); };
+  const skip = (/** @type {number} */ type) => {
+    if (type === 8) take(u64());
+    else if (type === 9) {
+      const inner = u32(), count = u64();
+      if (SIZE[inner]) take(count * SIZE[inner]);
+      else for (let i = 0; i < count; i++) skip(inner);
+    } else if (SIZE[type]) take(SIZE[type]);
+    else throw new Error(`GGUF value type ${type} unknown`);
+  };
+  try {
+    if (u32() !== 0x46554747) return null;                // "GGUF", little-endian
+    const version = u32();
+    if (version !== 2 && version !== 3) return null;
+    u64();                                               // n_tensors
+    const nKv = u64();
+    for (let i = 0; i < nKv; i++) {
+      const key = str(), type = u32();
+      if (key === "general.architecture") return type === 8 ? str() : null;
+      skip(type);
+    }
+    return null;
+  } catch (e) {
+    if (e === NEED_MORE) return undefined;
+    return null;
+  }
+}
+
+/**
+ * general.architecture of `model`'s file from its first bytes (the cached copy, else the network;
+ * the rest is not read), or null when it cannot be told within `maxBytes`.
+ * @param {import("./protocol.js").ModelRef} model
+ */
+export async function peekArchitecture(model, maxBytes = 16 << 20) {
+  let body = await cachedModel(model);
+  try { body = body || await fetchModel(model); } catch { return null; }
+  const reader = body.getReader();
+  /** @type {Uint8Array[]} */ const chunks = [];
+  let have = 0, tried = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (value) { chunks.push(value); have += value.length; }
+      if (!done && have < 2 * tried + 1 && have < maxBytes) continue;   // parse again once doubled
+      tried = have;
+      const bytes = new Uint8Array(have);
+      chunks.reduce((at, c) => { bytes.set(c, at); return at + c.length; }, 0);
+      const arch = ggufArchitecture(bytes);
+      if (arch !== undefined || done || have >= maxBytes) return arch ?? null;
+    }
+  } catch {
+    return null;
+  } finally {
+    reader.cancel().catch(() => {});
+  }
 }
 
 /** @param {BufferSource} data */
@@ -96,7 +204,7 @@ export class ParallelWorker extends EventTarget {
   async boot() {
     const t0 = performance.now();
     this.emit({ type: Ev.PROGRESS, stage: "runtime", phase: "start", workers: this.n });
-    this.workers = Array.from({ length: this.n }, () => new Worker(WORKER_URL, { type: "module" }));
+    this.workers = Array.from({ length: this.n }, (_, i) => moduleWorker(WORKER_URL, `mote shard ${i}`));
     for (const w of this.workers) {
       w.addEventListener("message", (e) => this.fromWorker(w, e.data));
       w.addEventListener("error", (e) => this.emit({ type: Ev.ERROR, message: `worker: ${e.message}` }));
@@ -130,39 +238,85 @@ export class ParallelWorker extends EventTarget {
   }
 
   /**
-   * The model file as one verified ArrayBuffer: the Cache API copy static/worker.js stored, else a
-   * download with progress events. Not stored here (the single worker's cache rules stay in one place).
+   * The model file as one verified ArrayBuffer, under the cache rules static/worker.js keeps
+   * (static/model-cache.js): a cached copy is verified and used, or deleted if bad; else a download,
+   * verified, then stored under the same key, so either kind of worker reads what the other stored.
    * @param {import("./protocol.js").ModelRef} model
    */
   async readModel(model) {
-    const key = new URL(`/__mote_models__/${model.sha256}`, self.location.origin).href;
-    let response = null, phase = "download";
-    if (typeof caches !== "undefined") {
-      try { response = await (await caches.open(MODEL_CACHE)).match(key); phase = "cache"; } catch { response = null; }
+    const out = new Uint8Array(model.size);              // throws when it cannot be held: the cached copy stays
+    const cached = await cachedModel(model);
+    if (cached) {
+      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "cache", loaded: 0, total: model.size });
+      const whole = await this.readInto(out, cached, "cache", "cached model").then(() => true, () => false);
+      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "verify", loaded: model.size, total: model.size });
+      if (whole && await sha256Hex(out) === model.sha256) return { buffer: out.buffer, cached: true };
+      await dropModel(model);                            // truncated or corrupted: drop it and download again
+      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "cache-corrupt", loaded: 0, total: model.size });
     }
-    if (!response) {
-      phase = "download";
-      response = await fetch(new URL(model.url, self.location.href), { cache: "no-store" });
-      if (response.status !== 200) throw new Error(`${model.url}: HTTP ${response.status}`);
+    const body = await fetchModel(model);                // status and Content-Length checked
+    try {
+      await this.readInto(out, body, "download", model.url);
+    } catch (e) {                                        // a cut connection surfaces as a TypeError here
+      const msg = String(/** @type {any} */ (e)?.message || e);
+      if (msg.startsWith(model.url)) throw e;
+      throw new Error(`${model.url}: download failed after a partial response (${msg})`);
     }
-    if (!response.body) throw new Error(`${model.url}: empty response body`);
-    const out = new Uint8Array(model.size);
-    const reader = response.body.getReader();
+    this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "verify", loaded: model.size, total: model.size });
+    const got = await sha256Hex(out);
+    if (got !== model.sha256) throw new Error(`${model.url}: sha256 ${got} does not match the expected ${model.sha256}`);
+    await this.store(model, out);
+    return { buffer: out.buffer, cached: false };
+  }
+
+  /**
+   * Read `body` into `out` (exactly out.length bytes, else throws), posting `phase` progress.
+   * @param {Uint8Array} out @param {ReadableStream<Uint8Array>} body @param {string} phase
+   * @param {string} what  names the source in error messages
+   */
+  async readInto(out, body, phase, what) {
+    const reader = body.getReader();
     let loaded = 0, lastPost = 0;
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
-      if (loaded + value.length > model.size) throw new Error(`${model.url}: more than the expected ${model.size} bytes`);
+      if (loaded + value.length > out.length) {
+        await reader.cancel();
+        throw new Error(`${what}: more than the expected ${out.length} bytes`);
+      }
       out.set(value, loaded);
       loaded += value.length;
       const now = performance.now();
-      if (now - lastPost > 100) { this.emit({ type: Ev.PROGRESS, stage: "weights", phase, loaded, total: model.size }); lastPost = now; }
+      if (now - lastPost > 100) { this.emit({ type: Ev.PROGRESS, stage: "weights", phase, loaded, total: out.length }); lastPost = now; }
     }
-    if (loaded !== model.size) throw new Error(`${model.url}: got ${loaded} of ${model.size} bytes`);
-    this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "verify", loaded, total: model.size });
-    const got = await sha256Hex(out);
-    if (got !== model.sha256) throw new Error(`${model.url}: sha256 ${got} does not match the expected ${model.sha256}`);
-    return { buffer: out.buffer, cached: phase === "cache" };
+    this.emit({ type: Ev.PROGRESS, stage: "weights", phase, loaded, total: out.length });
+    if (loaded !== out.length) throw new Error(`${what}: download truncated at ${loaded} of ${out.length} bytes`);
+  }
+
+  /**
+   * Store a verified download for the next visit (and offline use), as 1 MB views of `bytes`, not a
+   * copy. A full quota only costs the offline copy, not the session.
+   * @param {import("./protocol.js").ModelRef} model @param {Uint8Array} bytes  complete, sha256 checked
+   */
+  async store(model, bytes) {
+    if (typeof caches === "undefined") return false;
+    this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "store", loaded: 0, total: model.size });
+    const STORE_CHUNK = 1 << 20;
+    let offset = 0;
+    const body = new ReadableStream({
+      pull(controller) {
+        if (offset >= bytes.length) { controller.close(); return; }
+        const end = Math.min(offset + STORE_CHUNK, bytes.length);
+        controller.enqueue(bytes.subarray(offset, end));  // (end - offset,) view, no copy
+        offset = end;
+      },
+    }, { highWaterMark: 1 });
+    try {
+      return await storeModel(model, body);
+    } catch (e) {
+      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "store-failed", message: String(e) });
+      return false;
+    }
   }
 
   /** @param {import("./protocol.js").LoadRequest} msg */
@@ -177,7 +331,13 @@ export class ParallelWorker extends EventTarget {
     }
     this.loadedSha = null;
     const t0 = performance.now();
-    const { buffer, cached } = await this.readModel(model);
+    let read;
+    try {
+      read = await this.readModel(model);
+    } catch (e) {
+      throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "weights" });
+    }
+    const { buffer, cached } = read;
     this.file = buffer;
     this.timings.weights = (performance.now() - t0) / 1000;
     this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "parse", loaded: model.size, total: model.size });
@@ -221,7 +381,7 @@ export class ParallelWorker extends EventTarget {
  * Returns {mode: ms per round trip}; one sync point of a forward costs about half a round trip.
  */
 export async function measureMessaging(n = 640, iters = 500) {
-  const [a, b] = [new Worker(WORKER_URL, { type: "module" }), new Worker(WORKER_URL, { type: "module" })];
+  const [a, b] = [moduleWorker(WORKER_URL), moduleWorker(WORKER_URL)];
   /** @type {Object<string, number>} */ const out = {};
   try {
     for (const mode of ["clone", "transfer"]) {

@@ -1,7 +1,7 @@
 // @ts-check
 /**
- * The page <-> worker protocol: every message has a `type`. Imported by static/main.js and
- * static/worker.js (and by the embed script later), so both sides use the same names.
+ * The page <-> worker protocol: every message has a `type`. Imported by static/main.js,
+ * static/worker.js, static/parallel.js and static/mote-embed.js, so both sides use the same names.
  *
  * Requests (page -> worker):  load, generate, abort
  * Events   (worker -> page):  progress, ready, token, done, error
@@ -72,6 +72,24 @@ export function isMessage(msg, allowed) {
     && allowed.includes(/** @type {any} */ (msg).type);
 }
 
-/** Cache API names used by the worker (models) and the service worker (app shell + runtime). */
+/**
+ * A module worker running `url` (worker.js, parallel-worker.js), from a page on any origin.
+ * A page may not start a Worker from another origin's URL (the embed case, docs/EMBED.md), so there
+ * it is a one-line blob: module worker that imports the absolute URL; the blob URL is revoked once
+ * the worker has answered or failed. The script resolves everything else against its own URL.
+ * @param {URL} url @param {string} [name]  shown in the browser's task manager and devtools
+ */
+export function moduleWorker(url, name) {
+  if (url.origin === self.location.origin) return new Worker(url, { type: "module", name });
+  const source = `import ${JSON.stringify(url.href)};\n`;       // the whole blob: one static import
+  const blobUrl = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
+  const worker = new Worker(blobUrl, { type: "module", name });
+  const revoke = () => URL.revokeObjectURL(blobUrl);
+  worker.addEventListener("message", revoke, { once: true });
+  worker.addEventListener("error", revoke, { once: true });
+  return worker;
+}
+
+/** Cache API names used by the model cache (static/model-cache.js) and the service worker (app shell + runtime). */
 export const MODEL_CACHE = "mote-models-v1";
 export const SHELL_CACHE_PREFIX = "mote-shell-";

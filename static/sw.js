@@ -1,8 +1,8 @@
 // @ts-check
 /**
  * Service worker (served at /sw.js, scope /): keeps the app shell and the Pyodide runtime for
- * offline use. Model files are NOT handled here: the worker keeps them in its own Cache API store
- * ("mote-models-v1"), verified by sha256.
+ * offline use. Model files are NOT handled here: the workers keep them in their own Cache API store
+ * ("mote-models-v1", static/model-cache.js), verified by sha256.
  *
  *   install   precache "/", the page scripts, /models, build-manifest.json and every runtime file
  *             and wheel it lists
@@ -18,7 +18,7 @@
 const sw = /** @type {ServiceWorkerGlobalScope} */ (/** @type {unknown} */ (self));
 const SHELL_CACHE = "mote-shell-v1";
 const SHELL = ["/", "/models", "/static/main.js", "/static/worker.js", "/static/protocol.js",
-               "/static/parallel.js", "/static/parallel-worker.js",
+               "/static/model-cache.js", "/static/parallel.js", "/static/parallel-worker.js",
                "/static/style.css", "/static/build-manifest.json"];
 
 sw.addEventListener("install", (event) => {

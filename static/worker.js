@@ -11,13 +11,14 @@
  *               between steps so an `abort` message is handled within one token
  *   abort    -> the loop stops after the current token; the model stays loaded
  *
- * Model cache rules (shared/research/security.md §2, F1-F8): only a complete download whose length
- * and sha256 match GET /models is stored; a cached copy is verified again on every read, and a bad
- * one is deleted and downloaded again. The cache key is the sha256, so a new file is a new key.
+ * Model cache rules (static/model-cache.js, shared with static/parallel.js): only a complete
+ * download whose length and sha256 match GET /models is stored; a cached copy is verified again on
+ * every read, and a bad one is deleted and downloaded again. The cache key is the sha256.
  * Everything is resolved against this script's own URL, so it also works as an imported module of
  * a worker created by a page on another origin (the server must then send CORS headers).
  */
-import { Req, Ev, isMessage, MODEL_CACHE } from "./protocol.js";
+import { Req, Ev, isMessage } from "./protocol.js";
+import { cachedModel, dropModel, fetchModel, storeModel } from "./model-cache.js";
 
 const BASE = new URL(".", import.meta.url);            // .../static/
 /** @type {any} */ let pyodide = null;                  // the Pyodide instance, once booted
@@ -100,9 +101,6 @@ async function boot() {
 
 // ---- weights: Cache API first, else download with progress --------------------------------------
 
-/** @param {string} sha */
-const cacheKey = (sha) => new URL(`/__mote_models__/${sha}`, self.location.origin).href;
-
 /**
  * Copy a response body into a new ModelBuffer chunk by chunk, posting `phase` progress.
  * Returns the buffer (a PyProxy; the caller destroys it) once every byte is in, or throws.
@@ -156,15 +154,12 @@ async function fill(body, model, phase, what) {
  * @param {import("./protocol.js").ModelRef} model
  */
 async function readCached(model) {
-  if (typeof caches === "undefined") return null;
-  let cache;
-  try { cache = await caches.open(MODEL_CACHE); } catch { return null; }
-  const hit = await cache.match(cacheKey(model.sha256));
-  if (!hit || !hit.body) return null;
+  const cached = await cachedModel(model);
+  if (!cached) return null;
   progress("weights", { phase: "cache", loaded: 0, total: model.size });
   let buf = null;
   try {
-    buf = await fill(hit.body, model, "cache", "cached model");
+    buf = await fill(cached, model, "cache", "cached model");
   } catch (e) {
     if (/** @type {any} */ (e)?.fatal) throw e;      // out of memory: keep the cached copy
     /* wrong length: treated like a bad hash below */
@@ -172,24 +167,17 @@ async function readCached(model) {
   progress("weights", { phase: "verify", loaded: model.size, total: model.size });
   if (buf && buf.sha256() === model.sha256) return buf;
   if (buf) buf.destroy();
-  await cache.delete(cacheKey(model.sha256));   // truncated or corrupted: drop it and download again
+  await dropModel(model);                       // truncated or corrupted: drop it and download again
   progress("weights", { phase: "cache-corrupt", loaded: 0, total: model.size });
   return null;
 }
 
 /** @param {import("./protocol.js").ModelRef} model */
 async function download(model) {
-  const url = new URL(model.url, self.location.href);
-  const r = await fetch(url, { cache: "no-store" });   // the Cache API below is the one copy we keep
-  if (r.status !== 200) throw new Error(`${model.url}: HTTP ${r.status} ${r.statusText}`.trim());
-  const declared = Number(r.headers.get("Content-Length"));
-  if (r.headers.get("Content-Length") !== null && declared !== model.size) {
-    throw new Error(`${model.url}: Content-Length ${declared} but /models says ${model.size} bytes`);
-  }
-  if (!r.body) throw new Error(`${model.url}: empty response body`);
+  const body = await fetchModel(model);                // status and Content-Length checked
   let buf;
   try {
-    buf = await fill(r.body, model, "download", model.url);
+    buf = await fill(body, model, "download", model.url);
   } catch (e) {                                        // a cut connection surfaces as a TypeError here
     const msg = String(/** @type {any} */ (e)?.message || e);
     if (/** @type {any} */ (e)?.fatal || msg.startsWith(model.url)) throw e;
@@ -232,12 +220,7 @@ async function store(model, buf) {
     },
   }, { highWaterMark: 1 });
   try {
-    const cache = await caches.open(MODEL_CACHE);
-    await cache.put(cacheKey(model.sha256), new Response(body, {
-      headers: { "Content-Type": "application/octet-stream", "X-Mote-Sha256": model.sha256,
-                 "X-Mote-Size": String(model.size) },
-    }));
-    return true;
+    return await storeModel(model, body);
   } catch (e) {
     progress("weights", { phase: "store-failed", message: String(e) });
     return false;

@@ -6,6 +6,11 @@ One server and one browser per module; the happy path runs in one tab, test afte
   with tokens/s shown live -> Stop mid-answer, then the next request still answers -> reload reads
   the Cache API copy -> a corrupted cached copy is detected (sha256) and downloaded again -> reload
   with the browser context offline still chats.
+The Workers setting: its default follows navigator.hardwareConcurrency (at most 4) unless a value was
+saved, and a small model still decodes on one worker. A second tab, on "2 cores", runs the same
+path on two workers (static/parallel.js): the golden answer, the model stored in the same Cache API
+entry worker.js uses, read back on reload, a corrupted copy downloaded again, an offline reload,
+and one worker reading the copy two stored.
 A second context (service workers blocked, so Playwright can rewrite GET /models) gets a 404, a
 chunked download cut short, a connection cut before Content-Length, and a file with the wrong
 bytes: each shows an error in the page and leaves the model cache empty.
@@ -31,18 +36,26 @@ PHONE = {"width": 390, "height": 844}
 SCREENSHOT = "/tmp/mote-phone.png"
 
 # Before any page script: record every worker event (type, stage, phase) and every text #speed shows.
+# Events come from static/worker.js, or from a ParallelWorker (an EventTarget that dispatches the
+# same protocol events; its shard workers' own messages are not the protocol and are left out).
 RECORDER = """
 window.__mote = { events: [], speed: [] };
+const record = (d) => {
+  d = d || {};
+  window.__mote.events.push({ type: d.type, stage: d.stage, phase: d.phase, model: !!d.model,
+                              cached: d.cached, message: d.message, t: performance.now() });
+};
 const NativeWorker = window.Worker;
 window.Worker = class extends NativeWorker {
   constructor(url, options) {
     super(url, options);
-    this.addEventListener("message", (e) => {
-      const d = e.data || {};
-      window.__mote.events.push({ type: d.type, stage: d.stage, phase: d.phase, model: !!d.model,
-                                  cached: d.cached, message: d.message, t: performance.now() });
-    });
+    if (String(url).endsWith("/worker.js")) this.addEventListener("message", (e) => record(e.data));
   }
+};
+const nativeDispatch = EventTarget.prototype.dispatchEvent;
+EventTarget.prototype.dispatchEvent = function (event) {
+  if (event instanceof MessageEvent && event.type === "message") record(event.data);
+  return nativeDispatch.call(this, event);
 };
 document.addEventListener("DOMContentLoaded", () => {
   const el = document.getElementById("speed");
@@ -58,9 +71,9 @@ def metrics(**values) -> None:
 
 # ---- page driving --------------------------------------------------------------------------------
 
-def open_page(page, base_url: str) -> float:
+def open_page(page, base_url: str, query: str = "") -> float:
     """Go to the chat page and wait for the runtime and the model list; returns the boot seconds."""
-    page.goto(base_url + "/")
+    page.goto(base_url + "/" + query)
     page.wait_for_function("() => window.moteApp && (window.moteApp.state.runtime || window.moteApp.state.lastError)"
                            " && window.moteApp.state.models.length > 0", timeout=120_000)
     assert page.evaluate("() => window.moteApp.state.lastError") is None
@@ -113,6 +126,43 @@ def chat(page, text: str, max_tokens: int, wait: bool = True, heap: WorkerHeap |
 
 def model_cache_keys(page) -> list[str]:
     return page.evaluate("async () => (await (await caches.open('mote-models-v1')).keys()).map((r) => r.url)")
+
+
+def cached_model(page) -> dict | None:
+    """The model cache's (first) entry: key, headers, and the sha256 of its bytes; None if empty."""
+    return page.evaluate("""async () => {
+        const cache = await caches.open('mote-models-v1');
+        const [key] = await cache.keys();
+        if (!key) return null;
+        const r = await cache.match(key);
+        const digest = await crypto.subtle.digest('SHA-256', await r.arrayBuffer());
+        return { key: key.url, type: r.headers.get('Content-Type'), sha256: r.headers.get('X-Mote-Sha256'),
+                 size: r.headers.get('X-Mote-Size'),
+                 bytes_sha256: Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('') };
+    }""")
+
+
+def corrupt_cached_model(page) -> None:
+    """Flip one byte in the middle of the cached model (same length: only the sha256 can tell)."""
+    page.evaluate("""async () => {
+        const cache = await caches.open('mote-models-v1');
+        const [key] = await cache.keys();
+        const bytes = new Uint8Array(await (await cache.match(key)).arrayBuffer());
+        bytes[bytes.length >> 1] ^= 0xff;
+        await cache.put(key, new Response(bytes));
+    }""")
+
+
+def stored_entry(base_url: str, data: bytes) -> dict:
+    """What cached_model() must read after a verified store, by worker.js or a ParallelWorker alike."""
+    sha = hashlib.sha256(data).hexdigest()
+    return {"key": f"{base_url}/__mote_models__/{sha}", "type": "application/octet-stream", "sha256": sha,
+            "size": str(len(data)), "bytes_sha256": sha}
+
+
+def cores(n: int) -> str:
+    """An init script under which navigator.hardwareConcurrency is `n` (before any page script)."""
+    return f"Object.defineProperty(Navigator.prototype, 'hardwareConcurrency', {{ get: () => {n}, configurable: true }});"
 
 
 # ---- fixtures ------------------------------------------------------------------------------------
@@ -204,7 +254,7 @@ def test_cold_load_shows_stages_and_licence(tab, site):
     assert page.evaluate("() => [...document.querySelectorAll('#stages li')].map((li) => li.className)") == ["done"] * 4
     detail = page.locator("#load-detail").inner_text()
     assert "loaded from the network" in detail
-    assert len(model_cache_keys(page)) == 1
+    assert cached_model(page) == stored_entry(base_url, data)
     metrics(tiny_cold_boot_s=round(boot_s, 2), tiny_cold_model_s=round(ready["seconds"], 3), model_bytes=len(data))
 
 
@@ -265,24 +315,14 @@ def test_reload_reads_the_cached_model(tab, site, golden):
 
 def test_corrupted_cached_model_is_downloaded_again(tab, site, golden):
     page, _, _ = tab
-    page.evaluate("""async () => {
-        const cache = await caches.open('mote-models-v1');
-        const [key] = await cache.keys();
-        const bytes = new Uint8Array(await (await cache.match(key)).arrayBuffer());
-        bytes[bytes.length >> 1] ^= 0xff;                    // same length, one byte wrong
-        await cache.put(key, new Response(bytes));
-    }""")
+    corrupt_cached_model(page)
+    assert cached_model(page)["bytes_sha256"] != golden["model"]["sha256"]
     open_page(page, site[0])
     ready = load_model(page, tg.FILE_NAME)
     assert ready["type"] == "ready" and ready["cached"] is False, ready
     assert "cache-corrupt" in ready["phases"] and "download" in ready["phases"]
     assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
-    cached = page.evaluate("""async () => {
-        const [key] = await (await caches.open('mote-models-v1')).keys();
-        const bytes = new Uint8Array(await (await (await caches.open('mote-models-v1')).match(key)).arrayBuffer());
-        return Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', bytes)), (b) => b.toString(16).padStart(2, '0')).join('');
-    }""")
-    assert cached == golden["model"]["sha256"]               # the good copy replaced the bad one
+    assert cached_model(page) == stored_entry(*site)          # the good copy replaced the bad one
 
 
 def test_offline_reload_still_chats(tab, site, golden):
@@ -302,46 +342,154 @@ def test_offline_reload_still_chats(tab, site, golden):
     metrics(tiny_offline_boot_s=round(boot_s, 2))
 
 
-# ---- the Workers setting: the golden answer from two workers ------------------------------------
+# ---- the Workers setting -------------------------------------------------------------------------
 
-def test_two_workers_give_the_golden_answer(browser, site, golden):
-    """Workers=2 in the page shards the model over two workers (static/parallel.js) and still gives
-    the golden greedy tokens; ?minParallelBytes=0 lifts the 50 MB floor so the tiny model qualifies."""
+WORKERS_READY = "() => window.moteApp && window.moteApp.state.runtime && window.moteApp.state.models.length > 0"
+
+
+def test_default_workers_follow_the_cores(browser, site, golden):
+    """The setting's default is navigator.hardwareConcurrency, at most 4; a saved value wins; a model
+    under 50 MB (no ?minParallelBytes) still decodes on one worker, and the status line says so."""
     base_url, _ = site
-    context = browser.new_context(viewport=PHONE)          # its own localStorage: the tab keeps 1 worker
+    defaults = {}
+    for n in (1, 3, 16):
+        context = browser.new_context()
+        context.add_init_script(cores(n))
+        page = context.new_page()
+        page.goto(base_url + "/")
+        page.wait_for_function("() => window.moteApp !== undefined", timeout=30_000)
+        defaults[n] = page.input_value("#workers")
+        context.close()
+    assert defaults == {1: "1", 3: "3", 16: "4"}
+
+    context = browser.new_context(viewport=PHONE)
+    context.add_init_script(cores(3))
     context.add_init_script(RECORDER)
     page = context.new_page()
-    ready_cond = "() => window.moteApp && window.moteApp.state.runtime && window.moteApp.state.models.length > 0"
     try:
-        page.goto(base_url + "/?minParallelBytes=0")
-        page.wait_for_function(ready_cond, timeout=120_000)
-        assert page.input_value("#workers") == "1"          # the page's default, whatever the cores
-        assert page.evaluate("() => window.moteApp.state.workers") == 1
-        # the rule: atome and unknown architectures stay on one worker, shardable ones get the setting
-        page.evaluate("() => { document.getElementById('settings').open = true; }")
-        page.fill("#workers", "2")
-        page.dispatch_event("#workers", "change")
-        assert page.evaluate("() => localStorage.getItem('mote.workers')") == "2"
+        open_page(page, base_url)
+        assert page.input_value("#workers") == "3"
+        assert page.evaluate("() => window.moteApp.workersFor({architecture: 'gemma3', size: 60e6})") == 3
         assert page.evaluate("() => window.moteApp.workersFor({architecture: 'atome', size: 1e9})") == 1
-        assert page.evaluate("() => window.moteApp.workersFor({architecture: 'qwen2', size: 1e9})") == 2
-        page.wait_for_function(ready_cond, timeout=120_000)
-        assert page.evaluate("() => window.moteApp.state.workers") == 2
+        ready = load_model(page, tg.FILE_NAME)               # 23 kB: one worker whatever the setting
+        assert ready["type"] == "ready", ready
+        assert page.evaluate("() => window.moteApp.state.workers") == 1
+        assert page.evaluate("() => window.moteApp.worker instanceof Worker")   # worker.js, not a ParallelWorker
+        assert page.locator("#status").inner_text().startswith("1 worker: Python ")
+        assert chat(page, golden["messages"][0]["content"], 4)["token_ids"] == golden["tokens"][:4]
 
-        select_model(page, tg.FILE_NAME)
-        page.click("#load-btn")
-        page.wait_for_function("() => window.moteApp.state.model || window.moteApp.state.lastError", timeout=120_000)
-        assert page.evaluate("() => window.moteApp.state.lastError") is None
-        assert page.evaluate("() => window.moteApp.state.model.workers") == 2
-        assert page.evaluate("() => window.moteApp.worker.n") == 2     # a ParallelWorker, not worker.js
-        done = chat(page, golden["messages"][0]["content"], golden["max_tokens"])
-        assert done["reason"] == golden["reason"]
-        assert done["n_prompt"] == len(golden["prompt_tokens"])
-        assert done["token_ids"] == golden["tokens"]
-        assert done["full_text"] == golden["text"]
-        assert page.locator(".msg.assistant").last.text_content() == golden["text"]
-        metrics(tiny_2workers_decode_tok_s=round(done["decode_tok_s"], 1))
+        # a saved choice wins over the cores
+        page.evaluate("() => localStorage.setItem('mote.workers', '2')")
+        page.reload()
+        page.wait_for_function("() => window.moteApp !== undefined", timeout=30_000)
+        assert page.input_value("#workers") == "2"
     finally:
         context.close()
+
+
+@pytest.fixture(scope="module")
+def two_tab(browser, site):
+    """A tab on a "2-core machine" (default: 2 workers) with its own storage; its tests run in file
+    order. ?minParallelBytes=0 lifts the 50 MB floor so the tiny golden model is split."""
+    context = browser.new_context(viewport=PHONE)
+    context.add_init_script(cores(2))
+    context.add_init_script(RECORDER)
+    page = context.new_page()
+    logs: list[str] = []
+    page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
+    yield page, context, logs
+    context.close()
+
+
+def test_two_workers_give_the_golden_answer_and_store_the_model(two_tab, site, golden):
+    """Two workers (static/parallel.js) give the golden greedy tokens, and the verified download is
+    stored as worker.js stores it: same cache, key and headers."""
+    page, _, logs = two_tab
+    base_url, data = site
+    open_page(page, base_url, "?minParallelBytes=0")
+    assert page.input_value("#workers") == "2"               # from the cores: nothing saved
+    assert page.evaluate("() => window.moteApp.state.workers") == 2
+    assert page.locator("#status").inner_text().startswith("2 workers ")
+    assert page.evaluate("() => window.moteApp.workersFor({architecture: 'atome', size: 1e9})") == 1
+    assert page.evaluate("() => window.moteApp.workersFor({architecture: 'qwen2', size: 1e9})") == 2
+    assert model_cache_keys(page) == []
+
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready" and ready["cached"] is False, (ready, logs)
+    phases = ready["phases"]
+    assert "cache" not in phases
+    assert phases.index("download") < phases.index("verify") < phases.index("store") < phases.index("parse")
+    assert page.evaluate("() => window.moteApp.state.model.workers") == 2
+    assert page.evaluate("() => window.moteApp.worker.n") == 2       # a ParallelWorker, not worker.js
+    assert "loaded from the network" in page.locator("#load-detail").inner_text()
+    assert cached_model(page) == stored_entry(base_url, data)
+
+    done = chat(page, golden["messages"][0]["content"], golden["max_tokens"])
+    assert done["reason"] == golden["reason"]
+    assert done["n_prompt"] == len(golden["prompt_tokens"])
+    assert done["token_ids"] == golden["tokens"]
+    assert done["full_text"] == golden["text"]
+    assert page.locator(".msg.assistant").last.text_content() == golden["text"]
+    metrics(tiny_2workers_decode_tok_s=round(done["decode_tok_s"], 1))
+
+
+def test_two_workers_reload_reads_the_cached_model(two_tab, site, golden):
+    page, _, _ = two_tab
+    open_page(page, site[0], "?minParallelBytes=0")
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready" and ready["cached"] is True, ready
+    assert "cache" in ready["phases"] and "download" not in ready["phases"] and "store" not in ready["phases"]
+    assert page.evaluate("() => window.moteApp.worker.n") == 2
+    assert "loaded from the offline cache" in page.locator("#load-detail").inner_text()
+    assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
+
+
+def test_two_workers_corrupted_cached_model_is_downloaded_again(two_tab, site, golden):
+    page, _, _ = two_tab
+    corrupt_cached_model(page)
+    assert cached_model(page)["bytes_sha256"] != golden["model"]["sha256"]
+    open_page(page, site[0], "?minParallelBytes=0")
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready" and ready["cached"] is False, ready
+    phases = ready["phases"]
+    assert phases.index("cache-corrupt") < phases.index("download") < phases.index("store")
+    assert page.evaluate("() => window.moteApp.worker.n") == 2
+    assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
+    assert cached_model(page) == stored_entry(*site)          # the good copy replaced the bad one
+
+
+def test_two_workers_offline_reload_still_chats(two_tab, site, golden):
+    page, context, _ = two_tab
+    page.evaluate("async () => { await navigator.serviceWorker.ready; }")
+    page.wait_for_function("() => navigator.serviceWorker.controller !== null", timeout=10_000)
+    context.set_offline(True)
+    try:
+        assert page.evaluate("() => fetch('/models/' + 'tiny-golden.gguf', {cache: 'no-store'}).then(() => 'online', () => 'offline')") == "offline"
+        open_page(page, site[0], "?minParallelBytes=0")
+        ready = load_model(page, tg.FILE_NAME)
+        assert ready["type"] == "ready" and ready["cached"] is True, ready
+        assert page.evaluate("() => window.moteApp.worker.n") == 2
+        done = chat(page, golden["messages"][0]["content"], golden["max_tokens"])
+        assert done["token_ids"] == golden["tokens"]
+    finally:
+        context.set_offline(False)
+
+
+def test_one_worker_reads_the_copy_two_workers_stored(two_tab, site, golden):
+    """One cache for both kinds of worker: Workers=1 loads what the ParallelWorker stored."""
+    page, _, _ = two_tab
+    open_page(page, site[0], "?minParallelBytes=0")
+    page.evaluate("() => { document.getElementById('settings').open = true; }")
+    page.fill("#workers", "1")
+    page.dispatch_event("#workers", "change")
+    assert page.evaluate("() => localStorage.getItem('mote.workers')") == "1"
+    page.wait_for_function(WORKERS_READY, timeout=120_000)
+    assert page.evaluate("() => window.moteApp.worker instanceof Worker")
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready" and ready["cached"] is True, ready
+    assert "download" not in ready["phases"]
+    assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
 
 
 # ---- failed downloads: an error in the page, nothing cached --------------------------------------
@@ -413,6 +561,7 @@ def test_gemma_greedy_tokens_match_cpython(browser, tmp_path):
     app = create_app(Settings(models_dir=models, static_dir=static, follow_symlinks=True))
     with serve_in_thread(app) as base_url:
         context = browser.new_context(viewport=PHONE)
+        context.add_init_script(cores(1))    # one worker, static/worker.js: the one WorkerHeap measures
         context.add_init_script(RECORDER)
         page = context.new_page()
         cold_boot = open_page(page, base_url)

@@ -62,6 +62,6 @@ def test_page_boots_runtime_numpy_engine(base_url):
             [{"role": "user", "content": "Hi <b>&</b>"}], engine="jinja")
         assert info["chat_check"] == expected
         assert [state["stages"].get(s) for s in ("runtime", "numpy", "engine")] == ["done"] * 3
-        assert page.locator("#status").inner_text().startswith("Python 3.12")
+        assert page.locator("#status").inner_text().startswith("1 worker: Python 3.12")  # no model: one worker
         print("\nbrowser boot:", json.dumps({"boot_s": round(state["bootMs"] / 1000, 2),
                                              **{k: round(v, 2) for k, v in state["timings"].items()}}))

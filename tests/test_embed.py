@@ -9,10 +9,16 @@ and a strict CSP (the one docs/EMBED.md tells hosts to use). Checked:
 * the JS API streams the same greedy tokens as the CPython engine (engine.loader + engine.generate);
 * chat.completions.create streams chunks with OpenAI's field names, and its non-stream form
   returns a chat.completion with usage that agrees with the streamed one;
+* with workers: 2 (API) or data-workers="2" (widget) the model is split over two workers, whose shard
+  workers the host page can only start through blob: wrappers, and the tokens are the same; the
+  default keeps a small file on one worker; the GGUF header peek that keeps unsplittable
+  architectures on one worker reads general.architecture wherever it sits in the metadata;
 * without the server's CORS permission for the host origin, loading fails with a clear error.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import pytest
 
@@ -110,6 +116,10 @@ def cpython_greedy(path, prompt: str | None, max_tokens: int, messages=None) -> 
     return [ev.token_id for ev in generate(loaded.model, loaded.tokenizer, ids, params) if ev.kind == "token"]
 
 
+# navigator.hardwareConcurrency as a 4-core machine reports it (before any page script)
+CORES_4 = "Object.defineProperty(Navigator.prototype, 'hardwareConcurrency', { get: () => 4, configurable: true });"
+
+
 def new_page(browser, logs):
     page = browser.new_page()
     page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
@@ -187,6 +197,7 @@ def test_widget_cross_origin_isolated_from_host(sites, browser):
 def test_api_streams_cpython_greedy_tokens(sites, browser):
     logs: list[str] = []
     page = new_page(browser, logs)
+    page.add_init_script(CORES_4)
     page.goto(sites["host"] + "/api")
     assert page.evaluate("() => getComputedStyle(document.getElementById('p')).color") == "rgb(0, 0, 0)"
     got = page.evaluate("""async ([url, prompt, n]) => {
@@ -207,8 +218,9 @@ def test_api_streams_cpython_greedy_tokens(sites, browser):
         let again = "";
         for await (const piece of mote.generate(prompt, {temperature: 0, max_tokens: n})) again += piece;
         return {pieces, last: mote.last, stages: [...new Set(stages)], error, abortedN: aborted.n_generated,
-                abortedReason: aborted.reason, again, visible: document.body.children.length};
+                abortedReason: aborted.reason, again, visible: document.body.children.length, workers: mote.workers};
     }""", [sites["mote"] + "/models/tiny-llama.gguf", PROMPT, N])
+    assert got["workers"] == 1  # 4 cores, but the default keeps a file under 50 MB on one worker
     assert got["stages"] == ["runtime", "numpy", "engine", "weights"]
     assert got["last"]["token_ids"] == cpython_greedy(sites["path"], PROMPT, N)
     assert len(got["pieces"]) >= 1 and "".join(got["pieces"]) == got["again"]
@@ -275,3 +287,93 @@ def test_cross_origin_refused_without_cors(sites, browser):
         finally:
             state.update(saved)
     assert err is not None and f"--cors-origin {sites['host']}" in err, err
+
+
+# ---- several workers ------------------------------------------------------------------------------
+
+def test_api_two_workers_cross_origin(sites, browser):
+    """Mote.load(url, {workers: 2}) on the strict-CSP host: two shard workers started through blob:
+    wrappers (new Worker(<Mote URL>) throws on this origin), the CPython engine's greedy tokens, and
+    the verified file stored in the host origin's cache, read back by a second load."""
+    logs: list[str] = []
+    page = new_page(browser, logs)
+    page.goto(sites["host"] + "/api")
+    got = page.evaluate("""async ([url, prompt, n]) => {
+        const mote = await Mote.load(url, {workers: 2});
+        let text = "";
+        for await (const piece of mote.generate(prompt, {temperature: 0, max_tokens: n})) text += piece;
+        const first = {workers: mote.workers, shards: mote.info.shards.length, ids: mote.last.token_ids,
+                       text, cached: mote.cached};
+        mote.terminate();
+        const keys = (await (await caches.open('mote-models-v1')).keys()).map((r) => r.url);
+        const again = await Mote.load(url, {workers: 2});
+        for await (const piece of again.generate(prompt, {temperature: 0, max_tokens: n})) {}
+        return {first, keys, again: {workers: again.workers, cached: again.cached, ids: again.last.token_ids}};
+    }""", [sites["mote"] + "/models/tiny-llama.gguf", PROMPT, N])
+    want = cpython_greedy(sites["path"], PROMPT, N)
+    first = got["first"]
+    assert first["workers"] == 2 and first["shards"] == 2, got
+    assert first["ids"] == want and first["cached"] is False
+    sha = hashlib.sha256(sites["path"].read_bytes()).hexdigest()
+    assert got["keys"] == [f"{sites['host']}/__mote_models__/{sha}"]  # the host's origin, the file's sha256
+    assert got["again"] == {"workers": 2, "cached": True, "ids": want}
+    assert not [m for m in logs if "Content Security Policy" in m or m.startswith("pageerror")], logs
+    page.close()
+
+
+def test_widget_data_workers(sites, browser):
+    """data-workers="2" on the script tag: the widget answers on two workers, the CPython tokens."""
+    state = sites["state"]
+    saved = state.get("attrs", "")
+    state["attrs"] = 'data-workers="2" data-temperature="0" data-max-tokens="8"'
+    logs: list[str] = []
+    page = new_page(browser, logs)
+    try:
+        page.goto(sites["host"] + "/")
+        page.wait_for_function("() => window.Mote && Mote.widgets[0] && Mote.widgets[0].state !== 'loading'",
+                               timeout=120_000)
+        w = page.evaluate("() => ({state: Mote.widgets[0].state, error: Mote.widgets[0].error, "
+                          "workers: Mote.widgets[0].mote && Mote.widgets[0].mote.workers})")
+        assert w == {"state": "ready", "error": None, "workers": 2}, (w, logs)
+        assert page.locator("#chat .status").inner_text().endswith(" · 2 workers")
+        page.locator("#chat textarea").fill("hello")
+        page.locator("#chat button.send").click()
+        page.wait_for_function("() => Mote.widgets[0].last && Mote.widgets[0].state === 'ready'", timeout=60_000)
+        last = page.evaluate("() => Mote.widgets[0].last")
+        assert last["token_ids"] == cpython_greedy(sites["path"], None, 8, messages=[{"role": "user", "content": "hello"}])
+        assert not [m for m in logs if "Content Security Policy" in m or m.startswith("pageerror")], logs
+    finally:
+        state["attrs"] = saved
+        page.close()
+
+
+def test_architecture_peek_and_workers_rule(sites, browser, tmp_path_factory):
+    """static/parallel.js as the embed uses it on the host: general.architecture read from a file's
+    first bytes (also behind a 20,000-entry array), and the rule that keeps atome on one worker."""
+    from engine.gguf import ValueType, write_gguf
+
+    models = sites["path"].parent
+    with open(models / "late-atome.gguf", "wb") as f:   # metadata only: the peek reads no tensors
+        write_gguf(f, {"tokenizer.ggml.tokens": (ValueType.ARRAY, (ValueType.STRING, [f"t{i}" for i in range(20_000)])),
+                       "general.architecture": (ValueType.STRING, "atome")}, [])
+    (models / "not-gguf.gguf").write_bytes(b"PK\x03\x04" + bytes(4096))
+    sizes = {p.name: p.stat().st_size for p in models.glob("*.gguf")}
+    page = browser.new_page()
+    page.goto(sites["host"] + "/api")
+    got = page.evaluate("""async ([mote, sizes]) => {
+        const par = await import(Mote.base + 'parallel.js');   // the module Mote.load uses
+        const ref = (file) => ({url: `${mote}/models/${file}`, sha256: '0'.repeat(64), size: sizes[file] || 1});
+        return {
+          llama: await par.peekArchitecture(ref('tiny-llama.gguf')),
+          atome: await par.peekArchitecture(ref('late-atome.gguf')),
+          none: await par.peekArchitecture(ref('not-gguf.gguf')),
+          missing: await par.peekArchitecture(ref('missing.gguf')),
+          rule: [par.workersForModel({architecture: 'atome', size: 1e9}, 2),
+                 par.workersForModel({architecture: 'llama', size: 1e9}, 2),
+                 par.workersForModel({architecture: 'llama', size: 1e6}, 2),
+                 par.workersForModel({architecture: 'llama', size: 1e6}, 2, 0),
+                 par.workersForModel({architecture: 'llama', size: 1e9}, 99)],
+        };
+    }""", [sites["mote"], sizes])
+    page.close()
+    assert got == {"llama": "llama", "atome": "atome", "none": None, "missing": None, "rule": [1, 2, 1, 2, 8]}

@@ -217,9 +217,10 @@ window.benchWllama = async (url, prompts, n, nCtx) => {
 };
 """
 
-# Mote on the page: the public API (mote-embed.js), greedy, the protocol events for timing.
+# Mote on the page: the public API (mote-embed.js), greedy, the protocol events for timing. One
+# worker (the API's default follows the cores): the `mote ×N workers` rows are measured below.
 MOTE_RUN_JS = """async ([url, prompts, n, nCtx]) => {
-  const mote = await Mote.load(url, nCtx ? { n_ctx: nCtx } : {});
+  const mote = await Mote.load(url, nCtx ? { n_ctx: nCtx, workers: 1 } : { workers: 1 });
   const t = mote.timings;
   const runs = [];
   for (const prompt of prompts) {
