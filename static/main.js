@@ -18,7 +18,7 @@
  * window.moteApp.state is read by the Playwright tests (stages, timings, runtime info, last done).
  */
 import { Req, Ev, STAGES, isMessage } from "./protocol.js";
-import { ParallelWorker, defaultWorkers, workersForModel, MAX_WORKERS, DEFAULT_MAX_WORKERS, MIN_PARALLEL_BYTES } from "./parallel.js";
+import { ParallelWorker, defaultWorkers, workersForModel, MAX_WORKERS, DEFAULT_MAX_WORKERS, GB_PER_WORKER, MIN_PARALLEL_BYTES } from "./parallel.js";
 
 const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
 
@@ -329,8 +329,9 @@ try { saved = localStorage.getItem(WORKERS_KEY); } catch { saved = null; }
 $("workers").max = String(MAX_WORKERS);
 $("workers").value = saved ?? String(defaultWorkers());   // the user's choice wins (see the file docstring)
 $("workers").title = `Decoding workers, each with its own Python (more memory per worker). Default: one per ` +
-  `core, at most ${DEFAULT_MAX_WORKERS} (this device: ${navigator.hardwareConcurrency || "?"} cores, so ` +
-  `${defaultWorkers()}); 2 workers on 2 cores decoded 1.6x faster than 1. Atome models and files under ` +
+  `core, at most ${DEFAULT_MAX_WORKERS} and one per ${GB_PER_WORKER} GB of memory (this device: ` +
+  `${navigator.hardwareConcurrency || "?"} cores, so ${defaultWorkers()}); 2 workers on 2 cores decoded 1.5-1.6x ` +
+  `faster than 1. Atome models and files under ` +
   `${fmtBytes(MIN_BYTES)} always use 1. Changing it needs a fresh Load.`;
 loadModelList().then(() => {
   startWorker(workersFor(state.selected));  // what Load will need for the first model

@@ -3,7 +3,7 @@
  * Decoding across several Web Workers, without SharedArrayBuffer (so no COOP/COEP headers: it works
  * on any static host and inside an embedding page).
  *
- *   const w = new ParallelWorker({ workers: 2 });   // default: defaultWorkers() (cores, at most 4)
+ *   const w = new ParallelWorker({ workers: 2 });   // default: defaultWorkers() (cores, at most 4, memory permitting)
  *   w.addEventListener("message", (e) => ...);      // the events of static/protocol.js
  *   w.postMessage({ type: "load", model });         // progress* -> ready
  *   w.postMessage({ type: "generate", id, prompt | messages, params });   // token* -> done
@@ -34,19 +34,32 @@ const WORKER_URL = new URL("./parallel-worker.js", import.meta.url);
 /** The most workers anyone may ask for. */
 export const MAX_WORKERS = 8;
 /**
- * The default's cap: on 2 cores, 2 workers decoded Gemma 3 270M 1.62x faster than 1 (6.7 vs 4.1
- * tok/s); more than 2 workers was never measured.
+ * The default's cap: on 2 cores, 2 workers decoded Gemma 3 270M 1.5-1.6x faster than 1 (7.4 vs 4.7
+ * tok/s, docs/bench/gemma-q4_k_m-workers.md); more than 2 workers was never measured.
  */
 export const DEFAULT_MAX_WORKERS = 4;
+/**
+ * Device memory (GB, navigator.deviceMemory where the browser reports it) per default worker: each
+ * boots its own Python and keeps its own KV cache, and the page holds the file once while loading
+ * (Gemma 3 270M: tab peak ~770 MB on one worker, ~1.33 GB on two).
+ */
+export const GB_PER_WORKER = 2;
 /** The architectures engine/shard.py can split; anything else (atome, ...) decodes on one worker. */
 export const SHARDABLE = Object.freeze(["llama", "qwen2", "gemma3", "gpt2"]);
 /** Smaller files decode on one worker by default: the per-layer syncs cost more than the split saves. */
 export const MIN_PARALLEL_BYTES = 50e6;
 
-/** Workers to use by default: one per logical core (navigator.hardwareConcurrency), at most DEFAULT_MAX_WORKERS. */
+/**
+ * Workers to use by default: one per logical core (navigator.hardwareConcurrency), at most
+ * DEFAULT_MAX_WORKERS, and at most one per GB_PER_WORKER of navigator.deviceMemory where the
+ * browser reports it (a 4 GB phone with 8 cores gets 2, a 2 GB one 1).
+ */
 export function defaultWorkers() {
-  const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency || 1 : 1;
-  return Math.max(1, Math.min(cores, DEFAULT_MAX_WORKERS));
+  const nav = /** @type {any} */ (typeof navigator !== "undefined" ? navigator : {});
+  const cores = nav.hardwareConcurrency || 1;
+  const memory = Number(nav.deviceMemory);
+  const byMemory = Number.isFinite(memory) && memory > 0 ? Math.floor(memory / GB_PER_WORKER) : Infinity;
+  return Math.max(1, Math.min(cores, DEFAULT_MAX_WORKERS, byMemory));
 }
 
 /**

@@ -160,9 +160,13 @@ def stored_entry(base_url: str, data: bytes) -> dict:
             "size": str(len(data)), "bytes_sha256": sha}
 
 
-def cores(n: int) -> str:
-    """An init script under which navigator.hardwareConcurrency is `n` (before any page script)."""
-    return f"Object.defineProperty(Navigator.prototype, 'hardwareConcurrency', {{ get: () => {n}, configurable: true }});"
+def cores(n: int, memory_gb: float | None = None) -> str:
+    """An init script under which navigator.hardwareConcurrency is `n` (before any page script), and
+    navigator.deviceMemory `memory_gb` (None: as the browser reports it)."""
+    script = f"Object.defineProperty(Navigator.prototype, 'hardwareConcurrency', {{ get: () => {n}, configurable: true }});"
+    if memory_gb is not None:
+        script += f"Object.defineProperty(Navigator.prototype, 'deviceMemory', {{ get: () => {memory_gb}, configurable: true }});"
+    return script
 
 
 # ---- fixtures ------------------------------------------------------------------------------------
@@ -352,15 +356,16 @@ def test_default_workers_follow_the_cores(browser, site, golden):
     under 50 MB (no ?minParallelBytes) still decodes on one worker, and the status line says so."""
     base_url, _ = site
     defaults = {}
-    for n in (1, 3, 16):
+    for n, gb in ((1, 8), (3, 8), (16, 8), (8, 4), (8, 2), (8, 0.5)):
         context = browser.new_context()
-        context.add_init_script(cores(n))
+        context.add_init_script(cores(n, gb))
         page = context.new_page()
         page.goto(base_url + "/")
         page.wait_for_function("() => window.moteApp !== undefined", timeout=30_000)
-        defaults[n] = page.input_value("#workers")
+        defaults[(n, gb)] = page.input_value("#workers")
         context.close()
-    assert defaults == {1: "1", 3: "3", 16: "4"}
+    # cores, at most 4, at most one per 2 GB of device memory
+    assert defaults == {(1, 8): "1", (3, 8): "3", (16, 8): "4", (8, 4): "2", (8, 2): "1", (8, 0.5): "1"}
 
     context = browser.new_context(viewport=PHONE)
     context.add_init_script(cores(3))
