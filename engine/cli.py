@@ -310,7 +310,7 @@ def _add_load(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=int, default=None, help="KV cache length (default: min(2048, model's))")
     p.add_argument("--dense-mb", type=float, default=None,
                    help="float32 budget (MB) for layer matrices and the LM head: faster, more memory "
-                        "(default: 192 for layers, 64 for the head)")
+                        "(default: 256 for layers, 64 for the head)")
 
 
 def build_parser() -> argparse.ArgumentParser:
