@@ -308,9 +308,11 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 def _add_load(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=int, default=None, help="KV cache length (default: min(2048, model's))")
+    from .model import LoadPolicy
+
     p.add_argument("--dense-mb", type=float, default=None,
                    help="float32 budget (MB) for layer matrices and the LM head: faster, more memory "
-                        "(default: 256 for layers, 64 for the head)")
+                        f"(default: {LoadPolicy.dense_layers_mb:g} for layers, {LoadPolicy.dense_head_mb:g} for the head)")
 
 
 def build_parser() -> argparse.ArgumentParser:
