@@ -16,6 +16,7 @@
  * address), so a sync costs one copy out, one postMessage with the buffer transferred, one copy in.
  * No SharedArrayBuffer, so no COOP/COEP headers are needed.
  */
+import { bootPython } from "./boot.js";
 
 const BASE = new URL(".", import.meta.url);
 const PIECE = 16 << 20;                                  // bytes per `want` request while loading
@@ -45,33 +46,12 @@ const yieldChannel = new MessageChannel();
 yieldChannel.port1.onmessage = () => { const r = yieldQueue.shift(); if (r) r(); };
 const yieldToEventLoop = () => new Promise((r) => { yieldQueue.push(/** @type {any} */ (r)); yieldChannel.port2.postMessage(0); });
 
-/** @param {BufferSource} data */
-async function sha256Hex(data) {
-  const digest = await crypto.subtle.digest("SHA-256", data);
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-// ---- boot (as static/worker.js boots) --------------------------------------------------------------
+// ---- boot (static/boot.js, as static/worker.js boots) ------------------------------------------------
 
 async function boot() {
   const t0 = performance.now();
-  const r = await fetch(new URL("build-manifest.json", BASE));
-  if (!r.ok) throw new Error(`build-manifest.json: HTTP ${r.status} (run python build_wasm.py)`);
-  const manifest = await r.json();
-  const runtimeBase = new URL(manifest.runtime.base_url, BASE).href;
-  const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
-  const py = await loadPyodide({ indexURL: runtimeBase });
-  await py.loadPackage(manifest.packages, { checkIntegrity: true, messageCallback: () => {} });
-  for (const whl of manifest.wheels) {
-    const w = await fetch(new URL(whl.file, BASE));
-    if (!w.ok) throw new Error(`${whl.file}: HTTP ${w.status}`);
-    const bytes = new Uint8Array(await w.arrayBuffer());
-    const got = await sha256Hex(bytes);
-    if (got !== whl.sha256) throw new Error(`${whl.file}: sha256 ${got} does not match build-manifest.json (${whl.sha256})`);
-    py.unpackArchive(bytes, "wheel");
-  }
-  py.runPython("import importlib; importlib.invalidate_caches()");
-  shardMod = py.pyimport("engine.shard");
+  const { py, mod } = await bootPython(BASE, "engine.shard");
+  shardMod = mod;
   pyodide = py;
   return (performance.now() - t0) / 1000;
 }

@@ -29,6 +29,7 @@
  */
 import { Req, Ev, moduleWorker } from "./protocol.js";
 import { cachedModel, dropModel, fetchModel, storeModel } from "./model-cache.js";
+import { sha256Hex } from "./boot.js";
 
 const WORKER_URL = new URL("./parallel-worker.js", import.meta.url);
 /** The most workers anyone may ask for. */
@@ -151,12 +152,6 @@ export async function peekArchitecture(model, maxBytes = 16 << 20) {
   } finally {
     reader.cancel().catch(() => {});
   }
-}
-
-/** @param {BufferSource} data */
-async function sha256Hex(data) {
-  const digest = await crypto.subtle.digest("SHA-256", data);
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** @param {Worker} w @param {string} type  the next message of `type` from w (an error rejects) */

@@ -18,7 +18,7 @@
 const sw = /** @type {ServiceWorkerGlobalScope} */ (/** @type {unknown} */ (self));
 const SHELL_CACHE = "mote-shell-v1";
 const SHELL = ["/", "/models", "/static/main.js", "/static/worker.js", "/static/protocol.js",
-               "/static/model-cache.js", "/static/parallel.js", "/static/parallel-worker.js",
+               "/static/model-cache.js", "/static/boot.js", "/static/parallel.js", "/static/parallel-worker.js",
                "/static/style.css", "/static/build-manifest.json"];
 
 sw.addEventListener("install", (event) => {

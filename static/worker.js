@@ -19,6 +19,7 @@
  */
 import { Req, Ev, isMessage } from "./protocol.js";
 import { cachedModel, dropModel, fetchModel, storeModel } from "./model-cache.js";
+import { bootPython } from "./boot.js";
 
 const BASE = new URL(".", import.meta.url);            // .../static/
 /** @type {any} */ let pyodide = null;                  // the Pyodide instance, once booted
@@ -48,55 +49,16 @@ function memory() {
 /** Let queued messages (abort) run: a macrotask turn of the worker's event loop. */
 const yieldToEventLoop = () => new Promise((resolve) => setTimeout(resolve, 0));
 
-/** @param {BufferSource} data @returns {Promise<string>} hex sha256 */
-async function sha256Hex(data) {
-  const digest = await crypto.subtle.digest("SHA-256", data);
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-// ---- boot: runtime, numpy, engine ---------------------------------------------------------------
-
-async function fetchManifest() {
-  const r = await fetch(new URL("build-manifest.json", BASE));
-  if (!r.ok) throw new Error(`build-manifest.json: HTTP ${r.status} (run python build_wasm.py to build the browser assets)`);
-  return r.json();
-}
+// ---- boot: runtime, numpy, engine (static/boot.js) ---------------------------------------------
 
 async function boot() {
-  const t0 = performance.now();
-  const manifest = await fetchManifest();
-  const runtimeBase = new URL(manifest.runtime.base_url, BASE).href;
-
-  progress("runtime", { phase: "start" });
-  const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
-  const py = await loadPyodide({ indexURL: runtimeBase });
-  timings.runtime = (performance.now() - t0) / 1000;
-  progress("runtime", { phase: "done", seconds: timings.runtime });
-
-  progress("numpy", { phase: "start" });
-  const t1 = performance.now();
-  await py.loadPackage(manifest.packages, { checkIntegrity: true, messageCallback: () => {} });
-  timings.numpy = (performance.now() - t1) / 1000;
-  progress("numpy", { phase: "done", seconds: timings.numpy });
-
-  progress("engine", { phase: "start" });
-  const t2 = performance.now();
-  for (const whl of manifest.wheels) {
-    const r = await fetch(new URL(whl.file, BASE));
-    if (!r.ok) throw new Error(`${whl.file}: HTTP ${r.status}`);
-    const bytes = new Uint8Array(await r.arrayBuffer());
-    const got = await sha256Hex(bytes);
-    if (got !== whl.sha256) throw new Error(`${whl.file}: sha256 ${got} does not match build-manifest.json (${whl.sha256})`);
-    py.unpackArchive(bytes, "wheel");
-  }
-  py.runPython("import importlib; importlib.invalidate_caches()");
-  const mod = py.pyimport("engine.bridge");
-  const info = mod.runtime_info();
-  timings.engine = (performance.now() - t2) / 1000;
-  progress("engine", { phase: "done", seconds: timings.engine });
+  const { py, mod } = await bootPython(BASE, "engine.bridge", (stage, phase, seconds) => {
+    if (phase === "done") timings[stage] = /** @type {number} */ (seconds);
+    progress(stage, phase === "done" ? { phase, seconds } : { phase });
+  });
   pyodide = py;
   bridge = mod;
-  return info;
+  return mod.runtime_info();
 }
 
 // ---- weights: Cache API first, else download with progress --------------------------------------
