@@ -41,7 +41,9 @@ KV cache of its own kv heads.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -709,9 +711,12 @@ class LeaderSession:
 class ShardLoader:
     """A worker's load steps: header -> plan -> byte ranges -> pieces -> ShardRunner.
 
-    static/parallel-worker.js:
+    static/parallel-worker.js, fed by static/parallel.js as the file streams in (nobody holds the
+    whole file; shard 0 also hashes every byte, so the file is verified before anything is built):
         loader = ShardLoader(prefix, file_size, n_shards, index, n_ctx)   # prefix: >= header_length bytes
-        for (start, end) in loader.ranges(): buf = loader.piece(start, end); <copy the bytes into buf>
+        at = loader.stream_from(prefix, hash_all=index == 0)  # pieces made; prefix bytes copied in
+        loader.write(start, chunk, n)                         # later bytes, each byte once
+        loader.sha256() == expected                           # (shard 0) checked by the coordinator
         runner = loader.runner(); session = loader.leader_session()       # the latter on shard 0
     """
 
@@ -729,6 +734,12 @@ class ShardLoader:
         self.plan = plans[index]
         self._ranges = [(a, b) for a, b in shard_ranges(head, self.plan) if b > n_header]
         self._pieces: list[tuple[int, bytearray]] = []
+        self._starts: list[int] = []  # piece starts, sorted (for bisect)
+        self._streamed = False        # pieces made by stream_from (and filled by write)
+        self._written = 0             # bytes copied into pieces by write()
+        self._sha = None              # hashlib.sha256 over every byte, on the hashing shard only
+        self._hashed = 0              # bytes hashed so far (the next write must start here)
+        self.hash_seconds = 0.0       # time spent in sha256 updates
         self._file: ShardFile | None = None
 
     def ranges(self) -> list[list[int]]:
@@ -736,10 +747,66 @@ class ShardLoader:
         return [[max(a, len(self.header)), b] for a, b in self._ranges]
 
     def piece(self, start: int, end: int) -> bytearray:
-        """A buffer for bytes [start, end) of the file, for the worker to fill."""
+        """A buffer for bytes [start, end) of the file, for the caller to fill."""
         buf = bytearray(end - start)  # (end - start,) bytes
         self._pieces.append((start, buf))
+        self._starts.append(start)
         return buf
+
+    def stream_from(self, prefix, hash_all: bool = False) -> int:
+        """Make a piece for every range and copy in what `prefix` (the file's first bytes) holds of
+        them; with hash_all, sha256 every byte of the file from byte 0 (prefix included), so later
+        writes must come in file order, every byte of the file. Returns len(prefix): where the
+        stream goes on."""
+        if self._pieces:
+            raise ValueError("stream_from called twice, or after piece()")
+        self._streamed = True
+        for start, end in self.ranges():
+            self.piece(start, end)
+        self._sha = hashlib.sha256() if hash_all else None
+        self._hashed = 0
+        self.write(0, prefix)
+        return len(memoryview(prefix))
+
+    def write(self, start: int, chunk, n: int | None = None) -> None:
+        """Bytes [start, start + n) of the file (the first n bytes of `chunk`; all of it when n is
+        None): hashed (on the hashing shard), and copied into the pieces they fall in.
+
+        >>> ld = ShardLoader.__new__(ShardLoader)   # a loader whose one piece holds file bytes [4, 7)
+        >>> ld.file_size, ld._sha, ld._written, ld._pieces, ld._starts = 10, None, 0, [(4, bytearray(3))], [4]
+        >>> ld.write(2, b"abcdefgh", 6); bytes(ld._pieces[0][1])   # file bytes [2, 8): "abcdef"
+        b'cde'
+        """
+        data = memoryview(chunk).cast("B")
+        if n is not None:
+            data = data[:n]  # (n,) bytes
+        end = start + len(data)
+        if end > self.file_size:
+            raise ValueError(f"bytes [{start}, {end}) run past the file's {self.file_size} bytes")
+        if self._sha is not None:
+            if start != self._hashed:
+                raise ValueError(f"bytes from {start} but the hash has reached {self._hashed}: "
+                                 "the hashing shard must get every byte in order")
+            t0 = time.perf_counter()
+            self._sha.update(data)
+            self.hash_seconds += time.perf_counter() - t0
+            self._hashed = end
+        i = max(0, bisect.bisect_right(self._starts, start) - 1)  # first piece that can overlap
+        for p_start, buf in self._pieces[i:]:
+            if p_start >= end:
+                break
+            a, b = max(start, p_start), min(end, p_start + len(buf))
+            if a < b:
+                buf[a - p_start : b - p_start] = data[a - start : b - start]  # (b - a,) one memcpy
+                self._written += b - a
+
+    def sha256(self) -> str:
+        """Hex sha256 of the whole file; only on the hashing shard, once every byte came."""
+        if self._sha is None:
+            raise ValueError("this shard does not hash the file (stream_from(..., hash_all=True))")
+        if self._hashed != self.file_size:
+            raise ValueError(f"hashed {self._hashed} of {self.file_size} bytes: the file is not complete")
+        return self._sha.hexdigest()
 
     def file(self) -> ShardFile:
         if self._file is None:
@@ -747,7 +814,11 @@ class ShardLoader:
         return self._file
 
     def runner(self) -> ShardRunner:
-        """The shard's model over its pieces, which it owns: Q8_0 matrices are compacted in them."""
+        """The shard's model over its pieces, which it owns: Q8_0 matrices are compacted in them.
+        Call it only once the file is verified (the coordinator checks the hashing shard's sha256)."""
+        need = sum(len(b) for _, b in self._pieces)
+        if self._streamed and self._written != need:  # every byte of every piece must have come
+            raise ValueError(f"shard {self.plan.index} got {self._written} of its {need} bytes")
         policy = dataclasses.replace(WORKER_POLICY, own_buffer=True)
         return ShardRunner(load_shard(self.file(), self.plan, self.n_ctx, policy))
 

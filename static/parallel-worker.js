@@ -4,9 +4,14 @@
  *
  *   boot              Pyodide + numpy + our wheels (each checked against build-manifest.json's sha256)
  *   ports{index,n}    a MessagePort to every other shard (MessageChannels made by the coordinator)
- *   load{size,n_ctx}  asks the coordinator for the GGUF header (want -> bytes), then for only the
- *                     byte ranges its shard needs (engine.shard.ShardLoader), 16 MB at a time, each
- *                     copied straight into a Python buffer in WASM memory -> loaded{memory}
+ *   header{prefix,size,n_ctx,hash}  the file's first bytes: -> header{more} (send a longer prefix) or
+ *                     header{ranges}: engine.shard.ShardLoader made, the byte ranges this shard needs
+ *   write{parts}      later bytes as the coordinator streams the file: [start, ArrayBuffer] parts,
+ *                     copied into this shard's pieces in WASM memory -> wrote{n} (the coordinator's
+ *                     flow control); shard 0 gets every byte and hashes it (sha256, Python's hashlib)
+ *   digest            (shard 0) -> digest{sha256}: the coordinator compares it with GET /models'
+ *   build             only after that check: the model from the pieces -> loaded{info, memory}
+ *   drop              a failed load: free the pieces
  *   generate (shard 0, the leader): engine.shard.LeaderSession; before each step of the generation
  *                     loop it sends forward{tokens, start} to every peer and runs its own shard
  *
@@ -19,7 +24,6 @@
 import { bootPython } from "./boot.js";
 
 const BASE = new URL(".", import.meta.url);
-const PIECE = 16 << 20;                                  // bytes per `want` request while loading
 
 /** @type {any} */ let pyodide = null;
 /** @type {any} */ let shardMod = null;                 // engine.shard (PyProxy)
@@ -56,51 +60,72 @@ async function boot() {
   return (performance.now() - t0) / 1000;
 }
 
-// ---- bytes from the coordinator -------------------------------------------------------------------
+// ---- the file, streamed in by the coordinator -------------------------------------------------------
 
-let wantId = 0;
-/** @type {Map<number, (data: ArrayBuffer) => void>} */ const wanted = new Map();
+/** @type {any} */ let loader = null;                   // ShardLoader while loading (PyProxy)
+/** @type {any} */ let scratch = null;                  // bytearray each chunk is copied into (WASM memory)
+let loadStart = 0;
+const loadStats = { write_ms: 0, bytes: 0 };
 
-/** Bytes [start, end) of the model file, from the coordinator (transferred, no copy). */
-function want(start, end) {
-  const id = ++wantId;
-  return new Promise((resolve) => { wanted.set(id, resolve); post({ type: "want", id, start, end }); });
+/** A Python bytearray of at least n bytes holding `chunk` at its start (one memcpy into WASM memory). */
+function intoScratch(chunk) {
+  const n = chunk.byteLength;
+  if (!scratch || scratch.length < n) {
+    if (scratch) scratch.destroy();
+    scratch = pyodide.globals.get("bytearray")(n);
+  }
+  const view = scratch.getBuffer("u8");
+  try { view.data.set(new Uint8Array(chunk), 0); } finally { view.release(); }
+  return scratch;
 }
 
-/** Copy a JS chunk into a Python buffer at `offset` (one memcpy into WASM memory). */
-function fill(pyBuf, offset, chunk) {
-  const view = pyBuf.getBuffer("u8");
-  try { view.data.set(new Uint8Array(chunk), offset); } finally { view.release(); }
+/** Free the pieces of a load that failed or was replaced. */
+function drop() {
+  if (loader) { loader.destroy(); loader = null; }
+  if (scratch) { scratch.destroy(); scratch = null; }
 }
 
-/** @param {{size: number, n_ctx?: number, split_attention?: boolean}} msg */
-async function load(msg) {
-  const t0 = performance.now();
-  const size = msg.size;
-  // 1. the header: grow the prefix until engine.shard can parse it (Gemma 3 270M: 6.5 MB)
-  let prefixLen = Math.min(size, 4 << 20), prefix = null;
-  for (;;) {
-    const chunk = await want(0, prefixLen);
-    prefix = pyodide.globals.get("bytearray")(prefixLen);
-    fill(prefix, 0, chunk);
-    if (shardMod.ShardFile.header_length(prefix, size) > 0 || prefixLen === size) break;
+/**
+ * The first bytes of the file: if they hold the whole GGUF header, make the ShardLoader, its pieces
+ * (filled from the prefix where it covers them) and, on shard 0, start the sha256 over the prefix.
+ * @param {{prefix: ArrayBuffer, size: number, n_ctx?: number|null, split_attention?: boolean, hash?: boolean}} msg
+ * @returns {{more: true} | {ranges: number[][]}}  more: send a longer prefix
+ */
+function header(msg) {
+  drop();
+  loadStart = performance.now();
+  loadStats.write_ms = 0; loadStats.bytes = msg.prefix.byteLength;
+  const prefix = pyodide.globals.get("bytearray")(msg.prefix.byteLength);
+  try {
+    const view = prefix.getBuffer("u8");
+    try { view.data.set(new Uint8Array(msg.prefix), 0); } finally { view.release(); }
+    if (shardMod.ShardFile.header_length(prefix, msg.size) === 0 && msg.prefix.byteLength < msg.size) return { more: true };
+    loader = shardMod.ShardLoader(prefix, msg.size, nShards, index, msg.n_ctx ?? null, msg.split_attention !== false);
+    loader.stream_from(prefix, !!msg.hash);
+    return { ranges: loader.ranges().toJs() };
+  } finally {
     prefix.destroy();
-    prefixLen = Math.min(size, prefixLen * 2);
   }
-  const loader = shardMod.ShardLoader(prefix, size, nShards, index, msg.n_ctx ?? null, msg.split_attention !== false);
-  prefix.destroy();
-  // 2. only this shard's byte ranges, PIECE bytes per request
-  const ranges = loader.ranges().toJs();
-  let held = 0;
-  for (const [start, end] of ranges) {
-    const buf = loader.piece(start, end);
-    for (let a = start; a < end; a += PIECE) {
-      const b = Math.min(end, a + PIECE);
-      fill(buf, a - start, await want(a, b));
-      held += b - a;
-    }
-    buf.destroy();
+}
+
+/** Later bytes of the file: parts [start, ArrayBuffer] (only what this shard needs; shard 0 gets every byte). */
+function write(/** @type {[number, ArrayBuffer][]} */ parts) {
+  if (!loader) throw new Error("bytes arrived before the header");
+  const t0 = performance.now();
+  let n = 0;
+  for (const [start, data] of parts) {
+    loader.write(start, intoScratch(data), data.byteLength);
+    n += data.byteLength;
   }
+  loadStats.write_ms += performance.now() - t0;
+  loadStats.bytes += n;
+  return n;
+}
+
+/** The model from the pieces: only after the coordinator compared shard 0's sha256 with the expected one. */
+function build() {
+  if (!loader) throw new Error("no model bytes to build from");
+  if (scratch) { scratch.destroy(); scratch = null; }
   const tParse = performance.now();
   runner = loader.runner();
   vocabStarts = runner.vocab_starts().toJs();
@@ -108,8 +133,9 @@ async function load(msg) {
   const plan = runner.model.plan;
   const info = { index, heads: plan.heads.toJs(), ffn: plan.ffn.toJs(), vocab: plan.vocab.toJs(),
                  held_bytes: loader.held_bytes(), n_ctx: runner.model.n_ctx };
-  loader.destroy();
-  return { info, seconds: (performance.now() - t0) / 1000, parse_seconds: (performance.now() - tParse) / 1000 };
+  drop();
+  return { info, seconds: (performance.now() - loadStart) / 1000, parse_seconds: (performance.now() - tParse) / 1000,
+           write_seconds: loadStats.write_ms / 1000, received_bytes: loadStats.bytes };
 }
 
 // ---- the exchange at sync points ------------------------------------------------------------------
@@ -283,8 +309,11 @@ self.addEventListener("message", async (event) => {
         peers = msg.ports;
         for (const p of peers) if (p) p.onmessage = onPeerMessage;
         break;
-      case "bytes": { const r = wanted.get(msg.id); wanted.delete(msg.id); if (r) r(msg.data); break; }
-      case "load": post({ type: "loaded", ...(await load(msg)), memory: memory() }); break;
+      case "header": post({ type: "header", ...header(msg) }); break;
+      case "write": post({ type: "wrote", n: write(msg.parts) }); break;
+      case "digest": post({ type: "digest", sha256: loader.sha256(), hash_seconds: loader.hash_seconds }); break;
+      case "build": post({ type: "loaded", ...build(), memory: memory() }); break;
+      case "drop": drop(); post({ type: "dropped" }); break;
       case "generate": await generate(msg); break;
       case "abort": abortRequested = true; break;
       case "stats": post({ type: "stats", stats: { ...stats }, memory: memory() }); break;

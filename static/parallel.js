@@ -15,12 +15,30 @@
  * This coordinator:
  *   1. boots the workers in parallel and connects every pair with a MessageChannel, so per-layer
  *      activations go worker to worker, never through this thread;
- *   2. reads the model once under static/worker.js's cache rules (static/model-cache.js: a cached
- *      copy is verified, a bad one dropped; a download is verified, then stored under the same key),
- *      and serves each worker only the byte ranges its shard asks for (transferred, 16 MB at a
- *      time); the whole file lives in this thread only while loading;
- *   3. forwards generate/abort to shard 0 (the leader: tokenizer, sampler, generation loop) and
+ *   2. streams the model once into the workers under static/worker.js's cache rules
+ *      (static/model-cache.js: a cached copy is verified, a bad one dropped; a download is verified,
+ *      and only then does its Cache API entry, written as it streamed, complete under the same key).
+ *      This thread never holds the file: it keeps the first bytes until every worker has parsed
+ *      the GGUF header and named its byte ranges (engine.shard.ShardLoader), then passes each
+ *      chunk on, coalesced into BLOCK-sized messages: each worker gets copies of only the parts
+ *      inside its ranges, straight into its pieces; the leader gets every block (transferred);
+ *      WINDOW bounds the bytes in flight to each worker. memory.coordinator_peak_bytes in the ready
+ *      event says how much it held at most (a few MB);
+ *   3. verifies before anything is built: the leader hashes every byte with Python's hashlib as the
+ *      blocks arrive (engine.shard.ShardLoader.write, as engine.bridge.ModelBuffer does for one
+ *      worker), and only when its sha256 matches GET /models are the workers told to build their
+ *      shards; on a mismatch or any error every worker drops its pieces and the page gets an error
+ *      (stage "weights");
+ *   4. forwards generate/abort to shard 0 (the leader: tokenizer, sampler, generation loop) and
  *      re-dispatches its token/done events.
+ * Why the leader hashes: crypto.subtle.digest has no incremental form, so it needs the whole file
+ * in one buffer (what this design removes). The leader already runs Python, whose hashlib sha256
+ * (the one static/worker.js trusts) runs in its own thread, overlapped with the download, off the
+ * page's main thread; the cost is sending it the bytes it does not keep (one memcpy into WASM
+ * memory each, then dropped) - no new hashing code to get wrong, no extra worker to boot. Measured
+ * (headless Chromium, x86, a 207 MB test model on 2 workers): timings.hash 0.7-0.8 s (~270 MB/s,
+ * so ~1 s for Gemma 3 270M's 253 MB), timings.leader_write (copies + hash) 0.7-0.85 s, overlapped
+ * with the download; the whole weights stage took 2.1 s from the network, 0.9 s from the cache.
  * The shard workers are started with protocol.js moduleWorker, so a page on another origin (the
  * embed script, docs/EMBED.md) can run this too.
  *
@@ -29,7 +47,6 @@
  */
 import { Req, Ev, moduleWorker } from "./protocol.js";
 import { cachedModel, dropModel, fetchModel, storeModel } from "./model-cache.js";
-import { sha256Hex } from "./boot.js";
 
 const WORKER_URL = new URL("./parallel-worker.js", import.meta.url);
 /** The most workers anyone may ask for. */
@@ -41,14 +58,23 @@ export const MAX_WORKERS = 8;
 export const DEFAULT_MAX_WORKERS = 4;
 /**
  * Device memory (GB, navigator.deviceMemory where the browser reports it) per default worker: each
- * boots its own Python and keeps its own KV cache, and the page holds the file once while loading
- * (Gemma 3 270M: tab peak ~770 MB on one worker, ~1.33 GB on two).
+ * boots its own Python and keeps its own KV cache (Gemma 3 270M: tab peak ~770 MB on one worker,
+ * ~1.14 GB on two with the streamed load below; 1.33 GB when this thread held the whole file).
  */
 export const GB_PER_WORKER = 2;
 /** The architectures engine/shard.py can split; anything else (atome, ...) decodes on one worker. */
 export const SHARDABLE = Object.freeze(["llama", "qwen2", "gemma3", "gpt2"]);
 /** Smaller files decode on one worker by default: the per-layer syncs cost more than the split saves. */
 export const MIN_PARALLEL_BYTES = 50e6;
+/** The file's first bytes, handed to every worker to parse the GGUF header; doubled while too short
+ *  (Gemma 3 270M's header is 6.5 MB: a second try at 8 MB). */
+const HEADER_PREFIX = 4 << 20;
+/** Bytes per write message after the header: network or cache chunks (often 64 kB) coalesced. */
+const BLOCK = 2 << 20;
+/** Bytes sent to one worker and not yet acknowledged before reading waits (flow control). */
+const WINDOW = 8 << 20;
+/** Bytes queued for the Cache API before reading waits. */
+const CACHE_QUEUE = 4 << 20;
 
 /**
  * Workers to use by default: one per logical core (navigator.hardwareConcurrency), at most
@@ -165,6 +191,66 @@ function next(w, type) {
   });
 }
 
+/** The first `n` bytes of `chunks` in one new buffer (always a copy: the chunks may sit in the cache's queue). @param {Uint8Array[]} chunks @param {number} n */
+function concat(chunks, n) {
+  const out = new Uint8Array(n);                         // (n,) bytes
+  let at = 0;
+  for (const c of chunks) { out.set(c, at); at += c.length; }
+  return out;
+}
+
+/**
+ * A download written into the Cache API while it streams (static/model-cache.js storeModel: same
+ * key and headers as static/worker.js), committed only when the caller has verified the whole file:
+ * commit() closes the body, so cache.put completes; abort() errors it, so cache.put rejects and
+ * stores nothing (and the key is deleted, should anything be there). At most CACHE_QUEUE bytes wait
+ * for the cache: write() waits while the cache is slower than the network. Where there is no cache
+ * or storing fails (a full quota), writes are dropped and commit() reports it.
+ */
+class CacheWriter {
+  /** @param {import("./protocol.js").ModelRef} model */
+  constructor(model) {
+    this.model = model;
+    this.over = false;                                   // put settled before commit: writes are dropped
+    /** @type {(() => void)[]} */ this.waiters = [];
+    /** @type {ReadableStreamDefaultController<Uint8Array>|null} */ this.controller = null;
+    const body = new ReadableStream({
+      start: (c) => { this.controller = c; },
+      pull: () => this.wakeUp(),
+      cancel: () => { this.over = true; this.wakeUp(); },
+    }, new ByteLengthQueuingStrategy({ highWaterMark: CACHE_QUEUE }));
+    /** @type {Promise<boolean>} */
+    this.put = storeModel(model, body).finally(() => { this.over = true; this.wakeUp(); });
+    this.put.catch(() => {});                            // reported by commit()
+  }
+
+  wakeUp() { const w = this.waiters; this.waiters = []; for (const r of w) r(); }
+
+  /** Bytes queued for the cache, not yet taken. */
+  queued() { return this.over || !this.controller ? 0 : Math.max(0, CACHE_QUEUE - (this.controller.desiredSize ?? 0)); }
+
+  /** Queue a chunk (not copied: the caller must not modify or transfer it); waits while the queue is full. */
+  async write(/** @type {Uint8Array} */ chunk) {
+    if (this.over) return;
+    const c = /** @type {ReadableStreamDefaultController<Uint8Array>} */ (this.controller);
+    c.enqueue(chunk);
+    while (!this.over && (c.desiredSize ?? 1) <= 0) await new Promise((r) => this.waiters.push(/** @type {() => void} */ (r)));
+  }
+
+  /** The file is complete and verified: finish the entry. Throws when storing failed. */
+  async commit() {
+    if (!this.over) /** @type {ReadableStreamDefaultController<Uint8Array>} */ (this.controller).close();
+    return await this.put;
+  }
+
+  /** The file was bad or incomplete: no entry may stay. @param {Error} reason */
+  async abort(reason) {
+    if (!this.over) /** @type {ReadableStreamDefaultController<Uint8Array>} */ (this.controller).error(reason);
+    await this.put.catch(() => {});
+    await dropModel(this.model).catch(() => {});
+  }
+}
+
 export class ParallelWorker extends EventTarget {
   /**
    * @param {{workers?: number, transfer?: boolean, splitAttention?: boolean}} [options]
@@ -182,6 +268,12 @@ export class ParallelWorker extends EventTarget {
     /** @type {string|null} */ this.loadedSha = null;
     /** @type {Object<string, number>} */ this.timings = {};
     /** @type {((e: MessageEvent) => void)|null} */ this._onmessage = null;
+    // while loading: bytes sent to each worker and not yet acknowledged, a worker's error, waiters
+    this.loading = false;
+    /** @type {number[]} */ this.inflight = [];
+    /** @type {Error|null} */ this.failure = null;
+    /** @type {(() => void)[]} */ this.waiters = [];
+    this.peakHeld = 0;                                   // most file bytes this thread held at once
   }
 
   set onmessage(fn) {
@@ -206,6 +298,7 @@ export class ParallelWorker extends EventTarget {
     this.workers = [];
     this.booting = null;
     this.loadedSha = null;
+    this.wakeUp();                                       // a load in progress fails
   }
 
   /** Spawn the workers, boot Pyodide in each, connect every pair with a MessageChannel. */
@@ -235,96 +328,221 @@ export class ParallelWorker extends EventTarget {
     return { workers: this.n, platform: "emscripten", parallel: true };
   }
 
-  /** Events from the workers: byte requests are served here, the leader's events go to the page. */
+  /** Events from the workers: write acknowledgements and load errors here, the leader's events to the page. */
   fromWorker(/** @type {Worker} */ w, /** @type {any} */ d) {
-    if (d?.type === "want") {
-      const bytes = /** @type {ArrayBuffer} */ (this.file).slice(d.start, d.end);
-      w.postMessage({ type: "bytes", id: d.id, data: bytes }, [bytes]);
-    } else if (d?.type === Ev.TOKEN || d?.type === Ev.DONE || (d?.type === Ev.ERROR && this.workers.indexOf(w) >= 0 && this.loadedSha)) {
+    const i = this.workers.indexOf(w);
+    if (d?.type === "wrote") {
+      this.inflight[i] -= d.n;
+      this.wakeUp();
+    } else if (d?.type === Ev.ERROR && this.loading) {
+      this.failure = this.failure || new Error(d.message);
+      this.wakeUp();
+    } else if (d?.type === Ev.TOKEN || d?.type === Ev.DONE || (d?.type === Ev.ERROR && i >= 0 && this.loadedSha)) {
       this.emit(d);
     }
   }
 
+  /** Wake whatever waits in waitUntil (a write acknowledged, a worker failed, a cache pull). */
+  wakeUp() {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const r of w) r();
+  }
+
+  /** Resolves once cond() holds; rejects when a worker reported an error or the workers are gone. */
+  async waitUntil(/** @type {() => boolean} */ cond) {
+    for (;;) {
+      if (this.failure) throw this.failure;
+      if (!this.workers.length) throw new Error("the workers were terminated while loading");
+      if (cond()) return;
+      await new Promise((r) => this.waiters.push(/** @type {() => void} */ (r)));
+    }
+  }
+
+  /** Note `bytes` of the file held in this thread right now (kept: the peak). */
+  held(/** @type {number} */ bytes) { this.peakHeld = Math.max(this.peakHeld, bytes); }
+
   /**
-   * The model file as one verified ArrayBuffer, under the cache rules static/worker.js keeps
-   * (static/model-cache.js): a cached copy is verified and used, or deleted if bad; else a download,
-   * verified, then stored under the same key, so either kind of worker reads what the other stored.
-   * @param {import("./protocol.js").ModelRef} model
+   * Post `msg` to worker i once fewer than WINDOW bytes sent to it are unacknowledged (flow control:
+   * a fast cache read must not queue the file in the workers' inboxes).
+   * @param {number} i @param {any} msg @param {number} bytes @param {Transferable[]} transfer
    */
-  async readModel(model) {
-    const out = new Uint8Array(model.size);              // throws when it cannot be held: the cached copy stays
+  async sendBytes(i, msg, bytes, transfer) {
+    await this.waitUntil(() => this.inflight[i] < WINDOW);
+    this.inflight[i] += bytes;
+    this.workers[i].postMessage(msg, transfer);
+  }
+
+  /** Ask every worker `type` and collect their `reply` messages (a worker error rejects). */
+  ask(/** @type {string} */ type, /** @type {string} */ reply, /** @type {(i: number) => [any, Transferable[]]} */ make) {
+    return Promise.all(this.workers.map((w, i) => {
+      const p = next(w, reply);
+      const [msg, transfer] = make(i);
+      w.postMessage({ type, ...msg }, transfer);
+      return p;
+    }));
+  }
+
+  /**
+   * Stream `body` (exactly model.size bytes, else throws) to the shard workers, posting `phase`
+   * progress: the prefix until every worker can parse the header (4 MB, doubled while needed), then
+   * BLOCK-sized blocks, all of each to the leader (which hashes it) and to each other worker only
+   * the parts inside its byte ranges. `store`, if given, gets every chunk too.
+   * @param {ReadableStream<Uint8Array>} body @param {import("./protocol.js").ModelRef} model
+   * @param {{n_ctx?: number|null}} opts @param {string} phase @param {string} what  names the source in errors
+   * @param {CacheWriter|null} store
+   */
+  async feed(body, model, opts, phase, what, store) {
+    const size = model.size;
+    const reader = body.getReader();
+    /** @type {Uint8Array[]} */ let chunks = [];         // read, not yet sent
+    let pending = 0, sentTo = 0, loaded = 0, lastPost = 0;
+    let prefixLen = Math.min(size, HEADER_PREFIX);
+    /** @type {number[][][]|null} */ let ranges = null;  // per worker: [start, end) it needs
+    try {
+      for (;;) {
+        let step;
+        try {
+          step = await reader.read();
+        } catch (e) {                                      // a cut connection surfaces as a TypeError here
+          throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { readFailed: true });
+        }
+        const { done, value } = step;
+        if (value) {
+          if (loaded + value.length > size) throw new Error(`${what}: more than the expected ${size} bytes`);
+          loaded += value.length;
+          if (store) await store.write(value);
+          chunks.push(value);
+          pending += value.length;
+          this.held(pending + (store ? store.queued() : 0));
+          const now = performance.now();
+          if (now - lastPost > 100) { this.emit({ type: Ev.PROGRESS, stage: "weights", phase, loaded, total: size }); lastPost = now; }
+        }
+        if (done && loaded !== size) throw new Error(`${what}: download truncated at ${loaded} of ${size} bytes`);
+        if (!ranges && (pending >= prefixLen || done)) {
+          const prefix = concat(chunks, pending);          // (pending,) the file's first bytes
+          this.held(2 * pending);
+          const answers = await this.ask("header", "header", (i) => [{
+            prefix: prefix.buffer, size, n_ctx: opts.n_ctx ?? null, split_attention: this.splitAttention, hash: i === 0 }, []]);
+          chunks = [prefix];
+          if (answers.some((a) => a.more)) { prefixLen = Math.min(size, prefixLen * 2); continue; }
+          ranges = answers.map((a) => a.ranges);
+          chunks = [];
+          sentTo = pending;
+          pending = 0;
+        } else if (ranges && (pending >= BLOCK || (done && pending > 0))) {
+          const block = concat(chunks, pending);           // (pending,) file bytes [sentTo, sentTo + pending)
+          chunks = [];
+          this.held(2 * pending + (store ? store.queued() : 0));
+          await this.distribute(block, sentTo, ranges);
+          sentTo += pending;
+          pending = 0;
+        }
+        if (done) break;
+      }
+    } catch (e) {
+      reader.cancel().catch(() => {});
+      throw e;
+    }
+    this.emit({ type: Ev.PROGRESS, stage: "weights", phase, loaded, total: size });
+  }
+
+  /**
+   * File bytes [start, start + block.length): every worker other than the leader gets copies of the
+   * parts inside its ranges (nothing if none), then the leader gets the block itself (transferred).
+   * @param {Uint8Array} block @param {number} start @param {number[][][]} ranges
+   */
+  async distribute(block, start, ranges) {
+    const end = start + block.length;
+    for (let i = 1; i < this.n; i++) {
+      /** @type {[number, ArrayBuffer][]} */ const parts = [];
+      let bytes = 0;
+      for (const [a, b] of ranges[i]) {
+        if (b <= start) continue;
+        if (a >= end) break;                               // ranges are sorted
+        const from = Math.max(a, start), to = Math.min(b, end);
+        parts.push([from, block.slice(from - start, to - start).buffer]);   // (to - from,) copy of the overlap
+        bytes += to - from;
+      }
+      if (parts.length) await this.sendBytes(i, { type: "write", parts }, bytes, parts.map((p) => p[1]));
+    }
+    await this.sendBytes(0, { type: "write", parts: [[start, block.buffer]] }, block.length, [block.buffer]);
+  }
+
+  /** The whole file's sha256 as the leader hashed it (after every byte it was sent: messages keep their order). */
+  async leaderDigest() {
+    await this.waitUntil(() => true);                    // a worker's earlier error, not a later one, is reported
+    const reply = next(this.workers[0], "digest");
+    this.workers[0].postMessage({ type: "digest" });
+    const d = await reply;
+    this.timings.hash = d.hash_seconds;
+    return d.sha256;
+  }
+
+  /**
+   * Every worker frees its pieces, and answers once the messages of an earlier attempt are behind
+   * it (errors and acknowledgements included), so a new attempt starts clean.
+   */
+  async dropPieces() {
+    await Promise.all(this.workers.map((w) => new Promise((resolve) => {
+      const on = (/** @type {MessageEvent} */ e) => { if (e.data?.type === "dropped") { w.removeEventListener("message", on); resolve(null); } };
+      w.addEventListener("message", on);
+      w.postMessage({ type: "drop" });
+    })));
+    this.failure = null;
+    this.inflight = this.workers.map(() => 0);
+  }
+
+  /**
+   * The model file streamed into the workers and verified, under the cache rules static/worker.js
+   * keeps (static/model-cache.js): a cached copy is verified and used, or deleted if bad; else a
+   * download, verified, and stored under the same key while it streams (committed only once the
+   * sha256 matched), so either kind of worker reads what the other stored. Returns whether the
+   * bytes came from the cache.
+   * @param {import("./protocol.js").ModelRef} model @param {{n_ctx?: number|null}} opts
+   */
+  async streamModel(model, opts) {
+    const size = model.size;
     const cached = await cachedModel(model);
     if (cached) {
-      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "cache", loaded: 0, total: model.size });
-      const whole = await this.readInto(out, cached, "cache", "cached model").then(() => true, () => false);
-      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "verify", loaded: model.size, total: model.size });
-      if (whole && await sha256Hex(out) === model.sha256) return { buffer: out.buffer, cached: true };
+      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "cache", loaded: 0, total: size });
+      let ok = false;
+      try {
+        await this.feed(cached, model, opts, "cache", "cached model", null);
+        this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "verify", loaded: size, total: size });
+        ok = await this.leaderDigest() === model.sha256;
+      } catch { /* truncated, unreadable or unparsable: treated like a bad hash */ }
+      if (ok) return true;
+      await this.dropPieces();
       await dropModel(model);                            // truncated or corrupted: drop it and download again
-      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "cache-corrupt", loaded: 0, total: model.size });
+      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "cache-corrupt", loaded: 0, total: size });
     }
     const body = await fetchModel(model);                // status and Content-Length checked
+    const store = typeof caches === "undefined" ? null : new CacheWriter(model);
     try {
-      await this.readInto(out, body, "download", model.url);
-    } catch (e) {                                        // a cut connection surfaces as a TypeError here
-      const msg = String(/** @type {any} */ (e)?.message || e);
-      if (msg.startsWith(model.url)) throw e;
-      throw new Error(`${model.url}: download failed after a partial response (${msg})`);
-    }
-    this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "verify", loaded: model.size, total: model.size });
-    const got = await sha256Hex(out);
-    if (got !== model.sha256) throw new Error(`${model.url}: sha256 ${got} does not match the expected ${model.sha256}`);
-    await this.store(model, out);
-    return { buffer: out.buffer, cached: false };
-  }
-
-  /**
-   * Read `body` into `out` (exactly out.length bytes, else throws), posting `phase` progress.
-   * @param {Uint8Array} out @param {ReadableStream<Uint8Array>} body @param {string} phase
-   * @param {string} what  names the source in error messages
-   */
-  async readInto(out, body, phase, what) {
-    const reader = body.getReader();
-    let loaded = 0, lastPost = 0;
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      if (loaded + value.length > out.length) {
-        await reader.cancel();
-        throw new Error(`${what}: more than the expected ${out.length} bytes`);
+      try {
+        await this.feed(body, model, opts, "download", model.url, store);
+      } catch (e) {
+        const msg = String(/** @type {any} */ (e)?.message || e);
+        if (!(/** @type {any} */ (e)?.readFailed) || msg.startsWith(model.url)) throw e;
+        throw new Error(`${model.url}: download failed after a partial response (${msg})`);
       }
-      out.set(value, loaded);
-      loaded += value.length;
-      const now = performance.now();
-      if (now - lastPost > 100) { this.emit({ type: Ev.PROGRESS, stage: "weights", phase, loaded, total: out.length }); lastPost = now; }
-    }
-    this.emit({ type: Ev.PROGRESS, stage: "weights", phase, loaded, total: out.length });
-    if (loaded !== out.length) throw new Error(`${what}: download truncated at ${loaded} of ${out.length} bytes`);
-  }
-
-  /**
-   * Store a verified download for the next visit (and offline use), as 1 MB views of `bytes`, not a
-   * copy. A full quota only costs the offline copy, not the session.
-   * @param {import("./protocol.js").ModelRef} model @param {Uint8Array} bytes  complete, sha256 checked
-   */
-  async store(model, bytes) {
-    if (typeof caches === "undefined") return false;
-    this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "store", loaded: 0, total: model.size });
-    const STORE_CHUNK = 1 << 20;
-    let offset = 0;
-    const body = new ReadableStream({
-      pull(controller) {
-        if (offset >= bytes.length) { controller.close(); return; }
-        const end = Math.min(offset + STORE_CHUNK, bytes.length);
-        controller.enqueue(bytes.subarray(offset, end));  // (end - offset,) view, no copy
-        offset = end;
-      },
-    }, { highWaterMark: 1 });
-    try {
-      return await storeModel(model, body);
+      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "verify", loaded: size, total: size });
+      const got = await this.leaderDigest();
+      if (got !== model.sha256) throw new Error(`${model.url}: sha256 ${got} does not match the expected ${model.sha256}`);
     } catch (e) {
-      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "store-failed", message: String(e) });
-      return false;
+      await store?.abort(/** @type {Error} */ (e));      // nothing unverified stays in the cache
+      throw e;
     }
+    if (store) {
+      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "store", loaded: 0, total: size });
+      try {
+        await store.commit();
+      } catch (e) {                                      // a full quota only costs the offline copy
+        this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "store-failed", message: String(e) });
+      }
+    }
+    return false;
   }
 
   /** @param {import("./protocol.js").LoadRequest} msg */
@@ -337,33 +555,40 @@ export class ParallelWorker extends EventTarget {
       this.emit({ type: Ev.READY, info, model: { sha256: model.sha256, reused: true }, timings: { ...this.timings }, cached: true });
       return;
     }
+    if (this.loading) throw new Error("a model is already loading: wait for its ready or error event");
     this.loadedSha = null;
+    this.loading = true;
+    this.peakHeld = 0;
     const t0 = performance.now();
-    let read;
     try {
-      read = await this.readModel(model);
-    } catch (e) {
-      throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "weights" });
-    }
-    const { buffer, cached } = read;
-    this.file = buffer;
-    this.timings.weights = (performance.now() - t0) / 1000;
-    this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "parse", loaded: model.size, total: model.size });
-    const t1 = performance.now();
-    try {
-      const shards = await Promise.all(this.workers.map((w) => {
-        const p = next(w, "loaded");
-        w.postMessage({ type: "load", size: model.size, n_ctx: msg.n_ctx ?? null, split_attention: this.splitAttention });
-        return p;
-      }));
+      await this.dropPieces();                           // a clean start, whatever an earlier load left
+      let cached;
+      try {
+        cached = await this.streamModel(model, { n_ctx: msg.n_ctx ?? null });
+      } catch (e) {
+        throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "weights" });
+      }
+      this.timings.weights = (performance.now() - t0) / 1000;
+      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "parse", loaded: model.size, total: model.size });
+      const t1 = performance.now();
+      let shards;
+      try {                                              // verified: now the workers may build their shards
+        shards = await this.ask("build", "loaded", () => [{}, []]);
+      } catch (e) {                                      // e.g. GGUFError: a verified file we cannot run
+        throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "weights" });
+      }
       this.timings.model = (performance.now() - t1) / 1000;
+      this.timings.leader_write = shards[0].write_seconds;   // copying every block in + hashing it
       this.loadedSha = model.sha256;
       const memory = { wasm_bytes: shards.reduce((s, x) => s + (x.memory.wasm_bytes || 0), 0), js_heap_bytes: null,
-                       per_worker: shards.map((x) => x.memory.wasm_bytes) };
+                       per_worker: shards.map((x) => x.memory.wasm_bytes), coordinator_peak_bytes: this.peakHeld };
       this.emit({ type: Ev.READY, info, cached, timings: { ...this.timings }, memory,
                   model: { sha256: model.sha256, workers: this.n, shards: shards.map((x) => x.info), n_ctx: shards[0].info.n_ctx } });
+    } catch (e) {
+      for (const w of this.workers) w.postMessage({ type: "drop" });   // every worker frees its pieces
+      throw e;
     } finally {
-      this.file = null;                                   // the whole file is no longer needed here
+      this.loading = false;
     }
   }
 
@@ -448,7 +673,8 @@ export async function run(opts) {
     const stats = (await w.stats()).map((s) => ({ ...s.stats, wasm_bytes: s.memory.wasm_bytes }));
     const span = tokenTimes.length > 1 ? (tokenTimes[tokenTimes.length - 1] - tokenTimes[0]) / 1000 : 0;
     return {
-      workers: w.n, load_s: loadS, timings: ready.timings, shards: ready.model.shards,
+      workers: w.n, load_s: loadS, timings: ready.timings, shards: ready.model.shards, cached: ready.cached,
+      coordinator_peak_bytes: ready.memory.coordinator_peak_bytes,
       ttft_s: tokenTimes.length ? (tokenTimes[0] - t1) / 1000 : null,
       page_decode_tok_s: span > 0 ? (tokenTimes.length - 1) / span : null,   // between token events
       decode_tok_s: done.decode_tok_s, prefill_tok_s: done.prefill_tok_s, n_generated: done.n_generated,

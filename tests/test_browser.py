@@ -11,9 +11,9 @@ saved, and a small model still decodes on one worker. A second tab, on "2 cores"
 path on two workers (static/parallel.js): the golden answer, the model stored in the same Cache API
 entry worker.js uses, read back on reload, a corrupted copy downloaded again, an offline reload,
 and one worker reading the copy two stored.
-A second context (service workers blocked, so Playwright can rewrite GET /models) gets a 404, a
-chunked download cut short, a connection cut before Content-Length, and a file with the wrong
-bytes: each shows an error in the page and leaves the model cache empty.
+A second context (service workers blocked, so Playwright can rewrite GET /models), on one worker
+and on two, gets a 404, a chunked download cut short, a connection cut before Content-Length, and a
+file with the wrong bytes: each shows an error in the page and leaves the model cache empty.
 The slow tier loads Gemma 3 270M in the page and compares 16 greedy tokens with the CPython engine,
 measuring load times, decode speed and the tab's peak memory (budget 900 MB).
 
@@ -499,9 +499,13 @@ def test_one_worker_reads_the_copy_two_workers_stored(two_tab, site, golden):
 
 # ---- failed downloads: an error in the page, nothing cached --------------------------------------
 
-def test_failed_downloads_show_error_and_cache_nothing(browser, site, golden):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failed_downloads_show_error_and_cache_nothing(browser, site, golden, workers):
+    """On one worker (static/worker.js) and on two (static/parallel.js, which streams the file into
+    the shard workers and verifies it there): each broken download is an error, nothing cached."""
     base_url, data = site
     context = browser.new_context(viewport=PHONE, service_workers="block")  # so page.route sees /models
+    context.add_init_script(cores(workers))
     context.add_init_script(RECORDER)
     page = context.new_page()
 
@@ -518,7 +522,8 @@ def test_failed_downloads_show_error_and_cache_nothing(browser, site, golden):
 
     page.route("**/models", list_broken_models)
     try:
-        open_page(page, base_url)
+        open_page(page, base_url, "?minParallelBytes=0")
+        assert page.evaluate("() => window.moteApp.state.workers") == workers
         expected = {"missing.gguf": "HTTP 404", "chunked-short.gguf": f"truncated at {len(data) // 2} of {len(data)}",
                     "connection-cut.gguf": "download failed after a partial response", "wrong-bytes.gguf": "sha256"}
         for i, (file, words) in enumerate(expected.items()):
@@ -534,6 +539,7 @@ def test_failed_downloads_show_error_and_cache_nothing(browser, site, golden):
         # the worker is still usable: the good model loads and answers
         ready = load_model(page, tg.FILE_NAME)
         assert ready["type"] == "ready", ready
+        assert page.evaluate("() => window.moteApp.state.model.workers ?? 1") == workers
         assert chat(page, golden["messages"][0]["content"], 4)["token_ids"] == golden["tokens"][:4]
         assert len(model_cache_keys(page)) == 1
     finally:

@@ -5,13 +5,17 @@ through the KV caches) for tiny models of every architecture and for Gemma 3 270
 built from a ShardFile that holds only the header and shard_ranges() of the file, so a missing
 range would fail here. The generation loop on the leader (LookaheadModel inside engine.generate)
 gives engine.generate's greedy tokens.
+ShardLoader fed block by block, as static/parallel.js streams the file: the leader's sha256 is the
+file's, the other shards get only their ranges, gaps and missing bytes are refused.
 Browser (marked `browser`): static/parallel.html with 1 and 2 workers produces the CPython engine's
-greedy tokens on a tiny model.
+greedy tokens on a tiny model; a 38 MB one streams through the coordinator (which holds a few MB
+of it at most), a wrong sha256 caches nothing, and the cached copy is read back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -208,6 +212,65 @@ def test_leader_generation_gives_engine_tokens(tiny, arch):
     assert done["decode_tok_s"] > 0 and done["prefill_tok_s"] > 0
 
 
+def _stream(path, n, block, hash_leader=True, n_ctx=None):
+    """Loaders fed as static/parallel.js feeds them: the 4 kB prefix (doubled until it holds the
+    header), then `block`-byte blocks, all of each to the leader, only their ranges' parts to the others."""
+    data = path.read_bytes()
+    n_prefix = min(len(data), 4096)
+    while shard.ShardFile.header_length(data[:n_prefix], len(data)) == 0:
+        n_prefix = min(len(data), 2 * n_prefix)
+    loaders = [shard.ShardLoader(data[:n_prefix], len(data), n, i, n_ctx) for i in range(n)]
+    for i, ld in enumerate(loaders):
+        assert ld.stream_from(data[:n_prefix], hash_all=hash_leader and i == 0) == n_prefix
+    got = [0] * n
+    for start in range(n_prefix, len(data), block):
+        end = min(len(data), start + block)
+        loaders[0].write(start, bytearray(data[start:end]) + b"junk", end - start)  # scratch larger than n
+        got[0] += end - start
+        for i in range(1, n):
+            for a, b in loaders[i].ranges():
+                a, b = max(a, start), min(b, end)
+                if a < b:
+                    loaders[i].write(a, data[a:b])
+                    got[i] += b - a
+    return data, loaders, got
+
+
+def test_streamed_loaders_verify_and_build(tiny):
+    """ShardLoader fed in blocks: the leader's sha256 is the file's, each other shard got only its
+    ranges' bytes, and the shards built from the pieces give Model.forward's logits."""
+    path = tiny("gemma3", "Q8_0", True, d=128, d_ff=256, n_layers=2)
+    model = load_model(open_gguf(path), policy=BLOCKS)
+    data, loaders, got = _stream(path, 3, block=1000)
+    assert loaders[0].sha256() == hashlib.sha256(data).hexdigest()
+    assert all(got[i] == sum(b - a for a, b in ld.ranges()) < len(data) for i, ld in enumerate(loaders) if i)
+    with pytest.raises(ValueError, match="does not hash"):
+        loaders[1].sha256()
+    shards = [ld.runner().model for ld in loaders]
+    assert _compare(shards, model, _tokens(10, seed=2), split=4) < 1e-4
+
+
+def test_streamed_loader_refuses_gaps_and_missing_bytes(tiny):
+    """The leader must get every byte in order; a shard missing bytes cannot build; nothing past the end."""
+    path = tiny("llama", "Q8_0")
+    data = path.read_bytes()
+    n_header = shard.ShardFile.header_length(data, len(data))
+    leader = shard.ShardLoader(data[:n_header], len(data), 2, 0)
+    leader.stream_from(data[:n_header], hash_all=True)
+    with pytest.raises(ValueError, match=f"bytes from {n_header + 10} but the hash has reached {n_header}"):
+        leader.write(n_header + 10, data[n_header + 10 : n_header + 20])
+    with pytest.raises(ValueError, match="not complete"):
+        leader.sha256()
+    other = shard.ShardLoader(data[:n_header], len(data), 2, 1)
+    other.stream_from(data[:n_header])
+    (a, b), *_ = other.ranges()
+    other.write(a, data[a : b - 1])  # one byte short
+    with pytest.raises(ValueError, match=r"shard 1 got \d+ of its \d+ bytes"):
+        other.runner()
+    with pytest.raises(ValueError, match="run past the file"):
+        other.write(len(data) - 2, b"abcd")
+
+
 @pytest.mark.slow
 def test_gemma_sharded_forward_equals_model():
     path = gemma_path()
@@ -220,8 +283,9 @@ def test_gemma_sharded_forward_equals_model():
     shards = []
     for plan in plans:  # as static/parallel-worker.js loads a shard: ShardLoader, pieces filled in
         loader = shard.ShardLoader(header, len(data), len(plans), plan.index, n_ctx=64)
+        loader.stream_from(header)
         for start, end in loader.ranges():
-            loader.piece(start, end)[:] = data[start:end]
+            loader.write(start, memoryview(data)[start:end])
         shards.append(loader.runner().model)
         assert shards[-1].head.compacted  # Gemma's tied Q8_0 head, compacted in the worker's piece
         print(f"\nshard {plan.index}: heads {plan.heads} ffn {plan.ffn} vocab {plan.vocab}: "
@@ -265,3 +329,52 @@ def test_parallel_page_matches_engine(tiny, tmp_path):
             results[n] = out["token_ids"]
         assert results[1] == want
         assert results[2] == want
+
+
+@pytest.mark.browser
+def test_parallel_load_streams_and_verifies(tiny, tmp_path):
+    """A 38 MB model on 2 workers: the coordinator never holds more than a few MB of it (the header
+    prefix, one block, the cache's queue), a wrong sha256 is an error that caches nothing, the good
+    file gives the engine's tokens, is cached, and is read back from the cache."""
+    from tests.browser_util import chromium, ensure_static_built, serve_in_thread
+    from web.app import Settings, create_app
+
+    static = ensure_static_built()
+    path = tiny("gemma3", "F32", False, d=512, d_ff=2048, n_layers=3)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "big.gguf").write_bytes(path.read_bytes())
+    size = path.stat().st_size
+    assert size > 30e6
+    prompt = "Hello"
+    loaded = load(models / "big.gguf")
+    params = SamplingParams(temperature=0, max_tokens=6, stop=tuple(loaded.template.stop))
+    want = [ev.token_id for ev in generate(loaded.model, loaded.tokenizer,
+                                           loaded.tokenizer.encode(prompt), params) if ev.kind == "token"]
+
+    app = create_app(Settings(models_dir=models, static_dir=static))
+    with serve_in_thread(app) as base, chromium() as browser:
+        page = browser.new_page()
+        page.on("console", lambda m: print("console:", m.text))
+        page.goto(f"{base}/static/parallel.html")
+        page.wait_for_function("window.MoteParallel !== undefined", timeout=30_000)
+        go = """async ([prompt, badSha]) => {
+            const [model] = await (await fetch('/models')).json();
+            try {
+                return await window.MoteParallel.run({workers: 2, prompt, params: {temperature: 0, max_tokens: 6},
+                                                      model: badSha ? {...model, sha256: badSha} : model});
+            } catch (e) { return {error: String(e.message || e)}; }
+        }"""
+        keys = "async () => (await (await caches.open('mote-models-v1')).keys()).map((r) => r.url.split('/').pop())"
+        bad = page.evaluate(go, [prompt, "0" * 64])
+        assert "does not match the expected " + "0" * 64 in bad.get("error", ""), bad
+        assert page.evaluate(keys) == []
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        for cached in (False, True):
+            out = page.evaluate(go, [prompt, None])
+            print(f"\nparallel-stream cached={cached}:", json.dumps({k: out.get(k) for k in (
+                "load_s", "timings", "coordinator_peak_bytes", "cached", "error")}))
+            assert out.get("token_ids") == want, out
+            assert out["cached"] is cached
+            assert 0 < out["coordinator_peak_bytes"] < size / 3   # the old coordinator held all of it
+            assert page.evaluate(keys) == [sha]
