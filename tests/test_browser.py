@@ -220,15 +220,23 @@ def browser():
         yield b
 
 
-@pytest.fixture(scope="module")
-def tab(browser, site):
-    """One phone-sized tab for the happy path; its tests run in file order and build on each other."""
+def phone_tab(browser, *init_scripts: str):
+    """A phone-sized tab in a context of its own, with the event recorder and a console log:
+    (page, context, logs). The caller closes the context."""
     context = browser.new_context(viewport=PHONE)
-    context.add_init_script(RECORDER)
+    for script in (*init_scripts, RECORDER):
+        context.add_init_script(script)
     page = context.new_page()
     logs: list[str] = []
     page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
     page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
+    return page, context, logs
+
+
+@pytest.fixture(scope="module")
+def tab(browser, site):
+    """One phone-sized tab for the happy path; its tests run in file order and build on each other."""
+    page, context, logs = phone_tab(browser)
     yield page, context, logs
     context.close()
 
@@ -329,20 +337,29 @@ def test_corrupted_cached_model_is_downloaded_again(tab, site, golden):
     assert cached_model(page) == stored_entry(*site)          # the good copy replaced the bad one
 
 
-def test_offline_reload_still_chats(tab, site, golden):
-    page, context, _ = tab
+def offline_reload_chats(page, context, base_url: str, golden: dict, query: str = "", workers: int = 1) -> float:
+    """Go offline once the service worker controls the page, reload, load the cached model on
+    `workers` workers and chat: the golden tokens. Returns the page's boot seconds."""
     page.evaluate("async () => { await navigator.serviceWorker.ready; }")
     page.wait_for_function("() => navigator.serviceWorker.controller !== null", timeout=10_000)
     context.set_offline(True)
     try:
         assert page.evaluate("() => fetch('/models/' + 'tiny-golden.gguf', {cache: 'no-store'}).then(() => 'online', () => 'offline')") == "offline"
-        boot_s = open_page(page, site[0])
+        boot_s = open_page(page, base_url, query)
         ready = load_model(page, tg.FILE_NAME)
         assert ready["type"] == "ready" and ready["cached"] is True, ready
+        if workers > 1:
+            assert page.evaluate("() => window.moteApp.worker.n") == workers
         done = chat(page, golden["messages"][0]["content"], golden["max_tokens"])
         assert done["token_ids"] == golden["tokens"]
     finally:
         context.set_offline(False)
+    return boot_s
+
+
+def test_offline_reload_still_chats(tab, site, golden):
+    page, context, _ = tab
+    boot_s = offline_reload_chats(page, context, site[0], golden)
     metrics(tiny_offline_boot_s=round(boot_s, 2))
 
 
@@ -396,13 +413,7 @@ def test_default_workers_follow_the_cores(browser, site, golden):
 def two_tab(browser, site):
     """A tab on a "2-core machine" (default: 2 workers) with its own storage; its tests run in file
     order. ?minParallelBytes=0 lifts the 50 MB floor so the tiny golden model is split."""
-    context = browser.new_context(viewport=PHONE)
-    context.add_init_script(cores(2))
-    context.add_init_script(RECORDER)
-    page = context.new_page()
-    logs: list[str] = []
-    page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
-    page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
+    page, context, logs = phone_tab(browser, cores(2))
     yield page, context, logs
     context.close()
 
@@ -466,19 +477,7 @@ def test_two_workers_corrupted_cached_model_is_downloaded_again(two_tab, site, g
 
 def test_two_workers_offline_reload_still_chats(two_tab, site, golden):
     page, context, _ = two_tab
-    page.evaluate("async () => { await navigator.serviceWorker.ready; }")
-    page.wait_for_function("() => navigator.serviceWorker.controller !== null", timeout=10_000)
-    context.set_offline(True)
-    try:
-        assert page.evaluate("() => fetch('/models/' + 'tiny-golden.gguf', {cache: 'no-store'}).then(() => 'online', () => 'offline')") == "offline"
-        open_page(page, site[0], "?minParallelBytes=0")
-        ready = load_model(page, tg.FILE_NAME)
-        assert ready["type"] == "ready" and ready["cached"] is True, ready
-        assert page.evaluate("() => window.moteApp.worker.n") == 2
-        done = chat(page, golden["messages"][0]["content"], golden["max_tokens"])
-        assert done["token_ids"] == golden["tokens"]
-    finally:
-        context.set_offline(False)
+    offline_reload_chats(page, context, site[0], golden, "?minParallelBytes=0", workers=2)
 
 
 def test_one_worker_reads_the_copy_two_workers_stored(two_tab, site, golden):

@@ -14,6 +14,7 @@ of it at most), a wrong sha256 caches nothing, and the cached copy is read back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -296,28 +297,38 @@ def test_gemma_sharded_forward_equals_model():
 # ---- the browser --------------------------------------------------------------------------------
 
 
-@pytest.mark.browser
-def test_parallel_page_matches_engine(tiny, tmp_path):
+def _engine_tokens(path, prompt: str, max_tokens: int) -> list[int]:
+    """The CPython engine's greedy tokens for `prompt` (what every browser run must reproduce)."""
+    loaded = load(path)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, stop=tuple(loaded.template.stop))
+    events = generate(loaded.model, loaded.tokenizer, loaded.tokenizer.encode(prompt), params)
+    return [ev.token_id for ev in events if ev.kind == "token"]
+
+
+@contextlib.contextmanager
+def _parallel_page(path, tmp_path, name: str):
+    """static/parallel.html in Chromium, served with `path` as the only model (named `name`)."""
     from tests.browser_util import chromium, ensure_static_built, serve_in_thread
     from web.app import Settings, create_app
 
-    static = ensure_static_built()
-    path = tiny("gemma3", "Q8_0", True, d=128, d_ff=256, n_layers=3)
     models = tmp_path / "models"
     models.mkdir()
-    (models / "tiny.gguf").write_bytes(path.read_bytes())
-    prompt = "Hello, parallel world"
-    loaded = load(models / "tiny.gguf")
-    params = SamplingParams(temperature=0, max_tokens=16, stop=tuple(loaded.template.stop))
-    want = [ev.token_id for ev in generate(loaded.model, loaded.tokenizer,
-                                           loaded.tokenizer.encode(prompt), params) if ev.kind == "token"]
-
-    app = create_app(Settings(models_dir=models, static_dir=static))
+    (models / name).write_bytes(path.read_bytes())
+    app = create_app(Settings(models_dir=models, static_dir=ensure_static_built()))
     with serve_in_thread(app) as base, chromium() as browser:
         page = browser.new_page()
         page.on("console", lambda m: print("console:", m.text))
         page.goto(f"{base}/static/parallel.html")
         page.wait_for_function("window.MoteParallel !== undefined", timeout=30_000)
+        yield page
+
+
+@pytest.mark.browser
+def test_parallel_page_matches_engine(tiny, tmp_path):
+    path = tiny("gemma3", "Q8_0", True, d=128, d_ff=256, n_layers=3)
+    prompt = "Hello, parallel world"
+    want = _engine_tokens(path, prompt, 16)
+    with _parallel_page(path, tmp_path, "tiny.gguf") as page:
         results = {}
         for n in (1, 2):
             out = page.evaluate("""async ([n, prompt]) => {
@@ -336,28 +347,12 @@ def test_parallel_load_streams_and_verifies(tiny, tmp_path):
     """A 38 MB model on 2 workers: the coordinator never holds more than a few MB of it (the header
     prefix, one block, the cache's queue), a wrong sha256 is an error that caches nothing, the good
     file gives the engine's tokens, is cached, and is read back from the cache."""
-    from tests.browser_util import chromium, ensure_static_built, serve_in_thread
-    from web.app import Settings, create_app
-
-    static = ensure_static_built()
     path = tiny("gemma3", "F32", False, d=512, d_ff=2048, n_layers=3)
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "big.gguf").write_bytes(path.read_bytes())
     size = path.stat().st_size
     assert size > 30e6
     prompt = "Hello"
-    loaded = load(models / "big.gguf")
-    params = SamplingParams(temperature=0, max_tokens=6, stop=tuple(loaded.template.stop))
-    want = [ev.token_id for ev in generate(loaded.model, loaded.tokenizer,
-                                           loaded.tokenizer.encode(prompt), params) if ev.kind == "token"]
-
-    app = create_app(Settings(models_dir=models, static_dir=static))
-    with serve_in_thread(app) as base, chromium() as browser:
-        page = browser.new_page()
-        page.on("console", lambda m: print("console:", m.text))
-        page.goto(f"{base}/static/parallel.html")
-        page.wait_for_function("window.MoteParallel !== undefined", timeout=30_000)
+    want = _engine_tokens(path, prompt, 6)
+    with _parallel_page(path, tmp_path, "big.gguf") as page:
         go = """async ([prompt, badSha]) => {
             const [model] = await (await fetch('/models')).json();
             try {
