@@ -552,50 +552,54 @@ GEMMA_TOKENS = 16
 MEMORY_BUDGET = 900e6
 
 
-@pytest.mark.slow
-def test_gemma_greedy_tokens_match_cpython(browser, tmp_path):
+@pytest.fixture(scope="module")
+def gemma_site(tmp_path_factory):
+    """(the Gemma GGUF path, the dev server's base URL serving it, CPython's greedy answer)."""
     pytest.importorskip("fastapi")
     from tests.paths import gemma_path
     from web.app import Settings, create_app
 
     gemma = gemma_path()
-    static = ensure_static_built()
-    models = tmp_path / "models"
-    models.mkdir()
+    models = tmp_path_factory.mktemp("gemma-models")
     (models / gemma.name).symlink_to(gemma.resolve())
     reference = tg.engine_greedy(gemma.read_bytes(), {"messages": GEMMA_MESSAGES, "max_tokens": GEMMA_TOKENS})
     from engine import bridge
 
     bridge._session = None   # free the CPython copy before the browser starts
-
-    app = create_app(Settings(models_dir=models, static_dir=static, follow_symlinks=True))
+    app = create_app(Settings(models_dir=models, static_dir=ensure_static_built(), follow_symlinks=True))
     with serve_in_thread(app) as base_url:
-        context = browser.new_context(viewport=PHONE)
-        context.add_init_script(cores(1))    # one worker, static/worker.js: the one WorkerHeap measures
-        context.add_init_script(RECORDER)
-        page = context.new_page()
-        cold_boot = open_page(page, base_url)
-        select_model(page, gemma.name)
-        assert "Gemma Terms of Use" in page.locator("#licence").inner_text()
-        heap = WorkerHeap(browser, page)
-        heap.sample()
-        cold = load_model(page, gemma.name, heap=heap, timeout_s=240)
-        assert cold["type"] == "ready" and cold["cached"] is False, cold
-        main_heap = page.evaluate("() => performance.memory ? performance.memory.usedJSHeapSize : 0")
-        done = chat(page, GEMMA_MESSAGES[0]["content"], GEMMA_TOKENS, heap=heap, timeout_s=240)
-        assert done["token_ids"] == reference["tokens"]
-        assert done["full_text"] == reference["text"]
-        assert done["n_prompt"] == len(reference["prompt_tokens"])
-        page.screenshot(path="/tmp/mote-phone-gemma.png", full_page=True)
-        load_peak = dict(heap.peak)
-        rss = renderer_peak_rss()
-        wasm = page.evaluate("() => window.moteApp.state.memory")   # the worker's own report at done
+        yield gemma, base_url, reference
 
-        cached_boot = open_page(page, base_url)   # reload: runtime from the HTTP/SW cache, model from the Cache API
-        heap = WorkerHeap(browser, page)
-        cached = load_model(page, gemma.name, heap=heap, timeout_s=240)
-        assert cached["type"] == "ready" and cached["cached"] is True, cached
-        context.close()
+
+@pytest.mark.slow
+def test_gemma_greedy_tokens_match_cpython(browser, gemma_site):
+    gemma, base_url, reference = gemma_site
+    context = browser.new_context(viewport=PHONE)
+    context.add_init_script(cores(1))    # one worker, static/worker.js: the one WorkerHeap measures
+    context.add_init_script(RECORDER)
+    page = context.new_page()
+    cold_boot = open_page(page, base_url)
+    select_model(page, gemma.name)
+    assert "Gemma Terms of Use" in page.locator("#licence").inner_text()
+    heap = WorkerHeap(browser, page)
+    heap.sample()
+    cold = load_model(page, gemma.name, heap=heap, timeout_s=240)
+    assert cold["type"] == "ready" and cold["cached"] is False, cold
+    main_heap = page.evaluate("() => performance.memory ? performance.memory.usedJSHeapSize : 0")
+    done = chat(page, GEMMA_MESSAGES[0]["content"], GEMMA_TOKENS, heap=heap, timeout_s=240)
+    assert done["token_ids"] == reference["tokens"]
+    assert done["full_text"] == reference["text"]
+    assert done["n_prompt"] == len(reference["prompt_tokens"])
+    page.screenshot(path="/tmp/mote-phone-gemma.png", full_page=True)
+    load_peak = dict(heap.peak)
+    rss = renderer_peak_rss()
+    wasm = page.evaluate("() => window.moteApp.state.memory")   # the worker's own report at done
+
+    cached_boot = open_page(page, base_url)   # reload: runtime from the HTTP/SW cache, model from the Cache API
+    heap = WorkerHeap(browser, page)
+    cached = load_model(page, gemma.name, heap=heap, timeout_s=240)
+    assert cached["type"] == "ready" and cached["cached"] is True, cached
+    context.close()
 
     metrics(gemma_cold_boot_s=round(cold_boot, 2), gemma_cold_model_s=round(cold["seconds"], 2),
             gemma_cached_boot_s=round(cached_boot, 2), gemma_cached_model_s=round(cached["seconds"], 2),
@@ -609,3 +613,30 @@ def test_gemma_greedy_tokens_match_cpython(browser, tmp_path):
     wasm_peak = wasm["wasm_bytes"]
     assert wasm_peak is not None
     assert wasm_peak + max(load_peak["total"], heap.peak["total"]) + main_heap <= MEMORY_BUDGET
+
+
+
+@pytest.mark.slow
+def test_gemma_two_workers_by_default_match_cpython(browser, gemma_site):
+    """On a 2-core machine the page splits Gemma (over 50 MB) over 2 workers by default: CPython's
+    greedy answer, and a reload reads the copy the two workers stored while streaming."""
+    gemma, base_url, reference = gemma_site
+    page, context, _ = phone_tab(browser, cores(2))
+    try:
+        open_page(page, base_url)
+        assert page.input_value("#workers") == "2"
+        ready = load_model(page, gemma.name, timeout_s=240)
+        assert ready["type"] == "ready" and ready["cached"] is False, ready
+        assert page.evaluate("() => window.moteApp.worker.n") == 2
+        assert page.locator("#status").inner_text().startswith("2 workers ")
+        done = chat(page, GEMMA_MESSAGES[0]["content"], GEMMA_TOKENS, timeout_s=240)
+        assert done["token_ids"] == reference["tokens"]
+        assert done["full_text"] == reference["text"]
+        open_page(page, base_url)
+        cached = load_model(page, gemma.name, timeout_s=240)
+        assert cached["type"] == "ready" and cached["cached"] is True, cached
+    finally:
+        context.close()
+    metrics(gemma_two_workers_decode_tok_s=round(done["decode_tok_s"], 2),
+            gemma_two_workers_cold_model_s=round(ready["seconds"], 2),
+            gemma_two_workers_cached_model_s=round(cached["seconds"], 2))
