@@ -387,7 +387,9 @@ class Embedding:
             raise ValueError(f"token id out of range 0..{self.n_vocab - 1}")
         if self.block is not None:
             lin = self.block
-            rows = lin.q[ids].astype(np.float32) * lin.scale[ids][:, :, None]  # (n, n_sub, sub)
+            # (n, n_sub, sub) int8: rows of q, or columns of q.T for the "transposed" kernel
+            q = lin.q[ids] if lin.q is not None else lin.qT[:, ids].T.reshape(len(ids), lin.n_sub, lin.sub)
+            rows = q.astype(np.float32) * lin.scale[ids][:, :, None]  # (n, n_sub, sub)
             if lin.offset is not None:
                 rows -= lin.offset[ids][:, :, None]
             return rows.reshape(len(ids), self.d)  # (n, d)

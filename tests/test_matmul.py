@@ -91,6 +91,12 @@ def test_q8_0_compacted_in_place():
     assert np.array_equal(emb(ids), want)  # bit for bit: d * q in float32 either way
     with pytest.raises(ValueError, match="out of range"):
         emb([200])
+    # the same with the kernel that keeps only q.T (MOTE_KERNEL=transposed, or auto choosing it)
+    buf_t = np.frombuffer(bytearray(raw.tobytes()), np.uint8)
+    lin_t = matmul.prepare_linear(buf_t, tid, (200, 256), dense=False, kernel="transposed", in_place=True)
+    assert lin_t.compacted and lin_t.q is None
+    assert _close(lin_t(xs), ref) <= RTOL
+    assert np.array_equal(matmul.Embedding.from_block(lin_t, tid)(ids), want)
     # a read-only buffer (an mmapped file) is never rearranged: the strided view stays
     ro = np.frombuffer(raw.tobytes(), np.uint8)
     lin = matmul.prepare_linear(ro, tid, (200, 256), dense=False, in_place=True)
