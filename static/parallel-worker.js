@@ -22,6 +22,7 @@
  * No SharedArrayBuffer, so no COOP/COEP headers are needed.
  */
 import { bootPython } from "./boot.js";
+import { relayGeneration } from "./protocol.js";
 
 const BASE = new URL(".", import.meta.url);
 
@@ -239,42 +240,27 @@ async function generate(msg) {
   const request = pyodide.toPy({ messages: msg.messages ?? null, prompt: msg.prompt ?? null, params: msg.params ?? {} });
   let gen;
   try { gen = session.start(request); } finally { request.destroy(); }
-  const t0 = performance.now();
   for (const k of Object.keys(stats)) /** @type {any} */ (stats)[k] = 0;
-  let n = 0, decodeStart = 0;
+  /** The logits the generation asks for next (prefill or one token), computed across the shards. */
+  const before = async () => {
+    const need = gen.need();
+    if (need === undefined || need === null) return;
+    const [tokens, start] = need.toJs();
+    need.destroy();
+    for (const j of peers.keys()) if (j !== index) /** @type {MessagePort} */ (peers[j]).postMessage({ t: "f", tokens, start });
+    await forward(tokens, start);
+    const logits = runner.last_logits;                   // (vocab,) ndarray, handed back to Python
+    gen.provide(logits, runner.seconds);
+    logits.destroy();
+  };
+  const step = () => {
+    const py = gen.step();
+    if (py === undefined || py === null) return null;
+    try { return py.toJs({ dict_converter: Object.fromEntries }); } finally { py.destroy(); }
+  };
   try {
-    for (;;) {
-      if (abortRequested) {
-        post({ type: "done", id: msg.id, reason: "abort", text: "", n_prompt: 0, n_generated: n,
-               prefill_tok_s: 0, decode_tok_s: 0, token_ids: [] });
-        break;
-      }
-      const need = gen.need();
-      if (need !== undefined && need !== null) {
-        const [tokens, start] = need.toJs();
-        need.destroy();
-        for (const j of peers.keys()) if (j !== index) /** @type {MessagePort} */ (peers[j]).postMessage({ t: "f", tokens, start });
-        await forward(tokens, start);
-        const logits = runner.last_logits;                 // (vocab,) ndarray, handed back to Python
-        gen.provide(logits, runner.seconds);
-        logits.destroy();
-      }
-      const py = gen.step();
-      if (py === undefined || py === null) break;
-      const ev = py.toJs({ dict_converter: Object.fromEntries });
-      py.destroy();
-      if (ev.type === "prefill") {
-        decodeStart = performance.now();
-      } else if (ev.type === "token") {
-        n = ev.n;
-        const secs = (performance.now() - (decodeStart || t0)) / 1000;
-        post({ type: "token", id: msg.id, text: ev.text, token_id: ev.token_id, n, tok_s: secs > 0 ? n / secs : 0 });
-      } else if (ev.type === "done") {
-        post({ ...ev, id: msg.id, memory: memory(), stats: { ...stats } });
-        break;
-      }
-      await yieldToEventLoop();                          // abort lands here
-    }
+    await relayGeneration({ id: msg.id, step, post, aborted: () => abortRequested, yieldTurn: yieldToEventLoop, before,
+                            doneExtra: () => ({ memory: memory(), stats: { ...stats } }) });
   } finally {
     gen.close();
     gen.destroy();

@@ -93,3 +93,42 @@ export function moduleWorker(url, name) {
 /** Cache API names used by the model cache (static/model-cache.js) and the service worker (app shell + runtime). */
 export const MODEL_CACHE = "mote-models-v1";
 export const SHELL_CACHE_PREFIX = "mote-shell-";
+
+/**
+ * The worker side of one generate request, shared by static/worker.js and the leader shard of
+ * static/parallel-worker.js: take the Python generation's events one at a time, post token and done
+ * events, and yield to the event loop between steps so an abort message lands within one token.
+ *   step()       the generation's next event as a plain object ({type: "prefill"|"token"|"done", ...}),
+ *                or null/undefined when it is over
+ *   before()     awaited before each step, if given (the parallel leader computes the logits there)
+ *   aborted()    true once an abort request arrived: a done event with reason "abort" ends the request
+ *   doneExtra()  fields added to the done event (memory, counters)
+ * @param {{id: number, step: () => any, post: (ev: WorkerEvent) => void, aborted: () => boolean,
+ *          yieldTurn: () => Promise<unknown>, before?: (() => Promise<void>)|null,
+ *          doneExtra?: () => Object}} args
+ */
+export async function relayGeneration({ id, step, post, aborted, yieldTurn, before = null, doneExtra = () => ({}) }) {
+  const t0 = performance.now();
+  let decodeStart = 0, n = 0;
+  for (;;) {
+    if (aborted()) {
+      post({ type: Ev.DONE, id, reason: "abort", text: "", n_prompt: 0, n_generated: n,
+             prefill_tok_s: 0, decode_tok_s: 0, token_ids: [] });
+      return;
+    }
+    if (before) await before();
+    const ev = step();
+    if (ev === undefined || ev === null) return;
+    if (ev.type === "prefill") {
+      decodeStart = performance.now();
+    } else if (ev.type === "token") {
+      n = ev.n;
+      const secs = (performance.now() - (decodeStart || t0)) / 1000;
+      post({ type: Ev.TOKEN, id, text: ev.text, token_id: ev.token_id, n, tok_s: secs > 0 ? n / secs : 0 });
+    } else if (ev.type === "done") {
+      post(/** @type {any} */ ({ ...ev, type: Ev.DONE, id, ...doneExtra() }));
+      return;
+    }
+    await yieldTurn();                                   // abort lands here
+  }
+}

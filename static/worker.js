@@ -17,7 +17,7 @@
  * Everything is resolved against this script's own URL, so it also works as an imported module of
  * a worker created by a page on another origin (the server must then send CORS headers).
  */
-import { Req, Ev, isMessage } from "./protocol.js";
+import { Req, Ev, isMessage, relayGeneration } from "./protocol.js";
 import { cachedModel, dropModel, fetchModel, storeModel } from "./model-cache.js";
 import { bootPython } from "./boot.js";
 
@@ -272,29 +272,9 @@ async function handleGenerate(msg) {
   } finally {
     request.destroy();
   }
-  const t0 = performance.now();
-  let decodeStart = 0, n = 0;
   try {
-    for (;;) {
-      if (abortRequested) {
-        post({ type: Ev.DONE, id: msg.id, reason: "abort", text: "", n_prompt: 0, n_generated: n,
-               prefill_tok_s: 0, decode_tok_s: 0, token_ids: [] });
-        break;
-      }
-      const ev = gen.step();
-      if (ev === undefined || ev === null) break;
-      if (ev.type === "prefill") {
-        decodeStart = performance.now();
-      } else if (ev.type === "token") {
-        n = ev.n;
-        const secs = (performance.now() - (decodeStart || t0)) / 1000;
-        post({ type: Ev.TOKEN, id: msg.id, text: ev.text, token_id: ev.token_id, n, tok_s: secs > 0 ? n / secs : 0 });
-      } else if (ev.type === "done") {
-        post({ ...ev, type: Ev.DONE, id: msg.id, memory: memory() });
-        break;
-      }
-      await yieldToEventLoop();                      // abort lands here
-    }
+    await relayGeneration({ id: msg.id, step: () => gen.step(), post, aborted: () => abortRequested,
+                            yieldTurn: yieldToEventLoop, doneExtra: () => ({ memory: memory() }) });
   } finally {
     gen.close();
     gen.destroy();
