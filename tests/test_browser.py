@@ -295,8 +295,9 @@ def test_golden_greedy_tokens_in_page(tab, golden):
     metrics(tiny_decode_tok_s=round(done["decode_tok_s"], 1), tiny_prefill_tok_s=round(done["prefill_tok_s"], 1))
 
 
-def test_stop_during_generation_then_next_request_answers(tab, golden):
-    page, _, _ = tab
+def stop_then_answer(page, golden: dict) -> None:
+    """Stop a long generation after a few tokens (done with reason "abort", the buttons flip back),
+    then a new request gives the golden greedy answer."""
     page.click("#clear-btn")
     chat(page, "Tell me a very long story about a cat.", 1900, wait=False)
     page.wait_for_function("() => /^([3-9]|\\d{2,}) tokens · /.test(document.querySelector('#speed').textContent)",
@@ -312,6 +313,10 @@ def test_stop_during_generation_then_next_request_answers(tab, golden):
     page.click("#clear-btn")
     again = chat(page, golden["messages"][0]["content"], golden["max_tokens"])
     assert again["token_ids"] == golden["tokens"]
+
+
+def test_stop_during_generation_then_next_request_answers(tab, golden):
+    stop_then_answer(tab[0], golden)
 
 
 def test_reload_reads_the_cached_model(tab, site, golden):
@@ -448,6 +453,13 @@ def test_two_workers_give_the_golden_answer_and_store_the_model(two_tab, site, g
     assert done["full_text"] == golden["text"]
     assert page.locator(".msg.assistant").last.text_content() == golden["text"]
     metrics(tiny_2workers_decode_tok_s=round(done["decode_tok_s"], 1))
+
+
+def test_two_workers_stop_then_next_request_answers(two_tab, golden):
+    """Abort reaches the leader shard between tokens; the followers finish their step and idle."""
+    page = two_tab[0]
+    assert page.evaluate("() => window.moteApp.worker.n") == 2
+    stop_then_answer(page, golden)
 
 
 def test_two_workers_reload_reads_the_cached_model(two_tab, site, golden):
