@@ -5,8 +5,8 @@
     heap = WorkerHeap(browser, page); heap.sample()                      # the worker's memory (CDP)
     renderer_peak_rss()                                                  # the tab's peak RSS (/proc)
 
-Chromium flags: the machine's network is closed, so background networking, sync, component
-updates and QUIC are switched off (otherwise Chromium retries refused connections at every start).
+serve_in_thread, CHROMIUM_ARGS and the renderer /proc readings come from web/bench.py (the
+benchmark needs the same), re-exported here.
 """
 
 from __future__ import annotations
@@ -15,48 +15,18 @@ import contextlib
 import json
 import os
 import shutil
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+# One server thread, one set of Chromium flags and one /proc reading for the tests and `mote bench`.
+from web.bench import CHROMIUM_ARGS, renderer_peak_rss, renderer_pids, serve_in_thread  # noqa: F401
+
 CHROMIUM = os.environ.get("MOTE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 ROOT = Path(__file__).resolve().parent.parent
 _built = False  # static/ rebuilt once per test session
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
-    """Run `app` under uvicorn in a daemon thread; yield its base URL; stop it afterwards."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start within 10 s")
-        time.sleep(0.02)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @contextlib.contextmanager
@@ -159,47 +129,3 @@ class WorkerHeap:
             self.sample()
             self.page.wait_for_timeout(every_ms)
         self.sample()
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
-def renderer_pids() -> list[int]:
-    """Chromium renderer processes started (directly or not) by this process."""
-    seen, todo, out = set(), [os.getpid()], []
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        todo += _children(pid)
-        try:
-            if b"--type=renderer" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                out.append(pid)
-        except OSError:
-            pass
-    return out
-
-
-def renderer_peak_rss() -> int | None:
-    """Largest VmHWM (peak resident set, bytes) of the Chromium renderer processes this test started.
-
-    The page and its worker live in one renderer process, so this is the tab's peak memory as the
-    OS sees it (WASM memory, JS heaps, Chromium's own share). None where /proc is unavailable.
-    """
-    peak = None
-    for pid in renderer_pids():
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak or 0, int(line.split()[1]) * 1024)
-        except OSError:
-            pass
-    return peak

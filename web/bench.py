@@ -52,6 +52,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WLLAMA_DIR = ROOT / ".cache" / "wllama" / "node_modules" / "@wllama" / "wllama"
 WLLAMA_VERSION = "3.13.0"
+# The machine's network is closed: background networking, sync, component updates and QUIC are off
+# (otherwise Chromium retries refused connections at every start). Also the tests' flags.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAX_WORKERS = 8  # static/parallel.js MAX_WORKERS
@@ -311,16 +313,17 @@ def _bench_app(models_dir: Path, with_wllama: bool):
 
 
 @contextlib.contextmanager
-def serve(app) -> Iterator[str]:
-    """uvicorn on a free 127.0.0.1 port in a daemon thread; yields the base URL."""
+def serve_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
+    """uvicorn on a free port of `host` in a daemon thread; yields the base URL, stops it afterwards.
+    Also the tests' server (tests/browser_util.py)."""
     import socket
 
     import uvicorn
 
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 15
@@ -329,36 +332,54 @@ def serve(app) -> Iterator[str]:
             raise BenchError("the dev server did not start within 15 s")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
 
 
-def _renderer_pids() -> set[int]:
-    pids = set()
-    for d in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if d.isdigit():
-            try:
-                cmd = Path(f"/proc/{d}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"--type=renderer" in cmd:
-                pids.add(int(d))
-    return pids
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
 
 
-def _peak_rss_mb(pids: set[int]) -> float | None:
-    """Largest VmHWM (peak resident set) among these processes, in MB."""
-    best = None
-    for pid in pids:
+def renderer_pids() -> list[int]:
+    """Chromium renderer processes started (directly or not) by this process; [] without /proc."""
+    seen, todo, out = set(), [os.getpid()], []
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo += _children(pid)
+        try:
+            if b"--type=renderer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def renderer_peak_rss(pids=None) -> int | None:
+    """Largest VmHWM (peak resident set, bytes) among `pids` (default: renderer_pids()).
+
+    A page and its workers live in one renderer process, so this is the tab's peak memory as the OS
+    sees it (WASM memory, JS heaps, Chromium's own share). None where /proc is unavailable.
+    """
+    peak = None
+    for pid in renderer_pids() if pids is None else pids:
         try:
             m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
         except OSError:
             continue
         if m:
-            best = max(best or 0.0, int(m[1]) / 1024)
-    return best
+            peak = max(peak or 0, int(m[1]) * 1024)
+    return peak
 
 
 def _js_heap_mb(browser) -> float | None:
@@ -407,7 +428,7 @@ def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: 
     from playwright.sync_api import sync_playwright
 
     logs: list[str] = []
-    before = _renderer_pids()
+    before = set(renderer_pids())
     with sync_playwright() as p:
         try:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
@@ -436,7 +457,8 @@ def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: 
                 raise RunFailed(f"{engine}: {str(e).splitlines()[0]} ({detail.splitlines()[0][:200] if detail else 'no console error'})") from e
             out["wall_s"] = time.perf_counter() - t0
             out["js_heap_mb"] = _js_heap_mb(browser)
-            out["peak_rss_mb"] = _peak_rss_mb(_renderer_pids() - before)
+            peak = renderer_peak_rss(set(renderer_pids()) - before)
+            out["peak_rss_mb"] = None if peak is None else peak / 2**20
         finally:
             browser.close()
     return out
@@ -602,7 +624,7 @@ def _run(args) -> int:
             name = f"{i}-{re.sub(r'[^A-Za-z0-9._-]', '_', path.stem)[:120]}.gguf"
             os.symlink(path, served / name)
             names.append(name)
-        with serve(_bench_app(served, "wllama" in compare)) as base:
+        with serve_in_thread(_bench_app(served, "wllama" in compare)) as base:
             for path, name in zip(paths, names):
                 label, quant = _model_facts(path)
                 print(f"[bench] {label} {quant or ''}: CPython reference ...", file=sys.stderr, flush=True)
