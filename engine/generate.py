@@ -98,7 +98,9 @@ class StopStringFilter:
     >>> f.feed("Hi.\\n"), f.feed("\\nUs"), f.feed("er: x")
     (('Hi.', False), ('', False), ('', True))
     >>> f = StopStringFilter(("\\n\\nUser:",)); f.feed("a\\n"), f.feed("b"), f.flush()
-    (('a', False), ('\\nb', False), '')
+    (('a', False), ('\\nb', False), ('', False))
+    >>> f = StopStringFilter(("abc", "b")); f.feed("ab"), f.flush()   # "abc" may still come, then it cannot
+    (('', False), ('a', True))
     """
 
     def __init__(self, stops: Sequence[str]) -> None:
@@ -132,11 +134,13 @@ class StopStringFilter:
         out, self.pending = self.pending[:cut], self.pending[cut:]
         return out, False
 
-    def flush(self) -> str:
-        """Release what is held (generation ended): up to its first stop string, if one is there."""
+    def flush(self) -> tuple[str, bool]:
+        """Release what is held (generation ended): up to its first stop string, if one is there;
+        returns (text, whether a stop string was found). A complete stop string held back only
+        because an earlier partial match might still have grown is found here."""
         hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
         out, self.pending = self.pending[: min(hits)] if hits else self.pending, ""
-        return out
+        return out, bool(hits)
 
 
 def generate(model: _Model, tokenizer: _Tokenizer, prompt_tokens: Sequence[int],
@@ -211,7 +215,10 @@ def generate(model: _Model, tokenizer: _Tokenizer, prompt_tokens: Sequence[int],
         tail = ""
     else:
         text, hit_stop = stops.feed(tail)
-        tail = text if hit_stop else text + stops.flush()
+        if not hit_stop:
+            rest, hit_stop = stops.flush()
+            text += rest
+        tail = text
         reason = "stop" if hit_stop else reason
     pieces.append(tail)
     decode_s += time.perf_counter() - t0
