@@ -147,3 +147,77 @@ def test_add_browser_args_fits_the_cli_bench_parser():
     for bad in ("1", "two", "9"):
         with pytest.raises(SystemExit):
             p.parse_args(["m.gguf", "--workers", bad])
+
+
+def _fake_out(decode_tok_s: float, tokens: list[int]) -> dict:
+    """What browser_run returns for one cold run (one prompt), with a chosen decode speed."""
+    return {"download_s": 0.1, "init_s": 1.0, "wall_s": 2.0, "memory": {"wasm_bytes": 5e7}, "js_heap_mb": 3.0,
+            "peak_rss_mb": 200.0, "runs": [{"ttft_s": 0.2, "prefill_tok_s": 10.0, "decode_tok_s": decode_tok_s,
+                                            "n_generated": len(tokens), "token_ids": tokens}]}
+
+
+def test_bench_engines_take_turns_and_ratios_pair_runs(tiny, tmp_path, monkeypatch, capsys):
+    """Runs alternate between engines (round robin), so the r-th runs pair up; the machine here slows
+    down run after run (fake numbers), and the paired ratio stays exact where medians would not."""
+    import web.bench as bench
+
+    model, _ = tiny
+    want = _engine_tokens(model, PROMPT, 6)
+    calls = []
+    speeds = {None: [4.0, 2.0, 3.0], 2: [6.4, 3.2, 4.8]}  # 1 worker, 2 workers: 1.6x in every round
+
+    def fake_run(base, chromium, kind, url, prompts, n, n_ctx, timeout_s, workers=None):
+        calls.append(workers)
+        return _fake_out(speeds[workers][sum(1 for c in calls if c == workers) - 1], want)
+
+    monkeypatch.setattr(bench, "browser_run", fake_run)
+    assert bench.main(args(model, tmp_path, "--workers", "2", "--repeat", "3")) == 0
+    assert calls == [None, 2, None, 2, None, 2]
+    rows = {r["engine"]: r for r in json.loads((tmp_path / "bench.json").read_text())["rows"]}
+    par = rows["mote ×2 workers"]["paired"]["mote"]
+    assert par["n"] == 3 and par["min"] == pytest.approx(1.6) and par["max"] == pytest.approx(1.6)
+    assert rows["mote"]["paired"]["mote"]["median"] == pytest.approx(1.0)
+    md = (tmp_path / "bench.md").read_text()
+    assert "decode ÷ mote (paired)" in md and "decode ÷ wllama" not in md
+    assert "| 1.60 (1.60–1.60) |" in next(ln for ln in md.splitlines() if "| mote ×2 workers |" in ln)
+
+
+def test_bench_failed_engine_stops_and_the_others_go_on(tiny, tmp_path, monkeypatch, capsys):
+    import web.bench as bench
+
+    model, _ = tiny
+    want = _engine_tokens(model, PROMPT, 6)
+    calls = []
+
+    def fake_run(base, chromium, kind, url, prompts, n, n_ctx, timeout_s, workers=None):
+        calls.append(workers)
+        if workers == 2 and calls.count(2) == 2:
+            raise bench.RunFailed("worker crashed (fake)")
+        return _fake_out(5.0 if workers else 3.0, want)
+
+    monkeypatch.setattr(bench, "browser_run", fake_run)
+    assert bench.main(args(model, tmp_path, "--workers", "2", "--repeat", "3")) == 1  # a Mote row failed
+    assert calls == [None, 2, None, 2, None]  # the failed engine is not run again
+    rows = {r["engine"]: r for r in json.loads((tmp_path / "bench.json").read_text())["rows"]}
+    assert len(rows["mote"]["runs"]) == 3 and len(rows["mote ×2 workers"]["runs"]) == 1
+    assert rows["mote ×2 workers"]["error"] == "worker crashed (fake)"
+    assert rows["mote ×2 workers"]["paired"]["mote"] == {"median": 5 / 3, "min": 5 / 3, "max": 5 / 3, "n": 1}
+    assert "failed: worker crashed (fake)" in (tmp_path / "bench.md").read_text()
+
+
+def test_paired_ratios_leave_out_cpython_and_missing_numbers():
+    from web.bench import markdown, summarize
+
+    def row(engine, decodes):
+        return {"model": "m", "quant": "Q8_0", "file": "/m.gguf", "engine": engine, "greedy_ok": True, "error": None,
+                "runs": [{"decode_tok_s": d} for d in decodes]}
+
+    rows = summarize([row("mote", [4.0, None, 5.0]), row("wllama", [5.0, 6.0, 5.0]), row("cpython", [10.0, 11.0, 12.0])])
+    by = {r["engine"]: r for r in rows}
+    assert by["wllama"]["paired"]["mote"] == {"median": 1.125, "min": 1.0, "max": 1.25, "n": 2}  # round 2 has no Mote number
+    assert by["mote"]["paired"]["wllama"]["n"] == 2
+    assert by["cpython"]["paired"] == {}  # measured after the browser runs: nothing to pair with
+    md = markdown({"rows": rows, "meta": {"n_predict": 8, "prompts": ["p"], "repeat": 3, "browser": "b", "platform": "p"}})
+    cells = {ln.split(" | ")[2]: ln.split(" | ") for ln in md.splitlines() if ln.startswith("| m |")}
+    assert cells["wllama"][-3:-1] == ["1.12 (1.00–1.25)", "–"] and cells["mote"][-3:-1] == ["–", "0.90 (0.80–1.00)"]
+    assert cells["cpython"][-3:-1] == ["–", "–"]

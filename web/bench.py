@@ -5,7 +5,10 @@
 
 For every model (several quantizations are several files) and every engine, `--repeat` runs,
 each in a freshly launched Chromium (cold: no Cache API copy, no warm renderer), with the same
-prompts for every model:
+prompts for every model. The engines take turns (round r of every engine, then round r + 1), and
+the table's "decode ÷ mote" / "decode ÷ wllama" columns are paired ratios: each run's decode tok/s
+over the baseline's run of the same round, so a machine that speeds up or slows down between rounds
+(shared cores, other load) does not tilt the comparison. Per run:
 
     download_s   fetching the GGUF (Mote: the worker's fetch + sha256; wllama: fetch into a Blob)
     init_s       runtime boot + model load (Mote: Pyodide, numpy, engine wheels, GGUF parse)
@@ -480,16 +483,44 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
+BASELINES = ("mote", "wllama")  # paired decode ratios are given against these rows, where present
+
+
+def paired_ratios(row: dict, base: dict, key: str = "decode_tok_s") -> list[float]:
+    """row's r-th run over base's r-th run, for every r both have (the browser runs alternate
+    engines, so the r-th runs were measured side by side: drift cancels in the ratio)."""
+    out = []
+    for a, b in zip(row["runs"], base["runs"]):
+        if a.get(key) and b.get(key):
+            out.append(a[key] / b[key])
+    return out
+
+
 def summarize(rows: list[dict]) -> list[dict]:
+    """Per row: median/min/max of every column, and `paired`: its decode tok/s over each baseline
+    engine's (same model file), run by run. The CPython row is not interleaved with the browser
+    runs, so it gets no paired ratio."""
     for row in rows:
         row["stats"] = {k: _stat([r.get(k) for r in row["runs"]]) for k, _, _ in COLUMNS}
+    for row in rows:
+        row["paired"] = {}
+        if row["engine"] == "cpython":
+            continue
+        for name in BASELINES:
+            base = next((b for b in rows if b["file"] == row["file"] and b["engine"] == name), None)
+            if base is not None:
+                row["paired"][name] = _stat(paired_ratios(row, base))
     return rows
 
 
 def markdown(report: dict) -> str:
-    head = ["model", "quant", "engine", "runs"] + [h for _, h, _ in COLUMNS] + ["greedy = CPython"]
+    rows = report["rows"]
+    # a ratio column per baseline that some other row can be compared with
+    bases = [b for b in BASELINES if any(r.get("paired", {}).get(b) for r in rows if r["engine"] != b)]
+    head = (["model", "quant", "engine", "runs"] + [h for _, h, _ in COLUMNS] + [f"decode ÷ {b} (paired)" for b in bases]
+            + ["greedy = CPython"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in report["rows"]:
+    for row in rows:
         cells = [row["model"], row["quant"] or "?", row["engine"], str(len(row["runs"]))]
         for key, _, fmt in COLUMNS:
             s = row["stats"][key]
@@ -498,13 +529,19 @@ def markdown(report: dict) -> str:
             else:
                 spread = (s["max"] - s["min"]) / 2
                 cells.append(fmt.format(s["median"]) + (f" ±{fmt.format(spread)}" if s["n"] > 1 else ""))
+        for b in bases:
+            s = row.get("paired", {}).get(b)
+            cells.append("–" if s is None or row["engine"] == b else
+                         f"{s['median']:.2f}" + (f" ({s['min']:.2f}–{s['max']:.2f})" if s["n"] > 1 else ""))
         ok, how = row["greedy_ok"], " (text)" if row.get("compared") == "text" else ""
         cells.append(("failed: " + row["error"][:80]) if row.get("error") else
                      "–" if ok is None else ("✅ yes" if ok else "❌ NO") + how)
         lines.append("| " + " | ".join(cells) + " |")
     meta = report["meta"]
     lines += ["", f"{meta['n_predict']} greedy tokens for each of {len(meta['prompts'])} prompt(s), "
-              f"{meta['repeat']} cold run(s) each (fresh Chromium); median ± half the min-max range. "
+              f"{meta['repeat']} cold run(s) each (fresh Chromium), the engines taking turns run by run; "
+              "median ± half the min-max range. Paired: each run's decode tok/s over the baseline's run of the "
+              "same round, median (min–max). "
               f"{meta['browser']}; {meta['platform']}.",
               "peak RSS: the tab's renderer process (browser) or this Python process (cpython)."]
     return "\n".join(lines) + "\n"
@@ -632,29 +669,26 @@ def _run(args) -> int:
                 # (row label, engine, workers): plain Mote, Mote across N workers, the compared engines
                 engines = ([("mote", "mote", None)] + [(f"mote ×{w} workers", "mote", w) for w in workers]
                            + [(c, c, None) for c in compare])
-                for engine, kind, n_workers in engines:
-                    runs, error = [], None
-                    for r in range(repeat):
+                # Round robin: every engine's r-th run comes before any engine's (r+1)-th, so a shared
+                # machine's drift (load, neighbours, thermal state) falls on all engines alike, and the
+                # r-th runs of two engines form a pair (the paired ratios of summarize()).
+                runs = {engine: [] for engine, _, _ in engines}
+                errors: dict[str, str | None] = {engine: None for engine, _, _ in engines}
+                for r in range(repeat):
+                    for engine, kind, n_workers in engines:
+                        if errors[engine] is not None:  # a failed engine stops; the others go on
+                            continue
                         print(f"[bench] {label} {quant or ''}: {engine} run {r + 1}/{repeat} ...", file=sys.stderr, flush=True)
                         try:
                             out = browser_run(base, chromium, kind, f"{base}/models/{name}", prompts, n, n_ctx,
                                               getattr(args, "run_timeout", 600.0), workers=n_workers)
-                        except RunFailed as e:  # reported in the table; the other engines still run
-                            error = str(e)
-                            print(f"[bench]   failed: {error}", file=sys.stderr, flush=True)
-                            break
-                        mem = out.get("memory") or {}
-                        runs.append({
-                            "download_s": out["download_s"], "init_s": out["init_s"],
-                            **_per_prompt_summary([{**x, "n_generated": x.get("n_generated") or 0} for x in out["runs"]]),
-                            "wasm_mb": mem["wasm_bytes"] / 1e6 if mem.get("wasm_bytes") else None,
-                            "js_heap_mb": out.get("js_heap_mb"), "peak_rss_mb": out.get("peak_rss_mb"),
-                            "token_ids": [x.get("token_ids") for x in out["runs"]],
-                            "texts": [x.get("text") for x in out["runs"]] if kind != "mote" else None,
-                            "timings": out.get("timings"), "wall_s": out["wall_s"],
-                            **({"wasm_mb_per_worker": [b / 1e6 for b in mem.get("per_worker") or []]} if n_workers else {}),
-                        })
-                    rows.append(_row(label, quant, path, engine, runs, reference, error))
+                        except RunFailed as e:  # reported in the table
+                            errors[engine] = str(e)
+                            print(f"[bench]   failed: {e}", file=sys.stderr, flush=True)
+                            continue
+                        runs[engine].append(_browser_record(out, kind, n_workers))
+                for engine, _, _ in engines:
+                    rows.append(_row(label, quant, path, engine, runs[engine], reference, errors[engine]))
                 if getattr(args, "native", False):
                     print(f"[bench] {label} {quant or ''}: cpython ...", file=sys.stderr, flush=True)
                     rows.append(_row(label, quant, path, "cpython", native_runs(path, prompts, n, repeat, n_ctx), reference))
@@ -676,6 +710,21 @@ def _run(args) -> int:
         print(md)
         print(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {png}")
     return 0 if all(r["greedy_ok"] is not False for r in rows) else 1
+
+
+def _browser_record(out: dict, kind: str, n_workers: int | None) -> dict:
+    """One browser run as bench.json keeps it (per-prompt numbers averaged, tokens per prompt)."""
+    mem = out.get("memory") or {}
+    return {
+        "download_s": out["download_s"], "init_s": out["init_s"],
+        **_per_prompt_summary([{**x, "n_generated": x.get("n_generated") or 0} for x in out["runs"]]),
+        "wasm_mb": mem["wasm_bytes"] / 1e6 if mem.get("wasm_bytes") else None,
+        "js_heap_mb": out.get("js_heap_mb"), "peak_rss_mb": out.get("peak_rss_mb"),
+        "token_ids": [x.get("token_ids") for x in out["runs"]],
+        "texts": [x.get("text") for x in out["runs"]] if kind != "mote" else None,
+        "timings": out.get("timings"), "wall_s": out["wall_s"],
+        **({"wasm_mb_per_worker": [b / 1e6 for b in mem.get("per_worker") or []]} if n_workers else {}),
+    }
 
 
 def _row(label, quant, path, engine, runs, reference, error: str | None = None) -> dict:
