@@ -10,8 +10,9 @@ For each model, runs alternate between worker counts (1, 2, 1, 2, ...) so that l
 processes hits every count alike; each run is a fresh ParallelWorker in the same tab (fresh Pyodide
 per worker, model read from the page's single download). Prints one JSON line per run and a
 summary: median decode tok/s per worker count (from the leader's done event and from the page's
-token timestamps), the speed-up, the per-sync wait, WASM memory per worker, the tab's peak RSS, and
-the load average before and after. Also times postMessage round trips between two workers.
+token timestamps), the speed-up, the per-sync wait, where each shard's time goes per forward
+(Python compute, waits, copies, time between forwards), WASM memory per worker, the tab's peak RSS,
+and the load average before and after. Also times postMessage round trips between two workers.
 """
 
 from __future__ import annotations
@@ -101,6 +102,12 @@ def main() -> int:
                         "page_decode_tok_s": statistics.median(r["page_decode_tok_s"] or 0 for r in rs),
                         "all_decode_tok_s": [round(r["decode_tok_s"], 2) for r in rs],
                         "wait_ms_per_sync": statistics.median(s["wait_ms"] / max(1, s["syncs"]) for s in st),
+                        # per forward, each shard: Python compute, waiting at sync points, copying
+                        # partials, and the time between forwards (leader: sampling; others: idle)
+                        "ms_per_forward": [{k: round(statistics.median(r["worker_stats"][i][k] / max(1, r["worker_stats"][i]["forwards"])
+                                                                      for r in rs), 2)
+                                            for k in ("compute_ms", "wait_ms", "copy_ms", "between_ms")}
+                                           for i in range(len(rs[0]["worker_stats"]))],
                         "syncs_per_forward": st[0]["syncs"] / max(1, st[0]["forwards"]),
                         "wasm_mb_per_worker": [round(s["wasm_bytes"] / 2**20) for s in rs[-1]["worker_stats"]],
                         "load_s": statistics.median(r["load_s"] for r in rs),

@@ -36,7 +36,15 @@ let transfer = true;                                     // postMessage partials
 let abortRequested = false, generating = false;
 let seq = 0;                                             // sync points so far: the same count on every shard
 /** @type {number[]} */ let vocabStarts = [];
-const stats = { forwards: 0, syncs: 0, wait_ms: 0, copy_ms: 0, forward_ms: 0 };
+/** Per generation: where this shard's time goes (scripts/bench_parallel.py prints it per token).
+ *  compute_ms: inside Python (the shard's share of the forward); wait_ms: waiting for peers at sync
+ *  points; copy_ms: partials out of / into WASM memory; between_ms: from the end of one forward to
+ *  the start of the next (the leader samples and relays then; a follower idles). */
+const stats = { forwards: 0, syncs: 0, wait_ms: 0, copy_ms: 0, forward_ms: 0, compute_ms: 0, between_ms: 0 };
+let lastForwardEnd = 0;                                  // performance.now() when the last forward ended
+let statsGeneration = -1;                                // follower: the leader's generation its stats belong to
+let generations = 0;                                     // leader: generations started
+const resetStats = () => { for (const k of Object.keys(stats)) /** @type {any} */ (stats)[k] = 0; };
 
 /** @param {any} msg @param {Transferable[]} [tr] */
 const post = (msg, tr) => self.postMessage(msg, tr || []);
@@ -179,9 +187,11 @@ function send(to, s, data, last) {
 /** One forward pass of this shard: tokens at cache position `start`, syncing with every peer. */
 async function forward(tokens, start) {
   const t0 = performance.now();
+  if (lastForwardEnd && stats.forwards) stats.between_ms += t0 - lastForwardEnd;
   const pyTokens = pyodide.toPy(tokens);
   let code = runner.begin(pyTokens, start);
   pyTokens.destroy();
+  stats.compute_ms += performance.now() - t0;
   const cap = runner.capacity;
   const box = runner.mailbox_address() >> 2;            // float32 index of the mailbox in HEAPF32
   const others = peers.map((p, j) => j).filter((j) => j !== index);
@@ -211,10 +221,13 @@ async function forward(tokens, start) {
       for (const [from, data] of got) heap.set(data, logits + vocabStarts[from]);
     }
     stats.syncs++;
+    const tr = performance.now();
     code = runner.resume();
+    stats.compute_ms += performance.now() - tr;
   }
   stats.forwards++;
-  stats.forward_ms += performance.now() - t0;
+  lastForwardEnd = performance.now();
+  stats.forward_ms += lastForwardEnd - t0;
 }
 
 let followerChain = Promise.resolve();
@@ -224,6 +237,7 @@ function onPeerMessage(e) {
   const m = e.data;
   if (m.t === "p") onPart(m);
   else if (m.t === "f") {
+    if (m.gen !== statsGeneration) { statsGeneration = m.gen; resetStats(); }   // a new request: fresh stats
     followerChain = followerChain.then(() => forward(m.tokens, m.start)).catch((err) => {
       post({ type: "error", message: `shard ${index}: ${err?.message || err}` });
     });
@@ -240,14 +254,15 @@ async function generate(msg) {
   const request = pyodide.toPy({ messages: msg.messages ?? null, prompt: msg.prompt ?? null, params: msg.params ?? {} });
   let gen;
   try { gen = session.start(request); } finally { request.destroy(); }
-  for (const k of Object.keys(stats)) /** @type {any} */ (stats)[k] = 0;
+  resetStats();
+  generations++;
   /** The logits the generation asks for next (prefill or one token), computed across the shards. */
   const before = async () => {
     const need = gen.need();
     if (need === undefined || need === null) return;
     const [tokens, start] = need.toJs();
     need.destroy();
-    for (const j of peers.keys()) if (j !== index) /** @type {MessagePort} */ (peers[j]).postMessage({ t: "f", tokens, start });
+    for (const j of peers.keys()) if (j !== index) /** @type {MessagePort} */ (peers[j]).postMessage({ t: "f", tokens, start, gen: generations });
     await forward(tokens, start);
     const logits = runner.last_logits;                   // (vocab,) ndarray, handed back to Python
     gen.provide(logits, runner.seconds);
