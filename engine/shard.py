@@ -262,8 +262,12 @@ def shard_ranges(gf: GGUFFile, plan: ShardPlan) -> list[tuple[int, int]]:
 # ---- loading one shard --------------------------------------------------------------------------
 
 
-def _columns(gf: GGUFFile, name: str, c0: int, c1: int, dense: bool):
-    """Resident form of columns c0..c1 of matrix `name`: whole blocks when the cut allows it."""
+def _columns(gf: GGUFFile, name: str, c0: int, c1: int, dense: bool, own_buffer: bool = False):
+    """Resident form of columns c0..c1 of matrix `name`: whole blocks when the cut allows it.
+
+    The cut is a fresh copy (unless it is every column), so Q8_0 is compacted in it; with
+    own_buffer the file's bytes are this shard's own and may be compacted too.
+    """
     t = gf.tensors[name]
     n_out, n_in = t.shape
     qt = quants.TYPES[t.ggml_type]
@@ -272,7 +276,8 @@ def _columns(gf: GGUFFile, name: str, c0: int, c1: int, dense: bool):
         b0, b1 = c0 // qt.block_size * qt.type_size, c1 // qt.block_size * qt.type_size  # byte columns
         rows = raw.reshape(n_out, quants.row_nbytes(t.ggml_type, n_in))  # (n_out, row bytes)
         part = np.ascontiguousarray(rows[:, b0:b1])  # (n_out, cut bytes) whole blocks
-        return prepare_linear(part.reshape(-1), t.ggml_type, (n_out, c1 - c0), dense=dense)
+        mine = own_buffer or not np.shares_memory(part, raw)
+        return prepare_linear(part.reshape(-1), t.ggml_type, (n_out, c1 - c0), dense=dense, in_place=mine)
     # a cut inside a block (tiny models only): dequantize, keep float32 columns
     w = quants.dequantize(raw, t.ggml_type, t.shape)  # (n_out, n_in) float32
     return DenseLinear(w[:, c0:c1])
@@ -437,7 +442,7 @@ def load_shard(gf: GGUFFile, plan: ShardPlan, n_ctx: int | None = None,
             if c1 > c0:
                 dense = 4 * t.shape[0] * (c1 - c0) <= dense_left
                 dense_left -= 4 * t.shape[0] * (c1 - c0) if dense else 0
-                b[m] = _columns(gf, name, c0, c1, dense)
+                b[m] = _columns(gf, name, c0, c1, dense, policy.own_buffer)
             if f"blk.{i}.{m}.bias" in gf.tensors:
                 bias[m] = _vector(gf, f"blk.{i}.{m}.bias")  # (d,) added once, after the SUM
         for v in _VECTORS:

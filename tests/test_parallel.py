@@ -126,6 +126,14 @@ def test_sharded_block_quantized(tiny, arch, qtype, tied):
     shards = _shards_from_ranges(path, 2, policy=own)
     assert (qtype == "Q8_0") == any(getattr(s.head, "compacted", False) for s in shards)
     assert _compare(shards, model, _tokens(12, seed=3), split=5) < 1e-4
+    # the row-parallel matrices' column cuts are fresh copies: Q8_0 is compacted in them (the
+    # contiguous int8 rows the fast kernel wants), with or without own_buffer
+    for policy in (BLOCKS, own):
+        for s in _shards_from_ranges(path, 2, policy=policy):
+            for blk in s.local.w["blk"]:
+                for m in shard.ROW_PARALLEL:
+                    if m in blk and hasattr(blk[m], "compacted"):
+                        assert blk[m].compacted == (qtype == "Q8_0"), (m, policy.own_buffer)
 
 
 def test_plan_splits_heads_by_kv_group():
