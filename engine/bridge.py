@@ -24,25 +24,22 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import time
-from dataclasses import fields
 from typing import Any
+
+from .model import LoadPolicy
+from .session import PARAM_TYPES, Generation, Session  # noqa: F401  (PARAM_TYPES: the page's sampling keys)
 
 IN_PYODIDE = sys.platform == "emscripten"
 if IN_PYODIDE:  # pragma: no cover - only inside the browser
     import js  # type: ignore[import-not-found]
     from pyodide.ffi import JsProxy, to_js  # type: ignore[import-not-found]
 
-# Weights as the worker loads them: no float32 copies of the layer matrices (engine.model.LoadPolicy).
-# In Pyodide (no BLAS) the int8-block kernels decode Gemma 3 270M as fast as float32 does
-# (3.36 vs 3.40 tok/s, prefill 12.3 vs 13.5 tok/s, node + Pyodide 0.27.7) while the float32 copies
-# cost ~105 MB of WASM memory (780 vs 885 MB), which never shrinks. Used in CPython too, so the
-# tests that drive this module compute what the page computes.
-DENSE_LAYERS_MB = 0.0
-
-# Sampling settings the page may send, with their types; anything else is refused by name.
-PARAM_TYPES = {"temperature": float, "top_k": int, "top_p": float, "min_p": float,
-               "repeat_penalty": float, "repeat_last_n": int, "seed": int, "max_tokens": int}
+# Weights as a worker loads them: no float32 copies of the layer matrices. In Pyodide (no BLAS)
+# the int8-block kernels are as fast as float32 products, while float32 copies would cost WASM
+# memory that never shrinks (docs/kernels.md has the measurements). The buffer is the worker's own
+# copy, so Q8_0 blocks may be compacted in it. Used in CPython too, so the tests that drive this
+# module compute what the page computes.
+WORKER_POLICY = LoadPolicy(dense_layers_mb=0.0, own_buffer=True)
 
 
 def _py(value: Any) -> Any:
@@ -157,145 +154,24 @@ def _version(dist: str) -> str | None:
         return None
 
 
-class Generation:
-    """One answer being generated; the worker calls step() until it returns None."""
-
-    def __init__(self, session: "Session", prompt_tokens: list[int], reuse: int, params):
-        from engine.generate import generate
-
-        self.session = session
-        self.prompt_tokens = prompt_tokens
-        self.generated: list[int] = []
-        self.reused = reuse                # prompt tokens taken from the KV cache, not recomputed
-        self.started = time.perf_counter()
-        # reuse > 0: the KV cache already holds prompt_tokens[:reuse]; feed only the rest.
-        self._events = generate(session.model, session.tokenizer, prompt_tokens[reuse:], params,
-                                reset=reuse == 0)
-        self.finished = False
-
-    def step(self) -> Any:
-        """Advance by one event: a message dict for the worker to post, or None when finished.
-
-        {"type": "token", "text", "token_id", "n"}   one sampled token (text may be "")
-        {"type": "prefill", "n_prompt", "prefill_tok_s"}
-        {"type": "done", "reason", "n_prompt", "n_generated", "prefill_tok_s", "decode_tok_s", "text"}
-        """
-        if self.finished:
-            return None
-        ev = next(self._events, None)
-        if ev is None:  # the generator ended without a 'done' event (should not happen)
-            self.finished = True
-            return None
-        if ev.kind == "token":
-            self.generated.append(int(ev.token_id))
-            return _js({"type": "token", "text": ev.text, "token_id": int(ev.token_id),
-                        "n": len(self.generated)})
-        if ev.kind == "prefill":
-            return _js({"type": "prefill", "n_prompt": ev.n_prompt, "prefill_tok_s": ev.prefill_tok_s})
-        self.finished = True
-        self.session.remember(self.prompt_tokens + self.generated)
-        return _js({"type": "done", "reason": ev.reason, "text": ev.text, "n_prompt": ev.n_prompt,
-                    "n_generated": ev.n_generated, "prefill_tok_s": ev.prefill_tok_s,
-                    "decode_tok_s": ev.decode_tok_s, "token_ids": list(self.generated)})
-
-    def close(self) -> None:
-        """Stop early (abort): the model stays loaded; its KV cache is not reused next turn."""
-        if not self.finished:
-            self.finished = True
-            self._events.close()
-            self.session.remember([])
-
-
-class Session:
-    """A loaded model with its tokenizer and chat template."""
-
-    def __init__(self, data: Any, n_ctx: int | None = None):
-        from engine.chat import ChatTemplate
-        from engine.gguf import GGUFFile
-        from engine.model import LoadPolicy, load_model
-        from engine.tokenizer import Tokenizer
-
-        t0 = time.perf_counter()
-        self.buffer = _buffer(data)  # kept alive: weights may be views into it
-        self.gguf = GGUFFile(self.buffer)
-        self.model = load_model(self.gguf, n_ctx=n_ctx, policy=LoadPolicy(dense_layers_mb=DENSE_LAYERS_MB, own_buffer=True))
-        self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
-        self.template = ChatTemplate.from_metadata(self.gguf.metadata)
-        self.load_seconds = time.perf_counter() - t0
-        self._cached: list[int] = []  # token ids whose keys/values sit in the model's KV cache
-
-    def info(self) -> dict:
-        md = self.gguf.metadata
-        return {
-            "name": md.get("general.name"),
-            "architecture": md.get("general.architecture"),
-            "n_ctx": getattr(self.model, "n_ctx", None),
-            "vocab_size": self.tokenizer.vocab_size,
-            "chat_template": self.template.note,
-            "load_seconds": self.load_seconds,
-            "n_bytes": len(self.buffer),
-        }
-
-    def remember(self, tokens: list[int]) -> None:
-        """Record what the KV cache holds after a generation (model.pos tokens of `tokens`)."""
-        self._cached = list(tokens[: self.model.pos]) if tokens else []
-
-    def prompt_tokens(self, request: dict) -> list[int]:
-        return request_tokens(self.tokenizer, self.template, request)
-
-    def start(self, request: dict) -> Generation:
-        from engine.generate import SamplingParams
-
-        params = sampling_params(request.get("params") or {}, SamplingParams, self.template.stop)
-        tokens = self.prompt_tokens(request)
-        return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos), params)
-
-
-def request_tokens(tokenizer, template, request: dict) -> list[int]:
-    """Token ids of a request: a chat (`messages`, through the chat template) or a raw `prompt`."""
-    from engine.chat import chat_tokens
-
-    if request.get("messages") is not None:
-        return chat_tokens(tokenizer, template, request["messages"])
-    prompt = request.get("prompt")
-    if not isinstance(prompt, str):
-        raise ValueError(f"generate request needs 'messages' or a 'prompt' string, got {sorted(request)}")
-    return list(tokenizer.encode(prompt, add_bos=None))
-
-
-def reusable_prefix(cached: list[int], tokens: list[int], pos: int) -> int:
-    """How many leading tokens the KV cache already holds (a chat's next turn), or 0."""
-    n = len(cached)
-    return n if 0 < n < len(tokens) and tokens[:n] == cached and pos == n else 0
-
-
-def sampling_params(raw: dict, cls, stop: tuple[str, ...] = ()):
-    """SamplingParams from the page's settings dict; unknown or mistyped keys are errors."""
-    known = {f.name for f in fields(cls)}
-    out: dict[str, Any] = {"stop": tuple(stop)}
-    for key, value in raw.items():
-        if key not in PARAM_TYPES or key not in known:
-            raise ValueError(f"unknown sampling setting {key!r} (expected one of {sorted(PARAM_TYPES)})")
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"sampling setting {key}={value!r} must be a number")
-        if PARAM_TYPES[key] is int and value != int(value):
-            raise ValueError(f"sampling setting {key}={value!r} must be an integer")
-        out[key] = PARAM_TYPES[key](value)
-    return cls(**out)
-
-
 # ---- the worker's entry points (module-level, one model per worker) ----------------------------
 _session: Session | None = None
 
 
 def load_model(data: Any, n_ctx: int | None = None) -> Any:
-    """Parse and load GGUF bytes (a JS Uint8Array in the browser, bytes in CPython); returns info."""
+    """Parse and load GGUF bytes (a ModelBuffer, or a JS Uint8Array / bytes); returns info."""
     global _session
     _session = None  # drop the previous model before building the next one (peak memory)
-    _session = Session(data, n_ctx)
+    buffer = _buffer(data)
+    _session = Session.load(buffer, n_ctx=n_ctx, policy=WORKER_POLICY)
+    _session.buffer = buffer  # kept alive: weights are views into it
     return _js(_session.info())
+
+
+def use_session(session: Session) -> None:
+    """Answer requests with an already built session (the leader of a sharded model)."""
+    global _session
+    _session = session
 
 
 def chat_prompt(messages: Any) -> str:
@@ -305,8 +181,26 @@ def chat_prompt(messages: Any) -> str:
     return _session.template.render(_py(messages))
 
 
-def start_generation(request: Any) -> Generation:
+def start_generation(request: Any) -> "JsGeneration":
     """Begin answering `request` = {"messages": [...]} or {"prompt": str}, plus "params"."""
     if _session is None:
         raise RuntimeError("no model loaded (call load_model first)")
-    return _session.start(_py(request))
+    return JsGeneration(_session.start(_py(request)))
+
+
+class JsGeneration:
+    """A Generation as the worker drives it: step() gives each event as a plain JS object.
+
+    The worker loop (static/protocol.js relayGeneration):
+        while ((need = gen.need()) != null) { run the shards on need; gen.provide(logits, s) }  // leader only
+        ev = gen.step()   // undefined when finished; after gen.abort() the next is done, reason "abort"
+    """
+
+    def __init__(self, gen: Generation):
+        self.gen = gen
+
+    def step(self) -> Any:
+        return _js(self.gen.step())
+
+    def __getattr__(self, name: str) -> Any:  # need, provide, abort, close, reused, ...: the Generation's own
+        return getattr(self.gen, name)

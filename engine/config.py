@@ -7,7 +7,8 @@ for hyperparameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 
 # Architectures whose forward pass lives in engine/model.py.
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3", "gpt2")
@@ -31,6 +32,7 @@ _KEYS = {
     "rope.scaling.type": ("rope_scaling_type", False),
     "rope.scaling.factor": ("rope_scaling_factor", False),
     "vocab_size": ("vocab_size", False),
+    "mote.activation": ("activation", False),  # written by `mote convert` for exact-GELU models
 }
 
 
@@ -58,7 +60,7 @@ class ModelConfig:
     rope_dim: int | None = None
     rope_scaling_type: str | None = None
     rope_scaling_factor: float | None = None
-    extra: dict = field(default_factory=dict, compare=False)
+    activation: str | None = None  # feed-forward activation when not the family's own ("gelu_erf")
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -84,6 +86,36 @@ class ModelConfig:
         """Rotate first/second halves (NeoX) rather than adjacent pairs (llama's GGUF layout)."""
         return self.architecture in ("qwen2", "gemma3")
 
+    @property
+    def layer_norm(self) -> bool:
+        """LayerNorm with bias (gpt2) rather than RMSNorm."""
+        return self.architecture == "gpt2"
+
+    @property
+    def learned_positions(self) -> bool:
+        """A position_embd table added to the embeddings (gpt2) instead of RoPE."""
+        return self.architecture == "gpt2"
+
+    @property
+    def embed_scale(self) -> float | None:
+        """Gemma multiplies the embeddings by sqrt(d_model); None for the others."""
+        return math.sqrt(self.d_model) if self.architecture == "gemma3" else None
+
+    @property
+    def attn_scale(self) -> float:
+        """The factor on q.k: 1/sqrt(head_dim), except Gemma 3 27B (62 layers), which llama.cpp
+        scales by 1/sqrt(d_model / n_heads)."""
+        if self.architecture == "gemma3" and self.n_layers == 62:
+            return 1.0 / math.sqrt(self.d_model // self.n_heads)
+        return 1.0 / math.sqrt(self.head_dim)
+
+    @property
+    def ffn_activation(self) -> str:
+        """'silu' (llama, qwen2: SwiGLU), 'gelu_tanh' (gemma3's gate, gpt2) or 'gelu_erf' (converted models)."""
+        if self.activation:
+            return self.activation
+        return "silu" if self.architecture in ("llama", "qwen2") else "gelu_tanh"
+
     def is_sliding(self, layer: int) -> bool:
         """gemma3: five local (sliding-window) layers, then one global, repeating (llama.cpp's swa pattern 6)."""
         return self.architecture == "gemma3" and self.sliding_window is not None and (layer + 1) % 6 != 0
@@ -94,6 +126,12 @@ class ModelConfig:
         return self.rope_base
 
     # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_gguf(cls, gguf) -> "ModelConfig":
+        """The hyperparameters of a parsed GGUF file (the vocabulary size from token_embd if present)."""
+        emb = gguf.tensors.get("token_embd.weight")
+        return cls.from_metadata(gguf.metadata, vocab_size=emb.shape[0] if emb is not None else None)
+
     @classmethod
     def from_metadata(cls, metadata: dict, vocab_size: int | None = None) -> "ModelConfig":
         arch = metadata.get("general.architecture")
@@ -133,6 +171,8 @@ class ModelConfig:
         # Guard against absurd sizes from a hostile file before anything is allocated from them.
         if self.d_model > 1 << 16 or self.n_layers > 1 << 10 or self.n_heads > 1 << 10 or self.d_ff > 1 << 18:
             raise ConfigError(f"{self.architecture}: implausible dimensions {self}")
+        if self.activation not in (None, "gelu_erf", "gelu_tanh", "silu"):
+            raise ConfigError(f"activation {self.activation!r} not supported (expected gelu_erf, gelu_tanh or silu)")
         if self.rope_scaling_type not in (None, "none", "linear"):
             raise ConfigError(f"rope scaling {self.rope_scaling_type!r} not supported (expected none or linear)")
 

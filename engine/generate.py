@@ -31,36 +31,14 @@ between our yields is not counted, so the rates are the engine's own.
 
 from __future__ import annotations
 
-import codecs
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from engine.sampler import Sampler
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Decoding knobs; the defaults are llama.cpp's (except max_tokens)."""
-    temperature: float = 0.8     # <= 0: greedy
-    top_k: int = 40              # <= 0: off
-    top_p: float = 0.95          # >= 1: off
-    min_p: float = 0.05          # <= 0: off
-    repeat_penalty: float = 1.0  # 1.0: off
-    repeat_last_n: int = 64      # window of the repetition penalty (prompt tokens included)
-    seed: int | None = None      # None: a fresh seed (Sampler.seed records it)
-    max_tokens: int = 128        # sampled tokens, the stop token included
-    stop: tuple[str, ...] = ()   # stop strings
-
-    def __post_init__(self) -> None:
-        if isinstance(self.stop, str):  # a lone string would be split into characters
-            raise TypeError(f"stop must be a tuple of strings, got the string {self.stop!r}")
-        if any(not s for s in self.stop):
-            raise ValueError(f"stop strings must be non-empty, got {self.stop!r}")
-        if self.max_tokens < 0:
-            raise ValueError(f"max_tokens {self.max_tokens} must be >= 0")
+from engine.sampler import Sampler, SamplingParams  # noqa: F401  (SamplingParams: generate's parameter type)
+from engine.tokenizer import StreamDecoder
 
 
 @dataclass
@@ -161,9 +139,12 @@ def generate(model: _Model, tokenizer: _Tokenizer, prompt_tokens: Sequence[int],
     sampler.accept_many(prompt)
     stop_ids = frozenset(tokenizer.stop_ids)
     n_ctx = getattr(model, "n_ctx", None)         # optional: stop cleanly when the cache is full
-    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder = StreamDecoder(tokenizer)            # bytes -> text, never half a character
     stops = StopStringFilter(params.stop)
     pieces: list[str] = []                        # all released text, for full_text
+    if should_stop is not None and should_stop():  # stopped before any work
+        yield TokenEvent("done", reason="abort", n_prompt=len(prompt))
+        return
 
     # -- prefill: the whole prompt in one forward pass ---------------------------------------------
     t0 = time.perf_counter()
@@ -199,7 +180,7 @@ def generate(model: _Model, tokenizer: _Tokenizer, prompt_tokens: Sequence[int],
             reason = "eos"                        # never shown as text
             break
         sampler.accept(tok)
-        text, hit_stop = stops.feed(utf8.decode(tokenizer.token_bytes(tok)))
+        text, hit_stop = stops.feed(decoder.feed(tok))
         pieces.append(text)
         decode_s += time.perf_counter() - t0
         yield TokenEvent("token", token_id=tok, text=text)
@@ -210,7 +191,7 @@ def generate(model: _Model, tokenizer: _Tokenizer, prompt_tokens: Sequence[int],
         last = tok
 
     # -- done: release the held-back tail (not after a stop string) ------------------------------
-    tail = utf8.decode(b"", final=True)           # U+FFFD for a dangling partial character
+    tail = decoder.flush()                        # U+FFFD for a dangling partial character
     if reason == "stop":
         tail = ""
     else:

@@ -306,6 +306,12 @@ class GGUFFile:
             raise KeyError(f"no tensor named {name!r} in this GGUF file ({len(self.tensors)} tensors)")
         return np.frombuffer(self._mv, dtype=np.uint8, count=info.nbytes, offset=info.offset)  # (nbytes,)
 
+    def rows(self, name: str, a: int, b: int) -> np.ndarray:
+        """The bytes of rows a..b of a 2-D tensor (one row = one output of the matrix), no copy."""
+        t = self.tensors[name]
+        rb = row_nbytes(t.ggml_type, t.shape[-1])
+        return self.raw(name)[a * rb : b * rb]  # ((b - a) * row bytes,)
+
     def release(self, name: str) -> None:
         """Tell the OS it may drop the file pages of tensor `name` (after the engine copied it).
 

@@ -2,32 +2,23 @@
 
     path or name -> pull.resolve_model -> gguf.open_gguf -> model.load_model + Tokenizer + ChatTemplate
 
-The CLI, the benchmark and the tests use `load`; the browser bridge builds the same objects from a
-buffer with `load_buffer`.
+The CLI, the benchmarks and the tests use `load`; everything is assembled by engine.session.Session,
+as the browser bridge and the leader shard assemble it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from .chat import ChatTemplate
 from .gguf import GGUFFile, open_gguf
-from .model import LoadPolicy, Model, load_model
+from .model import LoadPolicy
 from .progress import Progress
 from .pull import resolve_model
-from .tokenizer import Tokenizer
+from .session import Session
 
 
-@dataclass
-class Loaded:
-    gguf: GGUFFile
-    model: Model
-    tokenizer: Tokenizer
-    template: ChatTemplate
-    path: Path | None
-    load_seconds: float
+Loaded = Session  # what load() returns: gguf, model, tokenizer, template, path, load_seconds
 
 
 def load_buffer(buffer, n_ctx: int | None = None, policy: LoadPolicy | None = None, path: Path | None = None,
@@ -36,19 +27,14 @@ def load_buffer(buffer, n_ctx: int | None = None, policy: LoadPolicy | None = No
 
     progress: None, a `(done, total)` callable, or "auto" (a bar on stderr for files over 32 MB).
     """
-    t0 = time.perf_counter()
     gguf = buffer if isinstance(buffer, GGUFFile) else GGUFFile(buffer)
     bar = None
     if progress == "auto":
         progress = bar = Progress(gguf.nbytes, f"load {path.name if path else 'model'}") if gguf.nbytes > 32 << 20 else None
-    if gguf.metadata.get("general.architecture") == "atome":
-        progress = None  # tiny, and not built layer by layer here
-    model = load_model(gguf, n_ctx=n_ctx, policy=policy or LoadPolicy(), progress=progress)
+    session = Session.load(gguf, n_ctx=n_ctx, policy=policy or LoadPolicy(), progress=progress, path=path)
     if bar is not None:
         bar.close()
-    tokenizer = Tokenizer.from_metadata(gguf.metadata)
-    template = ChatTemplate.from_metadata(gguf.metadata)
-    return Loaded(gguf, model, tokenizer, template, path, time.perf_counter() - t0)
+    return session
 
 
 def load(model: str | Path, n_ctx: int | None = None, policy: LoadPolicy | None = None, progress=None) -> Loaded:

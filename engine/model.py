@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -110,25 +110,31 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndar
 
 # ---- the model ----------------------------------------------------------------------------------
 
+SUM = "sum"        # sync point: every shard gets the sum of all shards' partials, in shard order
+GATHER = "gather"  # sync point: the leader gets the logits slices of all shards, in vocabulary order
+
 
 class Model:
-    """A loaded model: prepared weights, the KV cache, and `forward`."""
+    """A loaded model (or one shard of it): prepared weights, the KV cache, and `forward`.
 
-    def __init__(self, config: ModelConfig, weights: dict, n_ctx: int):
+    A whole model is shard 0 of 1. A shard holds the rows of the column-parallel matrices (q, k, v,
+    gate, up) for its heads and feed-forward units, the columns of the row-parallel ones
+    (attn_output, ffn_down) and a vocabulary slice of the embedding and LM head (`plan`);
+    `forward_steps` yields its partial results at the sync points, see engine/shard.py.
+    """
+
+    def __init__(self, config: ModelConfig, plan: "ShardPlan", weights: dict, n_ctx: int):
         self.config = config
+        self.plan = plan
         self.w = weights
         self.n_ctx = n_ctx
         cfg = config
-        kv_shape = (cfg.n_layers, n_ctx, cfg.kv_heads, cfg.head_dim)
+        (h0, h1), (k0, k1) = plan.heads, plan.kv_heads
+        self.n_heads, self.n_kv = h1 - h0, k1 - k0  # this shard's query and kv heads
+        kv_shape = (cfg.n_layers, n_ctx, max(1, self.n_kv), cfg.head_dim)
         self.k_cache = np.zeros(kv_shape, dtype=np.float32)  # (L, n_ctx, n_kv, hd)
         self.v_cache = np.zeros(kv_shape[:3] + (cfg.v_head_dim,), dtype=np.float32)  # (L, n_ctx, n_kv, hd_v)
         self.pos = 0
-        if cfg.architecture == "gemma3":
-            # llama.cpp: Gemma 3 27B scales queries by 1/sqrt(d_model / n_heads), the others by 1/sqrt(head_dim).
-            q_scalar = cfg.d_model // cfg.n_heads if cfg.n_layers == 62 else cfg.head_dim
-            self.attn_scale = 1.0 / math.sqrt(q_scalar)
-        else:
-            self.attn_scale = 1.0 / math.sqrt(cfg.head_dim)
         rope_dim = cfg.rope_dim or cfg.head_dim
         self._inv_freq = {}
         for layer in range(cfg.n_layers):
@@ -138,39 +144,74 @@ class Model:
     def reset(self) -> None:
         self.pos = 0
 
-    # The one forward pass. tokens: (n,) ids appended after the cached ones.
     def forward(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
-        cfg, w = self.config, self.w
+        """Logits after `tokens` (appended after the cached ones): (vocab,), or (n, vocab) with all_logits.
+
+        The whole model's run of `forward_steps`: each sync point's sum is its own partial."""
+        if self.plan.n_shards != 1:
+            raise ValueError(f"shard {self.plan.index} of {self.plan.n_shards} cannot run alone "
+                             "(drive the shards with engine.shard.run_lockstep)")
+        steps = self.forward_steps(tokens, all_logits)
+        _, part = next(steps)
+        try:
+            while True:
+                _, part = steps.send(part)
+        except StopIteration as stop:
+            return stop.value
+
+    # The one forward pass. tokens: (n,) ids appended after the cached ones.
+    def forward_steps(self, tokens: Sequence[int], all_logits: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+        """Yields (SUM | GATHER, partial) at each sync point and is sent the combined array;
+        returns the logits ((vocab,) or (n, vocab)) on the leader, None on the other shards."""
+        cfg, w, plan = self.config, self.w, self.plan
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)  # (n,)
         n = len(ids)
         if n == 0:
             raise ValueError("forward needs at least one token")
+        if ids.min() < 0 or ids.max() >= cfg.vocab_size:
+            raise ValueError(f"token id out of range 0..{cfg.vocab_size - 1}")
         if self.pos + n > self.n_ctx:
             raise ValueError(f"context full: {self.pos} + {n} tokens > n_ctx {self.n_ctx}")
         start, end = self.pos, self.pos + n
         positions = np.arange(start, end)  # (n,)
 
-        x = w["token_embd"](ids)  # (n, d)
-        if cfg.architecture == "gemma3":
-            x = x * np.float32(math.sqrt(cfg.d_model))  # Gemma scales embeddings by sqrt(d_model)
-        if cfg.architecture == "gpt2":
-            x = x + w["position_embd"][positions]  # learned positions, (n, d)
+        # embedding: the rows of this shard's vocabulary slice, zeros elsewhere; the SUM assembles them
+        v0, v1 = plan.vocab
+        if v0 == 0 and v1 == cfg.vocab_size:
+            x = w["token_embd"](ids)  # (n, d)
+        else:
+            x = np.zeros((n, cfg.d_model), np.float32)  # (n, d)
+            mine = (ids >= v0) & (ids < v1)  # (n,)
+            if mine.any():
+                x[mine] = w["token_embd"](ids[mine] - v0)
+        x = yield SUM, x  # (n, d)
+        if cfg.embed_scale is not None:
+            x = x * np.float32(cfg.embed_scale)  # Gemma scales embeddings by sqrt(d_model)
+        if cfg.learned_positions:
+            x = x + w["position_embd"][positions]  # (n, d)
 
         for i in range(cfg.n_layers):
             b = w["blk"][i]
-            # attention block: norm -> q, k, v -> (QK-norm) -> RoPE -> cache -> attend -> output
+            # attention block: norm -> my heads' q, k, v -> (QK-norm) -> RoPE -> cache -> attend -> output
             h = self._norm(x, b, "attn_norm")  # (n, d)
-            att = self._self_attention(i, h, b, positions)  # (n, H * hd_v)
-            o = b["attn_output"](att)  # (n, d)
+            if self.n_heads:
+                att = self._self_attention(i, h, b, positions)  # (n, H_mine * hd_v)
+                o = b["attn_output"](att)  # (n, d) my heads' share
+            else:
+                o = np.zeros((n, cfg.d_model), np.float32)  # (n, d) more shards than heads: none here
+            if plan.split_attention:
+                o = yield SUM, o  # (n, d) all heads
             if "attn_output.bias" in b:
                 o = o + b["attn_output.bias"]
             if "post_attention_norm" in b:
                 o = rmsnorm(o, b["post_attention_norm"], cfg.eps)
             x = x + o  # residual
 
-            # feed-forward block: norm -> (gate *) up -> down -> (post-norm) -> residual
+            # feed-forward block: norm -> act(gate) * up of my units -> down -> SUM -> (post-norm) -> residual
             h = self._norm(x, b, "ffn_norm")  # (n, d)
-            f = self._ffn(h, b)  # (n, d)
+            f = yield SUM, self._ffn(h, b)  # (n, d)
+            if "ffn_down.bias" in b:
+                f = f + b["ffn_down.bias"]
             if "post_ffw_norm" in b:
                 f = rmsnorm(f, b["post_ffw_norm"], cfg.eps)
             x = x + f  # residual
@@ -178,13 +219,16 @@ class Model:
         self.pos = end
         x = x if all_logits else x[-1:]  # only the last position feeds sampling
         x = self._norm(x, w, "output_norm")  # (m, d)
-        logits = w["output"](x)  # (m, vocab)
-        return logits if all_logits else logits[0]
+        logits = yield GATHER, w["output"](x)  # (m, vocab_mine) -> (m, vocab) on the leader
+        if logits is None:
+            return None
+        logits = np.asarray(logits).reshape(-1, cfg.vocab_size)  # (m, vocab)
+        return logits if all_logits else logits[-1]
 
     # ---- pieces of forward ----------------------------------------------------------------------
 
     def _norm(self, x: np.ndarray, b: dict, name: str) -> np.ndarray:
-        if self.config.architecture == "gpt2":
+        if self.config.layer_norm:
             return layernorm(x, b[name], b[name + ".bias"], self.config.eps)
         return rmsnorm(x, b[name], self.config.eps)
 
@@ -194,16 +238,16 @@ class Model:
             qkv = b["attn_qkv"](h)  # (n, (H + 2 KV) hd)
             if "attn_qkv.bias" in b:
                 qkv = qkv + b["attn_qkv.bias"]
-            dq, dk = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+            dq, dk = self.n_heads * cfg.head_dim, self.n_kv * cfg.head_dim
             q, k, v = qkv[:, :dq], qkv[:, dq : dq + dk], qkv[:, dq + dk :]
         else:
             q, k, v = b["attn_q"](h), b["attn_k"](h), b["attn_v"](h)  # (n, H hd), (n, KV hd), (n, KV hd_v)
             if "attn_q.bias" in b:
                 q, k, v = q + b["attn_q.bias"], k + b["attn_k.bias"], v + b["attn_v.bias"]
         return (
-            q.reshape(n, cfg.n_heads, cfg.head_dim),
-            k.reshape(n, cfg.kv_heads, cfg.head_dim),
-            v.reshape(n, cfg.kv_heads, cfg.v_head_dim),
+            q.reshape(n, self.n_heads, cfg.head_dim),
+            k.reshape(n, self.n_kv, cfg.head_dim),
+            v.reshape(n, self.n_kv, cfg.v_head_dim),
         )
 
     def _self_attention(self, layer: int, h: np.ndarray, b: dict, positions: np.ndarray) -> np.ndarray:
@@ -213,7 +257,7 @@ class Model:
         if "attn_q_norm" in b:
             q = rmsnorm(q, b["attn_q_norm"], cfg.eps)
             k = rmsnorm(k, b["attn_k_norm"], cfg.eps)
-        if cfg.architecture != "gpt2":
+        if not cfg.learned_positions:
             cos, sin = self._rope_angles(layer, positions)  # (n, 1, hd/2)
             q = rope(q, cos, sin, cfg.rope_neox)
             k = rope(k, cos, sin, cfg.rope_neox)
@@ -240,7 +284,7 @@ class Model:
         """Causal (and, for sliding layers, windowed) attention over the cache. q: (n, H, hd)."""
         cfg = self.config
         n, n_heads, hd = q.shape
-        kv, group = cfg.kv_heads, cfg.n_heads // cfg.kv_heads
+        kv, group = self.n_kv, n_heads // self.n_kv
         lo = 0
         window = cfg.sliding_window if cfg.is_sliding(layer) else None
         if window is not None:
@@ -249,7 +293,7 @@ class Model:
         vals = self.v_cache[layer, lo:end]  # (T, KV, hd_v)
         qg = q.reshape(n, kv, group, hd).transpose(1, 2, 0, 3)  # (KV, G, n, hd)
         scores = qg @ keys.transpose(1, 2, 0)[:, None]  # (KV, G, n, T)
-        scores *= np.float32(self.attn_scale)
+        scores *= np.float32(cfg.attn_scale)
         qpos = np.arange(start, end)[:, None]  # (n, 1)
         kpos = np.arange(lo, end)[None, :]  # (1, T)
         masked = kpos > qpos  # causal
@@ -262,19 +306,113 @@ class Model:
         return out.transpose(2, 0, 1, 3).reshape(n, n_heads * cfg.v_head_dim)  # (n, H hd_v)
 
     def _ffn(self, h: np.ndarray, b: dict) -> np.ndarray:
-        arch = self.config.architecture
+        """My feed-forward units' share of the FFN output (ffn_down's bias is added after the SUM)."""
+        act = _ACTIVATIONS[self.config.ffn_activation]
         if "ffn_gate" in b:  # gated: act(gate) * up
-            g, u = b["ffn_gate"](h), b["ffn_up"](h)  # (n, d_ff)
-            a = gelu_tanh(g) if arch == "gemma3" else silu(g)
-            return b["ffn_down"](a * u)  # (n, d)
-        u = b["ffn_up"](h)  # (n, d_ff)
+            g, u = b["ffn_gate"](h), b["ffn_up"](h)  # (n, d_ff_mine)
+            return b["ffn_down"](act(g) * u)  # (n, d)
+        u = b["ffn_up"](h)  # (n, d_ff_mine)
         if "ffn_up.bias" in b:
             u = u + b["ffn_up.bias"]
-        a = gelu_erf(u) if self.config.extra.get("activation") == "gelu_erf" else gelu_tanh(u)
-        f = b["ffn_down"](a)  # (n, d)
-        if "ffn_down.bias" in b:
-            f = f + b["ffn_down.bias"]
-        return f
+        return b["ffn_down"](act(u))  # (n, d)
+
+
+_ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh, "gelu_erf": gelu_erf}
+
+
+# ---- the split: what one shard of N holds ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """What shard `index` of `n_shards` computes; every range is [start, end). A whole model is 0 of 1."""
+
+    index: int
+    n_shards: int
+    heads: tuple[int, int]      # query heads
+    kv_heads: tuple[int, int]   # key/value heads those queries read (shared by several shards if N > n_kv)
+    ffn: tuple[int, int]        # feed-forward units (rows of gate/up, columns of down)
+    vocab: tuple[int, int]      # token ids: rows of token_embd and of the LM head
+    split_attention: bool = True  # False: every shard computes all heads (no SUM after attention)
+
+
+def _even(n: int, parts: int, unit: int = 1) -> list[int]:
+    """Boundaries cutting n into `parts` nearly equal pieces at multiples of `unit`.
+
+    >>> _even(10, 3), _even(96, 2, 32), _even(2048, 2, 256)
+    ([0, 3, 7, 10], [0, 64, 96], [0, 1024, 2048])
+    """
+    if unit <= 1 or n % unit:
+        return [round(n * k / parts) for k in range(parts + 1)]
+    return [round(n / unit * k / parts) * unit for k in range(parts + 1)]
+
+
+def plan_shards(cfg: ModelConfig, n: int, ffn_unit: int = 1, split_attention: bool = True) -> list[ShardPlan]:
+    """Split `cfg`'s heads, feed-forward units and vocabulary over n shards (n = 1: the whole model).
+
+    split_attention=False keeps attention whole on every shard (replicated: about a third of a
+    Gemma 3 270M layer's weights) and splits only the FFN and the vocabulary: one SUM per layer
+    instead of two, for machines where a sync point costs more than the attention it saves.
+
+    Heads follow their kv groups: with n <= n_kv each shard takes whole groups; with more shards
+    than kv heads each shard's heads lie inside one group (its kv head is then computed by every
+    shard of that group: a few % of a layer, no sync needed). ffn_unit: the block size of ffn_down,
+    so each shard's columns of it are whole blocks.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"number of shards {n!r} must be a positive integer")
+    if n > cfg.n_heads and split_attention:
+        raise ValueError(f"{n} shards for {cfg.n_heads} attention heads (expected at most one shard per head)")
+    kv, group = cfg.kv_heads, cfg.n_heads // cfg.kv_heads
+    heads, kvs = [], []
+    if not split_attention:
+        heads, kvs = [(0, cfg.n_heads)] * n, [(0, kv)] * n
+    elif n <= kv:
+        cuts = _even(kv, n)
+        kvs = [(cuts[i], cuts[i + 1]) for i in range(n)]
+        heads = [(a * group, b * group) for a, b in kvs]
+    else:  # several shards per kv group: shard i works inside group i * kv // n
+        for g in range(kv):
+            members = [i for i in range(n) if i * kv // n == g]
+            cuts = _even(group, len(members))
+            for j, _ in enumerate(members):
+                heads.append((g * group + cuts[j], g * group + cuts[j + 1]))
+                kvs.append((g, g + 1))
+    ffn = _even(cfg.d_ff, n, ffn_unit)
+    vocab = _even(cfg.vocab_size, n)
+    return [ShardPlan(i, n, heads[i], kvs[i], (ffn[i], ffn[i + 1]), (vocab[i], vocab[i + 1]), split_attention)
+            for i in range(n)]
+
+
+def plan_for(gguf: GGUFFile, n: int, split_attention: bool = True) -> list[ShardPlan]:
+    """plan_shards for this file: its config, and ffn_down's block size (its column cuts must be whole blocks)."""
+    cfg = ModelConfig.from_gguf(gguf)
+    sizes = [quants.TYPES[gguf.tensors[f"blk.{i}.ffn_down.weight"].ggml_type].block_size
+             for i in range(cfg.n_layers) if f"blk.{i}.ffn_down.weight" in gguf.tensors]
+    return plan_shards(cfg, n, max(sizes, default=1), split_attention)
+
+
+COLUMN_PARALLEL = ("attn_q", "attn_k", "attn_v", "attn_qkv", "ffn_gate", "ffn_up")  # split by rows
+ROW_PARALLEL = ("attn_output", "ffn_down")  # split by columns; their partial outputs are summed
+
+
+def row_ranges(cfg: ModelConfig, plan: ShardPlan) -> dict[str, list[tuple[int, int]]]:
+    """Rows each column-parallel matrix contributes to this shard (several for the fused qkv)."""
+    hd, hdv = cfg.head_dim, cfg.v_head_dim
+    (h0, h1), (k0, k1), (f0, f1) = plan.heads, plan.kv_heads, plan.ffn
+    q, k, v = (h0 * hd, h1 * hd), (k0 * hd, k1 * hd), (k0 * hdv, k1 * hdv)
+    dq, dk = cfg.n_heads * hd, cfg.kv_heads * hd
+    return {
+        "attn_q": [q], "attn_k": [k], "attn_v": [v],
+        "attn_qkv": [q, (dq + k[0], dq + k[1]), (dq + dk + v[0], dq + dk + v[1])],  # rows are [q; k; v]
+        "ffn_gate": [(f0, f1)], "ffn_up": [(f0, f1)],
+    }
+
+
+def column_ranges(cfg: ModelConfig, plan: ShardPlan) -> dict[str, tuple[int, int]]:
+    """Columns of each row-parallel matrix this shard multiplies (its heads' outputs, its units)."""
+    (h0, h1), hdv = plan.heads, cfg.v_head_dim
+    return {"attn_output": (h0 * hdv, h1 * hdv), "ffn_down": plan.ffn}
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -284,20 +422,20 @@ _VECTORS = ("attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attenti
 
 
 def load_model(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolicy = LoadPolicy(),
-               progress: Callable[[int, int], None] | None = None) -> Model:
-    """Build a Model from a parsed GGUF file: hyperparameters once, then every weight in its resident form.
+               progress: Callable[[int, int], None] | None = None, plan: ShardPlan | None = None):
+    """Build a Model (or shard `plan` of one) from a parsed GGUF file: hyperparameters once, then
+    every weight this shard needs in its resident form.
 
+    gguf may be a whole file or an engine.shard.ShardFile holding only the byte ranges of `plan`.
     `progress(done, total)` is called with tensor bytes prepared so far (a bar for big files).
     """
-    md = gguf.metadata
-    if md.get("general.architecture") == "atome":  # not a transformer: its own module
-        from . import atome
-
-        return atome.load_from_gguf(gguf, n_ctx)
-    vocab = gguf.tensors["token_embd.weight"].shape[0] if "token_embd.weight" in gguf.tensors else None
-    cfg = ModelConfig.from_metadata(md, vocab_size=vocab)
-    if md.get(f"{cfg.architecture}.mote.activation") == "gelu_erf":  # written by `mote convert` for exact-GELU models
-        cfg = ModelConfig(**{**cfg.__dict__, "extra": {"activation": "gelu_erf"}})
+    arch = gguf.metadata.get("general.architecture")
+    if arch in LOADERS:  # architectures that are not built from transformer blocks
+        if plan is not None and plan.n_shards > 1:
+            raise ConfigError(f"architecture {arch!r} cannot be sharded")
+        return LOADERS[arch](gguf, n_ctx)
+    cfg = ModelConfig.from_gguf(gguf)
+    plan = plan or plan_shards(cfg, 1)[0]
     n_ctx = min(n_ctx or DEFAULT_CTX, cfg.context_length)
 
     def tensor(name: str, shape: tuple[int, ...] | None = None):
@@ -324,68 +462,128 @@ def load_model(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolicy = Lo
         "ffn_down": (d, cfg.d_ff),
     }
     vec_sizes = {"attn_q_norm": hd, "attn_k_norm": hd}
+    rows, cols = row_ranges(cfg, plan), column_ranges(cfg, plan)
     total_bytes = sum(t.nbytes for t in gguf.tensors.values())
     done_bytes = 0
     dense_left = policy.dense_layers_mb * 2**20  # float32 bytes still allowed for block matrices
     release = getattr(gguf, "release", None)  # drop a tensor's file pages once it has been copied
+
+    def matrix(name: str, t, n_out: int, n_in: int, cut):
+        """My part of matrix `name` (cut(dense) builds it), float32 while the budget lasts."""
+        nonlocal dense_left, done_bytes
+        dense = 4 * n_out * n_in <= dense_left
+        dense_left -= 4 * n_out * n_in if dense else 0
+        lin = cut(dense)
+        if release is not None and lin.copied:
+            release(name)
+        done_bytes += t.nbytes
+        if progress is not None:
+            progress(done_bytes, total_bytes)
+        return lin
 
     blocks = []
     for i in range(cfg.n_layers):
         b: dict = {}
         for m in _MATRICES:
             name = f"blk.{i}.{m}.weight"
-            if name in gguf.tensors:
-                t = tensor(name, shapes[m])
-                dense = 4 * math.prod(t.shape) <= dense_left
-                dense_left -= 4 * math.prod(t.shape) if dense else 0
-                b[m] = prepare_linear(gguf.raw(name), t.ggml_type, t.shape, dense=dense, in_place=policy.own_buffer)
-                if release is not None and b[m].copied:
-                    release(name)
-                done_bytes += t.nbytes
-                if progress is not None:
-                    progress(done_bytes, total_bytes)
-                if f"blk.{i}.{m}.bias" in gguf.tensors:
-                    b[m + ".bias"] = vector(f"blk.{i}.{m}.bias", shapes[m][0])
+            if name not in gguf.tensors:
+                continue
+            t = tensor(name, shapes[m])
+            bias = gguf.tensors.get(f"blk.{i}.{m}.bias")
+            if m in rows:  # column-parallel: my rows (and their biases)
+                spans = [(a, e) for a, e in rows[m] if e > a]
+                n_rows = sum(e - a for a, e in spans)
+                if n_rows:
+                    b[m] = matrix(name, t, n_rows, t.shape[1],
+                                  lambda dense: _rows(gguf, name, spans, dense, policy.own_buffer))
+                if bias is not None:
+                    full = vector(bias.name, shapes[m][0])  # (n_out,)
+                    b[m + ".bias"] = np.concatenate([full[a:e] for a, e in spans]) if spans else full[:0]
+            else:  # row-parallel: my columns; the bias is added once, after the SUM
+                c0, c1 = cols[m]
+                if c1 > c0:
+                    b[m] = matrix(name, t, t.shape[0], c1 - c0,
+                                  lambda dense: _columns(gguf, name, c0, c1, dense, policy.own_buffer))
+                if bias is not None:
+                    b[m + ".bias"] = vector(bias.name, shapes[m][0])
         for v in _VECTORS:
             if f"blk.{i}.{v}.weight" in gguf.tensors:
                 b[v] = vector(f"blk.{i}.{v}.weight", vec_sizes.get(v, d))
                 if f"blk.{i}.{v}.bias" in gguf.tensors:
                     b[v + ".bias"] = vector(f"blk.{i}.{v}.bias", vec_sizes.get(v, d))
-        missing = [m for m in ("attn_norm", "attn_output", "ffn_norm", "ffn_up", "ffn_down") if m not in b]
-        if "attn_qkv" not in b and not all(m in b for m in ("attn_q", "attn_k", "attn_v")):
-            missing.append("attn_q/attn_k/attn_v or attn_qkv")
-        if cfg.architecture == "gemma3":
-            missing += [m for m in ("attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm") if m not in b]
-        if cfg.architecture in ("llama", "qwen2", "gemma3") and "ffn_gate" not in b:
-            missing.append("ffn_gate")
-        if missing:
-            raise ConfigError(f"layer {i}: missing tensors {', '.join(missing)}")
+        _check_layer(cfg, i, gguf.tensors)
         blocks.append(b)
 
     emb = tensor("token_embd.weight")
     if len(emb.shape) != 2 or emb.shape[1] != d:
         raise ConfigError(f"token_embd.weight has shape {tuple(emb.shape)} (expected (vocab, {d}))")
-    weights: dict = {"blk": blocks, "token_embd": Embedding(gguf.raw("token_embd.weight"), emb.ggml_type, emb.shape)}
+    v0, v1 = plan.vocab
+    weights: dict = {"blk": blocks, "token_embd": Embedding(gguf.rows(emb.name, v0, v1), emb.ggml_type, (v1 - v0, d))}
     weights["output_norm"] = vector("output_norm.weight", d)
     if "output_norm.bias" in gguf.tensors:
         weights["output_norm.bias"] = vector("output_norm.bias", d)
     head = tensor("output.weight") if "output.weight" in gguf.tensors else emb  # tied when absent
     if len(head.shape) != 2 or head.shape[1] != d:
         raise ConfigError(f"{head.name} has shape {tuple(head.shape)} (expected (vocab, {d}))")
-    head_dense = 4 * math.prod(head.shape) <= policy.dense_head_mb * 2**20
-    weights["output"] = prepare_linear(gguf.raw(head.name), head.ggml_type, head.shape, dense=head_dense,
-                                       in_place=policy.own_buffer)
+    head_dense = 4 * (v1 - v0) * d <= policy.dense_head_mb * 2**20
+    weights["output"] = _rows(gguf, head.name, [(v0, v1)], head_dense, policy.own_buffer)  # (vocab_mine, d)
     if getattr(weights["output"], "compacted", False) and head is emb:  # tied: the file's rows are gone
         weights["token_embd"] = Embedding.from_block(weights["output"], emb.ggml_type)
     if release is not None and weights["output"].copied:  # the kernel repacked the head: drop its file pages
         release(head.name)
-    if cfg.architecture == "gpt2":
+    if cfg.learned_positions:
         pe = tensor("position_embd.weight")
         weights["position_embd"] = quants.dequantize(gguf.raw(pe.name), pe.ggml_type, pe.shape)  # (n_pos, d)
         n_ctx = min(n_ctx, pe.shape[0])
     if progress is not None:
         progress(total_bytes, total_bytes)
-    return Model(cfg, weights, n_ctx)
+    return Model(cfg, plan, weights, n_ctx)
+
+
+def _check_layer(cfg: ModelConfig, i: int, tensors: dict) -> None:
+    """Every tensor layer i's forward pass reads is in the file (whichever part this shard holds)."""
+    def has(m: str) -> bool:
+        return f"blk.{i}.{m}.weight" in tensors
+
+    missing = [m for m in ("attn_norm", "attn_output", "ffn_norm", "ffn_up", "ffn_down") if not has(m)]
+    if not has("attn_qkv") and not all(has(m) for m in ("attn_q", "attn_k", "attn_v")):
+        missing.append("attn_q/attn_k/attn_v or attn_qkv")
+    if cfg.architecture == "gemma3":
+        missing += [m for m in ("attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm") if not has(m)]
+    if cfg.architecture in ("llama", "qwen2", "gemma3") and not has("ffn_gate"):
+        missing.append("ffn_gate")
+    if missing:
+        raise ConfigError(f"layer {i}: missing tensors {', '.join(missing)}")
+
+
+def _rows(gguf: GGUFFile, name: str, spans: list[tuple[int, int]], dense: bool, in_place: bool):
+    """Resident form of the given row ranges of matrix `name`, concatenated in order."""
+    t = gguf.tensors[name]
+    parts = [gguf.rows(name, a, b) for a, b in spans if b > a]
+    raw = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (rows * row bytes,) uint8
+    n_rows = sum(b - a for a, b in spans)
+    return prepare_linear(raw, t.ggml_type, (n_rows, t.shape[1]), dense=dense, in_place=in_place)
+
+
+def _columns(gguf: GGUFFile, name: str, c0: int, c1: int, dense: bool, own_buffer: bool):
+    """Resident form of columns c0..c1 of matrix `name`: whole blocks when the cut allows it.
+
+    A cut is a fresh copy (unless it is every column), so Q8_0 is compacted in it; with
+    own_buffer the file's bytes are this model's own and may be compacted too.
+    """
+    t = gguf.tensors[name]
+    n_out, n_in = t.shape
+    qt = quants.TYPES[t.ggml_type]
+    raw = gguf.raw(name)  # (n_out * row bytes,) uint8
+    if (c0, c1) == (0, n_in):
+        return prepare_linear(raw, t.ggml_type, t.shape, dense=dense, in_place=own_buffer)
+    if c0 % qt.block_size == 0 and c1 % qt.block_size == 0:
+        b0, b1 = c0 // qt.block_size * qt.type_size, c1 // qt.block_size * qt.type_size  # byte columns
+        part = np.ascontiguousarray(raw.reshape(n_out, -1)[:, b0:b1])  # (n_out, cut bytes) whole blocks, a copy
+        return prepare_linear(part.reshape(-1), t.ggml_type, (n_out, c1 - c0), dense=dense, in_place=True)
+    # a cut inside a block (tiny models only): dequantize, keep float32 columns
+    w = quants.dequantize(raw, t.ggml_type, t.shape)  # (n_out, n_in) float32
+    return DenseLinear(np.ascontiguousarray(w[:, c0:c1]))
 
 
 def resident_bytes(model: Model) -> int:
@@ -398,3 +596,13 @@ def resident_bytes(model: Model) -> int:
             elif isinstance(v, np.ndarray):
                 total += v.nbytes
     return total
+
+
+def _load_atome(gguf: GGUFFile, n_ctx: int | None):
+    from . import atome
+
+    return atome.load_from_gguf(gguf, n_ctx)
+
+
+# general.architecture -> loader, for architectures not built from transformer blocks
+LOADERS: dict[str, Callable] = {"atome": _load_atome}

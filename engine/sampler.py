@@ -41,21 +41,40 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 TOP_P_PROBE = 1024   # first candidate-set size tried for top-p without top-k
 
-if TYPE_CHECKING:  # generate.py defines SamplingParams and imports this module
-    from engine.generate import SamplingParams
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding knobs; the defaults are llama.cpp's (except max_tokens)."""
+    temperature: float = 0.8     # <= 0: greedy
+    top_k: int = 40              # <= 0: off
+    top_p: float = 0.95          # >= 1: off
+    min_p: float = 0.05          # <= 0: off
+    repeat_penalty: float = 1.0  # 1.0: off
+    repeat_last_n: int = 64      # window of the repetition penalty (prompt tokens included)
+    seed: int | None = None      # None: a fresh seed (Sampler.seed records it)
+    max_tokens: int = 128        # sampled tokens, the stop token included
+    stop: tuple[str, ...] = ()   # stop strings
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # a lone string would be split into characters
+            raise TypeError(f"stop must be a tuple of strings, got the string {self.stop!r}")
+        if any(not s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty, got {self.stop!r}")
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens {self.max_tokens} must be >= 0")
 
 
 class Sampler:
     """Turns one logits vector into one token id, following `SamplingParams`.
 
-    >>> from engine.generate import SamplingParams
-    >>> s = Sampler(SamplingParams(temperature=0))
+        >>> s = Sampler(SamplingParams(temperature=0))
     >>> s.sample(np.array([0.5, 2.0, 2.0, -1.0], dtype=np.float32))  # greedy, tie -> lower id
     1
 
@@ -63,7 +82,7 @@ class Sampler:
     repetition penalty sees them; `engine.generate` does this.
     """
 
-    def __init__(self, params: "SamplingParams") -> None:
+    def __init__(self, params: SamplingParams) -> None:
         if params.repeat_penalty <= 0:
             raise ValueError(f"repeat_penalty {params.repeat_penalty} must be > 0 (1.0 = off)")
         if params.repeat_last_n < 0:

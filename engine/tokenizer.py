@@ -665,7 +665,8 @@ class StreamDecoder:
 
     def feed(self, token_id: int) -> str:
         """The text that became complete with this token ("" while a character is unfinished)."""
-        return self._utf8.decode(self.tokenizer.token_bytes(token_id, self.special))
+        piece = self.tokenizer.token_bytes(token_id, True) if self.special else self.tokenizer.token_bytes(token_id)
+        return self._utf8.decode(piece)
 
     def flush(self) -> str:
         """End of stream: whatever is left (U+FFFD for an unfinished character), then reset."""

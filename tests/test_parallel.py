@@ -27,7 +27,8 @@ from engine import shard
 from engine.generate import SamplingParams, generate
 from engine.gguf import open_gguf
 from engine.loader import load
-from engine.model import LoadPolicy, load_model
+from engine.model import ROW_PARALLEL, LoadPolicy, load_model
+from engine.session import Generation, LookaheadModel, Session
 from tests.paths import gemma_path
 from tests.tiny_models import VOCAB, write_tiny
 
@@ -64,7 +65,7 @@ def _shards_from_ranges(path, n, policy=shard.WORKER_POLICY, n_ctx=None, split_a
     for plan in plans:
         ranges = shard.shard_ranges(shard.ShardFile(header, len(data)), plan)
         pieces = [(a, bytearray(data[a:b])) for a, b in ranges]
-        shards.append(shard.load_shard(shard.ShardFile(header, len(data), pieces), plan, n_ctx, policy))
+        shards.append(load_model(shard.ShardFile(header, len(data), pieces), n_ctx, policy, plan=plan))
     return shards
 
 
@@ -124,14 +125,14 @@ def test_sharded_block_quantized(tiny, arch, qtype, tied):
     # as ShardLoader.runner loads them: each worker owns its pieces, Q8_0 is compacted in them
     own = dataclasses.replace(BLOCKS, own_buffer=True)
     shards = _shards_from_ranges(path, 2, policy=own)
-    assert (qtype == "Q8_0") == any(getattr(s.head, "compacted", False) for s in shards)
+    assert (qtype == "Q8_0") == any(getattr(s.w["output"], "compacted", False) for s in shards)
     assert _compare(shards, model, _tokens(12, seed=3), split=5) < 1e-4
     # the row-parallel matrices' column cuts are fresh copies: Q8_0 is compacted in them (the
     # contiguous int8 rows the fast kernel wants), with or without own_buffer
     for policy in (BLOCKS, own):
         for s in _shards_from_ranges(path, 2, policy=policy):
-            for blk in s.local.w["blk"]:
-                for m in shard.ROW_PARALLEL:
+            for blk in s.w["blk"]:
+                for m in ROW_PARALLEL:
                     if m in blk and hasattr(blk[m], "compacted"):
                         assert blk[m].compacted == (qtype == "Q8_0"), (m, policy.own_buffer)
 
@@ -200,8 +201,8 @@ def test_leader_generation_gives_engine_tokens(tiny, arch):
     want = [ev.token_id for ev in generate(loaded.model, loaded.tokenizer, prompt, params) if ev.kind == "token"]
 
     shards = _shards_from_ranges(path, 2, policy=BLOCKS)
-    session = shard.LeaderSession(open_gguf(path), shards[0].n_ctx)
-    gen = shard.LeaderGeneration(session, prompt, 0, params)
+    session = Session(open_gguf(path), LookaheadModel(shards[0].n_ctx))
+    gen = Generation(session, prompt, 0, params)
     got, done = [], None
     while True:
         need = gen.need()
@@ -296,7 +297,7 @@ def test_gemma_sharded_forward_equals_model():
         for start, end in loader.ranges():
             loader.write(start, memoryview(data)[start:end])
         shards.append(loader.runner().model)
-        assert shards[-1].head.compacted  # Gemma's tied Q8_0 head, compacted in the worker's piece
+        assert shards[-1].w["output"].compacted  # Gemma's tied Q8_0 head, compacted in the worker's piece
         print(f"\nshard {plan.index}: heads {plan.heads} ffn {plan.ffn} vocab {plan.vocab}: "
               f"{loader.held_bytes() / 2**20:.1f} MB of {len(data) / 2**20:.1f} MB")
     assert _compare(shards, model, toks, split=6) < 1e-4

@@ -1,0 +1,213 @@
+"""Sessions: a loaded model with its tokenizer and chat template, answering requests (after generate.py).
+
+    GGUF buffer -> Session.load -> Session(gguf, model, tokenizer, template)
+        request {"messages" | "prompt", "params"} -> Session.start -> Generation
+        Generation.step() -> {"type": "prefill" | "token" | "done", ...}  one message dict per event
+
+The one place where (gguf, model, tokenizer, template) are assembled and where a request becomes
+token ids and event messages; the CLI, the browser worker (engine/bridge.py) and the leader of a
+sharded model (engine/shard.py) all use it. The message fields are declared for the page in
+static/protocol.js (tests/test_protocol.py checks both sides agree).
+
+A sharded model's leader cannot call forward() synchronously (the shards exchange messages), so
+its Session holds a `LookaheadModel`: the worker asks `Generation.need()` which tokens to run,
+runs them on every shard, `provide`s the logits, then calls `step()`. For a local model need()
+is always None and step() runs the forward pass itself.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .chat import ChatTemplate, chat_tokens
+from .generate import generate
+from .gguf import GGUFFile
+from .model import LoadPolicy, load_model
+from .sampler import SamplingParams
+from .tokenizer import Tokenizer
+
+# Sampling settings a request may carry, with their types; anything else is refused by name.
+PARAM_TYPES = {"temperature": float, "top_k": int, "top_p": float, "min_p": float,
+               "repeat_penalty": float, "repeat_last_n": int, "seed": int, "max_tokens": int}
+
+
+class LookaheadModel:
+    """Stands in for Model inside engine.generate: forward() hands out logits computed elsewhere
+    (by the shards) and `provide`d before generate() asks for them."""
+
+    def __init__(self, n_ctx: int):
+        self.n_ctx = n_ctx
+        self.pos = 0
+        self._ready: tuple[list[int], np.ndarray] | None = None
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def provide(self, tokens: list[int], logits: np.ndarray) -> None:
+        self._ready = (list(tokens), logits)
+
+    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+        if self._ready is None or self._ready[0] != [int(t) for t in tokens]:
+            have = None if self._ready is None else self._ready[0]
+            raise RuntimeError(f"forward({list(tokens)}) but the shards computed {have}")
+        logits = self._ready[1]
+        self._ready = None
+        self.pos += len(tokens)
+        return logits
+
+
+class Session:
+    """A loaded model with its tokenizer and chat template, and the tokens its KV cache holds."""
+
+    def __init__(self, gguf: GGUFFile, model, load_seconds: float = 0.0, path=None):
+        self.gguf = gguf
+        self.model = model  # engine.model.Model (or AtomeModel), or a LookaheadModel on a leader shard
+        self.tokenizer = Tokenizer.from_metadata(gguf.metadata)
+        self.template = ChatTemplate.from_metadata(gguf.metadata)
+        self.load_seconds = load_seconds
+        self.path = path                 # the file it came from, when there is one
+        self._cached: list[int] = []     # token ids whose keys/values sit in the model's KV cache
+
+    @classmethod
+    def load(cls, buffer, n_ctx: int | None = None, policy: LoadPolicy = LoadPolicy(),
+             progress: Callable[[int, int], None] | None = None, path=None) -> "Session":
+        """Parse GGUF bytes (bytes, bytearray, memoryview, mmap, or a GGUFFile) and load the model."""
+        t0 = time.perf_counter()
+        gguf = buffer if isinstance(buffer, GGUFFile) else GGUFFile(buffer)
+        model = load_model(gguf, n_ctx=n_ctx, policy=policy, progress=progress)
+        session = cls(gguf, model, path=path)
+        session.load_seconds = time.perf_counter() - t0
+        return session
+
+    def info(self) -> dict:
+        md = self.gguf.metadata
+        return {
+            "name": md.get("general.name"),
+            "architecture": md.get("general.architecture"),
+            "n_ctx": getattr(self.model, "n_ctx", None),
+            "vocab_size": self.tokenizer.vocab_size,
+            "chat_template": self.template.note,
+            "load_seconds": self.load_seconds,
+            "n_bytes": self.gguf.nbytes,
+        }
+
+    def prompt_tokens(self, request: dict) -> list[int]:
+        """Token ids of a request: a chat (`messages`, through the chat template) or a raw `prompt`."""
+        if request.get("messages") is not None:
+            return chat_tokens(self.tokenizer, self.template, request["messages"])
+        prompt = request.get("prompt")
+        if not isinstance(prompt, str):
+            raise ValueError(f"generate request needs 'messages' or a 'prompt' string, got {sorted(request)}")
+        return list(self.tokenizer.encode(prompt, add_bos=None))
+
+    def start(self, request: dict) -> "Generation":
+        """Begin answering `request` = {"messages": [...]} or {"prompt": str}, plus "params"."""
+        params = sampling_params(request.get("params") or {}, self.template.stop)
+        tokens = self.prompt_tokens(request)
+        return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos), params)
+
+    def remember(self, tokens: list[int]) -> None:
+        """Record what the KV cache holds after a generation (model.pos tokens of `tokens`)."""
+        self._cached = list(tokens[: self.model.pos]) if tokens else []
+
+
+class Generation:
+    """One answer being generated: step() until it returns None.
+
+    Events (plain dicts, the fields static/protocol.js declares):
+        {"type": "prefill", "n_prompt", "prefill_tok_s"}
+        {"type": "token", "text", "token_id", "n"}          one sampled token (text may be "")
+        {"type": "done", "reason", "text", "full_text", "n_prompt", "n_generated",
+         "prefill_tok_s", "decode_tok_s", "token_ids"}       reason: eos | stop | length | abort
+    `text` is the newly printable text; done's `full_text` is the whole answer (stop strings cut).
+    """
+
+    def __init__(self, session: Session, prompt: list[int], reuse: int, params: SamplingParams):
+        self.session, self.prompt_tokens, self.params = session, prompt, params
+        self.model = session.model
+        self.lookahead = isinstance(self.model, LookaheadModel)
+        self.generated: list[int] = []
+        self.reused = reuse              # prompt tokens taken from the KV cache, not recomputed
+        self._aborted = False
+        # reuse > 0: the KV cache already holds prompt[:reuse]; feed only the rest.
+        self._events = generate(self.model, session.tokenizer, prompt[reuse:], params,
+                                should_stop=lambda: self._aborted, reset=reuse == 0)
+        self._need: tuple[list[int], int] | None = (prompt[reuse:], reuse) if self.lookahead else None
+        self._provided = [0.0, 0.0]      # seconds of forwards run outside: [prefill, decode]
+        self.finished = False
+
+    def need(self) -> list | None:
+        """[token ids, start position] of the forward generate() asks for next (leader shard), or None."""
+        return None if self._need is None or self._aborted else [self._need[0], self._need[1]]
+
+    def provide(self, logits: np.ndarray, seconds: float) -> None:
+        """The logits of need()'s forward, computed by the shards in `seconds`."""
+        tokens, _ = self._need
+        self.model.provide(tokens, logits)
+        self._provided[1 if self.generated else 0] += seconds
+        self._need = None
+
+    def step(self) -> dict | None:
+        """The next event as a message dict, or None when finished."""
+        if self.finished:
+            return None
+        ev = next(self._events, None)
+        if ev is None:
+            self.finished = True
+            return None
+        if ev.kind == "prefill":
+            return {"type": "prefill", "n_prompt": ev.n_prompt,
+                    "prefill_tok_s": _rate(ev.n_prompt, ev.prefill_seconds + self._provided[0])}
+        if ev.kind == "token":
+            self.generated.append(int(ev.token_id))
+            if self.lookahead and len(self.generated) < self.params.max_tokens and self.model.pos < self.model.n_ctx:
+                self._need = ([int(ev.token_id)], self.model.pos)  # generate() will feed it back
+            return {"type": "token", "text": ev.text, "token_id": int(ev.token_id), "n": len(self.generated)}
+        self.finished = True
+        self._need = None
+        self.session.remember(self.prompt_tokens + self.generated)
+        return {"type": "done", "reason": ev.reason, "text": ev.text, "full_text": ev.full_text,
+                "n_prompt": ev.n_prompt, "n_generated": ev.n_generated,
+                "prefill_tok_s": _rate(ev.n_prompt, ev.prefill_seconds + self._provided[0]),
+                "decode_tok_s": _rate(ev.n_generated, ev.decode_seconds + self._provided[1]),
+                "token_ids": list(self.generated)}
+
+    def abort(self) -> None:
+        """Stop at the next step: it returns the done event (reason "abort"); the KV cache stays usable."""
+        self._aborted = True
+
+    def close(self) -> None:
+        """Drop an unfinished generation: the model stays loaded; its KV cache is not reused next turn."""
+        if not self.finished:
+            self.finished = True
+            self._events.close()
+            self.session.remember([])
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else 0.0
+
+
+def reusable_prefix(cached: list[int], tokens: list[int], pos: int) -> int:
+    """How many leading tokens the KV cache already holds (a chat's next turn), or 0."""
+    n = len(cached)
+    return n if 0 < n < len(tokens) and tokens[:n] == cached and pos == n else 0
+
+
+def sampling_params(raw: dict, stop: tuple[str, ...] = ()) -> SamplingParams:
+    """SamplingParams from a request's settings dict; unknown or mistyped keys are errors."""
+    out: dict[str, Any] = {"stop": tuple(stop)}
+    for key, value in raw.items():
+        if key not in PARAM_TYPES:
+            raise ValueError(f"unknown sampling setting {key!r} (expected one of {sorted(PARAM_TYPES)})")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"sampling setting {key}={value!r} must be a number")
+        if PARAM_TYPES[key] is int and value != int(value):
+            raise ValueError(f"sampling setting {key}={value!r} must be an integer")
+        out[key] = PARAM_TYPES[key](value)
+    return SamplingParams(**out)
