@@ -8,8 +8,8 @@ tested against it in tests/test_matmul.py (natively and inside Pyodide), and is 
 A weight is prepared once at load time into one of two resident forms:
 
 - `DenseLinear`: the matrix dequantized to float32 (4 bytes/weight). Natively numpy hands the
-  product to BLAS (`matmul`); in Pyodide there is no BLAS and `einsum` is about 2x faster than
-  `matmul` (its inner loop is a plain multiply-add over a contiguous row).
+  product to BLAS (`matmul`); in Pyodide there is no BLAS and `einsum` is faster than `matmul`
+  (its inner loop is a plain multiply-add over a contiguous row; docs/kernels.md).
 - `BlockLinear`: int8 values plus one float32 scale (and offset) per sub-block, from
   `quants.split_blocks` (about 1 byte/weight; for Q8_0 the file's own bytes). Every block format
   in quants.py (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, TQ1_0, TQ2_0, ...) is
@@ -38,7 +38,7 @@ product per chunk (BLAS natively; einsum in Pyodide), which is already efficient
 
 Tried and dropped (numbers in docs/kernels.md): int16 weights times int16-quantized activations
 (per-sub-block sums overflow int16 for 8-bit weights, and the short per-sub-block loops make it
-only ~1.3x faster than the float path in Pyodide, at twice the memory and with activation
+only a little faster than the float path in Pyodide, at twice the memory and with activation
 rounding); einsum with a dtype= cast (buffered, slower than one explicit cast).
 """
 
@@ -79,8 +79,8 @@ _POOL = None
 _LOCAL = threading.local()
 
 # np.einsum without `optimize` hands its arguments straight to this C function; calling it directly
-# skips the Python wrapper and the __array_function__ dispatch, about 3.6 us per call in Pyodide,
-# where the kernels below make ~2,200 einsum calls per Gemma 3 token (the same numbers either way).
+# skips the Python wrapper and the __array_function__ dispatch, which in Pyodide costs more than
+# the arithmetic of a small call; a token makes thousands of such calls (the same numbers either way).
 # Unlike np.einsum it refuses out=None, so callers pass `out` only when they have one.
 _einsum = getattr(getattr(getattr(np, "_core", None), "_multiarray_umath", None), "c_einsum", np.einsum)
 
@@ -402,8 +402,8 @@ def compact_q8_0(raw: np.ndarray, n_out: int, n_in: int) -> tuple[np.ndarray, np
 
     Q8_0 stores each 32 weights as (f16 scale, 32 x int8), so the int8 values of a row sit in
     32-byte runs 34 bytes apart. Casting such a strided view to float32 runs numpy's strided loop
-    once per 32-byte run; on contiguous rows the cast is one long loop (in Pyodide the Gemma
-    head's product drops from about 140 to 120 ms per token). The scales are copied out first;
+    once per 32-byte run; on contiguous rows the cast is one long loop (faster in Pyodide,
+    docs/kernels.md). The scales are copied out first;
     then rows are moved down chunk by chunk: chunk k's destination ends before chunk k+1's
     source begins (32 < 34 bytes per block), and each chunk is read before it is overwritten.
     No new memory the size of the matrix, but the buffer no longer holds the file's bytes there,

@@ -36,14 +36,13 @@ class LoadPolicy:
 
     dense_layers_mb: float32 budget for the transformer blocks' matrices, filled in layer order;
         matrices past the budget stay as int8 blocks (about 2x slower per weight natively).
-        256 MB keeps Gemma 3 270M at ~600 MB RSS, ~680 MB with a full 2048-token KV cache.
     dense_head_mb: the LM head (often the largest matrix: Gemma's is 262144 x 640, 671 MB as
         float32) is float32 only below this size.
     own_buffer: the GGUF buffer is this model's private, writable copy (the browser worker's, never
         parsed again), so block weights may be rearranged in it in place (Q8_0 compacted to
         contiguous int8 rows, `matmul.compact_q8_0`). Off for files (read-only mmap) and shared bytes.
 
-    The defaults keep Gemma 3 270M under 700 MB resident while generating (see README, "Memory").
+    The README's "Memory" section says what the defaults keep resident.
     """
 
     dense_layers_mb: float = 256.0
