@@ -1,4 +1,4 @@
-"""Atome LM: ATOME01 blob reader and the `atome` forward pass (pipeline stage: weights -> model.py).
+"""The `atome` architecture's forward pass: model.py's counterpart for Atome LM's blocks.
 
 Atome LM (github.com/TilelliLab/atome-lm, read at commit be1218672e9adb5656c877c2dbf7b05e55d96d10)
 is a byte-level language model with ternary weights built for microcontrollers. This module is
@@ -20,16 +20,13 @@ The model, per token t (x is the residual stream, d = d_model):
 There is no positional embedding and no MLP. Top-k keeps the k largest scores; on equal scores the
 earlier position wins (the C engine's strict `>` insertion).
 
-ATOME01 blob (little endian, no dimension header, so dimensions are parameters):
-    "ATOME01"  then the tensors of `blob_layout()` in order. A ternary tensor is
-    scale f32 (4 bytes) + ceil(n/4) bytes of 2-bit codes, 4 per byte, lowest bits first,
-    code 00 -> 0, 01 -> +1, 11 -> -1 (10 is read as 0, as the C engine does).
-    A float tensor is n little-endian f32.
-
-Weight names are the GGUF names proposed for an `atome` architecture (see `blob_layout`):
-a ternary tensor X is two entries, `X.weight` (int8 trits, numpy shape (n_out, n_in)) and
-`X.scale` (f32, shape (1,)). `weights_from_tensors` builds `AtomeWeights` from such a dict,
-whether it came from a blob (`read_blob_tensors`) or from GGUF tensors.
+An atome model is a GGUF file like any other (architecture `atome`): its hyperparameters are
+`config.AtomeConfig` (the `atome.*` keys), engine/model.py's architecture table sends it here, and
+`mote convert` (mote/convert.py) writes it from Atome's ATOME01 blob. Weight names are the GGUF
+names of `tensor_layout`: a ternary tensor X is two entries, `X.weight` (trits, numpy shape
+(n_out, n_in), stored as TQ1_0 with block scale 1 so they dequantize to exactly -1/0/+1, or F32)
+and `X.scale` (F32, shape (1,), the per-tensor scale). `weights_from_tensors` builds
+`AtomeWeights` from such a dict.
 
 Three implementations of the forward pass, tested against each other and against the C engine:
     reference_forward(weights, tokens)   naive, whole prefix, unpacks trits per product
@@ -41,84 +38,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
-MAGIC = b"ATOME01"
+from . import quants
+from .config import AtomeConfig, ConfigError
+from .model import layernorm, softmax
+
 N_PATHWAYS = 3  # local conv, SSM, sparse attention (the order of the router's rows)
-LAYER_NORM_EPS = 1e-5
-SOFTMAX_EPS = 1e-10  # the C engine divides by (sum + 1e-10); a no-op in f32 once sum >= 1
-
-# 2-bit code -> trit (code 0b10 is unused; the C engine decodes it as 0)
-_CODE_TO_TRIT = np.array([0, 1, 0, -1], dtype=np.int8)
+# The C engine divides by (sum + 1e-10): in float32 a no-op, since the sum is >= 1 (the largest
+# term is exp(0)), so model.softmax computes the same numbers; _step's float64 sums keep it.
+SOFTMAX_EPS = 1e-10
 
 
-class AtomeError(ValueError):
+class AtomeError(ConfigError):
     """An ATOME01 blob or a set of atome tensors that does not fit the given dimensions."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AtomeConfig:
-    d_model: int = 256
-    n_layers: int = 8
-    d_head: int = 64
-    top_k: int = 4
-    kernel: int = 5
-    vocab_size: int = 256  # byte vocabulary
-    context_length: int = 256  # the length it was trained on; attention itself has no limit
-    norm_eps: float = LAYER_NORM_EPS
-
-    def __post_init__(self):
-        for name in ("d_model", "n_layers", "d_head", "top_k", "kernel", "vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise AtomeError(f"atome {name}={value!r} (expected a positive integer)")
-
-    @property
-    def architecture(self) -> str:
-        return "atome"
-
-    @property
-    def blob_nbytes(self) -> int:
-        """Size of an ATOME01 blob with these dimensions, e.g. 276655 for the 944K model."""
-        return len(MAGIC) + sum(_entry_nbytes(kind, shape) for _, kind, shape in blob_layout(self))
-
-
-# GGUF metadata key (under "atome.") -> AtomeConfig field: the proposed key table.
-GGUF_KEYS = {
-    "embedding_length": "d_model",
-    "block_count": "n_layers",
-    "attention.key_length": "d_head",
-    "attention.top_k": "top_k",
-    "conv_kernel": "kernel",
-    "vocab_size": "vocab_size",
-    "context_length": "context_length",
-    "attention.layer_norm_epsilon": "norm_eps",
-}
-
-
-def config_from_metadata(metadata: dict) -> AtomeConfig:
-    """AtomeConfig from GGUF metadata with the `atome.*` keys of GGUF_KEYS (missing -> default)."""
-    values = {field: metadata[f"atome.{key}"] for key, field in GGUF_KEYS.items() if f"atome.{key}" in metadata}
-    return AtomeConfig(**{k: (float(v) if k == "norm_eps" else int(v)) for k, v in values.items()})
-
-
-# ---------------------------------------------------------------------------------------------
-# ATOME01 blob -> named tensors
+# Named tensors -> weights
 # ---------------------------------------------------------------------------------------------
 
 TERNARY, F32 = "ternary", "f32"
 
 
-def blob_layout(cfg: AtomeConfig) -> list[tuple[str, str, tuple[int, ...]]]:
-    """The blob's tensors in file order: (GGUF base name, kind, shape as stored in the blob).
+def tensor_layout(cfg: AtomeConfig) -> list[tuple[str, str, tuple[int, ...]]]:
+    """The model's tensors in ATOME01 blob order: (GGUF base name, kind, shape as stored in the blob).
 
     A 2-D ternary shape is (n_out, n_in), row-major trits. The conv kernel is stored as
     (d_model, kernel) with tap k = 0 for the current token; the loader transposes it to (kernel, d).
@@ -145,67 +91,6 @@ def blob_layout(cfg: AtomeConfig) -> list[tuple[str, str, tuple[int, ...]]]:
         ("output", TERNARY, (v, d)),
     ]
     return layout
-
-
-def _entry_nbytes(kind: str, shape: tuple[int, ...]) -> int:
-    n = math.prod(shape)
-    return 4 + (n + 3) // 4 if kind == TERNARY else 4 * n  # (scale f32 + 2-bit codes) or f32s
-
-
-def unpack_trits(packed: np.ndarray, n: int) -> np.ndarray:
-    """2-bit codes (4 per byte, lowest bits first) -> n int8 trits.
-
-    >>> unpack_trits(np.array([0b11_00_01_01], np.uint8), 4)   # codes 01, 01, 00, 11
-    array([ 1,  1,  0, -1], dtype=int8)
-    """
-    shifts = np.array([0, 2, 4, 6], dtype=np.uint8)
-    codes = (packed[:, None] >> shifts) & 3  # (n_bytes, 4) uint8
-    return _CODE_TO_TRIT[codes.reshape(-1)[:n]]  # (n,) int8
-
-
-def pack_trits(trits: np.ndarray) -> np.ndarray:
-    """int8 trits -> 2-bit codes, the inverse of unpack_trits (pads the last byte with 0)."""
-    flat = np.asarray(trits, dtype=np.int8).reshape(-1)  # (n,)
-    codes = np.zeros(-(-flat.size // 4) * 4, dtype=np.uint8)  # (4 * n_bytes,)
-    codes[: flat.size] = np.where(flat == 1, 1, np.where(flat == -1, 3, 0))
-    codes = codes.reshape(-1, 4)  # (n_bytes, 4)
-    return (codes[:, 0] | codes[:, 1] << 2 | codes[:, 2] << 4 | codes[:, 3] << 6).astype(np.uint8)
-
-
-def read_blob_tensors(buffer, cfg: AtomeConfig) -> dict[str, np.ndarray]:
-    """ATOME01 bytes -> {GGUF name: array}: `X.weight` int8 trits, `X.scale` f32 (1,), floats f32.
-
-    The size must be exactly `cfg.blob_nbytes`: the blob has no header, so a size mismatch is the
-    only sign that the dimensions given are not the ones it was exported with.
-    """
-    data = np.frombuffer(buffer, dtype=np.uint8)  # (n_bytes,) zero-copy view
-    if data[: len(MAGIC)].tobytes() != MAGIC:
-        raise AtomeError(f"not an ATOME01 blob: starts with {data[:len(MAGIC)].tobytes()!r} (expected {MAGIC!r})")
-    if data.size != cfg.blob_nbytes:
-        raise AtomeError(
-            f"ATOME01 blob is {data.size} bytes but d_model={cfg.d_model}, n_layers={cfg.n_layers}, "
-            f"d_head={cfg.d_head}, kernel={cfg.kernel}, vocab={cfg.vocab_size} need {cfg.blob_nbytes} bytes"
-        )
-    tensors: dict[str, np.ndarray] = {}
-    at = len(MAGIC)
-    for name, kind, shape in blob_layout(cfg):
-        n = math.prod(shape)
-        if kind == F32:
-            # copy: the floats sit at odd offsets (the magic is 7 bytes), aligned arrays are faster
-            tensors[name] = data[at : at + 4 * n].view("<f4").astype(np.float32).reshape(shape)
-        else:
-            scale = data[at : at + 4].view("<f4").astype(np.float32)  # (1,)
-            trits = unpack_trits(data[at + 4 : at + 4 + (n + 3) // 4], n).reshape(shape)
-            if name.endswith(".local_conv"):
-                trits = np.ascontiguousarray(trits.T)  # (d, kernel) -> (kernel, d): row k taps x_{t-k}
-            tensors[name + ".weight"], tensors[name + ".scale"] = trits, scale
-        at += _entry_nbytes(kind, shape)
-    return tensors
-
-
-# ---------------------------------------------------------------------------------------------
-# Named tensors -> weights
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -267,7 +152,7 @@ def weights_from_tensors(tensors: dict[str, np.ndarray], cfg: AtomeConfig) -> At
         scale = floats(base + ".scale", (1,))
         return TernaryMatrix(trits, float(scale[0]))
 
-    shapes = {name: shape for name, _, shape in blob_layout(cfg)}
+    shapes = {name: shape for name, _, shape in tensor_layout(cfg)}
     layers = []
     for i in range(cfg.n_layers):
         b = f"blk.{i}."
@@ -292,28 +177,9 @@ def weights_from_tensors(tensors: dict[str, np.ndarray], cfg: AtomeConfig) -> At
     )
 
 
-def load_atome_blob(buffer, d_model=256, n_layers=8, d_head=64, top_k=4, kernel=5) -> AtomeWeights:
-    """Parse an ATOME01 blob (bytes-like) with the given dimensions into ternary AtomeWeights."""
-    cfg = AtomeConfig(d_model=d_model, n_layers=n_layers, d_head=d_head, top_k=top_k, kernel=kernel)
-    return weights_from_tensors(read_blob_tensors(buffer, cfg), cfg)
-
-
 # ---------------------------------------------------------------------------------------------
 # Naive reference forward: the C engine's maths, whole prefix, no caches
 # ---------------------------------------------------------------------------------------------
-
-
-def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
-    """LayerNorm over the last axis with biased variance, as nn.LayerNorm and atome.c do."""
-    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)  # (..., 1)
-    return w * ((x - mean) / np.sqrt(var + np.float32(eps))) + b
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis with atome.c's (sum + 1e-10) denominator."""
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / (e.sum(axis=-1, keepdims=True) + np.float32(SOFTMAX_EPS))
 
 
 def top_k_earliest(scores: np.ndarray, k: int) -> np.ndarray:
@@ -336,7 +202,7 @@ def reference_forward(weights: AtomeWeights, tokens: Sequence[int]) -> np.ndarra
     n = len(ids)
     x = weights.token_embd.trits[ids].astype(np.float32) * np.float32(weights.token_embd.scale)  # (n, d)
     for layer in weights.layers:
-        h = layer_norm(x, layer.norm_w, layer.norm_b, cfg.norm_eps)  # (n, d)
+        h = layernorm(x, layer.norm_w, layer.norm_b, cfg.norm_eps)  # (n, d)
         r = softmax(layer.router.matvec(h))  # (n, 3)
 
         # local pathway: out_t = s * sum_k C[k] * h_{t-k}, taps before the start are skipped
@@ -362,7 +228,7 @@ def reference_forward(weights: AtomeWeights, tokens: Sequence[int]) -> np.ndarra
             sparse[t] = softmax(scores[keep]) @ v[keep]
 
         x = x + (r[:, 0:1] * local + r[:, 1:2] * state + r[:, 2:3] * sparse)  # (n, d)
-    h = layer_norm(x, weights.output_norm_w, weights.output_norm_b, cfg.norm_eps)  # (n, d)
+    h = layernorm(x, weights.output_norm_w, weights.output_norm_b, cfg.norm_eps)  # (n, d)
     return weights.output.matvec(h)  # (n, vocab)
 
 
@@ -497,7 +363,7 @@ class AtomeModel:
         x = self._embd[ids].astype(np.float32) * self._embd_scale  # (n, d)
         future = np.arange(p0 + n)[None, :] > np.arange(p0, p0 + n)[:, None]  # (n, p0+n) keys after the query
         for L, win, u, kc, vc in zip(self._layers, self._window, self._ssm, self._kc, self._vc):
-            h = layer_norm(x, L.norm_w, L.norm_b, cfg.norm_eps)  # (n, d)
+            h = layernorm(x, L.norm_w, L.norm_b, cfg.norm_eps)  # (n, d)
             proj = (h @ L.fused.T) * L.row_scale  # (n, 2dh+d+3)
             r = softmax(proj[:, self._r])  # (n, 3)
 
@@ -528,7 +394,7 @@ class AtomeModel:
 
             x = x + (r[:, 0:1] * local + r[:, 1:2] * state + r[:, 2:3] * sparse)  # (n, d)
         self.pos += n
-        h = layer_norm(x, self.weights.output_norm_w, self.weights.output_norm_b, cfg.norm_eps)  # (n, d)
+        h = layernorm(x, self.weights.output_norm_w, self.weights.output_norm_b, cfg.norm_eps)  # (n, d)
         return (h @ self._out.T) * self._out_scale  # (n, vocab)
 
     def _step(self, token: int) -> np.ndarray:
@@ -599,90 +465,9 @@ def _layer_norm_1d(x, w, b, eps, inv_d, out, tmp) -> None:
     out += b
 
 
-# ---------------------------------------------------------------------------------------------
-# Benchmark: python -m engine.atome ../shared/atome/atome_944k.bin [--tokens 256]
-# ---------------------------------------------------------------------------------------------
-
-
-def _benchmark(argv: Sequence[str] | None = None) -> None:
-    """Print prefill and single-token decode speed of AtomeModel against reference_forward."""
-    import argparse
-    import time
-
-    ap = argparse.ArgumentParser(prog="python -m engine.atome", description=_benchmark.__doc__)
-    ap.add_argument("blob", help="ATOME01 file, e.g. ../shared/atome/atome_944k.bin")
-    ap.add_argument("--tokens", type=int, default=256, help="decode steps to time")
-    args = ap.parse_args(argv)
-    with open(args.blob, "rb") as f:
-        weights = load_atome_blob(f.read())
-    prompt = list(b"Once upon a time, there was a little girl named Lily.")
-    model = AtomeModel(weights, n_ctx=len(prompt) + args.tokens)
-
-    t0 = time.perf_counter()
-    logits = model.forward(prompt)
-    t1 = time.perf_counter()
-    for _ in range(args.tokens):
-        logits = model.forward([int(np.argmax(logits))])
-    t2 = time.perf_counter()
-    reference_forward(weights, prompt)
-    t3 = time.perf_counter()
-    n = len(prompt)
-    print(f"prefill   {n} tokens: {(t1 - t0) * 1e3:7.2f} ms ({n / (t1 - t0):7.0f} tok/s)")
-    per_token = (t2 - t1) / args.tokens
-    print(f"decode    {args.tokens} tokens: {per_token * 1e6:7.1f} us/token ({1 / per_token:7.0f} tok/s)")
-    print(f"reference {n} tokens: {(t3 - t2) * 1e3:7.2f} ms (naive full recompute, for comparison)")
-
-
-if __name__ == "__main__":
-    _benchmark()
-
-
-# ---------------------------------------------------------------------------------------------
-# GGUF: `mote convert atome_944k.bin out.gguf` and loading the result
-# ---------------------------------------------------------------------------------------------
-# Ternary tensors are stored as TQ1_0 (1.69 bits per weight) with block scale 1.0, so the
-# dequantized values are exactly -1/0/+1; the real per-tensor scale is the F32 tensor `X.scale`
-# (an f16 block scale would move the logits by ~5e-3). TQ1_0 needs rows of 256k values; other
-# widths fall back to F32 trits (exact, but 32 bits per weight), which the converter reports.
-
-
-def convert_blob(src, out_path, args=None) -> dict:
-    """ATOME01 blob -> GGUF (architecture `atome`, byte tokenizer). Returns a summary dict."""
-    from . import quants
-    from .gguf import ValueType, write_gguf
-
-    get = lambda k, default: getattr(args, k, default) if args is not None else default  # noqa: E731
-    cfg = AtomeConfig(d_model=get("d_model", 256), n_layers=get("n_layers", 8), d_head=get("d_head", 64),
-                      top_k=get("top_k", 4), kernel=get("kernel", 5))
-    with open(src, "rb") as f:
-        tensors = read_blob_tensors(f.read(), cfg)
-    tq1 = quants.BY_NAME["TQ1_0"]
-    out, n_ternary_f32 = [], 0
-    for name, a in tensors.items():
-        if a.dtype == np.int8 and a.shape[-1] % tq1.block_size == 0:
-            out.append((name, tq1.type_id, a.shape, quants.quantize(a.astype(np.float32), tq1.type_id)))
-        else:
-            n_ternary_f32 += a.dtype == np.int8
-            out.append((name, quants.BY_NAME["F32"].type_id, a.shape, np.ascontiguousarray(a, np.float32)))
-    meta = {
-        "general.architecture": (ValueType.STRING, "atome"),
-        "general.name": (ValueType.STRING, get("name", None) or Path(src).stem),
-        "general.license": (ValueType.STRING, "apache-2.0"),
-        "tokenizer.ggml.model": (ValueType.STRING, "bytes"),
-    }
-    for key, field in GGUF_KEYS.items():
-        value = getattr(cfg, field)
-        meta[f"atome.{key}"] = (ValueType.FLOAT32, value) if isinstance(value, float) else (ValueType.UINT32, value)
-    with open(out_path, "wb") as f:
-        write_gguf(f, meta, out)
-    return {"architecture": "atome", "tensors": len(out), "ternary_as_f32": n_ternary_f32}
-
-
-def load_from_gguf(gguf, n_ctx: int | None = None) -> "AtomeModel":
-    """An AtomeModel from a GGUF written by `convert_blob` (TQ1_0/F32 trits + F32 scales)."""
-    from . import quants
-
-    cfg = config_from_metadata(gguf.metadata)
+def load_model(gguf, n_ctx: int | None = None) -> AtomeModel:
+    """An AtomeModel from an `atome` GGUF file (trits as TQ1_0 or F32, scales as F32)."""
+    cfg = AtomeConfig.from_metadata(gguf.metadata)
     tensors = {name: quants.dequantize(gguf.raw(name), t.ggml_type, t.shape) for name, t in gguf.tensors.items()}
     weights = weights_from_tensors(tensors, cfg)
     return AtomeModel(weights, n_ctx=n_ctx) if n_ctx else AtomeModel(weights)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# Architectures whose forward pass lives in engine/model.py.
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3", "gpt2")
+# Transformer families: ModelConfig, the forward pass in engine/model.py.
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3", "gpt2")  # (engine/model.py ARCHITECTURES adds atome)
 
 # key suffix under "{arch}." -> (field name, required)
 _KEYS = {
@@ -188,3 +188,55 @@ def _number(key: str, value):
         return value.item()
     except AttributeError:
         raise ConfigError(f"GGUF metadata key {key} has type {type(value).__name__} (expected a number)") from None
+
+
+# ---- atome: Atome LM's byte-level ternary model (forward pass in engine/atome.py) ----------------
+
+# key suffix under "atome." -> AtomeConfig field (the keys `mote convert` writes for ATOME01 blobs)
+ATOME_KEYS = {
+    "embedding_length": "d_model",
+    "block_count": "n_layers",
+    "attention.key_length": "d_head",
+    "attention.top_k": "top_k",
+    "conv_kernel": "kernel",
+    "vocab_size": "vocab_size",
+    "context_length": "context_length",
+    "attention.layer_norm_epsilon": "norm_eps",
+}
+
+
+@dataclass(frozen=True)
+class AtomeConfig:
+    """Atome LM's dimensions; the defaults are the released 944K model's (ATOME01 blobs carry none)."""
+
+    d_model: int = 256
+    n_layers: int = 8
+    d_head: int = 64           # one attention head: q, k are (d_head,), v is (d_model,)
+    top_k: int = 4             # keys each query attends to
+    kernel: int = 5            # taps of the causal depthwise conv
+    vocab_size: int = 256      # byte vocabulary
+    context_length: int = 256  # the length it was trained on; attention itself has no limit
+    norm_eps: float = 1e-5     # LayerNorm epsilon
+
+    def __post_init__(self):
+        for name in ("d_model", "n_layers", "d_head", "top_k", "kernel", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"atome {name}={value!r} (expected a positive integer)")
+        if self.d_model > 1 << 16 or self.n_layers > 1 << 10 or self.d_head > 1 << 16 or self.vocab_size > 1 << 20:
+            raise ConfigError(f"atome: implausible dimensions {self}")
+
+    @property
+    def architecture(self) -> str:
+        return "atome"
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> "AtomeConfig":
+        """The `atome.*` keys of ATOME_KEYS (a missing key keeps the default)."""
+        values = {}
+        for suffix, name in ATOME_KEYS.items():
+            key = f"atome.{suffix}"
+            if key in metadata:
+                value = _number(key, metadata[key])
+                values[name] = float(value) if name == "norm_eps" else value
+        return cls(**values)

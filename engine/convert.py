@@ -2,7 +2,7 @@
 
     mote convert vanilla_1m_v1.pt vanilla-1m.gguf --allow-pickle     PyTorch GPT checkpoint -> gpt2
     mote convert ./hf-model-folder model.gguf [--type f16]            Hugging Face safetensors folder
-    mote convert atome_944k.bin atome.gguf --d-model 256 ...          ATOME01 blob (engine/atome.py)
+    mote convert atome_944k.bin atome.gguf --d-model 256 ...          ATOME01 blob -> atome (engine/atome.py)
 
 Every importer ends in the same place: a list of (GGUF name, float32 array) plus typed metadata,
 written by `gguf.write_gguf`. Each source format has ONE rename table from its parameter names to
@@ -27,6 +27,7 @@ vocabulary, so llama.cpp cannot run these files).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -36,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import quants
+from . import atome, quants
+from .config import ATOME_KEYS, AtomeConfig
 from .gguf import ValueType, write_gguf
 
 # llama.cpp's LLAMA_FTYPE values for float files (general.file_type)
@@ -533,6 +535,105 @@ def convert_hf(folder, out_path, out_type: str = "f32", name: str | None = None)
 # ---- command line -------------------------------------------------------------------------------
 
 
+# ---- ATOME01 blobs (Atome LM) -> the `atome` architecture ----------------------------------------
+# Atome LM (github.com/TilelliLab/atome-lm, read at commit be1218672e9adb5656c877c2dbf7b05e55d96d10)
+# exports its ternary model as an ATOME01 blob (scripts/export_to_atome.py; read by its C engine):
+#     "ATOME01", then the tensors of engine.atome.tensor_layout(cfg) in order, no dimension header.
+#     A ternary tensor is scale f32 (4 bytes) + ceil(n/4) bytes of 2-bit codes
+#     (quants.unpack_atome_trits); a float tensor is n little-endian f32.
+# In GGUF the trits are TQ1_0 with block scale 1.0, so they dequantize to exactly -1/0/+1, and the
+# real per-tensor scale is the F32 tensor `X.scale` (an f16 block scale would move the logits).
+# TQ1_0 needs rows of 256k values; other widths fall back to F32 trits (exact, 32 bits per weight).
+
+ATOME_MAGIC = b"ATOME01"
+
+
+def _atome_entry_nbytes(kind: str, shape: tuple[int, ...]) -> int:
+    n = math.prod(shape)
+    return 4 + (n + 3) // 4 if kind == atome.TERNARY else 4 * n  # (scale f32 + 2-bit codes) or f32s
+
+
+def atome_blob_nbytes(cfg: AtomeConfig) -> int:
+    """Size of an ATOME01 blob with these dimensions, e.g. 276655 for the 944K model."""
+    return len(ATOME_MAGIC) + sum(_atome_entry_nbytes(kind, shape) for _, kind, shape in atome.tensor_layout(cfg))
+
+
+def pack_atome_trits(trits: np.ndarray) -> np.ndarray:
+    """int8 trits -> ATOME01 2-bit codes, the inverse of quants.unpack_atome_trits (pads with 0)."""
+    flat = np.asarray(trits, dtype=np.int8).reshape(-1)  # (n,)
+    codes = np.zeros(-(-flat.size // 4) * 4, dtype=np.uint8)  # (4 * n_bytes,)
+    codes[: flat.size] = np.where(flat == 1, 1, np.where(flat == -1, 3, 0))
+    codes = codes.reshape(-1, 4)  # (n_bytes, 4)
+    return (codes[:, 0] | codes[:, 1] << 2 | codes[:, 2] << 4 | codes[:, 3] << 6).astype(np.uint8)
+
+
+def read_atome_blob(buffer, cfg: AtomeConfig) -> dict[str, np.ndarray]:
+    """ATOME01 bytes -> {GGUF name: array}: `X.weight` int8 trits, `X.scale` f32 (1,), floats f32.
+
+    The size must be exactly `atome_blob_nbytes(cfg)`: the blob has no header, so a size mismatch
+    is the only sign that the dimensions given are not the ones it was exported with.
+    """
+    data = np.frombuffer(buffer, dtype=np.uint8)  # (n_bytes,) zero-copy view
+    if data[: len(ATOME_MAGIC)].tobytes() != ATOME_MAGIC:
+        raise atome.AtomeError(f"not an ATOME01 blob: starts with {data[:len(ATOME_MAGIC)].tobytes()!r} "
+                               f"(expected {ATOME_MAGIC!r})")
+    if data.size != atome_blob_nbytes(cfg):
+        raise atome.AtomeError(
+            f"ATOME01 blob is {data.size} bytes but d_model={cfg.d_model}, n_layers={cfg.n_layers}, "
+            f"d_head={cfg.d_head}, kernel={cfg.kernel}, vocab={cfg.vocab_size} need {atome_blob_nbytes(cfg)} bytes"
+        )
+    tensors: dict[str, np.ndarray] = {}
+    at = len(ATOME_MAGIC)
+    for name, kind, shape in atome.tensor_layout(cfg):
+        n = math.prod(shape)
+        if kind == atome.F32:
+            # copy: the floats sit at odd offsets (the magic is 7 bytes), aligned arrays are faster
+            tensors[name] = data[at : at + 4 * n].view("<f4").astype(np.float32).reshape(shape)
+        else:
+            scale = data[at : at + 4].view("<f4").astype(np.float32)  # (1,)
+            trits = quants.unpack_atome_trits(data[at + 4 : at + 4 + (n + 3) // 4], n).reshape(shape)
+            if name.endswith(".local_conv"):
+                trits = np.ascontiguousarray(trits.T)  # (d, kernel) -> (kernel, d): row k taps x_{t-k}
+            tensors[name + ".weight"], tensors[name + ".scale"] = trits, scale
+        at += _atome_entry_nbytes(kind, shape)
+    return tensors
+
+
+def load_atome_blob(buffer, d_model=256, n_layers=8, d_head=64, top_k=4, kernel=5) -> atome.AtomeWeights:
+    """Parse an ATOME01 blob (bytes-like) with the given dimensions into ternary AtomeWeights."""
+    cfg = AtomeConfig(d_model=d_model, n_layers=n_layers, d_head=d_head, top_k=top_k, kernel=kernel)
+    return atome.weights_from_tensors(read_atome_blob(buffer, cfg), cfg)
+
+
+def convert_atome_blob(src, out_path, args=None) -> dict:
+    """ATOME01 blob -> GGUF (architecture `atome`, byte tokenizer). Returns a summary dict."""
+    get = lambda k, default: getattr(args, k, default) if args is not None else default  # noqa: E731
+    cfg = AtomeConfig(d_model=get("d_model", 256), n_layers=get("n_layers", 8), d_head=get("d_head", 64),
+                      top_k=get("top_k", 4), kernel=get("kernel", 5))
+    with open(src, "rb") as f:
+        tensors = read_atome_blob(f.read(), cfg)
+    tq1 = quants.BY_NAME["TQ1_0"]
+    out, n_ternary_f32 = [], 0
+    for name, a in tensors.items():
+        if a.dtype == np.int8 and a.shape[-1] % tq1.block_size == 0:
+            out.append((name, tq1.type_id, a.shape, quants.quantize(a.astype(np.float32), tq1.type_id)))
+        else:
+            n_ternary_f32 += a.dtype == np.int8
+            out.append((name, quants.BY_NAME["F32"].type_id, a.shape, np.ascontiguousarray(a, np.float32)))
+    meta = {
+        "general.architecture": (ValueType.STRING, "atome"),
+        "general.name": (ValueType.STRING, get("name", None) or Path(src).stem),
+        "general.license": (ValueType.STRING, "apache-2.0"),
+        "tokenizer.ggml.model": (ValueType.STRING, "bytes"),
+    }
+    for key, field in ATOME_KEYS.items():
+        value = getattr(cfg, field)
+        meta[f"atome.{key}"] = (ValueType.FLOAT32, value) if isinstance(value, float) else (ValueType.UINT32, value)
+    with open(out_path, "wb") as f:
+        write_gguf(f, meta, out)
+    return {"architecture": "atome", "tensors": len(out), "ternary_as_f32": n_ternary_f32}
+
+
 def convert(src, out_path, args=None) -> dict:
     """Pick the importer from what SRC is: an HF folder, an ATOME01 blob or a PyTorch pickle."""
     src = Path(src)
@@ -544,13 +645,8 @@ def convert(src, out_path, args=None) -> dict:
         raise FileNotFoundError(f"{src}: no such file or folder")
     with open(src, "rb") as f:
         head = f.read(8)
-    if head.startswith(b"ATOME01"):
-        from . import atome
-
-        fn = getattr(atome, "convert_blob", None)
-        if fn is None:
-            raise ConvertError("ATOME01 conversion is not available in this build (engine.atome.convert_blob)")
-        return fn(src, out_path, args)
+    if head.startswith(ATOME_MAGIC):
+        return convert_atome_blob(src, out_path, args)
     if _is_pickle_checkpoint(src):  # by magic bytes, not by extension
         return convert_torch_gpt(src, out_path, allow_pickle=bool(get("allow_pickle")), out_type=out_type,
                                  name=get("name"))
@@ -572,7 +668,7 @@ def add_cli(sub) -> None:
     p.add_argument("--name", default=None, help="general.name (default: from the source)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow PyTorch pickle checkpoints (read with torch.load(weights_only=True) in a child process)")
-    # ATOME01 blobs carry no dimensions (engine/atome.py)
+    # ATOME01 blobs carry no dimensions
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--n-layers", type=int, default=8)
     p.add_argument("--d-head", type=int, default=64)

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from . import quants
-from .config import ConfigError, ModelConfig
+from .config import SUPPORTED_ARCHITECTURES, ConfigError, ModelConfig
 from .gguf import GGUFFile
 from .matmul import BlockLinear, DenseLinear, Embedding, prepare_linear
 
@@ -422,17 +422,23 @@ _VECTORS = ("attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attenti
 
 def load_model(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolicy = LoadPolicy(),
                progress: Callable[[int, int], None] | None = None, plan: ShardPlan | None = None):
-    """Build a Model (or shard `plan` of one) from a parsed GGUF file: hyperparameters once, then
-    every weight this shard needs in its resident form.
+    """Build the model of a parsed GGUF file (or shard `plan` of it), by its general.architecture.
 
     gguf may be a whole file or an engine.shard.ShardFile holding only the byte ranges of `plan`.
     `progress(done, total)` is called with tensor bytes prepared so far (a bar for big files).
     """
     arch = gguf.metadata.get("general.architecture")
-    if arch in LOADERS:  # architectures that are not built from transformer blocks
-        if plan is not None and plan.n_shards > 1:
-            raise ConfigError(f"architecture {arch!r} cannot be sharded")
-        return LOADERS[arch](gguf, n_ctx)
+    if not isinstance(arch, str):
+        raise ConfigError("GGUF metadata has no general.architecture string")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"architecture {arch!r} not supported (expected one of {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[arch](gguf, n_ctx, policy, progress, plan)
+
+
+def load_transformer(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolicy = LoadPolicy(),
+                     progress: Callable[[int, int], None] | None = None, plan: ShardPlan | None = None) -> Model:
+    """A Model (or shard `plan` of one): hyperparameters once, then every weight this shard needs
+    in its resident form (GGUF names kept: blk.{i}.attn_q, ffn_gate, token_embd, output, ...)."""
     cfg = ModelConfig.from_gguf(gguf)
     plan = plan or plan_shards(cfg, 1)[0]
     n_ctx = min(n_ctx or DEFAULT_CTX, cfg.context_length)
@@ -597,11 +603,17 @@ def resident_bytes(model: Model) -> int:
     return total
 
 
-def _load_atome(gguf: GGUFFile, n_ctx: int | None):
-    from . import atome
+def _load_atome(gguf: GGUFFile, n_ctx: int | None, policy: LoadPolicy, progress, plan: ShardPlan | None):
+    """engine/atome.py's model (Atome LM: conv, SSM and top-k attention blocks; one process only)."""
+    from . import atome  # imported here: it uses this module's helpers
 
-    return atome.load_from_gguf(gguf, n_ctx)
+    if plan is not None and plan.n_shards > 1:
+        raise ConfigError("architecture 'atome' cannot be sharded")
+    return atome.load_model(gguf, n_ctx)
 
 
-# general.architecture -> loader, for architectures not built from transformer blocks
-LOADERS: dict[str, Callable] = {"atome": _load_atome}
+# The architecture table: general.architecture -> the function that builds its model.
+ARCHITECTURES: dict[str, Callable] = {
+    **{arch: load_transformer for arch in SUPPORTED_ARCHITECTURES},  # llama, qwen2, gemma3, gpt2
+    "atome": _load_atome,
+}

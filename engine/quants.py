@@ -291,6 +291,22 @@ def _split_tq2_0(b: np.ndarray) -> Split:
     return q, _f16(b[:, 64:66])[:, None], None                          # (nb, 256), (nb, 1)
 
 
+# ATOME01 (Atome LM's blob, not a GGUF type): 2-bit codes, 4 per byte, lowest bits first,
+# 00 -> 0, 01 -> +1, 11 -> -1 (10 is read as 0, as Atome's C engine does). The trits of a
+# converted model are stored in GGUF as TQ1_0 (above); the blob reader (mote/convert.py) uses this.
+_ATOME_CODE_TO_TRIT = np.array([0, 1, 0, -1], dtype=np.int8)
+
+
+def unpack_atome_trits(packed: np.ndarray, n: int) -> np.ndarray:
+    """ATOME01 2-bit codes -> n int8 trits.
+
+    >>> unpack_atome_trits(np.array([0b11_00_01_01], np.uint8), 4)   # codes 01, 01, 00, 11
+    array([ 1,  1,  0, -1], dtype=int8)
+    """
+    codes = (packed[:, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3  # (n_bytes, 4) uint8
+    return _ATOME_CODE_TO_TRIT[codes.reshape(-1)[:n]]  # (n,) int8
+
+
 _SPLIT: dict[int, Callable[[np.ndarray], Split]] = {
     2: _split_q4_0, 3: _split_q4_1, 6: _split_q5_0, 7: _split_q5_1, 8: _split_q8_0,
     10: _split_q2_k, 11: _split_q3_k, 12: _split_q4_k, 13: _split_q5_k, 14: _split_q6_k,

@@ -1,4 +1,4 @@
-"""Atome LM (engine/atome.py): ATOME01 parsing and the atome forward pass.
+"""Atome LM: ATOME01 parsing (engine/convert.py) and the atome forward pass (engine/atome.py).
 
 Oracle: shared/reference/atome-944k.json, written by Atome LM's own C99 engine (last-position
 logits and 40 greedy bytes per prompt). The naive `reference_forward` and the cached AtomeModel
@@ -15,20 +15,17 @@ import numpy as np
 import pytest
 
 from engine.atome import (
-    AtomeConfig,
     AtomeError,
     AtomeModel,
     TernaryMatrix,
-    blob_layout,
-    config_from_metadata,
-    load_atome_blob,
-    pack_trits,
-    read_blob_tensors,
     reference_forward,
+    tensor_layout,
     top_k_earliest,
-    unpack_trits,
     weights_from_tensors,
 )
+from engine.config import AtomeConfig
+from engine.convert import atome_blob_nbytes, load_atome_blob, pack_atome_trits, read_atome_blob
+from engine.quants import unpack_atome_trits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,17 +99,17 @@ def tiny():
 def test_trit_packing_round_trip():
     rng = np.random.default_rng(0)
     trits = rng.integers(-1, 2, size=1001).astype(np.int8)
-    assert np.array_equal(unpack_trits(pack_trits(trits), trits.size), trits)
+    assert np.array_equal(unpack_atome_trits(pack_atome_trits(trits), trits.size), trits)
     # one byte, lowest bits first: codes 01, 11, 00, 10 -> +1, -1, 0, 0 (10 unused, read as 0)
-    assert unpack_trits(np.array([0b10_00_11_01], np.uint8), 4).tolist() == [1, -1, 0, 0]
+    assert unpack_atome_trits(np.array([0b10_00_11_01], np.uint8), 4).tolist() == [1, -1, 0, 0]
 
 
 def test_blob_size_follows_from_dimensions():
     cfg = AtomeConfig()
     # embed + 8 blocks (norm, conv, ssm, q, k, v, router) + final norm + unembed, by hand
     block = 2048 + (4 + 1280 // 4) + 3072 + 2 * (4 + 64 * 256 // 4) + (4 + 256 * 256 // 4) + (4 + 768 // 4)
-    assert cfg.blob_nbytes == 7 + (4 + 16384) + 8 * block + 2048 + (4 + 16384) == 276655
-    assert len(blob_layout(cfg)) == 1 + 8 * 10 + 3
+    assert atome_blob_nbytes(cfg) == 7 + (4 + 16384) + 8 * block + 2048 + (4 + 16384) == 276655
+    assert len(tensor_layout(cfg)) == 1 + 8 * 10 + 3
 
 
 @needs_shared
@@ -141,7 +138,7 @@ def test_weights_stay_ternary(weights):
 
 
 def test_weights_from_tensors_accepts_float_trits_and_rejects_others(tiny):
-    tensors = read_blob_tensors(_write_blob(TINY, np.random.default_rng(7)), TINY)
+    tensors = read_atome_blob(_write_blob(TINY, np.random.default_rng(7)), TINY)
     as_float = {k: v.astype(np.float32) for k, v in tensors.items()}  # like a dequantized TQ2_0
     w = weights_from_tensors(as_float, TINY)
     tokens = [1, 2, 3, 200]
@@ -164,7 +161,7 @@ def test_weights_from_tensors_accepts_float_trits_and_rejects_others(tiny):
 def test_config_from_metadata():
     md = {"atome.embedding_length": 256, "atome.block_count": 8, "atome.attention.key_length": 64,
           "atome.attention.top_k": 4, "atome.conv_kernel": 5, "general.architecture": "atome"}  # fmt: skip
-    assert config_from_metadata(md) == AtomeConfig(d_model=256, n_layers=8, d_head=64, top_k=4, kernel=5)
+    assert AtomeConfig.from_metadata(md) == AtomeConfig(d_model=256, n_layers=8, d_head=64, top_k=4, kernel=5)
 
 
 def test_ternary_matvec_is_scale_times_trits():
