@@ -285,10 +285,10 @@ def test_kv_cache_grows_past_first_allocation(tiny):
 @needs_shared
 def test_converted_gguf_matches_c_engine(tmp_path, reference):
     """The blob converted to GGUF (TQ1_0 trits, F32 scales) and run through the CLI's path."""
-    from engine.cli import main
     from engine.generate import SamplingParams, generate
     from engine.gguf import open_gguf
-    from engine.loader import load
+    from mote.cli import main
+    from mote.loader import load
 
     out = tmp_path / "atome.gguf"
     assert main(["convert", str(BLOB), str(out)]) == 0

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from engine import quants
-from engine.cli import main as mote
 from engine.gguf import open_gguf, write_gguf
-from engine.loader import load
 from engine.model import rmsnorm
-from engine.quantize import MIXES, choose_type, collect_imatrix, read_imatrix, use_more_bits
+from mote.cli import main as mote
+from mote.loader import load
+from mote.quantize import MIXES, choose_type, collect_imatrix, read_imatrix, use_more_bits
 from tests.paths import SHARED, require
 from tests.tiny_models import VOCAB, write_tiny
 

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import quants
-from .gguf import ValueType, write_gguf
+from engine import quants
+from engine.gguf import ValueType, write_gguf
 
 # llama.cpp's LLAMA_FTYPE values for float files (general.file_type)
 FTYPE_ALL_F32, FTYPE_MOSTLY_F16 = 0, 1
@@ -219,7 +219,7 @@ def convert_torch_gpt(src, out_path, allow_pickle: bool = False, out_type: str =
 
 # ---- Hugging Face safetensors folders -----------------------------------------------------------
 #
-# A folder with config.json, one or more *.safetensors (parsed by engine/safetensors.py) and
+# A folder with config.json, one or more *.safetensors (parsed by mote/safetensors.py) and
 # tokenizer.json. model_type picks the rename table and the metadata:
 #
 #   llama        Q/K rows permuted from HF's rotate-half order to GGUF's adjacent pairs (below)
@@ -545,7 +545,7 @@ def convert(src, out_path, args=None) -> dict:
     with open(src, "rb") as f:
         head = f.read(8)
     if head.startswith(b"ATOME01"):
-        from . import atome
+        from engine import atome
 
         fn = getattr(atome, "convert_blob", None)
         if fn is None:

@@ -60,8 +60,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import quants
-from .gguf import GGUFFile, ValueType, open_gguf, write_gguf
+from engine import quants
+from engine.gguf import GGUFFile, ValueType, open_gguf, write_gguf
 
 QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION, written as general.quantization_version
 
@@ -332,7 +332,7 @@ def add_cli(sub) -> None:
     p = sub.add_parser("quantize", help="re-encode a GGUF with a quantization mix (q8_0 ... tq1_0)")
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--type", required=True, choices=tuple(MIXES), help="the mix (see `engine/quantize.py`)")
+    p.add_argument("--type", required=True, choices=tuple(MIXES), help="the mix (see `mote/quantize.py`)")
     p.add_argument("--imatrix", default=None, help="importance matrix from `mote imatrix` (GGUF)")
     p.add_argument("--json", action="store_true", help="also print a JSON summary line")
     p.add_argument("--quiet", action="store_true", help="no per-tensor lines")
