@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -638,7 +637,7 @@ if __name__ == "__main__":
 
 
 # ---------------------------------------------------------------------------------------------
-# GGUF: `mote convert atome_944k.bin out.gguf` and loading the result
+# GGUF: loading what `mote convert atome_944k.bin out.gguf` wrote (mote/convert.py)
 # ---------------------------------------------------------------------------------------------
 # Ternary tensors are stored as TQ1_0 (1.69 bits per weight) with block scale 1.0, so the
 # dequantized values are exactly -1/0/+1; the real per-tensor scale is the F32 tensor `X.scale`
@@ -646,40 +645,8 @@ if __name__ == "__main__":
 # widths fall back to F32 trits (exact, but 32 bits per weight), which the converter reports.
 
 
-def convert_blob(src, out_path, args=None) -> dict:
-    """ATOME01 blob -> GGUF (architecture `atome`, byte tokenizer). Returns a summary dict."""
-    from . import quants
-    from .gguf import ValueType, write_gguf
-
-    get = lambda k, default: getattr(args, k, default) if args is not None else default  # noqa: E731
-    cfg = AtomeConfig(d_model=get("d_model", 256), n_layers=get("n_layers", 8), d_head=get("d_head", 64),
-                      top_k=get("top_k", 4), kernel=get("kernel", 5))
-    with open(src, "rb") as f:
-        tensors = read_blob_tensors(f.read(), cfg)
-    tq1 = quants.BY_NAME["TQ1_0"]
-    out, n_ternary_f32 = [], 0
-    for name, a in tensors.items():
-        if a.dtype == np.int8 and a.shape[-1] % tq1.block_size == 0:
-            out.append((name, tq1.type_id, a.shape, quants.quantize(a.astype(np.float32), tq1.type_id)))
-        else:
-            n_ternary_f32 += a.dtype == np.int8
-            out.append((name, quants.BY_NAME["F32"].type_id, a.shape, np.ascontiguousarray(a, np.float32)))
-    meta = {
-        "general.architecture": (ValueType.STRING, "atome"),
-        "general.name": (ValueType.STRING, get("name", None) or Path(src).stem),
-        "general.license": (ValueType.STRING, "apache-2.0"),
-        "tokenizer.ggml.model": (ValueType.STRING, "bytes"),
-    }
-    for key, field in GGUF_KEYS.items():
-        value = getattr(cfg, field)
-        meta[f"atome.{key}"] = (ValueType.FLOAT32, value) if isinstance(value, float) else (ValueType.UINT32, value)
-    with open(out_path, "wb") as f:
-        write_gguf(f, meta, out)
-    return {"architecture": "atome", "tensors": len(out), "ternary_as_f32": n_ternary_f32}
-
-
 def load_from_gguf(gguf, n_ctx: int | None = None) -> "AtomeModel":
-    """An AtomeModel from a GGUF written by `convert_blob` (TQ1_0/F32 trits + F32 scales)."""
+    """An AtomeModel from a GGUF written by `mote convert` (TQ1_0/F32 trits + F32 scales)."""
     from . import quants
 
     cfg = config_from_metadata(gguf.metadata)

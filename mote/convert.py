@@ -2,7 +2,7 @@
 
     mote convert vanilla_1m_v1.pt vanilla-1m.gguf --allow-pickle     PyTorch GPT checkpoint -> gpt2
     mote convert ./hf-model-folder model.gguf [--type f16]            Hugging Face safetensors folder
-    mote convert atome_944k.bin atome.gguf --d-model 256 ...          ATOME01 blob (engine/atome.py)
+    mote convert atome_944k.bin atome.gguf --d-model 256 ...          ATOME01 blob (read by engine/atome.py)
 
 Every importer ends in the same place: a list of (GGUF name, float32 array) plus typed metadata,
 written by `gguf.write_gguf`. Each source format has ONE rename table from its parameter names to
@@ -39,6 +39,8 @@ import numpy as np
 from engine import quants
 from engine.gguf import ValueType, write_gguf
 
+from . import encoders
+
 # llama.cpp's LLAMA_FTYPE values for float files (general.file_type)
 FTYPE_ALL_F32, FTYPE_MOSTLY_F16 = 0, 1
 
@@ -68,7 +70,7 @@ def write_model(out_path, metadata: dict, tensors: list[tuple[str, np.ndarray]],
     for name, arr in tensors:
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         t = float_type_for(name, arr.shape, out_type)
-        entries.append((name, t, arr.shape, quants.quantize(arr, t)))
+        entries.append((name, t, arr.shape, encoders.quantize(arr, t)))
     tmp = Path(str(out_path) + ".part")
     with open(tmp, "wb") as f:
         n = write_gguf(f, metadata, entries)
@@ -530,6 +532,44 @@ def convert_hf(folder, out_path, out_type: str = "f32", name: str | None = None)
             "vocab": len(md["tokenizer.ggml.tokens"][1][1])}
 
 
+# ---- ATOME01 blobs --------------------------------------------------------------------------------
+# Ternary tensors are stored as TQ1_0 with block scale 1.0, so they dequantize to exactly -1/0/+1; the
+# real per-tensor scale is the F32 tensor `X.scale` (an f16 block scale would move the logits).
+# TQ1_0 needs rows of 256k values; other widths fall back to F32 trits (exact, 32 bits per weight),
+# which the summary reports. engine/atome.py reads the result (load_from_gguf).
+
+
+def convert_atome_blob(src, out_path, args=None) -> dict:
+    """ATOME01 blob -> GGUF (architecture `atome`, byte tokenizer). Returns a summary dict."""
+    from engine import atome
+
+    get = lambda k, default: getattr(args, k, default) if args is not None else default  # noqa: E731
+    cfg = atome.AtomeConfig(d_model=get("d_model", 256), n_layers=get("n_layers", 8), d_head=get("d_head", 64),
+                            top_k=get("top_k", 4), kernel=get("kernel", 5))
+    with open(src, "rb") as f:
+        tensors = atome.read_blob_tensors(f.read(), cfg)
+    tq1 = quants.BY_NAME["TQ1_0"]
+    out, n_ternary_f32 = [], 0
+    for name, a in tensors.items():
+        if a.dtype == np.int8 and a.shape[-1] % tq1.block_size == 0:
+            out.append((name, tq1.type_id, a.shape, encoders.quantize(a.astype(np.float32), tq1.type_id)))
+        else:
+            n_ternary_f32 += a.dtype == np.int8
+            out.append((name, quants.BY_NAME["F32"].type_id, a.shape, np.ascontiguousarray(a, np.float32)))
+    meta = {
+        "general.architecture": (ValueType.STRING, "atome"),
+        "general.name": (ValueType.STRING, get("name", None) or Path(src).stem),
+        "general.license": (ValueType.STRING, "apache-2.0"),
+        "tokenizer.ggml.model": (ValueType.STRING, "bytes"),
+    }
+    for key, field in atome.GGUF_KEYS.items():
+        value = getattr(cfg, field)
+        meta[f"atome.{key}"] = (ValueType.FLOAT32, value) if isinstance(value, float) else (ValueType.UINT32, value)
+    with open(out_path, "wb") as f:
+        write_gguf(f, meta, out)
+    return {"architecture": "atome", "tensors": len(out), "ternary_as_f32": n_ternary_f32}
+
+
 # ---- command line -------------------------------------------------------------------------------
 
 
@@ -545,12 +585,7 @@ def convert(src, out_path, args=None) -> dict:
     with open(src, "rb") as f:
         head = f.read(8)
     if head.startswith(b"ATOME01"):
-        from engine import atome
-
-        fn = getattr(atome, "convert_blob", None)
-        if fn is None:
-            raise ConvertError("ATOME01 conversion is not available in this build (engine.atome.convert_blob)")
-        return fn(src, out_path, args)
+        return convert_atome_blob(src, out_path, args)
     if _is_pickle_checkpoint(src):  # by magic bytes, not by extension
         return convert_torch_gpt(src, out_path, allow_pickle=bool(get("allow_pickle")), out_type=out_type,
                                  name=get("name"))
