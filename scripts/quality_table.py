@@ -10,12 +10,12 @@ Method (the same for every row of a model):
     Q4_K_M download as it is (no f32 Gemma is at hand: its rows are re-quantizations of Q4_K_M, and
     KL is measured against Q4_K_M);
   - rows: Q8_0, Q4_K (the Q4_K_M mix), Q2_K, Q2_K with an importance matrix, TQ2_0, each made by
-    `engine.quantize.quantize_file` with its per-tensor policy and row-length fallbacks;
+    `mote.quantize.quantize_file` with its per-tensor policy and row-length fallbacks;
   - text: shared/atome/tinystories_sample.txt. Evaluation = the first K windows of --ctx 256
     tokens (K = --vanilla-windows, default 256, i.e. the first 64 KiB; --gemma-windows, default 8,
     given Gemma's speed in numpy); calibration for the imatrix = the last quarter of the file
     (bytes 196608..262143), which the evaluation windows never reach;
-  - PPL, mean KL(base || row) and top-1 agreement from `engine.perplexity.perplexity`;
+  - PPL, mean KL(base || row) and top-1 agreement from `mote.perplexity.perplexity`;
   - decode tok/s: median of 3 greedy generations (64 tokens for the vanilla, 16 for Gemma) after a
     fixed prompt, on this machine (native CPython + numpy, not the browser);
   - size: the file's bytes; bits per weight: 8 x tensor bytes / parameters (all tensors).
@@ -39,12 +39,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine import quants  # noqa: E402
-from engine.convert import convert_torch_gpt  # noqa: E402
+from mote.convert import convert_torch_gpt  # noqa: E402
 from engine.generate import SamplingParams, generate  # noqa: E402
 from engine.gguf import open_gguf  # noqa: E402
-from engine.loader import load  # noqa: E402
-from engine.perplexity import make_windows, perplexity, text_tokens, tokens_needed  # noqa: E402
-from engine.quantize import collect_imatrix, quantize_file, summary, write_imatrix, read_imatrix  # noqa: E402
+from mote.loader import load  # noqa: E402
+from mote.perplexity import make_windows, perplexity, text_tokens, tokens_needed  # noqa: E402
+from mote.quantize import collect_imatrix, quantize_file, summary, write_imatrix, read_imatrix  # noqa: E402
 
 SHARED = Path(os.environ.get("MOTE_SHARED", ROOT.parent / "shared"))
 SAMPLE = SHARED / "atome" / "tinystories_sample.txt"

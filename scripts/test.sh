@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-MOTE_GEMMA_PATH="$(.venv/bin/python -c 'from engine.pull import resolve_model; print(resolve_model("gemma-3-270m"))')"
+MOTE_GEMMA_PATH="$(.venv/bin/python -c 'from mote.pull import resolve_model; print(resolve_model("gemma-3-270m"))')"
 export MOTE_GEMMA_PATH MOTE_REQUIRE_GEMMA=1
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider -ra "$@"

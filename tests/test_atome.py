@@ -24,7 +24,7 @@ from engine.atome import (
     weights_from_tensors,
 )
 from engine.config import AtomeConfig
-from engine.convert import atome_blob_nbytes, load_atome_blob, pack_atome_trits, read_atome_blob
+from mote.convert import atome_blob_nbytes, load_atome_blob, pack_atome_trits, read_atome_blob
 from engine.quants import unpack_atome_trits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,10 +282,10 @@ def test_kv_cache_grows_past_first_allocation(tiny):
 @needs_shared
 def test_converted_gguf_matches_c_engine(tmp_path, reference):
     """The blob converted to GGUF (TQ1_0 trits, F32 scales) and run through the CLI's path."""
-    from engine.cli import main
     from engine.generate import SamplingParams, generate
     from engine.gguf import open_gguf
-    from engine.loader import load
+    from mote.cli import main
+    from mote.loader import load
 
     out = tmp_path / "atome.gguf"
     assert main(["convert", str(BLOB), str(out)]) == 0

@@ -39,7 +39,7 @@ def args(model, out, *extra):
 
 def test_bench_tiny_three_outputs_and_real_correctness(tiny, tmp_path, capsys):
     from engine.generate import SamplingParams, generate
-    from engine.loader import load
+    from mote.loader import load
     from web.bench import main
 
     model, _ = tiny
@@ -71,7 +71,7 @@ def test_bench_tiny_three_outputs_and_real_correctness(tiny, tmp_path, capsys):
 def _engine_tokens(model, prompt, n):
     """The CPython engine's greedy tokens, computed here independently of web/bench.py."""
     from engine.generate import SamplingParams, generate
-    from engine.loader import load
+    from mote.loader import load
 
     loaded = load(model)
     return [ev.token_id for ev in generate(loaded.model, loaded.tokenizer, loaded.tokenizer.encode(prompt),

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.cli import main as mote
-from engine.convert import ConvertError, convert_torch_gpt
 from engine.generate import SamplingParams, generate
 from engine.gguf import open_gguf
-from engine.loader import load
+from mote.cli import main as mote
+from mote.convert import ConvertError, convert_torch_gpt
+from mote.loader import load
 from tests.paths import REFERENCE, SHARED, require
 
 VANILLA_PT = SHARED / "atome" / "vanilla_1m_v1.pt"
@@ -270,7 +270,7 @@ def test_llama_rope_permutation_is_needed(hf_models, tmp_path):
     """Without the Q/K row permutation the llama logits are wrong: the test above can fail."""
     import torch
 
-    from engine import convert as conv
+    from mote import convert as conv
 
     model, tok, folder, _ = hf_models("llama")
     saved = conv.permute_rope_rows
@@ -288,7 +288,7 @@ def test_llama_rope_permutation_is_needed(hf_models, tmp_path):
 
 def test_hf_folder_errors(tmp_path):
     with pytest.raises(ConvertError, match="config.json"):
-        from engine.convert import convert_hf
+        from mote.convert import convert_hf
 
         convert_hf(tmp_path, tmp_path / "x.gguf")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
@@ -312,7 +312,7 @@ def _f32(n):
 
 def test_valid_safetensors_round_trip_with_the_safetensors_package(tmp_path):
     st = pytest.importorskip("safetensors.numpy")
-    from engine.safetensors import open_safetensors
+    from mote.safetensors import open_safetensors
 
     arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.float16),
               "empty": np.zeros((0, 3), np.float32)}
@@ -324,7 +324,7 @@ def test_valid_safetensors_round_trip_with_the_safetensors_package(tmp_path):
 
 
 def test_bf16_widening():
-    from engine.safetensors import SafetensorsFile
+    from mote.safetensors import SafetensorsFile
 
     x = np.array([1.5, -2.25, 3e38], dtype=np.float32)
     bf = (x.view(np.uint32) >> 16).astype("<u2").tobytes()
@@ -367,7 +367,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_hostile_safetensors_is_a_clear_error(case):
-    from engine.safetensors import SafetensorsError, SafetensorsFile
+    from mote.safetensors import SafetensorsError, SafetensorsFile
 
     data, message = HOSTILE[case]
     with pytest.raises(SafetensorsError, match=message):

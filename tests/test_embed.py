@@ -6,7 +6,7 @@ and a strict CSP (the one docs/EMBED.md tells hosts to use). Checked:
 
 * the widget renders in a shadow root, loads, answers a prompt, and Stop ends a long answer;
 * the host's styles and scripts are untouched, and the host's CSS cannot reach the widget;
-* the JS API streams the same greedy tokens as the CPython engine (engine.loader + engine.generate);
+* the JS API streams the same greedy tokens as the CPython engine (mote.loader + engine.generate);
 * chat.completions.create streams chunks with OpenAI's field names, and its non-stream form
   returns a chat.completion with usage that agrees with the streamed one;
 * with workers: 2 (API) or data-workers="2" (widget) the model is split over two workers, whose shard
@@ -107,7 +107,7 @@ def cpython_greedy(path, prompt: str | None, max_tokens: int, messages=None) -> 
     """The CPython engine's greedy tokens for a raw prompt (or a chat through the template)."""
     from engine.chat import chat_tokens
     from engine.generate import SamplingParams, generate
-    from engine.loader import load
+    from mote.loader import load
 
     loaded = load(path)
     ids = (chat_tokens(loaded.tokenizer, loaded.template, messages) if messages is not None

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.loader import load
+from mote.loader import load
 from tests.paths import REFERENCE, ROOT, gemma_path, require
 
 pytestmark = pytest.mark.slow

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from engine import matmul, quants
+from mote import encoders
 
 TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "TQ1_0", "TQ2_0"]
 RTOL = 1e-5  # of max |reference|, per output row set
@@ -25,7 +26,7 @@ def _case(name: str, n_out: int = 96, n_in: int = 512, seed: int = 0):
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((n_out, n_in)) * 0.05).astype(np.float32)  # (n_out, n_in)
     tid = quants.BY_NAME[name].type_id
-    return tid, quants.quantize(w, tid).reshape(-1), rng.standard_normal((5, n_in)).astype(np.float32)
+    return tid, encoders.quantize(w, tid).reshape(-1), rng.standard_normal((5, n_in)).astype(np.float32)
 
 
 def _close(got: np.ndarray, ref: np.ndarray) -> float:

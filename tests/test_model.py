@@ -150,7 +150,7 @@ def test_decode_token_allocates_only_small_activations(policy):
     import tracemalloc
 
     from engine.gguf import GGUFFile
-    from engine.loader import load
+    from mote.loader import load
     from tests.paths import gemma_path
 
     if policy == "default":  # the CLI's policy: mmapped file, float32 layer budget, head in two threads

@@ -26,9 +26,9 @@ import pytest
 from engine import shard
 from engine.generate import SamplingParams, generate
 from engine.gguf import open_gguf
-from engine.loader import load
 from engine.model import ROW_PARALLEL, LoadPolicy, load_model
 from engine.session import Generation, LookaheadModel, Session
+from mote.loader import load
 from tests.paths import gemma_path
 from tests.tiny_models import VOCAB, write_tiny
 

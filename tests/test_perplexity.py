@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from engine.cli import main as mote
-from engine.perplexity import make_windows, perplexity, text_tokens, tokens_needed
 from engine.tokenizer import Tokenizer
+from mote.cli import main as mote
+from mote.perplexity import make_windows, perplexity, text_tokens, tokens_needed
 from tests.paths import REFERENCE, SHARED, require
 from tests.tiny_models import write_tiny
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import pull as pull_mod
-from engine.progress import Progress
-from engine.pull import KNOWN_MODELS, KnownModel, ModelNotFound, PullError, pull, resolve_model
+from mote import pull as pull_mod
+from mote.progress import Progress
+from mote.pull import KNOWN_MODELS, KnownModel, ModelNotFound, PullError, pull, resolve_model
 
 PAYLOAD = bytes(range(256)) * 40 + b"tail"          # 10 244 bytes, split into 3 parts
 CUTS = [0, 4000, 8000, len(PAYLOAD)]

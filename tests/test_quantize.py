@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from engine import quants
-from engine.cli import main as mote
 from engine.gguf import open_gguf, write_gguf
-from engine.loader import load
 from engine.model import rmsnorm
-from engine.quantize import MIXES, choose_type, collect_imatrix, read_imatrix, use_more_bits
+from mote import encoders
+from mote.cli import main as mote
+from mote.loader import load
+from mote.quantize import MIXES, choose_type, collect_imatrix, read_imatrix, use_more_bits
 from tests.paths import SHARED, require
 from tests.tiny_models import VOCAB, write_tiny
 
@@ -184,8 +185,8 @@ def test_imatrix_lowers_the_weighted_error(tiny, tmp_path):
     qw = np.exp(np.random.default_rng(0).normal(0, 2, size=256)).astype(np.float32)  # very uneven
     for name in ("Q2_K", "Q4_K"):
         t = quants.BY_NAME[name].type_id
-        plain = quants.dequantize(quants.quantize(w, t).reshape(-1), t, w.shape)
-        guided = quants.dequantize(quants.quantize(w, t, imatrix=qw).reshape(-1), t, w.shape)
+        plain = quants.dequantize(encoders.quantize(w, t).reshape(-1), t, w.shape)
+        guided = quants.dequantize(encoders.quantize(w, t, imatrix=qw).reshape(-1), t, w.shape)
         err = lambda y: float((qw * (y - w) ** 2).sum())  # noqa: E731
         assert err(guided) < 0.9 * err(plain), name
 

@@ -1,4 +1,4 @@
-"""engine/quants.py against gguf-py's reference (de)quantizers and llama.cpp-made blocks in the real model.
+"""engine/quants.py (decoders) and mote/encoders.py against gguf-py's reference (de)quantizers and llama.cpp-made blocks in the real model.
 
 Oracles: gguf.quants.dequantize / quantize (gguf-py 0.19, written by the ggml authors) and the
 Q4_K/Q5_0/Q6_K/Q8_0 blocks that llama.cpp's quantizer wrote into Gemma 3 270M Q4_K_M.
@@ -17,6 +17,7 @@ gguf = pytest.importorskip("gguf")
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType  # noqa: E402
 
 from engine import quants as Q  # noqa: E402
+from mote.encoders import quantize  # noqa: E402
 
 GEMMA_PATH = Path(os.environ.get("MOTE_GEMMA_PATH", "/tmp/gemma/gemma-3-270m-q4_k_m.gguf"))
 
@@ -104,9 +105,9 @@ def test_bad_sizes_raise_clear_errors():
     with pytest.raises(ValueError, match=r"needs a quantized type, got F32"):
         Q.split_blocks(np.zeros(16, np.uint8), 0, 1)
     with pytest.raises(ValueError, match=r"Q6_K row of 300 values"):
-        Q.quantize(np.zeros((2, 300), np.float32), 14)
+        quantize(np.zeros((2, 300), np.float32), 14)
     with pytest.raises(ValueError, match=r"imatrix must have shape \(256,\)"):
-        Q.quantize(np.zeros((2, 256), np.float32), 12, imatrix=np.ones(128, np.float32))
+        quantize(np.zeros((2, 256), np.float32), 12, imatrix=np.ones(128, np.float32))
 
 
 # --- dequantize == gguf.quants.dequantize, bit for bit ----------------------------------------------
@@ -205,7 +206,7 @@ def test_quantize_equals_gguf(name):
     qt = Q.BY_NAME[name]
     rng = np.random.default_rng(4000 + qt.type_id)
     x = awkward_rows(512, rng)
-    ours = Q.quantize(x, qt.type_id)
+    ours = quantize(x, qt.type_id)
     ref = np.ascontiguousarray(gguf.quants.quantize(x, gtype(name))).view(np.uint8).reshape(x.shape[0], -1)
     assert ours.dtype == np.uint8 and ours.shape == (x.shape[0], Q.row_nbytes(qt.type_id, 512))
     assert np.array_equal(ours, ref)
@@ -221,7 +222,7 @@ def ternary_rows(rng):
 @pytest.mark.parametrize("name", ["TQ1_0", "TQ2_0"])
 def test_ternary_round_trip(name):
     x = ternary_rows(np.random.default_rng(7))
-    y = Q.dequantize(Q.quantize(x, Q.BY_NAME[name].type_id).reshape(-1), Q.BY_NAME[name].type_id, x.shape)
+    y = Q.dequantize(quantize(x, Q.BY_NAME[name].type_id).reshape(-1), Q.BY_NAME[name].type_id, x.shape)
     # only the f16 rounding of d is lost
     np.testing.assert_allclose(y, x, rtol=2 ** -11, atol=0)
 
@@ -231,7 +232,7 @@ def test_quantize_round_trip_error_and_validity(name):
     qt = Q.BY_NAME[name]
     rng = np.random.default_rng(5000 + qt.type_id)
     x = rng.standard_normal((16, 1024)).astype(np.float32) * rng.uniform(0.01, 3, size=(16, 1)).astype(np.float32)
-    raw = Q.quantize(x, qt.type_id)
+    raw = quantize(x, qt.type_id)
     assert raw.dtype == np.uint8 and raw.shape == (16, Q.row_nbytes(qt.type_id, 1024))
     y = Q.dequantize(raw.reshape(-1), qt.type_id, x.shape)
     # our bytes are valid GGUF blocks: gguf-py decodes them to exactly what we decode
@@ -240,7 +241,7 @@ def test_quantize_round_trip_error_and_validity(name):
     assert rel.max() < RMSE_BOUND[name], rel.max()
     # zero, constant and one-sided blocks stay finite and small-error
     z = awkward_rows(1024, rng)
-    yz = Q.dequantize(Q.quantize(z, qt.type_id).reshape(-1), qt.type_id, z.shape)
+    yz = Q.dequantize(quantize(z, qt.type_id).reshape(-1), qt.type_id, z.shape)
     assert np.isfinite(yz).all()
     assert np.all(yz[1] == 0)
     rms = np.sqrt(np.mean(z ** 2, axis=1)) + 1e-30
@@ -257,7 +258,7 @@ def test_imatrix_lowers_weighted_error(name):
     imatrix[rng.choice(1024, 64, replace=False)] = 300.0
     err = {}
     for label, im in (("plain", None), ("imatrix", imatrix)):
-        raw = Q.quantize(x, t, imatrix=im)
+        raw = quantize(x, t, imatrix=im)
         y = Q.dequantize(raw.reshape(-1), t, x.shape)
         assert np.array_equal(y, gguf.quants.dequantize(raw, gtype(name)))
         err[label] = float(np.sum(imatrix * (y - x) ** 2))
@@ -270,12 +271,12 @@ def test_imatrix_ignored_where_llama_cpp_ignores_it():
     x = np.random.default_rng(8).standard_normal((4, 256)).astype(np.float32)
     for name in ("Q8_0", "TQ1_0", "TQ2_0"):
         t = Q.BY_NAME[name].type_id
-        assert np.array_equal(Q.quantize(x, t), Q.quantize(x, t, imatrix=np.full(256, 5.0, np.float32)))
+        assert np.array_equal(quantize(x, t), quantize(x, t, imatrix=np.full(256, 5.0, np.float32)))
 
 
 def test_quantize_one_dimensional_input_is_one_row():
     x = np.linspace(-1, 1, 64, dtype=np.float32)
-    raw = Q.quantize(x, 8)
+    raw = quantize(x, 8)
     assert raw.shape == (1, 68)
     np.testing.assert_allclose(Q.dequantize(raw.reshape(-1), 8, (64,)), x, atol=0.01)
 
@@ -328,7 +329,7 @@ def test_gemma_requantize_reproduces_llama_cpp_blocks(gemma, name, min_same):
     t = gemma[name]
     raw, shape = tensor_bytes_and_shape(t)
     w = Q.dequantize(raw, int(t.tensor_type), shape)
-    again = Q.quantize(w, int(t.tensor_type))
+    again = quantize(w, int(t.tensor_type))
     assert np.mean(again.reshape(-1) == raw) >= min_same
     w2 = Q.dequantize(again.reshape(-1), int(t.tensor_type), shape)
     assert np.sqrt(np.mean((w2 - w) ** 2) / np.mean(w ** 2)) < 1e-3

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.gguf import ValueType, write_gguf
-from engine.quants import BY_NAME, quantize
+from engine.quants import BY_NAME
+from mote.encoders import quantize
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "tiny_golden.json"
 FILE_NAME = "tiny-golden.gguf"

@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .gguf import GGUFFile, open_gguf
-from .model import LoadPolicy
+from engine.gguf import GGUFFile, open_gguf
+from engine.model import LoadPolicy
+from engine.session import Session
+
 from .progress import Progress
 from .pull import resolve_model
-from .session import Session
 
 
 Loaded = Session  # what load() returns: gguf, model, tokenizer, template, path, load_seconds

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from engine import __version__
 
 
 def _blas_threads(argv: list[str]) -> str:
@@ -71,7 +71,7 @@ def _emit(args, data: dict, text: str) -> None:
 
 
 def _params(args, max_tokens: int):
-    from .generate import SamplingParams
+    from engine.generate import SamplingParams
 
     return SamplingParams(
         temperature=args.temperature,
@@ -88,7 +88,7 @@ def _params(args, max_tokens: int):
 
 def _load(args):
     from .loader import load
-    from .model import LoadPolicy
+    from engine.model import LoadPolicy
 
     policy = LoadPolicy()
     if getattr(args, "dense_mb", None) is not None:
@@ -108,8 +108,8 @@ def cmd_pull(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from . import quants
-    from .gguf import open_gguf
+    from engine import quants
+    from engine.gguf import open_gguf
     from .pull import resolve_model, sha256_file
 
     path = resolve_model(args.model)
@@ -136,9 +136,9 @@ def cmd_info(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from .gguf import open_gguf
+    from engine.gguf import open_gguf
     from .pull import resolve_model
-    from .tokenizer import Tokenizer
+    from engine.tokenizer import Tokenizer
 
     tok = Tokenizer.from_metadata(open_gguf(resolve_model(args.model)).metadata)
     ids = tok.encode(args.text, add_bos=args.bos, parse_special=args.special)
@@ -148,7 +148,7 @@ def cmd_tokenize(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .generate import generate
+    from engine.generate import generate
 
     loaded = _load(args)
     tok = loaded.tokenizer
@@ -199,9 +199,9 @@ def cmd_logits(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .chat import chat_tokens
-    from .generate import generate
-    from .sampler import Sampler
+    from engine.chat import chat_tokens
+    from engine.generate import generate
+    from engine.sampler import Sampler
 
     loaded = _load(args)
     tok, template = loaded.tokenizer, loaded.template
@@ -240,7 +240,7 @@ def cmd_bench(args) -> int:
         from web.bench import run_browser_bench
 
         return run_browser_bench(args)
-    from .generate import SamplingParams, generate
+    from engine.generate import SamplingParams, generate
 
     if len(args.model) != 1:
         raise CLIError("native bench takes one model (use --browser to compare several)")
@@ -308,7 +308,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 def _add_load(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=int, default=None, help="KV cache length (default: min(2048, model's))")
-    from .model import LoadPolicy
+    from engine.model import LoadPolicy
 
     p.add_argument("--dense-mb", type=float, default=None,
                    help="float32 budget (MB) for layer matrices and the LM head: faster, more memory "
@@ -385,23 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     # Tools that live beside the pipeline (each module adds its own subcommands).
-    import importlib
+    from . import convert, perplexity, quantize
 
-    for module in ("quantize", "perplexity", "convert"):
-        try:
-            mod = importlib.import_module(f"engine.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"engine.{module}":  # a missing dependency inside the tool is a real error
-                raise
-            continue
-        mod.add_cli(sub)
+    for module in (quantize, perplexity, convert):
+        module.add_cli(sub)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-    from .gguf import GGUFError
+    from engine.config import ConfigError
+    from engine.gguf import GGUFError
     from .pull import ModelNotFound, PullError
 
     try:

@@ -245,7 +245,7 @@ def add_cli(sub) -> None:
     p.set_defaults(func=cmd_perplexity)
 
 
-if __name__ == "__main__":  # python -m engine.perplexity ...
+if __name__ == "__main__":  # python -m mote.perplexity ...
     import argparse
 
     ap = argparse.ArgumentParser(prog="mote")

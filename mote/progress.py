@@ -11,7 +11,7 @@ stay short.
     bar.close()
     # pull gemma-3-270m [##########..........]  126.6/253.1 MB  50.0%  84.2 MB/s
 
-A `Progress` is also a `(done, total) -> None` callable, the callback shape `engine.pull` takes.
+A `Progress` is also a `(done, total) -> None` callable, the callback shape `mote.pull` takes.
 """
 
 from __future__ import annotations

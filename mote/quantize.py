@@ -5,7 +5,7 @@ pipeline: gguf.py -> quants.py -> gguf.write_gguf).
     mote imatrix MODEL TEXTFILE -o FILE [--ctx 256] [--chunks 32]
 
 `mote quantize` reads every tensor, dequantizes it to float32 if it is stored quantized (so a
-Q4_K_M download can be re-quantized), encodes it with `quants.quantize` in the type the policy
+Q4_K_M download can be re-quantized), encodes it with `encoders.quantize` in the type the policy
 below picks, and writes a GGUF with all the input's metadata (general.file_type set to
 llama.cpp's LLAMA_FTYPE of the mix, general.quantization_version = 2). The output uses only
 standard ggml types, so llama.cpp loads it too (for architectures it knows).
@@ -44,7 +44,7 @@ number of tokens. The file is a GGUF in llama.cpp's imatrix layout (general.type
     {weight name}.in_sum2   F32, shape (1, n_in)   sum of x^2 over tokens
     {weight name}.counts    F32, shape (1, 1)      tokens seen
     imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size
-`--imatrix` hands in_sum2 / counts (mean squared activation per column) to `quants.quantize`,
+`--imatrix` hands in_sum2 / counts (mean squared activation per column) to `encoders.quantize`,
 which weights the scale search of K-quants and Q4_0/Q4_1/Q5_0/Q5_1 by it (Q8_0 and TQ ignore it).
 """
 
@@ -60,8 +60,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import quants
-from .gguf import GGUFFile, ValueType, open_gguf, write_gguf
+from engine import quants
+from engine.gguf import GGUFFile, ValueType, open_gguf, write_gguf
+
+from . import encoders
 
 QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION, written as general.quantization_version
 
@@ -250,7 +252,7 @@ def quantize_file(src, dst, qtype: str, imatrix: dict[str, np.ndarray] | None = 
             if qw is not None and qw.shape != (info.shape[-1],):
                 raise ValueError(f"imatrix entry {name} has {qw.shape[0]} columns (expected {info.shape[-1]})")
             used_imatrix += qw is not None and want not in ("Q8_0", "TQ1_0", "TQ2_0", "F16", "F32")
-            data, dst_name = quants.quantize(x, quants.BY_NAME[want].type_id, imatrix=qw), want
+            data, dst_name = encoders.quantize(x, quants.BY_NAME[want].type_id, imatrix=qw), want
         entries.append((name, quants.BY_NAME[dst_name].type_id, info.shape, data))
         choice = TensorChoice(name, info.shape, src_name, dst_name, reason, int(np.asarray(data).nbytes))
         choices.append(choice)
@@ -332,7 +334,7 @@ def add_cli(sub) -> None:
     p = sub.add_parser("quantize", help="re-encode a GGUF with a quantization mix (q8_0 ... tq1_0)")
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--type", required=True, choices=tuple(MIXES), help="the mix (see `engine/quantize.py`)")
+    p.add_argument("--type", required=True, choices=tuple(MIXES), help="the mix (see `mote/quantize.py`)")
     p.add_argument("--imatrix", default=None, help="importance matrix from `mote imatrix` (GGUF)")
     p.add_argument("--json", action="store_true", help="also print a JSON summary line")
     p.add_argument("--quiet", action="store_true", help="no per-tensor lines")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from engine.progress import Progress
+from .progress import Progress
 
 CHUNK_BYTES = 1 << 20        # copy/hash block
 GEMMA_NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at "

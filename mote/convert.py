@@ -37,9 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atome, quants
-from .config import ATOME_KEYS, AtomeConfig
-from .gguf import ValueType, write_gguf
+from engine import atome, quants
+from engine.config import ATOME_KEYS, AtomeConfig
+from engine.gguf import ValueType, write_gguf
+
+from . import encoders
 
 # llama.cpp's LLAMA_FTYPE values for float files (general.file_type)
 FTYPE_ALL_F32, FTYPE_MOSTLY_F16 = 0, 1
@@ -70,7 +72,7 @@ def write_model(out_path, metadata: dict, tensors: list[tuple[str, np.ndarray]],
     for name, arr in tensors:
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         t = float_type_for(name, arr.shape, out_type)
-        entries.append((name, t, arr.shape, quants.quantize(arr, t)))
+        entries.append((name, t, arr.shape, encoders.quantize(arr, t)))
     tmp = Path(str(out_path) + ".part")
     with open(tmp, "wb") as f:
         n = write_gguf(f, metadata, entries)
@@ -221,7 +223,7 @@ def convert_torch_gpt(src, out_path, allow_pickle: bool = False, out_type: str =
 
 # ---- Hugging Face safetensors folders -----------------------------------------------------------
 #
-# A folder with config.json, one or more *.safetensors (parsed by engine/safetensors.py) and
+# A folder with config.json, one or more *.safetensors (parsed by mote/safetensors.py) and
 # tokenizer.json. model_type picks the rename table and the metadata:
 #
 #   llama        Q/K rows permuted from HF's rotate-half order to GGUF's adjacent pairs (below)
@@ -532,9 +534,6 @@ def convert_hf(folder, out_path, out_type: str = "f32", name: str | None = None)
             "vocab": len(md["tokenizer.ggml.tokens"][1][1])}
 
 
-# ---- command line -------------------------------------------------------------------------------
-
-
 # ---- ATOME01 blobs (Atome LM) -> the `atome` architecture ----------------------------------------
 # Atome LM (github.com/TilelliLab/atome-lm, read at commit be1218672e9adb5656c877c2dbf7b05e55d96d10)
 # exports its ternary model as an ATOME01 blob (scripts/export_to_atome.py; read by its C engine):
@@ -616,7 +615,7 @@ def convert_atome_blob(src, out_path, args=None) -> dict:
     out, n_ternary_f32 = [], 0
     for name, a in tensors.items():
         if a.dtype == np.int8 and a.shape[-1] % tq1.block_size == 0:
-            out.append((name, tq1.type_id, a.shape, quants.quantize(a.astype(np.float32), tq1.type_id)))
+            out.append((name, tq1.type_id, a.shape, encoders.quantize(a.astype(np.float32), tq1.type_id)))
         else:
             n_ternary_f32 += a.dtype == np.int8
             out.append((name, quants.BY_NAME["F32"].type_id, a.shape, np.ascontiguousarray(a, np.float32)))
@@ -632,6 +631,9 @@ def convert_atome_blob(src, out_path, args=None) -> dict:
     with open(out_path, "wb") as f:
         write_gguf(f, meta, out)
     return {"architecture": "atome", "tensors": len(out), "ternary_as_f32": n_ternary_f32}
+
+
+# ---- command line -------------------------------------------------------------------------------
 
 
 def convert(src, out_path, args=None) -> dict:
