@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 GEMMA_DEFAULT = os.environ.get("MOTE_GEMMA_PATH", "/tmp/gemma/gemma-3-270m-q4_k_m.gguf")
-TINYSTORIES = Path("/work/shared/atome/tinystories_sample.txt")
+TINYSTORIES = ROOT / "tests" / "data" / "shared" / "atome" / "tinystories_sample.txt"
 BPE_VOCAB_SIZE = 1200
 BPE_PRE = ("gpt-2", "llama-bpe", "qwen2", "default", "starcoder")
 HF_PRE = ("gpt-2", "llama-bpe", "qwen2")     # the ones rebuilt in `tokenizers` as a second opinion

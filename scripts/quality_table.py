@@ -46,7 +46,7 @@ from mote.loader import load  # noqa: E402
 from mote.perplexity import make_windows, perplexity, text_tokens, tokens_needed  # noqa: E402
 from mote.quantize import collect_imatrix, quantize_file, summary, write_imatrix, read_imatrix  # noqa: E402
 
-SHARED = Path(os.environ.get("MOTE_SHARED", ROOT.parent / "shared"))
+SHARED = Path(os.environ.get("MOTE_SHARED", ROOT / "tests" / "data" / "shared"))
 SAMPLE = SHARED / "atome" / "tinystories_sample.txt"
 VANILLA_PT = SHARED / "atome" / "vanilla_1m_v1.pt"
 GEMMA = Path(os.environ.get("MOTE_GEMMA_PATH", "/tmp/gemma/gemma-3-270m-q4_k_m.gguf"))

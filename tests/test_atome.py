@@ -7,9 +7,7 @@ tiny random model written to a blob by `_write_blob` below, an independent write
 """
 
 import json
-import os
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,36 +24,24 @@ from engine.atome import (
 from engine.config import AtomeConfig
 from mote.convert import atome_blob_nbytes, load_atome_blob, pack_atome_trits, read_atome_blob
 from engine.quants import unpack_atome_trits
+from tests.paths import SHARED, shared_file
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _shared() -> Path:
-    return Path(os.environ.get("MOTE_SHARED", ROOT.parent / "shared"))
-
-
-BLOB = _shared() / "atome" / "atome_944k.bin"
-REFERENCE = _shared() / "reference" / "atome-944k.json"
-needs_shared = pytest.mark.skipif(
-    not (BLOB.exists() and REFERENCE.exists()),
-    reason=f"Atome blob or reference not found under {_shared()} (set MOTE_SHARED)",
-)
+BLOB = SHARED / "atome" / "atome_944k.bin"
+REFERENCE = SHARED / "reference" / "atome-944k.json"
 
 
 @pytest.fixture(scope="module")
 def weights():
-    return load_atome_blob(BLOB.read_bytes())
+    return load_atome_blob(shared_file("atome/atome_944k.bin").read_bytes())
 
 
 @pytest.fixture(scope="module")
 def reference():
-    return json.loads(REFERENCE.read_text())["prompts"]
+    return json.loads(shared_file("reference/atome-944k.json").read_text())["prompts"]
 
 
 def _prompts():
-    if not REFERENCE.exists():
-        return []
-    return list(json.loads(REFERENCE.read_text())["prompts"])
+    return list(json.loads(REFERENCE.read_text())["prompts"])  # vendored: read at collection
 
 
 # ---- an independent ATOME01 writer for tiny random models -----------------------------------
@@ -112,7 +98,6 @@ def test_blob_size_follows_from_dimensions():
     assert len(tensor_layout(cfg)) == 1 + 8 * 10 + 3
 
 
-@needs_shared
 def test_wrong_dimensions_or_bytes_are_named():
     blob = BLOB.read_bytes()
     with pytest.raises(AtomeError, match=r"276655 bytes but .*d_head=32.* need 243887 bytes"):
@@ -123,7 +108,6 @@ def test_wrong_dimensions_or_bytes_are_named():
         load_atome_blob(b"GGUF" + blob[4:])
 
 
-@needs_shared
 def test_weights_stay_ternary(weights):
     cfg = weights.config
     mats = [weights.token_embd, weights.output]
@@ -178,7 +162,6 @@ def test_top_k_prefers_earlier_positions_on_ties():
 # ---- against Atome's C engine --------------------------------------------------------------
 
 
-@needs_shared
 @pytest.mark.parametrize("prompt", _prompts())
 def test_last_logits_match_c_engine(weights, reference, prompt):
     case = reference[prompt]
@@ -196,7 +179,6 @@ def test_last_logits_match_c_engine(weights, reference, prompt):
         np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
 
 
-@needs_shared
 @pytest.mark.parametrize("prompt", _prompts())
 def test_greedy_bytes_match_c_engine(weights, reference, prompt):
     case = reference[prompt]
@@ -247,9 +229,8 @@ def test_incremental_equals_full_recompute_tiny(tiny):
     _check_incremental(tiny, tokens, splits=[1, 2, 3, 5, 1, 20, 34], atol=1e-4)
 
 
-@needs_shared
 def test_incremental_equals_full_recompute_944k(weights):
-    text = (_shared() / "atome" / "tinystories_sample.txt").read_bytes()[:150]
+    text = shared_file("atome/tinystories_sample.txt").read_bytes()[:150]
     tokens = list(text) + [ord("a")] * 10  # repeats give exactly tied attention scores
     _check_incremental(weights, tokens, splits=[7, 1, 1, 60, 3, 88], atol=1e-4)
 
@@ -279,7 +260,6 @@ def test_kv_cache_grows_past_first_allocation(tiny):
 # ---- through GGUF: `mote convert` -> the engine's loader -> generate ---------------------------
 
 
-@needs_shared
 def test_converted_gguf_matches_c_engine(tmp_path, reference):
     """The blob converted to GGUF (TQ1_0 trits, F32 scales) and run through the CLI's path."""
     from engine.generate import SamplingParams, generate

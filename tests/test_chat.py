@@ -198,14 +198,14 @@ def test_chat_tokens_adds_bos_once():
 
 
 GEMMA = Path(os.environ.get("MOTE_GEMMA_PATH", "/tmp/gemma/gemma-3-270m-q4_k_m.gguf"))
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gemma3-270m.json"
+from tests.paths import shared_file  # noqa: E402
+
+REFERENCE = shared_file("reference/gemma3-270m.json")
 
 
 def test_gemma_chat_tokens_match_llama_cpp():
     if not GEMMA.is_file():
         pytest.skip(f"Gemma 3 270M not found at {GEMMA} (set MOTE_GEMMA_PATH)")
-    if not REFERENCE.is_file():
-        pytest.skip(f"reference {REFERENCE} not found")
     gguf_mod = pytest.importorskip("engine.gguf")
     tok_mod = pytest.importorskip("engine.tokenizer")
     md = gguf_mod.open_gguf(GEMMA).metadata

@@ -17,7 +17,7 @@ from engine.gguf import open_gguf
 from mote.cli import main as mote
 from mote.convert import ConvertError, convert_torch_gpt
 from mote.loader import load
-from tests.paths import REFERENCE, SHARED, require
+from tests.paths import REFERENCE, SHARED, shared_file
 
 VANILLA_PT = SHARED / "atome" / "vanilla_1m_v1.pt"
 
@@ -26,7 +26,7 @@ VANILLA_PT = SHARED / "atome" / "vanilla_1m_v1.pt"
 
 
 def test_pickle_is_refused_without_allow_pickle(tmp_path, capsys):
-    src = require(VANILLA_PT, "Atome LM vanilla 1M checkpoint")
+    src = shared_file("atome/vanilla_1m_v1.pt")
     out = tmp_path / "v.gguf"
     assert mote(["convert", str(src), str(out)]) == 1
     assert "--allow-pickle" in capsys.readouterr().err
@@ -52,7 +52,7 @@ def test_weights_only_load_refuses_a_pickle_that_runs_code(tmp_path):
 @pytest.fixture(scope="module")
 def vanilla(tmp_path_factory):
     pytest.importorskip("torch", reason="converting the .pt checkpoint needs torch (dev extra)")
-    src = require(VANILLA_PT, "Atome LM vanilla 1M checkpoint")
+    src = shared_file("atome/vanilla_1m_v1.pt")
     out = tmp_path_factory.mktemp("vanilla") / "vanilla-1m.gguf"
     assert mote(["convert", str(src), str(out), "--allow-pickle"]) == 0
     return out
@@ -153,7 +153,7 @@ TEXTS = ["Once upon a time, there was a little cat named Tom.",
 
 @functools.lru_cache(maxsize=None)
 def _corpus() -> str:
-    return require(SHARED / "atome" / "tinystories_sample.txt", "TinyStories sample").read_text()[:30000]
+    return shared_file("atome/tinystories_sample.txt").read_text()[:30000]
 
 
 def _bytelevel_tokenizer():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mote.loader import load
-from tests.paths import REFERENCE, ROOT, gemma_path, require
+from tests.paths import REFERENCE, ROOT, gemma_path, shared_file
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_matches_transformers(gemma, prompt, ref):
 
 
 def test_llama_cpp_tokenizations(gemma):
-    ref = json.loads(require(REFERENCE / "gemma3-270m.json", "shared reference").read_text())["llama_cpp"]
+    ref = json.loads(shared_file("reference/gemma3-270m.json").read_text())["llama_cpp"]
     tok = gemma.tokenizer
     for text, ids in ref["tokenize"]["cases"].items():
         assert tok.encode(text, add_bos=False) == ids, text

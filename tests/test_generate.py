@@ -270,15 +270,15 @@ def test_stop_filter_equals_cutting_the_whole_text(text, stops, cuts):
 # -- the real model ---------------------------------------------------------------------------
 
 GEMMA = Path(os.environ.get("MOTE_GEMMA_PATH", "/tmp/gemma/gemma-3-270m-q4_k_m.gguf"))
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "gemma3-270m.json"
+from tests.paths import shared_file  # noqa: E402
+
+REFERENCE = shared_file("reference/gemma3-270m.json")
 
 
 @pytest.mark.slow
 def test_greedy_gemma_matches_reference_until_first_near_tie():
     if not GEMMA.is_file():
         pytest.skip(f"Gemma 3 270M not found at {GEMMA} (set MOTE_GEMMA_PATH)")
-    if not REFERENCE.is_file():
-        pytest.skip(f"reference {REFERENCE} not found")
     model_mod = pytest.importorskip("engine.model")
     gguf_mod = pytest.importorskip("engine.gguf")
     tok_mod = pytest.importorskip("engine.tokenizer")

@@ -14,7 +14,7 @@ import pytest
 from engine.tokenizer import Tokenizer
 from mote.cli import main as mote
 from mote.perplexity import make_windows, perplexity, text_tokens, tokens_needed
-from tests.paths import REFERENCE, SHARED, require
+from tests.paths import REFERENCE, SHARED, shared_file
 from tests.tiny_models import write_tiny
 
 SAMPLE = SHARED / "atome" / "tinystories_sample.txt"
@@ -166,7 +166,7 @@ def test_cli_json_contract_and_bos_windows(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def vanilla_gguf(tmp_path_factory):
     pytest.importorskip("torch", reason="converting the .pt checkpoint needs torch (dev extra)")
-    src = require(SHARED / "atome" / "vanilla_1m_v1.pt", "Atome LM vanilla 1M checkpoint")
+    src = shared_file("atome/vanilla_1m_v1.pt")
     out = tmp_path_factory.mktemp("vanilla") / "vanilla-1m.gguf"
     assert mote(["convert", str(src), str(out), "--allow-pickle"]) == 0
     return out
@@ -175,7 +175,7 @@ def vanilla_gguf(tmp_path_factory):
 @pytest.mark.slow
 def test_vanilla_full_perplexity_matches_reference(vanilla_gguf, capsys):
     """The whole 256 KiB sample (1024 windows, ~2.5-5 minutes on 2 cores): within 0.1 % of 3.0541."""
-    require(SAMPLE, "TinyStories sample")
+    shared_file("atome/tinystories_sample.txt")
     ref = json.loads((REFERENCE / "vanilla-1m.json").read_text())["perplexity"]
     t0 = time.perf_counter()
     assert mote(["perplexity", str(vanilla_gguf), str(SAMPLE), "--ctx", "256", "--json", "--no-progress"]) == 0
@@ -188,7 +188,7 @@ def test_vanilla_full_perplexity_matches_reference(vanilla_gguf, capsys):
 
 def test_vanilla_subset_perplexity_matches_torch(vanilla_gguf, capsys):
     """First 6 windows: our PPL equals the PyTorch forward's (tests/test_convert.py's torch oracle)."""
-    require(SAMPLE, "TinyStories sample")
+    shared_file("atome/tinystories_sample.txt")
     from tests.test_convert import torch_vanilla_logits
 
     assert mote(["perplexity", str(vanilla_gguf), str(SAMPLE), "--ctx", "256", "--max-windows", "6",

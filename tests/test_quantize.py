@@ -16,7 +16,7 @@ from mote import encoders
 from mote.cli import main as mote
 from mote.loader import load
 from mote.quantize import MIXES, choose_type, collect_imatrix, read_imatrix, use_more_bits
-from tests.paths import SHARED, require
+from tests.paths import shared_file
 from tests.tiny_models import VOCAB, write_tiny
 
 gguf = pytest.importorskip("gguf")
@@ -210,8 +210,8 @@ def test_quantize_with_imatrix_changes_the_bytes(tiny, tmp_path):
 
 def test_vanilla_q8_0_within_1_percent_of_f32(tmp_path, capsys):
     pytest.importorskip("torch", reason="converting the .pt checkpoint needs torch (dev extra)")
-    src = require(SHARED / "atome" / "vanilla_1m_v1.pt", "Atome LM vanilla 1M checkpoint")
-    sample = require(SHARED / "atome" / "tinystories_sample.txt", "TinyStories sample")
+    src = shared_file("atome/vanilla_1m_v1.pt")
+    sample = shared_file("atome/tinystories_sample.txt")
     f32, q8 = tmp_path / "v.gguf", tmp_path / "v-q8_0.gguf"
     assert mote(["convert", str(src), str(f32), "--allow-pickle"]) == 0
     assert mote(["quantize", str(f32), str(q8), "--type", "q8_0", "--no-progress", "--quiet"]) == 0

@@ -1,7 +1,7 @@
 """engine/tokenizer.py against llama.cpp's token ids.
 
 Oracles:
-  - /work/shared/reference/gemma3-270m.json: llama.cpp's ids for a few prompts (MOTE_REFERENCE_DIR
+  - tests/data/shared/reference/gemma3-270m.json: llama.cpp's ids for a few prompts (MOTE_SHARED
     overrides the folder; skipped when absent).
   - tests/data/tokenizer_golden_gemma.json: llama.cpp's ids, end-of-generation ids and token
     pieces for Gemma 3's vocabulary on the strings in scripts/make_tokenizer_golden.py (which
@@ -29,14 +29,14 @@ from engine.tokenizer import (_GPT2, _LLAMA3, _QWEN2, StreamDecoder, Tokenizer, 
                               _pattern, _split_words)
 
 DATA = Path(__file__).parent / "data"
+from tests.paths import REFERENCE  # noqa: E402
+
 GEMMA_PATH = Path(os.environ.get("MOTE_GEMMA_PATH", "/tmp/gemma/gemma-3-270m-q4_k_m.gguf"))
-REFERENCE_DIR = Path(os.environ.get("MOTE_REFERENCE_DIR", "/work/shared/reference"))
+REFERENCE_DIR = REFERENCE  # vendored in tests/data/shared (tests/paths.py)
 
 
 def _load_json(path: Path) -> dict:
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(path.read_text(encoding="utf-8"))  # vendored: missing is a failure
 
 
 @pytest.fixture(scope="module")
