@@ -51,11 +51,12 @@ TOP_P_PROBE = 1024   # first candidate-set size tried for top-p without top-k
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Decoding knobs; the defaults are llama.cpp's (except max_tokens)."""
-    temperature: float = 0.8     # <= 0: greedy
-    top_k: int = 40              # <= 0: off
-    top_p: float = 0.95          # >= 1: off
-    min_p: float = 0.05          # <= 0: off
+    """Decoding knobs; the defaults are llama.cpp's (except max_tokens). Out-of-range values
+    (NaN, infinities, a negative temperature, top_p outside (0, 1], ...) are refused by name."""
+    temperature: float = 0.8     # 0: greedy
+    top_k: int = 40              # 0: off
+    top_p: float = 0.95          # 1: off
+    min_p: float = 0.05          # 0: off
     repeat_penalty: float = 1.0  # 1.0: off
     repeat_last_n: int = 64      # window of the repetition penalty (prompt tokens included)
     seed: int | None = None      # None: a fresh seed (Sampler.seed records it)
@@ -65,10 +66,24 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # a lone string would be split into characters
             raise TypeError(f"stop must be a tuple of strings, got the string {self.stop!r}")
-        if any(not s for s in self.stop):
-            raise ValueError(f"stop strings must be non-empty, got {self.stop!r}")
-        if self.max_tokens < 0:
-            raise ValueError(f"max_tokens {self.max_tokens} must be >= 0")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        for name, low, high, low_open in _RANGES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name}={value!r} must be a finite number")
+            if value < low or (low_open and value == low) or value > high:
+                left = "(" if low_open else "["
+                raise ValueError(f"{name}={value!r} must be in {left}{low}, {high}]")
+        for name in ("top_k", "repeat_last_n", "max_tokens") + (("seed",) if self.seed is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} must be a whole number >= 0")
+
+
+# (field, low, high, low excluded) for the float knobs
+_RANGES = (("temperature", 0.0, math.inf, False), ("top_p", 0.0, 1.0, True), ("min_p", 0.0, 1.0, False),
+           ("repeat_penalty", 0.0, math.inf, True))
 
 
 class Sampler:
@@ -83,11 +98,7 @@ class Sampler:
     """
 
     def __init__(self, params: SamplingParams) -> None:
-        if params.repeat_penalty <= 0:
-            raise ValueError(f"repeat_penalty {params.repeat_penalty} must be > 0 (1.0 = off)")
-        if params.repeat_last_n < 0:
-            raise ValueError(f"repeat_last_n {params.repeat_last_n} must be >= 0 (0 = off)")
-        self.params = params
+        self.params = params  # validated by SamplingParams
         # seed None: draw a fresh one from the OS and keep it, so the run can be repeated
         self.seed: int = (int(params.seed) if params.seed is not None
                           else int(np.random.SeedSequence().entropy))

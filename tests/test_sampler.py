@@ -202,3 +202,33 @@ def test_sampling_speed_large_vocab(capsys):
         print("\nsampling ms/token, vocab 262144: "
               + ", ".join(f"{k}: {v:.2f}" for k, v in results.items()))
     assert max(results.values()) < 50.0
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("temperature", float("nan"), "temperature=nan must be a finite number"),
+    ("temperature", float("inf"), "temperature=inf must be a finite number"),
+    ("temperature", -0.5, r"temperature=-0.5 must be in \[0.0, inf\]"),
+    ("top_p", 0.0, r"top_p=0.0 must be in \(0.0, 1.0\]"),
+    ("top_p", 2.0, r"top_p=2.0 must be in \(0.0, 1.0\]"),
+    ("top_p", float("nan"), "top_p=nan must be a finite number"),
+    ("min_p", -0.1, r"min_p=-0.1 must be in \[0.0, 1.0\]"),
+    ("repeat_penalty", float("nan"), "repeat_penalty=nan must be a finite number"),
+    ("repeat_penalty", 0.0, r"repeat_penalty=0.0 must be in \(0.0, inf\]"),
+    ("top_k", -5, "top_k=-5 must be a whole number >= 0"),
+    ("top_k", 2.5, "top_k=2.5 must be a whole number >= 0"),
+    ("repeat_last_n", -1, "repeat_last_n=-1 must be a whole number >= 0"),
+    ("max_tokens", -1, "max_tokens=-1 must be a whole number >= 0"),
+    ("max_tokens", "12", "max_tokens='12' must be a whole number >= 0"),
+    ("seed", -3, "seed=-3 must be a whole number >= 0"),
+    ("temperature", True, "temperature=True must be a finite number"),
+])
+def test_out_of_range_settings_are_refused_by_name(field, value, message):
+    """NaN, infinities and out-of-range knobs never reach the sampler: the error names the field."""
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**{field: value})
+
+
+def test_edge_settings_that_are_valid():
+    for kw in ({"temperature": 0}, {"top_p": 1.0}, {"min_p": 0.0}, {"min_p": 1.0}, {"top_k": 0},
+               {"max_tokens": 0}, {"repeat_last_n": 0}, {"seed": 0}):
+        SamplingParams(**kw)
