@@ -17,6 +17,8 @@ for the context length.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -48,6 +50,16 @@ class LoadPolicy:
     dense_layers_mb: float = 256.0
     dense_head_mb: float = 64.0
     own_buffer: bool = False
+
+
+def memory_limit() -> int:
+    """Bytes this process could ever hold: physical memory natively, the 4 GiB of wasm32 in Pyodide."""
+    if sys.platform == "emscripten":
+        return 4 << 30
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # no sysconf: do not guess
+        return 1 << 62
 
 
 # ---- small numpy helpers ------------------------------------------------------------------------
@@ -131,8 +143,16 @@ class Model:
         (h0, h1), (k0, k1) = plan.heads, plan.kv_heads
         self.n_heads, self.n_kv = h1 - h0, k1 - k0  # this shard's query and kv heads
         kv_shape = (cfg.n_layers, n_ctx, max(1, self.n_kv), cfg.head_dim)
-        self.k_cache = np.zeros(kv_shape, dtype=np.float32)  # (L, n_ctx, n_kv, hd)
-        self.v_cache = np.zeros(kv_shape[:3] + (cfg.v_head_dim,), dtype=np.float32)  # (L, n_ctx, n_kv, hd_v)
+        need = 4 * math.prod(kv_shape[:3]) * (cfg.head_dim + cfg.v_head_dim)  # bytes of both caches
+        too_big = f"a KV cache of {n_ctx} tokens needs {need / 2**30:.2f} GiB"
+        if need > memory_limit():
+            raise ConfigError(f"{too_big}, more than the {memory_limit() / 2**30:.1f} GiB this machine has "
+                              "(ask for a shorter context)")
+        try:
+            self.k_cache = np.zeros(kv_shape, dtype=np.float32)  # (L, n_ctx, n_kv, hd)
+            self.v_cache = np.zeros(kv_shape[:3] + (cfg.v_head_dim,), dtype=np.float32)  # (L, n_ctx, n_kv, hd_v)
+        except MemoryError:
+            raise ConfigError(f"{too_big} and that much memory is not free (ask for a shorter context)") from None
         self.pos = 0
         rope_dim = cfg.rope_dim or cfg.head_dim
         self._inv_freq = {}

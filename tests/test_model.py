@@ -172,3 +172,14 @@ def test_decode_token_allocates_only_small_activations(policy):
             del logits
     finally:
         tracemalloc.stop()
+
+
+def test_a_kv_cache_bigger_than_memory_is_a_clear_error(tmp_path, monkeypatch):
+    """--ctx 100000000 on a model that declares a huge context: a ConfigError that says how much,
+    not numpy's MemoryError traceback (or, with overcommit, a process the OS kills later)."""
+    import engine.model as model_mod
+
+    path = write_tiny(tmp_path / "llama.gguf", "llama")
+    monkeypatch.setattr(model_mod, "memory_limit", lambda: 1024)  # a machine with 1 KiB
+    with pytest.raises(ConfigError, match=r"a KV cache of \d+ tokens needs [\d.]+ GiB, more than the 0.0 GiB"):
+        load_model(open_gguf(path), n_ctx=4096)
