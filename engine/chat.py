@@ -32,6 +32,9 @@ import datetime
 import functools
 import json
 import operator
+import re
+import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -249,6 +252,7 @@ def family_of_template(source: str) -> str | None:
 def _import_jinja():
     """The jinja2 module (with .sandbox and .ext loaded), or None when it cannot be imported."""
     try:
+        import jinja2.compiler
         import jinja2.ext
         import jinja2.sandbox
     except ImportError:
@@ -278,6 +282,145 @@ def _tojson(value: object, indent: int | None = None, ensure_ascii: bool = False
                       sort_keys=sort_keys)
 
 
+# Bounds on what a template (text from a model file, so untrusted) may cost. A real chat template
+# renders a conversation in a few ms into text about as long as the messages.
+MAX_TEMPLATE_CHARS = 1 << 20     # the longest string or list a template may build, and its output
+MAX_TEMPLATE_SECONDS = 2.0       # CPU time for one render
+MAX_TEMPLATE_STEPS = 1 << 20     # range() elements and loop iterations (counted as traced lines)
+
+
+class _Budget:
+    """One render's allowance: a deadline and a step count, checked from a line tracer."""
+
+    def __init__(self, extra_chars: int):
+        self.deadline = time.perf_counter() + MAX_TEMPLATE_SECONDS
+        self.steps = 0
+        self.max_chars = MAX_TEMPLATE_CHARS + extra_chars  # the messages themselves may be long
+
+    def step(self, n: int = 1) -> None:
+        self.steps += n
+        if self.steps > MAX_TEMPLATE_STEPS:
+            raise ChatTemplateError(f"chat template runs too long (over {MAX_TEMPLATE_STEPS} steps)")
+        if self.steps % 1024 < n and time.perf_counter() > self.deadline:
+            raise ChatTemplateError(f"chat template runs too long (over {MAX_TEMPLATE_SECONDS} s)")
+
+    def size(self, n: int, what: str) -> None:
+        if n > self.max_chars:
+            raise ChatTemplateError(f"chat template builds a {what} of {n} items "
+                                    f"(at most {self.max_chars})")
+
+
+_BUDGET: list[_Budget] = []  # the render in progress (a stack: renders do not nest, but be safe)
+
+
+def _budget() -> _Budget:
+    if not _BUDGET:  # compile-time folding: no render running, so no allowance
+        raise ChatTemplateError("chat template evaluated outside a render")
+    return _BUDGET[-1]
+
+
+def _length(value: object) -> int:
+    return len(value) if isinstance(value, (str, list, tuple, dict)) else 0
+
+
+def _bounded_sandbox(jinja2):
+    """jinja2's immutable sandbox with size and time bounds (the sandbox itself only blocks
+    attribute escapes and ranges over 100,000 items)."""
+    width_spec = re.compile(r"%[-+ #0]*(\d+)|\{[^{}]*?:[^{}]*?(\d+)[^{}]*\}")
+
+    def check_width(fmt: object) -> None:
+        if isinstance(fmt, str):
+            for m in width_spec.finditer(fmt):
+                _budget().size(int(m.group(1) or m.group(2)), "formatted field")
+
+    class BoundedCodeGenerator(jinja2.compiler.CodeGenerator):
+        def visit_Concat(self, node, frame):  # `a ~ b`: through bounded_join, never folded
+            self.write("environment.bounded_join((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
+
+    class Bounded(jinja2.sandbox.ImmutableSandboxedEnvironment):
+        # these operators go through call_binop (and are therefore never folded at compile time)
+        intercepted_binops = frozenset(["*", "+", "**", "%", "//"])
+        code_generator_class = BoundedCodeGenerator
+
+        def wrap_str_format(self, value):  # str.format / format_map: the sandbox wraps them here
+            wrapped = super().wrap_str_format(value)
+            if wrapped is not None:
+                check_width(value.__self__)
+            return wrapped
+
+        @staticmethod
+        def bounded_join(parts) -> str:
+            parts = [str(p) for p in parts]
+            _budget().size(sum(map(len, parts)), "joined string")
+            return "".join(parts)
+
+        def call_binop(self, context, operator, left, right):
+            budget = _budget()
+            if operator == "*" and isinstance(left, int) and not isinstance(left, bool):
+                left, right = right, left
+            if operator == "*" and isinstance(right, int):
+                budget.size(_length(left) * max(right, 0), "repeated string or list")
+            elif operator == "+":
+                budget.size(_length(left) + _length(right), "joined string or list")
+            elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+                budget.size(int(right), "power")  # 2 ** n has n bits
+            elif operator == "%":
+                check_width(left)
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja2's own signature)
+            budget = _budget()
+            name = getattr(__obj, "__name__", "")
+            if isinstance(getattr(__obj, "__self__", None), str):  # str methods
+                if name in ("center", "ljust", "rjust", "zfill", "expandtabs"):
+                    budget.size(max([a for a in args if isinstance(a, int)], default=0), f"str.{name} width")
+                elif name == "replace" and len(args) >= 2:
+                    text, old, new = __obj.__self__, str(args[0]), str(args[1])
+                    count = text.count(old) if old else len(text) + 1
+                    budget.size(len(text) + count * max(0, len(new) - len(old)), "replaced string")
+                elif name == "join" and args:
+                    budget.size(sum(_length(x) for x in args[0]) if isinstance(args[0], (list, tuple)) else 0,
+                                "joined string")
+            return super().call(__context, __obj, *args, **kwargs)
+
+    return Bounded
+
+
+def _bounded_filters(jinja2, env) -> None:
+    """Filters that can build huge strings get a size check; marked pass_context, so the compiler
+    never runs them while folding constants (outside any budget)."""
+    def wrap(name, size_of):
+        inner = env.filters[name]
+
+        @jinja2.pass_context
+        def bounded(_ctx, value, *args, **kwargs):
+            _budget().size(size_of(value, *args, **kwargs), f"{name} result")
+            return inner(value, *args, **kwargs)
+
+        env.filters[name] = bounded
+
+    text_len = lambda v: len(str(v))  # noqa: E731
+    wrap("center", lambda v, width=80: max(text_len(v), int(width)))
+    wrap("indent", lambda v, width=4, *a, **k: text_len(v) * (1 + (int(width) if isinstance(width, int) else len(str(width)))))
+    wrap("wordwrap", lambda v, width=79, *a, **k: 2 * text_len(v))
+    wrap("format", lambda v, *a, **k: text_len(v) + sum(_length(x) for x in a) + max(
+        [int(m.group(1) or m.group(2)) for m in re.finditer(r"%[-+ #0]*(\d+)|\{[^{}]*?:[^{}]*?(\d+)[^{}]*\}", str(v))],
+        default=0))
+    wrap("replace", lambda v, old, new, count=None: text_len(v) + (str(v).count(str(old)) if str(old) else text_len(v) + 1)
+         * max(0, len(str(new)) - len(str(old))))
+
+
+def _range(*args: int) -> range:
+    """range() that counts its elements against the render's step budget (nested loops multiply)."""
+    r = range(*args)
+    _budget().step(len(r))
+    return r
+
+
 @functools.lru_cache(maxsize=8)
 def _compile(source: str):
     """Compile once per template text (a chat re-renders the same template every turn)."""
@@ -285,31 +428,80 @@ def _compile(source: str):
     if jinja2 is None:
         raise ChatTemplateError("jinja2 is not installed; install the 'chat' extra or use a "
                                 "built-in template family")
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env = _bounded_sandbox(jinja2)(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    _bounded_filters(jinja2, env)
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.globals["range"] = _range
+    del env.globals["lipsum"]  # lorem-ipsum generator: no chat template needs it, lipsum(10**7) is huge
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise ChatTemplateError(f"chat template is {len(source)} characters (at most {MAX_TEMPLATE_CHARS})")
     try:
         return env.from_string(source)
-    except jinja2.TemplateError as e:
+    except ChatTemplateError:
+        raise
+    except Exception as e:  # TemplateError; RecursionError or MemoryError on a pathological source
         raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from e
+
+
+MAX_TEMPLATE_DEPTH = 64  # nested macro calls (recursion would otherwise exhaust the stack)
+
+
+def _tracer(budget: _Budget):
+    """A sys.settrace function that charges every line run in template code to `budget` and
+    bounds the nesting of template functions (macros)."""
+    depth = [0]
+
+    def local(frame, event, arg):
+        if event == "line":
+            budget.step()
+        elif event == "return":
+            depth[0] -= 1
+        return local
+
+    def global_(frame, event, arg):
+        if frame.f_code.co_filename != "<template>":
+            return None
+        depth[0] += 1
+        if depth[0] > MAX_TEMPLATE_DEPTH:
+            raise ChatTemplateError(f"chat template nests macro calls deeper than {MAX_TEMPLATE_DEPTH}")
+        return local
+
+    return global_
 
 
 def render_jinja(source: str, messages: Sequence[Message], add_generation_prompt: bool,
                  bos_token: str, eos_token: str, **extra: object) -> str:
-    """Render a HF-style chat template with Jinja2 in an immutable sandbox."""
+    """Render a HF-style chat template with Jinja2 in an immutable sandbox, within the bounds above.
+
+    Hostile templates (huge loops, string multiplication to GBs, recursion, never-ending output)
+    end in a ChatTemplateError that says which bound they hit.
+    """
     if _import_jinja() is None:       # checked per call: the compile cache outlives an import
         raise ChatTemplateError("jinja2 is not installed; install the 'chat' extra or use a "
                                 "built-in template family")
     template = _compile(source)
+    budget = _Budget(extra_chars=sum(_length(m.get("content")) for m in messages if isinstance(m, Mapping)))
+    _BUDGET.append(budget)
+    previous = sys.gettrace()
+    sys.settrace(_tracer(budget))
     try:
-        return template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token, **extra)
+        out: list[str] = []
+        n = 0
+        for piece in template.generate(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                       bos_token=bos_token, eos_token=eos_token, **extra):
+            n += len(piece)
+            budget.size(n, "rendered prompt")
+            out.append(piece)
+        return "".join(out)
     except ChatTemplateError:
         raise
-    except Exception as e:            # jinja2.TemplateError, SecurityError, TypeError in a template
+    except Exception as e:            # jinja2.TemplateError, SecurityError, TypeError, RecursionError, MemoryError
         raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from e
+    finally:
+        sys.settrace(previous)
+        _BUDGET.pop()
 
 
 # -- the template a model uses --------------------------------------------------------------------

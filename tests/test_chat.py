@@ -217,3 +217,70 @@ def test_gemma_chat_tokens_match_llama_cpp():
     ids = chat_tokens(tok, tmpl, [{"role": "user", "content": "Hi"}], add_generation_prompt=False)
     newline = cases[turn][2]                                    # llama.cpp's id of "\n"
     assert ids == [tok.bos_id] + cases[turn] + [newline]
+
+
+# ---- hostile templates (the template is text from a model file: untrusted) -----------------------
+
+HOSTILE = {
+    "multiply to 2 GB": "{{ ('a' * 2000000000)|length }}",
+    "multiply, int first": "{{ (2000000000 * 'a')|length }}",
+    "lipsum": "{{ lipsum(10**7) }}",
+    "nested ranges": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "nested loops over strings": "{% for a in 'x' * 100000 %}{% for b in 'y' * 100000 %}{% endfor %}{% endfor %}",
+    "doubling with ~": "{% set ns = namespace(s='a') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+                       "{% endfor %}{{ ns.s|length }}",
+    "doubling with +": "{% set ns = namespace(s='a') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
+                       "{% endfor %}{{ ns.s|length }}",
+    "doubling by recursion": "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s|length }}"
+                             "{% endif %}{% endmacro %}{{ d('a', 40) }}",
+    "endless recursion": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+    "str.center": "{{ 'x'.center(1000000000) }}",
+    "center filter": "{{ 'x'|center(1000000000) }}",
+    "printf width": "{{ '%999999999s' % 'x' }}",
+    "format filter width": "{{ '%999999999s'|format('x') }}",
+    "str.format width": "{{ '{:>999999999}'.format(1) }}",
+    "replace blow-up": "{{ ('a' * 100000)|replace('a', 'a' * 100000) }}",
+    "str.replace blow-up": "{{ ('a' * 100000).replace('a', 'a' * 100000) }}",
+    "huge power": "{{ 2 ** 1000000000 }}",
+    "endless output": "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+    "class escape": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "globals escape": "{{ cycler.__init__.__globals__ }}",
+    "joiner internals": "{{ joiner.__init__.__globals__['os'] }}",
+    "never closes": "{% for m in messages %}{{ m.content }}",
+    "indent blow-up": "{{ ('a\\n' * 100000)|indent(100000) }}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_template_is_stopped_with_a_clear_error(name):
+    """Each ends in a ChatTemplateError (a ValueError) well within memory and time bounds; a hang is
+    caught by a generous watchdog (SIGALRM), not by asserting on time."""
+    import signal
+    import tracemalloc
+
+    def hung(*_):
+        raise AssertionError(f"template {name!r} still running after 60 s")
+
+    template = ChatTemplate.create(HOSTILE[name], "llama")
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ChatTemplateError, match="chat template"):
+            template.render([{"role": "user", "content": "hi"}])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        signal.alarm(0)
+    assert peak < 64 << 20, f"{name}: peak {peak >> 20} MiB"
+
+
+def test_bounds_leave_long_real_conversations_alone():
+    """The bounds scale with the messages: a 3 MB conversation through a ChatML template renders."""
+    from engine.chat import FAMILIES, MAX_TEMPLATE_CHARS
+
+    long = "word " * (MAX_TEMPLATE_CHARS // 5 + 1000)
+    messages = [{"role": "user", "content": long}, {"role": "assistant", "content": long},
+                {"role": "user", "content": long}]
+    text = ChatTemplate.create(FAMILIES["chatml"].jinja, "qwen2").render(messages)
+    assert text.count(long) == 3
