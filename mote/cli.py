@@ -280,12 +280,13 @@ def cmd_bench(args) -> int:
 def cmd_serve(args) -> int:
     from web.app import serve
 
-    from .pull import default_cache_dir, pull
+    from .pull import DEFAULT_MODEL, default_cache_dir, pull
 
     models = args.models
-    if models is None:  # the default: Gemma 3 270M (pulled on first use) plus any GGUF in the cache
+    if models is None:  # the default: the chat model and Gemma 3 270M (pulled on first use) plus any GGUF in the cache
         if not args.no_pull:
-            pull("gemma-3-270m")
+            for name in (DEFAULT_MODEL, "gemma-3-270m"):
+                pull(name)
         models = default_cache_dir()
     serve(host=args.host, port=args.port, models_dir=models, cors_origins=tuple(args.cors_origin or ()))
     return 0
@@ -379,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="the dev server: chat page and model files")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--models", default=None, help="folder of .gguf files to serve (default: the model cache, with Gemma 3 270M)")
-    p.add_argument("--no-pull", action="store_true", help="do not pull the default model first")
+    p.add_argument("--models", default=None, help="folder of .gguf files to serve (default: the model cache, with the default chat model and Gemma 3 270M)")
+    p.add_argument("--no-pull", action="store_true", help="do not pull the default models first")
     p.add_argument("--cors-origin", action="append", help="allow pages on this origin to use the runtime and models (repeatable)")
     p.set_defaults(func=cmd_serve)
 

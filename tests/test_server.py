@@ -131,6 +131,25 @@ def test_models_list_reads_headers_and_hashes(client, site):
     assert ll["licence"]["id"] == "apache-2.0" and ll["licence"]["notice"] is None
 
 
+def test_models_list_labels_the_files_mote_pull_knows(client, site, monkeypatch):
+    """A file whose sha256 is in mote.pull's table gets its kind, title, licence notice, default
+    sampling and the default flag (first in the list); unknown files get kind None."""
+    import dataclasses
+
+    from mote import pull as pull_mod
+
+    digest = hashlib.sha256(site["data"]["tiny-llama.gguf"]).hexdigest()
+    fake = dataclasses.replace(pull_mod.KNOWN_MODELS["qwen2.5-coder-0.5b-instruct"], sha256=digest,
+                               licence="Test Licence notice")
+    monkeypatch.setitem(pull_mod.KNOWN_MODELS, fake.name, fake)
+    listing = client.get("/models").json()
+    assert [m["file"] for m in listing] == ["tiny-llama.gguf", "tiny-gemma.gguf"]  # the default first
+    chat, other = listing
+    assert chat["kind"] == "chat" and chat["default"] is True and chat["name"] == fake.title
+    assert chat["licence"]["notice"] == "Test Licence notice" and chat["sampling"]["top_k"] == 20
+    assert other["kind"] is None and other["default"] is False
+
+
 def test_sha256_is_computed_once_per_file_version(settings, site, monkeypatch):
     import web.app as app_mod
 

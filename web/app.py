@@ -7,7 +7,8 @@ Routes
     GET /                     the chat page (web/templates/index.html)
     GET /sw.js                the service worker, served at the root so its scope is the whole app
     GET /static/...           static/ (page scripts, style, and build_wasm.py's pyodide/ and wheels/)
-    GET /models               JSON list: name, file, url, size, sha256, architecture, quantization, licence
+    GET /models               JSON list: name, file, url, size, sha256, architecture, quantization, licence,
+                              kind (chat | completion, for files mote pull knows), default (offered first)
     GET|HEAD /models/{file}   one .gguf file: single Range -> 206, Accept-Ranges, strong ETag (the sha256),
                               Last-Modified, If-None-Match -> 304, no compression
 
@@ -116,15 +117,27 @@ class ModelIndex:
             return self._facts[key]
 
     def describe(self, name: str, path: Path) -> dict:
+        from mote.pull import DEFAULT_MODEL, known_by_sha256
+
         st = path.stat()
         facts = dict(self.facts(path, st))  # a copy: the cached dict stays whole
-        return {
+        known = known_by_sha256(facts.get("sha256") or "")
+        out = {
             "name": facts.pop("display_name", None) or path.stem,
             "file": name,
             "url": f"/models/{name}",
             "size": st.st_size,
             **facts,
+            "kind": None,      # "chat" (answers) | "completion" (continues text) | None (not a known file)
+            "default": False,  # the model the page offers first
         }
+        if known is not None:  # a file `mote pull` knows: the table's facts (mote/pull.py KNOWN_MODELS)
+            out.update(name=known.title or out["name"], kind=known.kind, source=known.source,
+                       sampling=dict(known.sampling), default=known.name == DEFAULT_MODEL)
+            if out.get("licence") is None or not out["licence"].get("notice"):
+                out["licence"] = {**(out.get("licence") or {"id": None, "name": None, "url": None}),
+                                  "notice": known.licence}
+        return out
 
 
 def _sha256(path: Path) -> str:
@@ -271,7 +284,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/models")
     def list_models():  # sync: hashing a new file runs in the thread pool
-        return JSONResponse([index.describe(name, path) for name, path in index.files().items()],
+        models = [index.describe(name, path) for name, path in index.files().items()]
+        models.sort(key=lambda m: not m["default"])  # the default first, the rest by file name
+        return JSONResponse(models,
                             headers={"Cache-Control": "no-cache"})
 
     @app.api_route("/models/{file}", methods=["GET", "HEAD"])
