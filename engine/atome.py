@@ -279,6 +279,8 @@ class AtomeModel:
     - top-k uses argpartition and falls back to a stable sort only when the k-th score is tied.
     """
 
+    can_rewind = False  # the conv window and SSM state hold the whole past: pos cannot be cut back
+
     def __init__(self, weights: AtomeWeights, n_ctx: int = 2048):
         self.weights = weights
         self.config = cfg = weights.config

@@ -107,7 +107,8 @@ class Session:
         """Begin answering `request` = {"messages": [...]} or {"prompt": str}, plus "params"."""
         params = sampling_params(request.get("params") or {}, self.template.stop)
         tokens = self.prompt_tokens(request)
-        return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos), params)
+        rewind = getattr(self.model, "can_rewind", True)
+        return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos, rewind), params)
 
     def remember(self, tokens: list[int]) -> None:
         """Record what the KV cache holds after a generation (model.pos tokens of `tokens`)."""
@@ -132,6 +133,8 @@ class Generation:
         self.generated: list[int] = []
         self.reused = reuse              # prompt tokens taken from the KV cache, not recomputed
         self._aborted = False
+        if reuse:
+            self.model.pos = reuse  # the cache holds prompt[:reuse] (and maybe more: cut back to it)
         # reuse > 0: the KV cache already holds prompt[:reuse]; feed only the rest.
         self._events = generate(self.model, session.tokenizer, prompt[reuse:], params,
                                 should_stop=lambda: self._aborted, reset=reuse == 0)
@@ -191,10 +194,28 @@ def _rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else 0.0
 
 
-def reusable_prefix(cached: list[int], tokens: list[int], pos: int) -> int:
-    """How many leading tokens the KV cache already holds (a chat's next turn), or 0."""
-    n = len(cached)
-    return n if 0 < n < len(tokens) and tokens[:n] == cached and pos == n else 0
+def reusable_prefix(cached: list[int], tokens: list[int], pos: int, rewind: bool = True) -> int:
+    """How many leading prompt tokens the KV cache already holds, so only the rest is computed.
+
+    The common prefix of what the cache holds and the new prompt: a chat's next turn extends it, an
+    edited or regenerated turn shares everything before that turn. At most len(tokens) - 1: the last
+    prompt token must run to give the next token's logits. Models whose state cannot be cut back
+    (rewind=False: atome's conv window and SSM state) reuse an exact extension only.
+
+    >>> reusable_prefix([5, 6, 7], [5, 6, 7, 8], 3), reusable_prefix([5, 6, 7], [5, 6, 9], 3)
+    (3, 2)
+    """
+    if pos != len(cached) or not cached:
+        return 0  # the cache holds something other than `cached`
+    n = 0
+    for a, b in zip(cached, tokens):
+        if a != b:
+            break
+        n += 1
+    n = min(n, len(tokens) - 1)
+    if not rewind and n < len(cached):
+        return 0
+    return max(n, 0)
 
 
 def sampling_params(raw: dict, stop: tuple[str, ...] = ()) -> SamplingParams:

@@ -104,3 +104,30 @@ def test_bad_sampling_settings_are_refused_by_name(tiny_bytes, params, message):
 def test_runtime_info_in_cpython():
     info = bridge.runtime_info()
     assert info["platform"] != "emscripten" and len(info["check"]) == 6
+
+
+def test_regenerate_and_edit_reuse_the_shared_prefix(tiny_bytes):
+    """Asking again (regenerate) or changing the end of the prompt (an edited turn) recomputes only
+    from where the prompts differ, and answers exactly as a fresh model would."""
+    bridge.load_model(tiny_bytes)
+    drive(bridge.start_generation({"prompt": "The cat sat on the mat", "params": GREEDY}))
+    again = bridge.start_generation({"prompt": "The cat sat on the mat", "params": GREEDY})
+    n_prompt = len(again.prompt_tokens)
+    assert again.reused == n_prompt - 1  # all but the last prompt token, which must run for logits
+    assert [e["token_id"] for e in drive(again) if e["type"] == "token"] == \
+        reference_tokens(tiny_bytes, "The cat sat on the mat", 12)
+    edited = bridge.start_generation({"prompt": "The cat sat on the rug", "params": GREEDY})
+    assert 0 < edited.reused < len(edited.prompt_tokens) - 1
+    assert [e["token_id"] for e in drive(edited) if e["type"] == "token"] == \
+        reference_tokens(tiny_bytes, "The cat sat on the rug", 12)
+
+
+def test_reusable_prefix_rules():
+    from engine.session import reusable_prefix
+
+    assert reusable_prefix([1, 2, 3], [1, 2, 3, 4], 3) == 3         # next turn: an extension
+    assert reusable_prefix([1, 2, 3], [1, 2, 3], 3) == 2            # the same prompt: rerun the last token
+    assert reusable_prefix([1, 2, 3], [1, 9, 3, 4], 3) == 1         # an edit after the first token
+    assert reusable_prefix([1, 2, 3], [1, 2, 3, 4], 2) == 0         # the cache holds something else
+    assert reusable_prefix([1, 2, 3], [1, 9], 3, rewind=False) == 0  # atome: extensions only
+    assert reusable_prefix([1, 2, 3], [1, 2, 3, 4], 3, rewind=False) == 3
