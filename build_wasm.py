@@ -12,6 +12,7 @@ Every input is pinned by a hash written below and checked every time it is used,
     PyPI markupsafe sdist .............. sha256 -> repacked as a py3-none-any wheel without the C
                                           speedups (markupsafe falls back to its pure-Python _native)
     this checkout's engine/ ............ mote_engine wheel, py3-none-any, numpy its only dependency
+                                          (the runtime only: the CPython tools live in mote/)
 
 Output (git-ignored):
     static/pyodide/        pyodide.js .mjs .asm.js .asm.wasm, python_stdlib.zip, pyodide-lock.json,
@@ -212,8 +213,8 @@ def write_wheel(dest_dir: Path, dist: str, version: str, files: dict[str, bytes]
 def build_engine_wheel(dest_dir: Path) -> Path:
     """The `engine` package of this checkout as mote_engine-<version>-py3-none-any.whl.
 
-    Only engine/ goes in (the browser needs neither web/ nor the CLI's extras); numpy is its one
-    dependency. Written directly rather than through setuptools so the build needs no network and
+    Only engine/ goes in: the runtime, everything the page imports (mote/, the CPython tools, and
+    web/, the dev server, stay out); numpy is its one dependency. Written directly rather than through setuptools so the build needs no network and
     the same sources always give the same bytes.
     """
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -3,7 +3,7 @@
 This is the kernel module: the one place in the engine allowed to be clever. Every fast path sits
 beside its naive reference (`reference_linear`: dequantize the whole matrix, then multiply), is
 tested against it in tests/test_matmul.py (natively and inside Pyodide), and is measured by
-`scripts/bench_kernels.py` (table in docs/kernels.md).
+`mote/bench/kernels.py` (table in docs/kernels.md).
 
 A weight is prepared once at load time into one of two resident forms:
 

@@ -20,11 +20,7 @@ import collections
 import json
 import math
 import os
-import platform
-import resource
 import sys
-import time
-from pathlib import Path
 
 from engine import __version__
 
@@ -33,10 +29,9 @@ def _blas_threads(argv: list[str]) -> str:
     """BLAS threads for this run, decided before numpy loads (OpenBLAS reads the variable once).
 
     By default the int8-block products of the LM head run in Mote's own row-band threads
-    (engine/matmul.py), and a second, BLAS thread pool on the same cores only gets in the way:
-    measured on 2 cores, Gemma decode 10.2 tok/s with BLAS on 1 thread vs 8.7 on 2. With
-    --dense-mb large enough that everything is float32, all the work is BLAS and its threads win
-    (24.3 vs 13.2 tok/s).
+    (engine/matmul.py), and a second, BLAS thread pool on the same cores only slows decoding down.
+    With --dense-mb large enough that everything is float32, all the work is BLAS and its threads
+    win. docs/kernels.md ("Later measurements") has the numbers.
     """
     for i, a in enumerate(argv):
         value = a.split("=", 1)[1] if a.startswith("--dense-mb=") else (argv[i + 1] if a == "--dense-mb" and i + 1 < len(argv) else None)
@@ -51,16 +46,8 @@ def _blas_threads(argv: list[str]) -> str:
 if "numpy" not in sys.modules:  # the `mote` entry point: nothing has loaded numpy yet
     os.environ.setdefault("OPENBLAS_NUM_THREADS", _blas_threads(sys.argv[1:]))
 
-BENCH_PROMPT = "Once upon a time, in a small village, there lived an old clockmaker who"
-
-
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
-
-
-def _peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    return kb / 1024 if platform.system() != "Darwin" else kb / 2**20
 
 
 def _emit(args, data: dict, text: str) -> None:
@@ -236,42 +223,17 @@ def cmd_chat(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    if args.browser:  # headless Chromium (and --native / --compare wllama beside it): web/bench.py
+    if args.browser:  # headless Chromium (and --native / --compare wllama beside it): the browser bench
         from web.bench import run_browser_bench
 
         return run_browser_bench(args)
-    from engine.generate import SamplingParams, generate
+    from .bench.native import bench, peak_rss_mb
 
     if len(args.model) != 1:
         raise CLIError("native bench takes one model (use --browser to compare several)")
     args.model = args.model[0]
-    rss0 = _peak_rss_mb()
-    loaded = _load(args)
-    tok = loaded.tokenizer
-    prompt = tok.encode(args.prompt or BENCH_PROMPT)
-    runs = []
-    for _ in range(args.repeat):
-        done = None
-        for ev in generate(loaded.model, tok, prompt, SamplingParams(temperature=0, max_tokens=args.n_predict)):
-            if ev.kind == "done":
-                done = ev
-        runs.append(done)
-    import numpy as np
-
-    med = lambda xs: float(np.median(xs))  # noqa: E731
-    data = {
-        "model": str(loaded.path),
-        "architecture": loaded.model.config.architecture,
-        "load_seconds": loaded.load_seconds,
-        "n_prompt": len(prompt),
-        "n_generated": runs[0].n_generated,
-        "prefill_tok_s": med([r.prefill_tok_s for r in runs]),
-        "decode_tok_s": med([r.decode_tok_s for r in runs]),
-        "decode_tok_s_runs": [r.decode_tok_s for r in runs],
-        "peak_rss_mb": _peak_rss_mb(),
-        "rss_before_load_mb": rss0,
-        "platform": f"{platform.python_implementation()} {platform.python_version()} numpy {np.__version__}",
-    }
+    rss0 = peak_rss_mb()
+    data = bench(_load(args), args.prompt, args.n_predict, args.repeat, rss_before_load_mb=rss0)
     text = "\n".join(f"{k:18} {v}" for k, v in data.items())
     _emit(args, data, text)
     return 0

@@ -25,9 +25,9 @@ Method (what the number means, so it can be compared with other tools):
    positions where both models' most likely next token is the same. The base must share the
    vocabulary (same size); both tokenize the text with the model's tokenizer.
 
-Example (vanilla 1M byte GPT, the full 256 KiB TinyStories sample; about 3-5 minutes on 2 cores):
+Example (vanilla 1M byte GPT, the full 256 KiB TinyStories sample):
     $ mote perplexity vanilla-1m.gguf tinystories_sample.txt --ctx 256
-    PPL 3.0540 over 261120 tokens (1024 windows of 256) in 299.0 s
+    PPL 3.0540 over 261120 tokens (1024 windows of 256) in ... s
 Atome LM's own evaluation (shared/reference/vanilla-1m.json) gives 3.05406 over 260865 tokens: it
 stops one window early (1023 windows), so its number covers 255 fewer tokens; the two agree to 0.002 %.
 """

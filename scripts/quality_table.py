@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine import quants  # noqa: E402
-from mote.convert import convert_torch_gpt  # noqa: E402
 from engine.generate import SamplingParams, generate  # noqa: E402
 from engine.gguf import open_gguf  # noqa: E402
+from mote.convert import convert_torch_gpt  # noqa: E402
 from mote.loader import load  # noqa: E402
 from mote.perplexity import make_windows, perplexity, text_tokens, tokens_needed  # noqa: E402
 from mote.quantize import collect_imatrix, quantize_file, summary, write_imatrix, read_imatrix  # noqa: E402

@@ -26,7 +26,7 @@ if ! .venv/bin/python -m pip install -q --upgrade pip > .cache/pip.log 2>&1 \
   exit 1
 fi
 # fail loudly if anything the tests need did not install (a missing one would only skip tests)
-.venv/bin/python -c "import engine, numpy, pytest, playwright, fastapi, gguf, hypothesis, torch, transformers, safetensors, matplotlib"
+.venv/bin/python -c "import engine, mote.cli, numpy, pytest, playwright, fastapi, gguf, hypothesis, torch, transformers, safetensors, matplotlib"
 
 echo "== 3. browser assets (static/)"
 .venv/bin/python build_wasm.py

@@ -19,6 +19,10 @@ import pytest
 
 import build_wasm as bw
 
+# The CPython-only tools (mote/): the browser never imports them, so the wheel must not carry them.
+TOOL_MODULES = {"cli", "convert", "safetensors", "quantize", "perplexity", "pull", "progress", "loader",
+                "encoders", "bench", "kernels", "native", "browser"}
+
 
 def tree(path: Path) -> dict[str, bytes]:
     """Every file under `path` with its bytes (what 'left as it was' compares)."""
@@ -123,7 +127,9 @@ def test_engine_wheel_is_pure_reproducible_and_importable(tmp_path):
                 raw = hashlib.sha256(zf.read(name)).digest()
                 assert digest == "sha256=" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode(), name
     assert "engine/__init__.py" in names and "engine/bridge.py" in names
-    assert not any(n.startswith(("web/", "tests/")) or "__pycache__" in n for n in names)
+    assert not any(n.startswith(("web/", "tests/", "mote/")) or "__pycache__" in n for n in names)
+    tools = [n for n in names if n.rsplit("/", 1)[-1].removesuffix(".py") in TOOL_MODULES]
+    assert tools == [], "CPython-only tools belong in mote/, not in the browser wheel"
     assert [l for l in meta.splitlines() if l.startswith("Requires-Dist")] == ["Requires-Dist: numpy>=2.0"]
     out = subprocess.run([sys.executable, "-c", "import engine, engine.bridge; print(engine.__file__)"],
                          env={"PYTHONPATH": str(wa)}, capture_output=True, text=True, cwd=tmp_path)

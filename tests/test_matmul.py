@@ -129,12 +129,13 @@ def test_unknown_kernel_is_named():
 BROWSER_CHECK = """
 import json, numpy as np, sys
 from engine import matmul, quants
+from mote import encoders
 rng = np.random.default_rng(0)
 out = {"platform": sys.platform, "cases": []}
 for name in %r:
     tid = quants.BY_NAME[name].type_id
     w = (rng.standard_normal((96, 512)) * 0.05).astype(np.float32)
-    raw = quants.quantize(w, tid).reshape(-1)
+    raw = encoders.quantize(w, tid).reshape(-1)
     xs = rng.standard_normal((5, 512)).astype(np.float32)
     ref1 = matmul.reference_linear(raw, tid, (96, 512), xs[0])
     refn = matmul.reference_linear(raw, tid, (96, 512), xs)
@@ -155,13 +156,8 @@ def test_kernels_equal_reference_in_pyodide():
     pytest.importorskip("playwright.sync_api")
     from tests.browser_util import CHROMIUM, ensure_static_built
 
-    import importlib.util
-    import pathlib
+    from mote.bench import kernels as bench
 
-    script = pathlib.Path(__file__).parent.parent / "scripts" / "bench_kernels.py"
-    spec = importlib.util.spec_from_file_location("bench_kernels", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     static = ensure_static_built()
     with bench.pyodide_runner(static, chromium=CHROMIUM) as run:
         res = json.loads(run(BROWSER_CHECK % (TYPES,)))

@@ -1,14 +1,14 @@
 """Kernel benchmark: every matmul.py kernel against the naive reference, natively and in Pyodide.
 
-    .venv/bin/python scripts/bench_kernels.py              # both runtimes, writes docs/kernels.md
-    .venv/bin/python scripts/bench_kernels.py --native     # CPython only, prints the table
+    .venv/bin/python -m mote.bench.kernels --write docs/kernels.md   # both runtimes, table into the docs
+    .venv/bin/python -m mote.bench.kernels --native                  # CPython only, prints the table
     OPENBLAS_NUM_THREADS=1 for stable native numbers (this is what docs/kernels.md records)
 
 The same shapes (those of Gemma 3 270M, its LM head cut to 32768 rows, and 2048 x 1024 for the
 low-bit types) are timed in CPython and inside headless Chromium: Playwright opens
 static/bench_kernels.html from a throwaway http.server over static/ (build it first with
-`python build_wasm.py`), copies the current engine/*.py and this file into Pyodide's file system
-and calls `measure()` there. Browser timers are coarse (about 0.1 ms), so every number is the best
+`python build_wasm.py`), copies the current engine/*.py, the encoders and this module into
+Pyodide's file system and calls `measure()` there. Browser timers are coarse (about 0.1 ms), so every number is the best
 of repeated calls over at least 0.15 s. Figures are GFLOP/s of the matrix-vector product
 (2 * n_out * n_in flops per call), higher is better; "ref" dequantizes the whole matrix per call.
 """
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
+# What the page needs besides engine/*.py: the encoders make the test matrices, and this module.
+PAGE_FILES = ("mote/__init__.py", "mote/encoders.py", "mote/bench/__init__.py", "mote/bench/kernels.py")
 
 # (type, n_out, n_in): Gemma 3 270M's matrices, its tied Q8_0 head (cut), and low-bit types.
 SHAPES = [
@@ -57,13 +57,14 @@ def _best(f, budget_s: float) -> float:
 def measure(budget_s: float = 0.15, shapes=None) -> dict:
     """GFLOP/s per (shape, kernel) in this runtime, plus the kernel `choose_kernel` picks."""
     from engine import matmul, quants
+    from mote.encoders import quantize
 
     rng = np.random.default_rng(0)
     rows = []
     for name, n_out, n_in in shapes or SHAPES:
         tid = quants.BY_NAME[name].type_id
         w = (rng.standard_normal((n_out, n_in)) * 0.05).astype(np.float32)  # (n_out, n_in)
-        raw = quants.quantize(w, tid).reshape(-1)
+        raw = quantize(w, tid).reshape(-1)
         x = rng.standard_normal(n_in).astype(np.float32)  # (n_in,)
         y = np.empty(n_out, np.float32)
         gflop = 2 * n_out * n_in / 1e9
@@ -98,7 +99,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 def pyodide_runner(static_dir: Path | None = None, chromium: str = "/usr/bin/chromium"):
     """Yield run(code) -> result of `await pyodide.runPythonAsync(code)` in headless Chromium.
 
-    The page holds the current engine/*.py and this file (importable as bench_kernels).
+    The page holds the current engine/*.py and PAGE_FILES (mote.encoders, mote.bench.kernels importable).
     """
     from playwright.sync_api import sync_playwright
 
@@ -115,8 +116,9 @@ def pyodide_runner(static_dir: Path | None = None, chromium: str = "/usr/bin/chr
             page.goto(f"http://127.0.0.1:{server.server_address[1]}/bench_kernels.html")
             page.evaluate("() => window.pyReady")
             files = {f"engine/{f.name}": f.read_text() for f in (ROOT / "engine").glob("*.py")}
-            files["bench_kernels.py"] = Path(__file__).read_text()
-            page.evaluate("""files => { const FS = window.py.FS; try { FS.mkdir('engine'); } catch (e) {}
+            files |= {name: (ROOT / name).read_text() for name in PAGE_FILES}
+            page.evaluate("""files => { const FS = window.py.FS;
+                                        for (const d of ['engine', 'mote', 'mote/bench']) { try { FS.mkdir(d); } catch (e) {} }
                                         for (const [p, t] of Object.entries(files)) FS.writeFile(p, t); }""", files)
             try:
                 yield lambda code: page.evaluate("c => window.py.runPythonAsync(c)", code)
@@ -128,7 +130,7 @@ def pyodide_runner(static_dir: Path | None = None, chromium: str = "/usr/bin/chr
 
 def measure_in_browser(budget_s: float = 0.15) -> dict:
     with pyodide_runner() as run:
-        return json.loads(run(f"import json, bench_kernels; json.dumps(bench_kernels.measure({budget_s}))"))
+        return json.loads(run(f"import json; from mote.bench import kernels; json.dumps(kernels.measure({budget_s}))"))
 
 
 # ---- the table --------------------------------------------------------------------------------
@@ -166,7 +168,7 @@ def write_table(path: Path, md: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mote.bench.kernels", description=__doc__.split("\n")[0])
     ap.add_argument("--native", action="store_true", help="CPython only")
     ap.add_argument("--budget", type=float, default=0.15, help="seconds of timing per cell")
     ap.add_argument("--write", type=Path, default=None, help="write the table into this Markdown file")
