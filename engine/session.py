@@ -103,9 +103,11 @@ class Session:
             raise ValueError(f"generate request needs 'messages' or a 'prompt' string, got {sorted(request)}")
         return list(self.tokenizer.encode(prompt, add_bos=None))
 
-    def start(self, request: dict) -> "Generation":
-        """Begin answering `request` = {"messages": [...]} or {"prompt": str}, plus "params"."""
-        params = sampling_params(request.get("params") or {}, self.template.stop)
+    def start(self, request: dict, params: SamplingParams | None = None) -> "Generation":
+        """Begin answering `request` = {"messages": [...]} or {"prompt": str}, plus "params" (the
+        page's settings, with the template's stop strings); or pass `params` whole (the CLI)."""
+        if params is None:
+            params = sampling_params(request.get("params") or {}, self.template.stop)
         tokens = self.prompt_tokens(request)
         rewind = getattr(self.model, "can_rewind", True)
         return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos, rewind), params)
@@ -140,6 +142,7 @@ class Generation:
                                 should_stop=lambda: self._aborted, reset=reuse == 0)
         self._need: tuple[list[int], int] | None = (prompt[reuse:], reuse) if self.lookahead else None
         self._provided = [0.0, 0.0]      # seconds of forwards run outside: [prefill, decode]
+        self.seconds: dict[str, float] = {}  # prefill_seconds, decode_seconds once done
         self.finished = False
 
     def need(self) -> list | None:
@@ -172,6 +175,8 @@ class Generation:
         self.finished = True
         self._need = None
         self.session.remember(self.prompt_tokens + self.generated)
+        self.seconds = {"prefill_seconds": ev.prefill_seconds + self._provided[0],
+                        "decode_seconds": ev.decode_seconds + self._provided[1]}
         return {"type": "done", "reason": ev.reason, "text": ev.text, "full_text": ev.full_text,
                 "n_prompt": ev.n_prompt, "n_generated": ev.n_generated,
                 "prefill_tok_s": _rate(ev.n_prompt, ev.prefill_seconds + self._provided[0]),

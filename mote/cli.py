@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 from engine import __version__
 
@@ -134,41 +135,63 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
-def cmd_generate(args) -> int:
-    from engine.generate import generate
+def _read_messages(path: str) -> list[dict]:
+    """A conversation from a JSON file: a list of {"role", "content"} (or {"messages": [...]})."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CLIError(f"--messages {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise CLIError(f"--messages {path}: not JSON ({e})") from None
+    messages = data.get("messages") if isinstance(data, dict) else data
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise CLIError(f"--messages {path}: expected a non-empty list of {{\"role\": str, \"content\": str}}")
+    return messages
 
-    loaded = _load(args)
-    tok = loaded.tokenizer
-    prompt_tokens = tok.encode(args.prompt)
-    out_tokens: list[int] = []
-    done = None
-    for ev in generate(loaded.model, tok, prompt_tokens, _params(args, args.n_predict)):
-        if ev.kind == "token":
-            out_tokens.append(ev.token_id)
-            if not args.json:
-                print(ev.text, end="", flush=True)
-        elif ev.kind == "done":
+
+def _stream(gen, show: bool):
+    """Run a Generation to its end, printing text as it comes when `show`; returns (token ids, done)."""
+    tokens, done = [], None
+    while (ev := gen.step()) is not None:
+        if ev["type"] == "token":
+            tokens.append(ev["token_id"])
+        if ev["type"] == "done":
             done = ev
-            if not args.json:
-                print(ev.text, end="", flush=True)  # text held back for a possible stop string
+        if show and ev["type"] in ("token", "done"):
+            print(ev["text"], end="", flush=True)  # done's text: what was held back for a stop string
+    return tokens, done
+
+
+def cmd_generate(args) -> int:
+    import dataclasses
+
+    params = _params(args, args.n_predict)  # before loading: a bad setting fails at once
+    request = {"messages": _read_messages(args.messages)} if args.messages else {"prompt": args.prompt}
+    session = _load(args)
+    if args.messages:  # a chat: the template's end-of-turn strings stop it too
+        params = dataclasses.replace(params, stop=params.stop + session.template.stop)
+    gen = session.start(request, params)
+    tokens, done = _stream(gen, show=not args.json)
     timings = {
-        "prefill_tok_s": done.prefill_tok_s,
-        "decode_tok_s": done.decode_tok_s,
-        "prefill_seconds": done.prefill_seconds,
-        "decode_seconds": done.decode_seconds,
-        "load_seconds": loaded.load_seconds,
+        "prefill_tok_s": done["prefill_tok_s"],
+        "decode_tok_s": done["decode_tok_s"],
+        **gen.seconds,
+        "load_seconds": session.load_seconds,
     }
     if args.json:
         print(json.dumps({
-            "prompt_tokens": list(map(int, prompt_tokens)),
-            "tokens": out_tokens,
-            "text": done.full_text,
-            "stop_reason": done.reason,
+            "prompt_tokens": list(map(int, gen.prompt_tokens)),
+            "tokens": tokens,
+            "text": done["full_text"],
+            "stop_reason": done["reason"],
             "timings": timings,
         }, ensure_ascii=False))
     else:
         print()
-        print(f"[{done.reason}] prefill {done.prefill_tok_s:.1f} tok/s, decode {done.decode_tok_s:.1f} tok/s", file=sys.stderr)
+        print(f"[{done['reason']}] prefill {done['prefill_tok_s']:.1f} tok/s, decode {done['decode_tok_s']:.1f} tok/s",
+              file=sys.stderr)
     return 0
 
 
@@ -186,40 +209,50 @@ def cmd_logits(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from engine.chat import chat_tokens
-    from engine.generate import generate
-    from engine.sampler import Sampler
+    import dataclasses
 
-    loaded = _load(args)
-    tok, template = loaded.tokenizer, loaded.template
-    params = _params(args, args.n_predict)
-    params = type(params)(**{**params.__dict__, "stop": tuple(params.stop) + template.stop})
-    print(f"{template.note}. Ctrl-D or /exit to quit, /reset to start over.", file=sys.stderr)
-    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
-    sampler = Sampler(params)
+    params = _params(args, args.n_predict)  # before loading: a bad setting fails at once
+    session = _load(args)
+    params = dataclasses.replace(params, stop=params.stop + session.template.stop)
+    print(f"{session.template.note}. Ctrl-D or /exit to quit, /reset to start over, "
+          "/system TEXT to set the system prompt.", file=sys.stderr)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    turns: list[dict] = []  # user and assistant messages after the system prompt
     while True:
         try:
             line = input("> ")
         except EOFError:
             print()
             return 0
-        if line.strip() in ("/exit", "/quit"):
+        command, _, rest = line.strip().partition(" ")
+        if command in ("/exit", "/quit"):
             return 0
-        if line.strip() == "/reset":
-            messages = messages[:1] if args.system else []
+        if command == "/reset":
+            turns = []
             continue
-        messages.append({"role": "user", "content": line})
-        # Re-render the whole conversation each turn (simple and always right for any template).
-        ids = chat_tokens(tok, template, messages)
-        reply = ""
-        for ev in generate(loaded.model, tok, ids, params, sampler=sampler):
-            if ev.kind == "token":
-                print(ev.text, end="", flush=True)
-            elif ev.kind == "done":
-                reply = ev.full_text
-                print(ev.text, end="", flush=True)
-                print(f"\n[{ev.decode_tok_s:.1f} tok/s]", file=sys.stderr)
-        messages.append({"role": "assistant", "content": reply})
+        if command == "/system":
+            system = [{"role": "system", "content": rest}] if rest else []
+            print("[system prompt " + ("set" if rest else "cleared") + "]", file=sys.stderr)
+            continue
+        turns.append({"role": "user", "content": line})
+        # the whole conversation each turn (always right for any template); the session reuses the
+        # KV cache of the turns before, and the oldest turns go when the context would overflow
+        while True:
+            n_prompt = len(session.prompt_tokens({"messages": system + turns}))
+            if n_prompt + min(params.max_tokens, 64) <= session.model.n_ctx or len(turns) <= 1:
+                break
+            dropped, turns = turns[:2], turns[2:]
+            print(f"[context full: the oldest {len(dropped)} message(s) leave the conversation]", file=sys.stderr)
+        if n_prompt >= session.model.n_ctx:
+            print(f"[this message is {n_prompt} tokens, more than the {session.model.n_ctx}-token context "
+                  "(--ctx): not sent]", file=sys.stderr)
+            turns.pop()
+            continue
+        gen = session.start({"messages": system + turns}, params)
+        _, done = _stream(gen, show=True)
+        print(f"\n[{done['reason']}, {done['decode_tok_s']:.1f} tok/s, {gen.reused} prompt tokens reused]",
+              file=sys.stderr)
+        turns.append({"role": "assistant", "content": done["full_text"]})
 
 
 def cmd_bench(args) -> int:
@@ -301,17 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tokenize)
 
-    p = sub.add_parser("generate", help="continue a prompt")
+    p = sub.add_parser("generate", help="continue a prompt, or answer a conversation (--messages)")
     p.add_argument("model")
-    p.add_argument("-p", "--prompt", required=True)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("-p", "--prompt", help="text to continue")
+    what.add_argument("--messages", metavar="FILE.json",
+                      help='a conversation, [{"role": "user", "content": "..."}, ...], rendered with the model\'s chat template')
     p.add_argument("-n", "--n-predict", type=int, default=128)
     p.add_argument("--json", action="store_true")
     _add_sampling(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("chat", help="chat in the terminal using the model's chat template")
+    p = sub.add_parser("chat", help="chat in the terminal using the model's chat template (/reset, /system TEXT)")
     p.add_argument("model")
-    p.add_argument("--system", default=None)
+    p.add_argument("--system", default=None, help="system prompt (default: the template's own, if any)")
     p.add_argument("-n", "--n-predict", type=int, default=512)
     _add_sampling(p)
     p.set_defaults(func=cmd_chat)
