@@ -168,11 +168,6 @@ def load_model(data: Any, n_ctx: int | None = None) -> Any:
     return _js(_session.info())
 
 
-def use_session(session: Session) -> None:
-    """Answer requests with an already built session (the leader of a sharded model)."""
-    global _session
-    _session = session
-
 
 def chat_prompt(messages: Any) -> str:
     """The prompt text the chat template makes of `messages` (for display and tests)."""
