@@ -286,7 +286,7 @@ def _tojson(value: object, indent: int | None = None, ensure_ascii: bool = False
 # renders a conversation in a few ms into text about as long as the messages.
 MAX_TEMPLATE_CHARS = 1 << 20     # the longest string or list a template may build, and its output
 MAX_TEMPLATE_SECONDS = 2.0       # CPU time for one render
-MAX_TEMPLATE_STEPS = 1 << 20     # range() elements and loop iterations (counted as traced lines)
+MAX_TEMPLATE_STEPS = 1 << 18     # range() elements and template lines run (a real template: a few thousand)
 
 
 class _Budget:

@@ -61,6 +61,10 @@ def test_page_boots_runtime_numpy_engine(base_url):
         expected = ChatTemplate.create(None, "gemma3", bos_token="<bos>").render(
             [{"role": "user", "content": "Hi <b>&</b>"}], engine="jinja")
         assert info["chat_check"] == expected
+        # the chat-template bounds hold in Pyodide too: each hostile template ends in a clear error
+        size, steps, depth = info["template_guard"]
+        assert "builds a repeated string or list of 2000000000 items" in size
+        assert "runs too long" in steps and "nests macro calls deeper than" in depth
         assert [state["stages"].get(s) for s in ("runtime", "numpy", "engine")] == ["done"] * 3
         assert page.locator("#status").inner_text().startswith("1 worker: Python 3.12")  # no model: one worker
         print("\nbrowser boot:", json.dumps({"boot_s": round(state["bootMs"] / 1000, 2),
