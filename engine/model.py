@@ -381,7 +381,7 @@ def plan_shards(cfg: ModelConfig, n: int, ffn_unit: int = 1, split_attention: bo
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"number of shards {n!r} must be a positive integer")
     if n > cfg.n_heads and split_attention:
-        raise ValueError(f"{n} shards for {cfg.n_heads} attention heads (expected at most one shard per head)")
+        raise ConfigError(f"{n} shards for {cfg.n_heads} attention heads (expected at most one shard per head)")
     kv, group = cfg.kv_heads, cfg.n_heads // cfg.kv_heads
     heads, kvs = [], []
     if not split_attention:
