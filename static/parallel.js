@@ -248,8 +248,9 @@ export class ParallelWorker extends EventTarget {
     let block = new Uint8Array(0), fill = 0, sentTo = 0;  // (block.length,) bytes [sentTo, ...) being gathered
     const flush = async () => {
       if (ranges) {
+        const n = block.length;                          // read before the block is transferred away
         await this.distribute(block, sentTo, ranges);
-        sentTo += block.length;
+        sentTo += n;
       } else {                                           // the prefix: does it hold the whole header?
         const answers = await this.ask(Shard.HEADER, Shard.HEADER, (i) => [{
           prefix: block.buffer, size, n_ctx: opts.n_ctx ?? null, split_attention: this.splitAttention, hash: i === 0 }, []]);
