@@ -36,7 +36,7 @@ let transfer = true;                                     // postMessage partials
 let abortRequested = false, generating = false;
 let seq = 0;                                             // sync points so far: the same count on every shard
 /** @type {number[]} */ let vocabStarts = [];
-/** Per generation: where this shard's time goes (the browser benchmark, mote/bench/browser.py, prints it).
+/** Per generation: where this shard's time goes (mote/bench/parallel.py prints it per forward).
  *  compute_ms: inside Python (the shard's share of the forward); wait_ms: waiting for peers at sync
  *  points; copy_ms: partials out of / into WASM memory; between_ms: from the end of one forward to
  *  the start of the next (the leader samples and relays then; a follower idles). */
