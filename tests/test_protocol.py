@@ -4,6 +4,7 @@
   done events with exactly the fields protocol.js ENGINE_FIELDS declares, an aborted generation
   included (its own done event, reason "abort");
 * protocol.js SAMPLING_KEYS are exactly the settings engine.bridge accepts (PARAM_TYPES);
+* static/worker-count.js SHARDABLE are the architectures the transformer (and so engine/shard.py) runs;
 * the service worker's app shell (static/sw.js SHELL) lists every file static/ ships for the page.
 """
 
@@ -20,10 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = (ROOT / "static" / "protocol.js").read_text()
 
 
-def js_literal(name: str):
-    """The JSON literal assigned to `export const NAME = Object.freeze(...)` in protocol.js."""
-    m = re.search(rf"export const {name} = Object\.freeze\((.*?)\);\n", PROTOCOL, re.S)
-    assert m, f"protocol.js has no {name} = Object.freeze(...)"
+def js_literal(name: str, source: str = PROTOCOL):
+    """The JSON literal assigned to `export const NAME = Object.freeze(...)` in `source` (protocol.js)."""
+    m = re.search(rf"export const {name} = Object\.freeze\((.*?)\);\n", source, re.S)
+    assert m, f"no {name} = Object.freeze(...)"
     return json.loads(m[1])
 
 
@@ -65,6 +66,13 @@ def test_engine_events_have_the_declared_fields(bridge):
 
 def test_sampling_keys_are_the_bridge_params(bridge):
     assert sorted(js_literal("SAMPLING_KEYS")) == sorted(bridge.PARAM_TYPES)
+
+
+def test_shardable_architectures_are_the_engines():
+    from engine.config import SUPPORTED_ARCHITECTURES
+
+    worker_count = (ROOT / "static" / "worker-count.js").read_text()
+    assert sorted(js_literal("SHARDABLE", worker_count)) == sorted(SUPPORTED_ARCHITECTURES)
 
 
 def test_service_worker_shell_lists_the_shipped_static_files():
