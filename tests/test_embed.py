@@ -355,16 +355,13 @@ def test_unsplittable_model_falls_back_to_one_worker(sites, browser):
     import os
     from pathlib import Path
 
-    try:  # the ATOME01 converter leaves the runtime (engine/atome.py -> mote/convert.py) in the same redesign
-        from mote.convert import convert_atome_blob as convert_blob
-    except ImportError:
-        from engine.atome import convert_blob
+    from mote.convert import convert_atome_blob
 
     blob = Path(os.environ.get("MOTE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "atome" / "atome_944k.bin"
     if not blob.is_file():
         pytest.skip(f"{blob} missing (the Atome LM blob in shared/)")
     path = sites["path"].parent / "atome.gguf"
-    convert_blob(blob, path)
+    convert_atome_blob(blob, path)
     logs: list[str] = []
     page = new_page(browser, logs)
     page.goto(sites["host"] + "/api")
