@@ -352,14 +352,10 @@ def test_unsplittable_model_falls_back_to_one_worker(sites, browser):
     the host page so): the shard workers refuse it at its header, and it is loaded and answers on one
     worker, the CPython engine's tokens. Also the workers rule of static/worker-count.js, as imported
     by the embed."""
-    import os
-    from pathlib import Path
-
     from mote.convert import convert_atome_blob
+    from tests.paths import shared_file
 
-    blob = Path(os.environ.get("MOTE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "atome" / "atome_944k.bin"
-    if not blob.is_file():
-        pytest.skip(f"{blob} missing (the Atome LM blob in shared/)")
+    blob = shared_file("atome/atome_944k.bin")
     path = sites["path"].parent / "atome.gguf"
     convert_atome_blob(blob, path)
     logs: list[str] = []

@@ -18,7 +18,7 @@ over the baseline's run of the same round, so a machine that speeds up or slows 
     js_heap_mb   JS heap of the page and its workers (CDP Runtime.getHeapUsage), after the run
     peak_rss_mb  the tab's renderer process peak resident memory (Linux /proc VmHWM): both engines
     greedy_ok    the browser's greedy tokens == the CPython engine's tokens for the same prompt
-                 (mote.loader.load + engine.generate in this process); wllama: llama.cpp's tokens
+                 (mote/bench/native.py greedy_run in this process); wllama: llama.cpp's tokens
 
 `--workers N [N ...]` adds a row `mote ×N workers` per N: Mote decoding across N Web Workers
 (static/parallel.js, one model shard per worker), with the same prompts, greedy settings and
@@ -46,7 +46,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import statistics
 import sys
@@ -576,13 +575,12 @@ def _browser_version(chromium: str) -> str:
 
 
 # ---- the CPython engine beside the browser -----------------------------------------------------
-# The correctness reference and the --native row; kept apart from the browser code above, for
-# mote/bench/native.py (the native benchmark) to provide.
+# The correctness reference and the --native row, from mote/bench/native.py's greedy_run.
 
 def cpython_runs(path: Path, prompts: list[str], max_tokens: int, repeat: int = 1, n_ctx: int | None = None) -> list[dict]:
     """`repeat` runs of the CPython engine, each a fresh load then every prompt, greedy, as the
     browser worker runs it (template stops apply): bench.json's numbers plus token ids and texts."""
-    from engine.generate import SamplingParams, generate
+    from mote.bench.native import greedy_run, peak_rss_mb
     from mote.loader import load
 
     runs = []
@@ -590,21 +588,9 @@ def cpython_runs(path: Path, prompts: list[str], max_tokens: int, repeat: int = 
         t0 = time.perf_counter()
         loaded = load(path, n_ctx=n_ctx)
         init_s = time.perf_counter() - t0
-        params = SamplingParams(temperature=0, max_tokens=max_tokens, stop=tuple(loaded.template.stop))
-        per = []
-        for prompt in prompts:
-            tokens, first, done = [], None, None
-            t1 = time.perf_counter()
-            for ev in generate(loaded.model, loaded.tokenizer, loaded.tokenizer.encode(prompt), params):
-                if ev.kind == "token":
-                    first = first if first is not None else time.perf_counter() - t1
-                    tokens.append(int(ev.token_id))
-                elif ev.kind == "done":
-                    done = ev
-            per.append({"token_ids": tokens, "text": done.full_text, "ttft_s": first, "n_generated": done.n_generated,
-                        "prefill_tok_s": done.prefill_tok_s, "decode_tok_s": done.decode_tok_s})
+        per = [greedy_run(None, prompt, max_tokens, loaded=loaded) for prompt in prompts]
         runs.append({"download_s": None, "init_s": init_s, **_per_prompt_summary(per), "wasm_mb": None,
-                     "js_heap_mb": None, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                     "js_heap_mb": None, "peak_rss_mb": peak_rss_mb(),
                      "token_ids": [r["token_ids"] for r in per], "texts": [r["text"] for r in per]})
     return runs
 
