@@ -257,7 +257,7 @@ def cmd_chat(args) -> int:
 
 def cmd_bench(args) -> int:
     if args.browser:  # headless Chromium (and --native / --compare wllama beside it): the browser bench
-        from web.bench import run_browser_bench
+        from mote.bench.browser import run_browser_bench
 
         return run_browser_bench(args)
     from .bench.native import bench, peak_rss_mb
@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load(p)
     p.add_argument("--json", action="store_true")
     try:
-        from web.bench import add_browser_args
+        from mote.bench.browser import add_browser_args
     except ImportError:  # the engine installed without web/: native bench only
         p.set_defaults(browser=False)
     else:

@@ -3,7 +3,7 @@
 # --compare wllama`, into .cache/wllama (git-ignored). Pinned version; idempotent; needs npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VERSION="3.13.0"   # keep in step with web/bench.py WLLAMA_VERSION
+VERSION="3.13.0"   # keep in step with mote/bench/browser.py WLLAMA_VERSION
 DEST=.cache/wllama
 PKG="$DEST/node_modules/@wllama/wllama"
 if [ -f "$PKG/package.json" ] && grep -q "\"version\": \"$VERSION\"" "$PKG/package.json"; then

@@ -1,16 +1,19 @@
 // @ts-check
 /**
- * Booting Python in a worker, shared by static/worker.js (one worker) and static/parallel-worker.js
- * (each shard): Pyodide -> numpy -> our wheels, everything named and checked by build-manifest.json.
+ * What both kinds of worker share, static/worker.js (one worker) and static/parallel-worker.js
+ * (each shard): booting Python, reading its memory, and relaying a generation to the page.
  *
  *   const { py, mod } = await bootPython(BASE, "engine.bridge", (stage, phase, seconds) => ...);
  *   // stages in order: runtime, numpy, engine (the wheels, then importing `module`)
+ *   await relayGeneration({ id, gen, post, aborted: () => abortRequested });
  *
+ * Booting: Pyodide -> numpy -> our wheels, everything named and checked by build-manifest.json.
  * numpy comes through Pyodide's loadPackage with checkIntegrity (pyodide-lock.json's sha256); each
  * of our wheels (engine, jinja2, markupsafe) is fetched, its sha256 compared with the manifest's,
  * and only then unpacked. Every URL is resolved against `base` (this script's folder), so a worker
  * imported cross-origin from a blob: wrapper (docs/EMBED.md) boots from the Mote server.
  */
+import { Ev } from "./protocol.js";
 
 /** @param {BufferSource} data @returns {Promise<string>} hex sha256 */
 export async function sha256Hex(data) {
@@ -55,4 +58,51 @@ export async function bootPython(base, module, onStage = () => {}) {
     return py.pyimport(module);
   });
   return { py, mod };
+}
+
+/**
+ * WASM linear memory (grows, never shrinks: its size is the peak) and, in Chromium, the JS heap.
+ * @param {any} py  the Pyodide instance (null before boot) @returns {import("./protocol.js").MemoryStats}
+ */
+export function memory(py) {
+  const perf = /** @type {any} */ (performance);
+  return { wasm_bytes: py?._module?.HEAP8?.buffer?.byteLength ?? null,
+           js_heap_bytes: perf.memory ? perf.memory.usedJSHeapSize : null };
+}
+
+/** A macrotask turn of the worker's event loop, so queued messages (abort) run; a MessageChannel
+ *  post, not setTimeout, whose nesting clamps each turn to 4 ms. */
+const turn = new MessageChannel();
+/** @type {(() => void)[]} */ const turnQueue = [];
+turn.port1.onmessage = () => { const r = turnQueue.shift(); if (r) r(); };
+export const yieldToEventLoop = () => new Promise((r) => { turnQueue.push(/** @type {() => void} */ (r)); turn.port2.postMessage(0); });
+
+/** A generation event as a plain object: engine.bridge returns JS objects, engine.shard Python dicts. @param {any} ev */
+function plain(ev) {
+  if (!ev?.toJs) return ev ?? null;
+  try { return ev.toJs({ dict_converter: Object.fromEntries }); } finally { ev.destroy(); }
+}
+
+/**
+ * The worker side of one generate request: step the Python generation one event at a time, post
+ * its token and done events (with the request's id), and yield to the event loop between steps so
+ * an abort request lands within one token. Once aborted() turns true the generation is told
+ * (gen.abort()) and stepped on to its own done event: reason "abort", the real counts.
+ *   gen          a generation (PyProxy): step() -> event or None, abort()
+ *   before()     awaited before each step, if given (the parallel leader computes the logits there)
+ *   doneExtra()  fields added to the done event (memory, counters)
+ * @param {{id: number, gen: any, post: (ev: import("./protocol.js").WorkerEvent) => void,
+ *          aborted: () => boolean, before?: (() => Promise<void>)|null, doneExtra?: () => Object}} args
+ */
+export async function relayGeneration({ id, gen, post, aborted, before = null, doneExtra = () => ({}) }) {
+  let stopping = false;
+  for (;;) {
+    if (!stopping && aborted()) { stopping = true; gen.abort(); }
+    if (before) await before();
+    const ev = plain(gen.step());
+    if (!ev) return;
+    if (ev.type === Ev.TOKEN) post({ ...ev, id });
+    else if (ev.type === Ev.DONE) { post({ ...ev, id, ...doneExtra() }); return; }
+    await yieldToEventLoop();                            // abort lands here
+  }
 }

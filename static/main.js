@@ -6,19 +6,20 @@
  * protocol); this file only talks the protocol in static/protocol.js and updates the DOM
  * (textContent only, never innerHTML).
  *
- * Workers: one per logical core (navigator.hardwareConcurrency), at most 4, unless the user chose a
- * number (saved in localStorage; it wins). On a 2-core machine 2 workers decoded Gemma 3 270M 1.62x
- * faster than 1 (6.7 vs 4.1 tok/s); more than 2 was never measured, hence the cap of the default.
- * A model decodes on one worker anyway when engine/shard.py cannot split its architecture (e.g.
- * atome) or its file is under 50 MB (parallel.js workersForModel; ?minParallelBytes=N overrides
- * the floor, for tests). The status line says how many workers are in use. The first boot waits
- * for the model list, so it boots what Load will need for the first model; changing the setting
- * ends the current worker(s), and the model must be loaded again.
+ * Workers: static/worker-count.js defaultWorkers(), unless the user chose a number (saved in
+ * localStorage; it wins). A model decodes on one worker anyway when engine/shard.py cannot split its
+ * architecture (GET /models says which it is) or its file is under MIN_PARALLEL_BYTES
+ * (workersForModel; ?minParallelBytes=N overrides the floor, for tests). The status line says how
+ * many workers are in use. The first boot waits for the model list, so it boots what Load will need
+ * for the first model; changing the setting ends the current worker(s), and the model must be
+ * loaded again.
  *
  * window.moteApp.state is read by the Playwright tests (stages, timings, runtime info, last done).
  */
-import { Req, Ev, STAGES, isMessage } from "./protocol.js";
-import { ParallelWorker, defaultWorkers, workersForModel, MAX_WORKERS, DEFAULT_MAX_WORKERS, GB_PER_WORKER, MIN_PARALLEL_BYTES } from "./parallel.js";
+import { Req, Ev, STAGES, SAMPLING_KEYS, isMessage } from "./protocol.js";
+import { ParallelWorker } from "./parallel.js";
+import { clampWorkers, defaultWorkers, workersForModel, MAX_WORKERS, DEFAULT_MAX_WORKERS, GB_PER_WORKER,
+         MIN_PARALLEL_BYTES } from "./worker-count.js";
 
 const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
 
@@ -42,7 +43,7 @@ const state = {
 };
 
 const WORKERS_KEY = "mote.workers";
-/** Files under this decode on one worker (parallel.js MIN_PARALLEL_BYTES; ?minParallelBytes=N for tests). */
+/** Files under this decode on one worker (MIN_PARALLEL_BYTES; ?minParallelBytes=N for tests). */
 const MIN_BYTES = (() => {
   const v = Number(new URLSearchParams(location.search).get("minParallelBytes") ?? NaN);
   return Number.isFinite(v) && v >= 0 ? v : MIN_PARALLEL_BYTES;
@@ -52,16 +53,12 @@ const MIN_BYTES = (() => {
 let t0 = performance.now();                                // when the current worker started booting
 let currentId = 0;
 /** @type {HTMLElement|null} */ let streamingEl = null;
-let streamed = "";
 
 /** @param {import("./protocol.js").Request} msg */
 const send = (msg) => worker.postMessage(msg);
 
 /** The Workers setting, clamped to 1..MAX_WORKERS. */
-function workersSetting() {
-  const n = Math.floor(Number($("workers").value));
-  return Number.isFinite(n) ? Math.max(1, Math.min(n, MAX_WORKERS)) : 1;
-}
+const workersSetting = () => clampWorkers($("workers").value);
 
 /** Workers to decode `model` (a GET /models entry) with: the setting, or 1 where sharding does not pay. */
 function workersFor(/** @type {any} */ model) {
@@ -185,19 +182,17 @@ function onWorkerMessage(/** @type {MessageEvent} */ event) {
     case Ev.TOKEN: {
       const t = /** @type {import("./protocol.js").TokenEvent} */ (ev);
       if (t.id !== currentId || !streamingEl) break;
-      streamed += t.text;
-      streamingEl.textContent = streamed;
-      $("speed").textContent = `${t.n} tokens · ${t.tok_s.toFixed(1)} tok/s`;
+      streamingEl.textContent += t.text;
+      $("speed").textContent = `${t.n} tokens`;
       $("log").scrollTop = $("log").scrollHeight;
       break;
     }
     case Ev.DONE: {
       const d = /** @type {import("./protocol.js").DoneEvent} */ (ev);
       if (d.id !== currentId) break;
-      streamed += d.text || "";
-      if (streamingEl) { streamingEl.textContent = streamed; streamingEl.classList.remove("streaming"); }
-      state.history.push({ role: "assistant", content: streamed });
-      state.lastDone = { ...d, full_text: streamed };
+      if (streamingEl) { streamingEl.textContent = d.full_text; streamingEl.classList.remove("streaming"); }
+      state.history.push({ role: "assistant", content: d.full_text });
+      state.lastDone = d;
       if (d.memory) state.memory = d.memory;
       if (d.reason !== "abort") {
         $("speed").textContent = `${d.n_generated} tokens · prefill ${d.prefill_tok_s.toFixed(1)} tok/s · decode ${d.decode_tok_s.toFixed(1)} tok/s · ${d.reason}`;
@@ -229,12 +224,13 @@ function onWorkerError(/** @type {ErrorEvent} */ e) {
 
 // ---- user actions -----------------------------------------------------------------------------
 
+/** The sampling settings the page has an input for (id = the key); empty: the engine's default. */
 function settings() {
-  /** @type {Object<string, number|null>} */
+  /** @type {import("./protocol.js").SamplingSettings} */
   const out = {};
-  for (const key of ["temperature", "top_k", "top_p", "max_tokens", "seed"]) {
-    const raw = $(key).value.trim();
-    out[key] = raw === "" ? null : Number(raw);
+  for (const key of SAMPLING_KEYS) {
+    const raw = $(key)?.value.trim();
+    if (raw !== undefined) out[key] = raw === "" ? null : Number(raw);
   }
   return out;
 }
@@ -275,7 +271,6 @@ $("chat-form").addEventListener("submit", (/** @type {Event} */ e) => {
   $("prompt").value = "";
   addMessage("user", text);
   state.history.push({ role: "user", content: text });
-  streamed = "";
   streamingEl = addMessage("assistant streaming", "");
   currentId = state.nextId++;
   state.lastError = null;
@@ -330,8 +325,7 @@ $("workers").max = String(MAX_WORKERS);
 $("workers").value = saved ?? String(defaultWorkers());   // the user's choice wins (see the file docstring)
 $("workers").title = `Decoding workers, each with its own Python (more memory per worker). Default: one per ` +
   `core, at most ${DEFAULT_MAX_WORKERS} and one per ${GB_PER_WORKER} GB of memory (this device: ` +
-  `${navigator.hardwareConcurrency || "?"} cores, so ${defaultWorkers()}); 2 workers on 2 cores decoded 1.5-1.6x ` +
-  `faster than 1. Atome models and files under ` +
+  `${navigator.hardwareConcurrency || "?"} cores, so ${defaultWorkers()}). Atome models and files under ` +
   `${fmtBytes(MIN_BYTES)} always use 1. Changing it needs a fresh Load.`;
 loadModelList().then(() => {
   startWorker(workersFor(state.selected));  // what Load will need for the first model

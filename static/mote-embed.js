@@ -24,9 +24,10 @@
  *
  * Workers (`workers: N`, data-workers): above 1, the model is split over N workers by a
  * ParallelWorker (static/parallel.js, same protocol), whose shard workers start the same blob: way.
- * Default: one per core, at most 4, for files of 50 MB and more, as on Mote's own page; an explicit
- * N applies to any file size. Either way a model engine/shard.py cannot split (its GGUF
- * general.architecture, read from the file's first bytes) decodes on one worker.
+ * Default: static/worker-count.js, as on Mote's own page (files under MIN_PARALLEL_BYTES on one
+ * worker); an explicit N applies to any file size. Either way a model engine/shard.py cannot split
+ * is refused by the shard workers at its header (an error event with unsplittable: true), and is
+ * loaded on one worker instead.
  *
  * Messages: only dedicated Workers (and, with several, MessageChannels between them) are used;
  * their messages cannot come from another origin or window. Each event is shape-checked (protocol.js isMessage) and routed by request id. This
@@ -45,16 +46,15 @@
     throw new Error(`Mote: cannot load ${BASE}${file} (${e && e.message || e}); the Mote server must allow `
       + `this page's origin: mote serve --cors-origin ${location.origin}`);
   });
-  /** @type {Promise<typeof import("./protocol.js")>|null} */ let protocolPromise = null;
-  /** @type {Promise<typeof import("./parallel.js")>|null} */ let parallelPromise = null;
-  const protocol = () => (protocolPromise = protocolPromise || importFromMote("protocol.js").catch((e) => {
-    protocolPromise = null;                 // a later call tries again
-    throw e;
-  }));
-  const parallel = () => (parallelPromise = parallelPromise || importFromMote("parallel.js").catch((e) => {
-    parallelPromise = null;
-    throw e;
-  }));
+  /** @type {Map<string, Promise<any>>} */ const modules = new Map();
+  /** A module of the Mote server, imported once (a failed import is tried again by a later call). */
+  const moteModule = (/** @type {string} */ file) => {
+    if (!modules.has(file)) modules.set(file, importFromMote(file).catch((e) => { modules.delete(file); throw e; }));
+    return /** @type {Promise<any>} */ (modules.get(file));
+  };
+  /** @returns {Promise<typeof import("./protocol.js")>} */ const protocol = () => moteModule("protocol.js");
+  /** @returns {Promise<typeof import("./worker-count.js")>} */ const workerCount = () => moteModule("worker-count.js");
+  /** @returns {Promise<typeof import("./parallel.js")>} */ const parallel = () => moteModule("parallel.js");
 
   // ---- model reference: url + sha256 + size (the worker verifies the download against them) ---
 
@@ -94,19 +94,16 @@
   // ---- the worker(s) ---------------------------------------------------------------------------
 
   /**
-   * How many workers decode `ref`: `workers` if given, else parallel.js defaultWorkers() for files
-   * of MIN_PARALLEL_BYTES and more; 1 for an architecture engine/shard.py cannot split.
-   * @param {typeof import("./parallel.js")} par @param {import("./protocol.js").ModelRef} ref
+   * How many workers decode `ref`: `workers` if given, else worker-count.js defaultWorkers() for
+   * files of MIN_PARALLEL_BYTES and more (its architecture is not known here: see Mote.load).
+   * @param {typeof import("./worker-count.js")} wc @param {import("./protocol.js").ModelRef} ref
    * @param {number|string|undefined} workers  the option or data-workers attribute
    */
-  async function chooseWorkers(par, ref, workers) {
+  function chooseWorkers(wc, ref, workers) {
     const given = workers !== undefined && workers !== null && workers !== "";
-    const wanted = given ? Number(workers) : par.defaultWorkers();
+    const wanted = given ? Number(workers) : wc.defaultWorkers();
     if (!Number.isInteger(wanted) || wanted < 1) throw new TypeError(`Mote: workers must be a whole number from 1, got ${workers}`);
-    const minBytes = given ? 0 : par.MIN_PARALLEL_BYTES;
-    if (wanted === 1 || ref.size < minBytes) return 1;             // no need to read the file's header
-    const architecture = await par.peekArchitecture(ref);
-    return par.workersForModel({ architecture, size: ref.size }, wanted, minBytes);
+    return wc.workersForModel({ size: ref.size }, wanted, given ? 0 : wc.MIN_PARALLEL_BYTES);
   }
 
   const abortError = (/** @type {AbortSignal|undefined} */ signal) =>
@@ -119,7 +116,7 @@
   /** One loaded model in its own worker(s). Requests run one at a time, in call order. */
   class MoteModel {
     /**
-     * @param {any} P protocol.js @param {typeof import("./parallel.js")} par
+     * @param {typeof import("./protocol.js")} P @param {typeof import("./parallel.js")|null} par  (workers > 1)
      * @param {import("./protocol.js").ModelRef} ref @param {number} workers  1: worker.js; more: a ParallelWorker
      */
     constructor(P, par, ref, workers) {
@@ -137,7 +134,7 @@
       /** @type {((ev: any) => void)|null} */ this._loadRoute = null;
       this._tail = Promise.resolve();        // request queue
       this.workers = workers;                // how many decode this model (each boots its own Python)
-      const worker = workers > 1 ? new par.ParallelWorker({ workers })
+      const worker = par && workers > 1 ? new par.ParallelWorker({ workers })
                                  : P.moduleWorker(new URL("worker.js", BASE), "mote");
       /** @type {Worker|import("./parallel.js").ParallelWorker} */ this.worker = worker;
       this._startError = null;
@@ -151,18 +148,20 @@
       this.chat = { completions: { create: (/** @type {any} */ req) => this._createCompletion(req) } };
     }
 
-    /** @param {any} ev */
-    _route(ev) {
-      if (!this.P.isMessage(ev, Object.values(this.P.Ev))) return;
+    /** @param {any} data */
+    _route(data) {
+      if (!this.P.isMessage(data, Object.values(this.P.Ev))) return;
+      const ev = /** @type {any} */ (data);
       const route = typeof ev.id === "number" ? this._routes.get(ev.id) : undefined;
+      const Ev = this.P.Ev;
       if (route) route(ev);
-      else if (this._loadRoute && (ev.type === "progress" || ev.type === "ready" || ev.type === "error")) this._loadRoute(ev);
+      else if (this._loadRoute && [Ev.PROGRESS, Ev.READY, Ev.ERROR].includes(ev.type)) this._loadRoute(ev);
     }
 
     /** @param {string} message */
     _fail(message) {
       this._startError = message;
-      const ev = { type: "error", message };
+      const ev = { type: this.P.Ev.ERROR, message };
       if (this._loadRoute) this._loadRoute(ev);
       for (const route of this._routes.values()) route(ev);
     }
@@ -171,9 +170,13 @@
     _load(onProgress, n_ctx) {
       return new Promise((resolve, reject) => {
         this._loadRoute = (ev) => {
-          if (ev.type === "progress") { if (onProgress) try { onProgress(ev); } catch (e) { console.error(e); } return; }
+          if (ev.type === this.P.Ev.PROGRESS) { if (onProgress) try { onProgress(ev); } catch (e) { console.error(e); } return; }
           this._loadRoute = null;
-          if (ev.type === "error") { reject(new Error(ev.stage ? `${ev.stage}: ${ev.message}` : ev.message)); return; }
+          if (ev.type === this.P.Ev.ERROR) {
+            const err = new Error(ev.stage ? `${ev.stage}: ${ev.message}` : ev.message);
+            reject(Object.assign(err, { unsplittable: !!ev.unsplittable }));
+            return;
+          }
           this.info = ev.model; this.runtime = ev.info; this.timings = ev.timings;
           this.memory = ev.memory || null; this.cached = !!ev.cached;
           if (ev.model && ev.model.name) this.model = ev.model.name;
@@ -201,7 +204,7 @@
       /** @type {(v?: any) => void} */ let settle = () => {};
       const settled = new Promise((r) => { settle = r; });
       this._routes.set(id, (ev) => {
-        if (ev.type === "done" || ev.type === "error") { finished = true; settle(); }
+        if (ev.type === this.P.Ev.DONE || ev.type === this.P.Ev.ERROR) { finished = true; settle(); }
         queue.push(ev);
         if (wake) wake();
       });
@@ -216,14 +219,14 @@
         for (;;) {
           while (!queue.length) await new Promise((r) => { wake = () => { wake = null; r(undefined); }; });
           const ev = queue.shift();
-          if (ev.type === "error") throw new Error(ev.message);
-          if (ev.type === "done") {
+          if (ev.type === this.P.Ev.ERROR) throw new Error(ev.message);
+          if (ev.type === this.P.Ev.DONE) {
             this.last = ev;
             if (ev.memory) this.memory = ev.memory;
             if (ev.reason === "abort" && signal && signal.aborted) throw abortError(signal);
           }
           yield ev;
-          if (ev.type === "done") return;
+          if (ev.type === this.P.Ev.DONE) return;
         }
       } finally {
         if (signal) signal.removeEventListener("abort", abort);
@@ -237,12 +240,12 @@
      * Text pieces of a completion: `prompt` is raw text (no chat template), or an array of
      * {role, content} messages (the model's chat template).
      * @param {string|any[]} prompt
-     * @param {{temperature?: number, top_k?: number, top_p?: number, max_tokens?: number, seed?: number, signal?: AbortSignal}} [opts]
+     * @param {import("./protocol.js").SamplingSettings & {signal?: AbortSignal}} [opts]  protocol.js SAMPLING_KEYS
      */
     async *generate(prompt, opts = {}) {
       const { signal, ...params } = opts;
       const request = Array.isArray(prompt) ? { messages: checkMessages(prompt) } : { prompt: String(prompt) };
-      for await (const ev of this.events(request, samplingParams(params), signal)) {
+      for await (const ev of this.events(request, samplingParams(params, this.P.SAMPLING_KEYS), signal)) {
         if (ev.text) yield ev.text;               // token text, then the done event's held-back tail
       }
     }
@@ -256,23 +259,24 @@
       const params = samplingParams({
         temperature: req.temperature, top_p: req.top_p, top_k: req.top_k, seed: req.seed,
         max_tokens: req.max_completion_tokens ?? req.max_tokens,
-      });
+      }, this.P.SAMPLING_KEYS);
       const id = `chatcmpl-${Math.random().toString(36).slice(2)}${Date.now().toString(36)}`;
       const created = Math.floor(Date.now() / 1000);
       const model = req.model || this.model;
       const events = this.events({ messages }, params, req.signal);
       if (!req.stream) {
-        let content = "", done = null;
-        for await (const ev of events) { content += ev.text || ""; if (ev.type === "done") done = ev; }
+        let done = null;
+        for await (const ev of events) if (ev.type === this.P.Ev.DONE) done = ev;
         return {
           id, object: "chat.completion", created, model,
-          choices: [{ index: 0, message: { role: "assistant", content }, logprobs: null,
+          choices: [{ index: 0, message: { role: "assistant", content: done.full_text }, logprobs: null,
                       finish_reason: FINISH[done.reason] || "stop" }],
           usage: { prompt_tokens: done.n_prompt, completion_tokens: done.n_generated,
                    total_tokens: done.n_prompt + done.n_generated },
         };
       }
       const includeUsage = !!(req.stream_options && req.stream_options.include_usage);
+      const P = this.P;
       const chunk = (/** @type {any} */ delta, /** @type {string|null} */ finish) => ({
         id, object: "chat.completion.chunk", created, model,
         choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
@@ -280,7 +284,7 @@
       async function* chunks() {
         yield chunk({ role: "assistant", content: "" }, null);
         for await (const ev of events) {
-          if (ev.type === "token") { if (ev.text) yield chunk({ content: ev.text }, null); continue; }
+          if (ev.type !== P.Ev.DONE) { if (ev.text) yield chunk({ content: ev.text }, null); continue; }
           if (ev.text) yield chunk({ content: ev.text }, null);
           yield chunk({}, FINISH[ev.reason] || "stop");
           if (includeUsage) {
@@ -315,19 +319,18 @@
     });
   }
 
-  /** @param {Object<string, any>} p only the settings the engine knows; undefined/null dropped */
-  function samplingParams(p) {
+  /**
+   * Only the settings the engine knows (`keys`: protocol.js SAMPLING_KEYS); undefined/null dropped.
+   * @param {Object<string, any>} p @param {readonly string[]} keys
+   */
+  function samplingParams(p, keys) {
     /** @type {Object<string, number>} */ const out = {};
-    for (const key of ["temperature", "top_k", "top_p", "max_tokens", "seed"]) {
-      if (p[key] === undefined || p[key] === null) continue;
-      const v = Number(p[key]);
-      if (!Number.isFinite(v)) throw new TypeError(`${key} must be a number, got ${p[key]}`);
+    for (const [key, value] of Object.entries(p)) {
+      if (value === undefined || value === null) continue;
+      if (!keys.includes(key)) throw new TypeError(`unknown setting ${key} (known: ${keys.join(", ")}, signal)`);
+      const v = Number(value);
+      if (!Number.isFinite(v)) throw new TypeError(`${key} must be a number, got ${value}`);
       out[key] = v;
-    }
-    for (const key of Object.keys(p)) {
-      if (!(key in out) && p[key] !== undefined && p[key] !== null && !["temperature", "top_k", "top_p", "max_tokens", "seed"].includes(key)) {
-        throw new TypeError(`unknown setting ${key} (known: temperature, top_k, top_p, max_tokens, seed, signal)`);
-      }
     }
     return out;
   }
@@ -490,19 +493,24 @@ button:disabled { opacity: .45; cursor: default; }
     version: "0.1.0",
     base: BASE,
     /**
-     * Start the worker(s) and load a model into them; `workers` as in the file docstring.
+     * Start the worker(s) and load a model into them; `workers` as in the file docstring. A model
+     * the shard workers refuse to split is loaded again on one worker.
      * @param {string|{url: string, sha256?: string, size?: number, name?: string}} model
      * @param {{onProgress?: (p: any) => void, sha256?: string, size?: number, name?: string, n_ctx?: number,
      *          workers?: number}} [opts]
      */
     async load(model, opts = {}) {
-      const [P, par, ref] = await Promise.all([protocol(), parallel(), resolveModel(model, opts)]);
-      const m = new MoteModel(P, par, ref, await chooseWorkers(par, ref, opts.workers));
-      try {
-        return await m._load(opts.onProgress, opts.n_ctx);
-      } catch (e) {
-        m.worker.terminate();
-        throw e;
+      const [P, wc, ref] = await Promise.all([protocol(), workerCount(), resolveModel(model, opts)]);
+      let workers = chooseWorkers(wc, ref, opts.workers);
+      for (;;) {
+        const m = new MoteModel(P, workers > 1 ? await parallel() : null, ref, workers);
+        try {
+          return await m._load(opts.onProgress, opts.n_ctx);
+        } catch (e) {
+          m.worker.terminate();
+          if (!(workers > 1 && /** @type {any} */ (e).unsplittable)) throw e;
+          workers = 1;
+        }
       }
     },
     mount,

@@ -1,19 +1,19 @@
 // @ts-check
 /**
  * One shard of a model decoded across several workers (module worker, created by static/parallel.js).
+ * Its messages with the coordinator and with the other shards are protocol.js Shard and Peer:
  *
- *   boot              Pyodide + numpy + our wheels (each checked against build-manifest.json's sha256)
- *   ports{index,n}    a MessagePort to every other shard (MessageChannels made by the coordinator)
- *   header{prefix,size,n_ctx,hash}  the file's first bytes: -> header{more} (send a longer prefix) or
- *                     header{ranges}: engine.shard.ShardLoader made, the byte ranges this shard needs
- *   write{parts}      later bytes as the coordinator streams the file: [start, ArrayBuffer] parts,
- *                     copied into this shard's pieces in WASM memory -> wrote{n} (the coordinator's
- *                     flow control); shard 0 gets every byte and hashes it (sha256, Python's hashlib)
- *   digest            (shard 0) -> digest{sha256}: the coordinator compares it with GET /models'
- *   build             only after that check: the model from the pieces -> loaded{info, memory}
+ *   boot              Pyodide + numpy + our wheels (static/boot.js, as static/worker.js boots)
+ *   ports             a MessagePort to every other shard (MessageChannels made by the coordinator)
+ *   header            the file's first bytes: a longer prefix needed, or engine.shard.ShardLoader made
+ *                     and the byte ranges this shard needs, or refused (the model cannot be split)
+ *   write             later bytes as the coordinator streams the file, copied into this shard's pieces
+ *                     in WASM memory; shard 0 gets every byte and hashes it (sha256, Python's hashlib)
+ *   digest            (shard 0) the sha256, which the coordinator compares with the expected one
+ *   build             only after that check: the model from the pieces
  *   drop              a failed load: free the pieces
- *   generate (shard 0, the leader): engine.shard.LeaderSession; before each step of the generation
- *                     loop it sends forward{tokens, start} to every peer and runs its own shard
+ *   generate (shard 0, the leader): the generation loop; before each step it sends Peer.FORWARD to
+ *                     every peer and runs its own shard
  *
  * A forward pass is engine.shard.ShardRunner, one call per sync point. At a SUM each shard posts
  * its partial (d floats per token) to every peer over the direct ports and waits for theirs; the
@@ -21,8 +21,8 @@
  * address), so a sync costs one copy out, one postMessage with the buffer transferred, one copy in.
  * No SharedArrayBuffer, so no COOP/COEP headers are needed.
  */
-import { bootPython } from "./boot.js";
-import { relayGeneration } from "./protocol.js";
+import { bootPython, memory, relayGeneration } from "./boot.js";
+import { Ev, Peer, Req, Shard } from "./protocol.js";
 
 const BASE = new URL(".", import.meta.url);
 
@@ -36,7 +36,7 @@ let transfer = true;                                     // postMessage partials
 let abortRequested = false, generating = false;
 let seq = 0;                                             // sync points so far: the same count on every shard
 /** @type {number[]} */ let vocabStarts = [];
-/** Per generation: where this shard's time goes (scripts/bench_parallel.py prints it per token).
+/** Per generation: where this shard's time goes (mote/bench/parallel.py prints it per forward).
  *  compute_ms: inside Python (the shard's share of the forward); wait_ms: waiting for peers at sync
  *  points; copy_ms: partials out of / into WASM memory; between_ms: from the end of one forward to
  *  the start of the next (the leader samples and relays then; a follower idles). */
@@ -46,18 +46,8 @@ let statsGeneration = -1;                                // follower: the leader
 let generations = 0;                                     // leader: generations started
 const resetStats = () => { for (const k of Object.keys(stats)) /** @type {any} */ (stats)[k] = 0; };
 
-/** @param {any} msg @param {Transferable[]} [tr] */
-const post = (msg, tr) => self.postMessage(msg, tr || []);
-
-function memory() {
-  return { wasm_bytes: pyodide?._module?.HEAP8?.buffer?.byteLength ?? null };
-}
-
-/** A macrotask turn without the 4 ms clamp of nested setTimeout (so `abort` can land). */
-const yieldChannel = new MessageChannel();
-/** @type {(() => void)[]} */ const yieldQueue = [];
-yieldChannel.port1.onmessage = () => { const r = yieldQueue.shift(); if (r) r(); };
-const yieldToEventLoop = () => new Promise((r) => { yieldQueue.push(/** @type {any} */ (r)); yieldChannel.port2.postMessage(0); });
+/** @param {any} msg */
+const post = (msg) => self.postMessage(msg);
 
 // ---- boot (static/boot.js, as static/worker.js boots) ------------------------------------------------
 
@@ -97,8 +87,10 @@ function drop() {
 /**
  * The first bytes of the file: if they hold the whole GGUF header, make the ShardLoader, its pieces
  * (filled from the prefix where it covers them) and, on shard 0, start the sha256 over the prefix.
+ * A model engine.shard cannot split (its architecture, a config it cannot divide: ConfigError) is
+ * refused, so the page can load it on one worker instead.
  * @param {{prefix: ArrayBuffer, size: number, n_ctx?: number|null, split_attention?: boolean, hash?: boolean}} msg
- * @returns {{more: true} | {ranges: number[][]}}  more: send a longer prefix
+ * @returns {{more: true} | {ranges: number[][]} | {refused: string}}  more: send a longer prefix
  */
 function header(msg) {
   drop();
@@ -109,7 +101,12 @@ function header(msg) {
     const view = prefix.getBuffer("u8");
     try { view.data.set(new Uint8Array(msg.prefix), 0); } finally { view.release(); }
     if (shardMod.ShardFile.header_length(prefix, msg.size) === 0 && msg.prefix.byteLength < msg.size) return { more: true };
-    loader = shardMod.ShardLoader(prefix, msg.size, nShards, index, msg.n_ctx ?? null, msg.split_attention !== false);
+    try {
+      loader = shardMod.ShardLoader(prefix, msg.size, nShards, index, msg.n_ctx ?? null, msg.split_attention !== false);
+    } catch (e) {
+      if (/** @type {any} */ (e)?.type === "ConfigError") return { refused: String(/** @type {any} */ (e).message).trim().split("\n").pop() || "" };
+      throw e;
+    }
     loader.stream_from(prefix, !!msg.hash);
     return { ranges: loader.ranges().toJs() };
   } finally {
@@ -178,9 +175,9 @@ function send(to, s, data, last) {
   const port = /** @type {MessagePort} */ (peers[to]);
   if (transfer) {
     const buf = last ? data : data.slice();             // a transferred buffer can go to one peer only
-    port.postMessage({ t: "p", seq: s, from: index, data: buf }, [buf.buffer]);
+    port.postMessage({ t: Peer.PARTIAL, seq: s, from: index, data: buf }, [buf.buffer]);
   } else {
-    port.postMessage({ t: "p", seq: s, from: index, data });   // structured clone (a copy)
+    port.postMessage({ t: Peer.PARTIAL, seq: s, from: index, data });   // structured clone (a copy)
   }
 }
 
@@ -235,11 +232,11 @@ let followerChain = Promise.resolve();
 /** @param {MessageEvent} e  a peer's message: a partial, or (from the leader) a forward to run */
 function onPeerMessage(e) {
   const m = e.data;
-  if (m.t === "p") onPart(m);
-  else if (m.t === "f") {
+  if (m.t === Peer.PARTIAL) onPart(m);
+  else if (m.t === Peer.FORWARD) {
     if (m.gen !== statsGeneration) { statsGeneration = m.gen; resetStats(); }   // a new request: fresh stats
     followerChain = followerChain.then(() => forward(m.tokens, m.start)).catch((err) => {
-      post({ type: "error", message: `shard ${index}: ${err?.message || err}` });
+      post({ type: Ev.ERROR, message: `shard ${index}: ${err?.message || err}` });
     });
   }
 }
@@ -262,40 +259,20 @@ async function generate(msg) {
     if (need === undefined || need === null) return;
     const [tokens, start] = need.toJs();
     need.destroy();
-    for (const j of peers.keys()) if (j !== index) /** @type {MessagePort} */ (peers[j]).postMessage({ t: "f", tokens, start, gen: generations });
+    for (const j of peers.keys()) if (j !== index) /** @type {MessagePort} */ (peers[j]).postMessage({ t: Peer.FORWARD, tokens, start, gen: generations });
     await forward(tokens, start);
     const logits = runner.last_logits;                   // (vocab,) ndarray, handed back to Python
     gen.provide(logits, runner.seconds);
     logits.destroy();
   };
-  const step = () => {
-    const py = gen.step();
-    if (py === undefined || py === null) return null;
-    try { return py.toJs({ dict_converter: Object.fromEntries }); } finally { py.destroy(); }
-  };
   try {
-    await relayGeneration({ id: msg.id, step, post, aborted: () => abortRequested, yieldTurn: yieldToEventLoop, before,
-                            doneExtra: () => ({ memory: memory(), stats: { ...stats } }) });
+    await relayGeneration({ id: msg.id, gen, post, aborted: () => abortRequested, before,
+                            doneExtra: () => ({ memory: memory(pyodide), stats: { ...stats } }) });
   } finally {
     gen.close();
     gen.destroy();
     generating = false;
   }
-}
-
-// ---- message-passing micro-benchmark (no Pyodide needed) --------------------------------------------
-
-/** Round trips of a Float32Array(n) to a peer over `port`: clone or transfer. */
-async function pingPong(port, n, iters, mode) {
-  let data = new Float32Array(n);
-  const once = () => new Promise((resolve) => {
-    port.onmessage = (e) => resolve(e.data);
-    if (mode === "transfer") port.postMessage(data, [data.buffer]); else port.postMessage(data);
-  });
-  for (let i = 0; i < 20; i++) data = /** @type {Float32Array} */ (await once());   // warm up
-  const t0 = performance.now();
-  for (let i = 0; i < iters; i++) data = /** @type {Float32Array} */ (await once());
-  return (performance.now() - t0) / iters;
 }
 
 // ---- messages from the coordinator -----------------------------------------------------------------
@@ -304,30 +281,24 @@ self.addEventListener("message", async (event) => {
   const msg = event.data || {};
   try {
     switch (msg.type) {
-      case "boot": post({ type: "booted", seconds: await boot() }); break;
-      case "ports":
+      case Shard.BOOT: post({ type: Shard.BOOTED, seconds: await boot() }); break;
+      case Shard.PORTS:
         index = msg.index; nShards = msg.n; transfer = msg.transfer !== false;
         peers = msg.ports;
         for (const p of peers) if (p) p.onmessage = onPeerMessage;
         break;
-      case "header": post({ type: "header", ...header(msg) }); break;
-      case "write": post({ type: "wrote", n: write(msg.parts) }); break;
-      case "digest": post({ type: "digest", sha256: loader.sha256(), hash_seconds: loader.hash_seconds }); break;
-      case "build": post({ type: "loaded", ...build(), memory: memory() }); break;
-      case "drop": drop(); post({ type: "dropped" }); break;
-      case "generate": await generate(msg); break;
-      case "abort": abortRequested = true; break;
-      case "stats": post({ type: "stats", stats: { ...stats }, memory: memory() }); break;
-      case "pong": msg.port.onmessage = (e) => {                       // echo back, same mode
-        const d = e.data;
-        if (msg.mode === "transfer") msg.port.postMessage(d, [d.buffer]); else msg.port.postMessage(d);
-      }; break;
-      case "ping": post({ type: "pinged", ms: await pingPong(msg.port, msg.n, msg.iters, msg.mode) }); break;
-      case "echo": post({ type: "echo", data: msg.data }, msg.mode === "transfer" ? [msg.data.buffer] : []); break;
+      case Shard.HEADER: post({ type: Shard.HEADER, ...header(msg) }); break;
+      case Shard.WRITE: post({ type: Shard.WROTE, n: write(msg.parts) }); break;
+      case Shard.DIGEST: post({ type: Shard.DIGEST, sha256: loader.sha256(), hash_seconds: loader.hash_seconds }); break;
+      case Shard.BUILD: post({ type: Shard.LOADED, ...build(), memory: memory(pyodide) }); break;
+      case Shard.DROP: drop(); post({ type: Shard.DROPPED }); break;
+      case Shard.STATS: post({ type: Shard.STATS, stats: { ...stats }, memory: memory(pyodide) }); break;
+      case Req.GENERATE: await generate(msg); break;
+      case Req.ABORT: abortRequested = true; break;
       default: break;
     }
   } catch (e) {
     const err = /** @type {any} */ (e);
-    post({ type: "error", id: msg.id, message: `shard ${index}: ${String(err?.message || err)}` });
+    post({ type: Ev.ERROR, id: msg.id, message: `shard ${index}: ${String(err?.message || err)}` });
   }
 });

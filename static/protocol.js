@@ -1,22 +1,28 @@
 // @ts-check
 /**
- * The page <-> worker protocol: every message has a `type`. Imported by static/main.js,
- * static/worker.js, static/parallel.js and static/mote-embed.js, so both sides use the same names.
+ * Every message that crosses a worker boundary, declared once. Imported by both sides of each:
  *
- * Requests (page -> worker):  load, generate, abort
- * Events   (worker -> page):  progress, ready, token, done, error
+ *   page <-> worker       static/main.js, static/mote-embed.js  <->  static/worker.js, static/parallel.js
+ *     Requests (page -> worker):  load, generate, abort                          (Req)
+ *     Events   (worker -> page):  progress, ready, token, done, error            (Ev)
+ *     A session:   load{model?} -> progress* (runtime, numpy, engine, weights) -> ready
+ *                  generate{id} -> token* -> done{id, reason}      (abort{id} -> done{reason: "abort"})
+ *     `load` without a model boots the runtime only (ready.info has versions, no model).
  *
- * A session:   load{model?} -> progress* (runtime, numpy, engine, weights) -> ready
- *              generate{id} -> token* -> done{id, reason}      (abort{id} -> done{reason: "abort"})
- * `load` without a model boots the runtime only (ready.info has versions, no model).
+ *   coordinator <-> shard static/parallel.js  <->  static/parallel-worker.js         (Shard)
+ *   shard <-> shard       over the MessagePorts the coordinator hands out            (Peer)
+ *
+ * The generation's own events (prefill, token, done) are made by Python (engine.bridge and
+ * engine.shard's leader); ENGINE_FIELDS lists their fields and tests/test_protocol.py checks that
+ * Python emits exactly those, and that SAMPLING_KEYS are the settings engine.bridge accepts.
  */
 
 export const PROTOCOL_VERSION = 1;
 
-/** Request types. */
+/** Request types (page -> worker). */
 export const Req = Object.freeze({ LOAD: "load", GENERATE: "generate", ABORT: "abort" });
 
-/** Event types. */
+/** Event types (worker -> page). */
 export const Ev = Object.freeze({
   PROGRESS: "progress", READY: "ready", TOKEN: "token", DONE: "done", ERROR: "error",
 });
@@ -25,18 +31,32 @@ export const Ev = Object.freeze({
 export const STAGES = Object.freeze(["runtime", "numpy", "engine", "weights"]);
 
 /**
+ * Fields of the events Python's generation step() returns, by type (JSON: tests/test_protocol.py
+ * reads this literal). The worker posts token and done with `id` added, done also with `memory`
+ * (and, from several workers, `stats`); prefill is not posted.
+ *   text        newly printable text (done: the tail held back while a stop string could still match)
+ *   full_text   the whole answer, stop strings cut
+ */
+export const ENGINE_FIELDS = Object.freeze({
+  "prefill": ["type", "n_prompt", "prefill_tok_s"],
+  "token": ["type", "text", "token_id", "n"],
+  "done": ["type", "reason", "text", "full_text", "n_prompt", "n_generated", "prefill_tok_s", "decode_tok_s",
+           "token_ids"]
+});
+
+/** The sampling settings a generate request's `params` may hold (engine.bridge.PARAM_TYPES; others are refused). */
+export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "min_p", "repeat_penalty",
+                                            "repeat_last_n", "seed", "max_tokens"]);
+
+/**
  * @typedef {Object} ModelRef           one entry of GET /models (only these fields are needed)
  * @property {string} url               where to fetch the GGUF (same origin or CORS-enabled)
  * @property {string} sha256            hex sha256 of the whole file: cache key and integrity check
  * @property {number} size              bytes
  * @property {string} [name]
  *
- * @typedef {Object} SamplingSettings
- * @property {number} [temperature]     <= 0: greedy
- * @property {number} [top_k]
- * @property {number} [top_p]
- * @property {number} [max_tokens]
- * @property {number|null} [seed]
+ * @typedef {Partial<Record<typeof SAMPLING_KEYS[number], number|null>>} SamplingSettings
+ *   temperature <= 0: greedy; seed null: random
  *
  * @typedef {{role: "system"|"user"|"assistant", content: string}} ChatMessage
  *
@@ -48,18 +68,45 @@ export const STAGES = Object.freeze(["runtime", "numpy", "engine", "weights"]);
  *
  * @typedef {{type: "progress", stage: "runtime"|"numpy"|"engine"|"weights", phase?: string,
  *            loaded?: number, total?: number, seconds?: number}} ProgressEvent
- *   phase for weights: "cache" (reading the Cache API), "download", "verify", "store", "parse"
+ *   phase for weights: "cache" (reading the Cache API), "download", "verify", "cache-corrupt",
+ *   "store", "store-failed", "parse"
  * @typedef {{wasm_bytes: number|null, js_heap_bytes: number|null}} MemoryStats
  * @typedef {{type: "ready", info: Object, model?: Object, timings: Object<string, number>,
  *            cached?: boolean, memory?: MemoryStats}} ReadyEvent
- * @typedef {{type: "token", id: number, text: string, token_id: number, n: number,
- *            tok_s: number}} TokenEvent
- * @typedef {{type: "done", id: number, reason: string, text: string, n_prompt: number,
- *            n_generated: number, prefill_tok_s: number, decode_tok_s: number,
- *            token_ids: number[], memory?: MemoryStats}} DoneEvent
- * @typedef {{type: "error", id?: number, stage?: string, message: string}} ErrorEvent
+ * @typedef {{type: "token", id: number, text: string, token_id: number, n: number}} TokenEvent
+ * @typedef {{type: "done", id: number, reason: "eos"|"stop"|"length"|"abort", text: string,
+ *            full_text: string, n_prompt: number, n_generated: number, prefill_tok_s: number,
+ *            decode_tok_s: number, token_ids: number[], memory?: MemoryStats}} DoneEvent
+ * @typedef {{type: "error", id?: number, stage?: string, message: string, unsplittable?: boolean}} ErrorEvent
+ *   unsplittable: several workers were asked for, but engine/shard.py cannot split this model
+ *   (its architecture): it must be loaded on one worker (static/mote-embed.js does)
  * @typedef {ProgressEvent | ReadyEvent | TokenEvent | DoneEvent | ErrorEvent} WorkerEvent
  */
+
+/**
+ * Coordinator <-> shard worker messages (field `type`). Requests, then the reply each gets:
+ *   boot -> booted{seconds}               Pyodide + numpy + the engine in the shard
+ *   ports{index, n, ports, transfer}      a MessagePort to every other shard (no reply)
+ *   header{prefix, size, n_ctx, split_attention, hash} -> header{more} | header{ranges} | header{refused}
+ *   write{parts} -> wrote{n}              file bytes [start, ArrayBuffer] (flow control: the ack)
+ *   digest -> digest{sha256, hash_seconds}  (shard 0) the whole file's sha256
+ *   build -> loaded{info, memory, ...}    only once the digest matched
+ *   drop -> dropped                       free the pieces of a failed or replaced load
+ *   stats -> stats{stats, memory}         the shard's counters of the last generation
+ *   generate, abort                       (shard 0, the leader) the page's requests, forwarded
+ * A shard reports any failure as an Ev.ERROR event.
+ */
+export const Shard = Object.freeze({
+  BOOT: "boot", BOOTED: "booted", PORTS: "ports", HEADER: "header", WRITE: "write", WROTE: "wrote",
+  DIGEST: "digest", BUILD: "build", LOADED: "loaded", DROP: "drop", DROPPED: "dropped", STATS: "stats",
+});
+
+/**
+ * Shard <-> shard messages over the direct ports (field `t`, short: one message per sync point).
+ *   PARTIAL {seq, from, data: Float32Array}   a shard's partial sum (or logits slice) at sync point seq
+ *   FORWARD {tokens, start, gen}              (from the leader) run one forward pass of generation gen
+ */
+export const Peer = Object.freeze({ PARTIAL: "p", FORWARD: "f" });
 
 /**
  * Check the shape of a message before acting on it (both directions).
@@ -90,45 +137,6 @@ export function moduleWorker(url, name) {
   return worker;
 }
 
-/** Cache API names used by the model cache (static/model-cache.js) and the service worker (app shell + runtime). */
+/** Cache API names used by the model cache (static/model-source.js) and the service worker (app shell + runtime). */
 export const MODEL_CACHE = "mote-models-v1";
 export const SHELL_CACHE_PREFIX = "mote-shell-";
-
-/**
- * The worker side of one generate request, shared by static/worker.js and the leader shard of
- * static/parallel-worker.js: take the Python generation's events one at a time, post token and done
- * events, and yield to the event loop between steps so an abort message lands within one token.
- *   step()       the generation's next event as a plain object ({type: "prefill"|"token"|"done", ...}),
- *                or null/undefined when it is over
- *   before()     awaited before each step, if given (the parallel leader computes the logits there)
- *   aborted()    true once an abort request arrived: a done event with reason "abort" ends the request
- *   doneExtra()  fields added to the done event (memory, counters)
- * @param {{id: number, step: () => any, post: (ev: WorkerEvent) => void, aborted: () => boolean,
- *          yieldTurn: () => Promise<unknown>, before?: (() => Promise<void>)|null,
- *          doneExtra?: () => Object}} args
- */
-export async function relayGeneration({ id, step, post, aborted, yieldTurn, before = null, doneExtra = () => ({}) }) {
-  const t0 = performance.now();
-  let decodeStart = 0, n = 0;
-  for (;;) {
-    if (aborted()) {
-      post({ type: Ev.DONE, id, reason: "abort", text: "", n_prompt: 0, n_generated: n,
-             prefill_tok_s: 0, decode_tok_s: 0, token_ids: [] });
-      return;
-    }
-    if (before) await before();
-    const ev = step();
-    if (ev === undefined || ev === null) return;
-    if (ev.type === "prefill") {
-      decodeStart = performance.now();
-    } else if (ev.type === "token") {
-      n = ev.n;
-      const secs = (performance.now() - (decodeStart || t0)) / 1000;
-      post({ type: Ev.TOKEN, id, text: ev.text, token_id: ev.token_id, n, tok_s: secs > 0 ? n / secs : 0 });
-    } else if (ev.type === "done") {
-      post(/** @type {any} */ ({ ...ev, type: Ev.DONE, id, ...doneExtra() }));
-      return;
-    }
-    await yieldTurn();                                   // abort lands here
-  }
-}

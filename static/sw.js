@@ -2,7 +2,7 @@
 /**
  * Service worker (served at /sw.js, scope /): keeps the app shell and the Pyodide runtime for
  * offline use. Model files are NOT handled here: the workers keep them in their own Cache API store
- * ("mote-models-v1", static/model-cache.js), verified by sha256.
+ * ("mote-models-v1", static/model-source.js), verified by sha256.
  *
  *   install   precache "/", the page scripts, /models, build-manifest.json and every runtime file
  *             and wheel it lists
@@ -17,9 +17,10 @@
 /// <reference lib="webworker" />
 const sw = /** @type {ServiceWorkerGlobalScope} */ (/** @type {unknown} */ (self));
 const SHELL_CACHE = "mote-shell-v1";
+/** The page and every static file it runs (tests/test_server.py checks this against static/). */
 const SHELL = ["/", "/models", "/static/main.js", "/static/worker.js", "/static/protocol.js",
-               "/static/model-cache.js", "/static/boot.js", "/static/parallel.js", "/static/parallel-worker.js",
-               "/static/style.css", "/static/build-manifest.json"];
+               "/static/model-source.js", "/static/boot.js", "/static/worker-count.js", "/static/parallel.js",
+               "/static/parallel-worker.js", "/static/style.css", "/static/build-manifest.json"];
 
 sw.addEventListener("install", (event) => {
   event.waitUntil((async () => {

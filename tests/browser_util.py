@@ -5,7 +5,7 @@
     heap = WorkerHeap(browser, page); heap.sample()                      # the worker's memory (CDP)
     renderer_peak_rss()                                                  # the tab's peak RSS (/proc)
 
-serve_in_thread, CHROMIUM_ARGS and the renderer /proc readings come from web/bench.py (the
+serve_in_thread, CHROMIUM_ARGS and the renderer /proc readings come from mote/bench/browser.py (the
 benchmark needs the same), re-exported here.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 # One server thread, one set of Chromium flags and one /proc reading for the tests and `mote bench`.
-from web.bench import CHROMIUM_ARGS, renderer_peak_rss, renderer_pids, serve_in_thread  # noqa: F401
+from mote.bench.browser import CHROMIUM_ARGS, renderer_peak_rss, renderer_pids, serve_in_thread  # noqa: F401
 
 CHROMIUM = os.environ.get("MOTE_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""`mote bench --browser` (web/bench.py) on the tiny model, with fast settings.
+"""`mote bench --browser` (mote/bench/browser.py) on the tiny model, with fast settings.
 
 * one cold run in headless Chromium plus --native: bench.json, bench.md and bench.png are written,
   and the correctness column is computed from real token ids (browser vs CPython engine);
@@ -39,8 +39,8 @@ def args(model, out, *extra):
 
 def test_bench_tiny_three_outputs_and_real_correctness(tiny, tmp_path, capsys):
     from engine.generate import SamplingParams, generate
+    from mote.bench.browser import main
     from mote.loader import load
-    from web.bench import main
 
     model, _ = tiny
     assert main(args(model, tmp_path, "--native")) == 0
@@ -52,7 +52,7 @@ def test_bench_tiny_three_outputs_and_real_correctness(tiny, tmp_path, capsys):
     rows = {r["engine"]: r for r in report["rows"]}
     assert set(rows) == {"mote", "cpython"}
     mote = rows["mote"]
-    # the CPython engine's greedy tokens, computed here independently of web/bench.py
+    # the CPython engine's greedy tokens, computed here independently of mote/bench/browser.py
     loaded = load(model)
     want = [ev.token_id for ev in generate(loaded.model, loaded.tokenizer, loaded.tokenizer.encode(PROMPT),
                                            SamplingParams(temperature=0, max_tokens=6, stop=loaded.template.stop))
@@ -69,7 +69,7 @@ def test_bench_tiny_three_outputs_and_real_correctness(tiny, tmp_path, capsys):
 
 
 def _engine_tokens(model, prompt, n):
-    """The CPython engine's greedy tokens, computed here independently of web/bench.py."""
+    """The CPython engine's greedy tokens, computed here independently of mote/bench/browser.py."""
     from engine.generate import SamplingParams, generate
     from mote.loader import load
 
@@ -80,7 +80,7 @@ def _engine_tokens(model, prompt, n):
 
 
 def test_bench_workers_row(tiny, tmp_path, capsys):
-    from web.bench import main
+    from mote.bench.browser import main
 
     model, _ = tiny
     assert main(args(model, tmp_path, "--workers", "2")) == 0
@@ -105,7 +105,7 @@ def test_bench_workers_row(tiny, tmp_path, capsys):
 
 
 def test_bench_correctness_turns_red_when_tokens_differ(tiny, tmp_path, monkeypatch, capsys):
-    import web.bench as bench
+    import mote.bench.browser as bench
 
     model, other = tiny
     real = bench.cpython_reference
@@ -119,7 +119,7 @@ def test_bench_correctness_turns_red_when_tokens_differ(tiny, tmp_path, monkeypa
 
 
 def test_bench_missing_chromium_is_a_clear_error(tiny, tmp_path, capsys):
-    from web.bench import main
+    from mote.bench.browser import main
 
     model, _ = tiny
     rc = main([str(model), "--repeat", "1", "--out", str(tmp_path), "--chromium", str(tmp_path / "no-chromium")])
@@ -133,7 +133,7 @@ def test_add_browser_args_fits_the_cli_bench_parser():
     """The lead's `mote bench` parser already has -n/--repeat/--ctx/--json: no clash, new flags added."""
     import argparse
 
-    from web.bench import add_browser_args
+    from mote.bench.browser import add_browser_args
 
     p = argparse.ArgumentParser()
     p.add_argument("model", nargs="+")
@@ -159,7 +159,7 @@ def _fake_out(decode_tok_s: float, tokens: list[int]) -> dict:
 def test_bench_engines_take_turns_and_ratios_pair_runs(tiny, tmp_path, monkeypatch, capsys):
     """Runs alternate between engines (round robin), so the r-th runs pair up; the machine here slows
     down run after run (fake numbers), and the paired ratio stays exact where medians would not."""
-    import web.bench as bench
+    import mote.bench.browser as bench
 
     model, _ = tiny
     want = _engine_tokens(model, PROMPT, 6)
@@ -183,7 +183,7 @@ def test_bench_engines_take_turns_and_ratios_pair_runs(tiny, tmp_path, monkeypat
 
 
 def test_bench_failed_engine_stops_and_the_others_go_on(tiny, tmp_path, monkeypatch, capsys):
-    import web.bench as bench
+    import mote.bench.browser as bench
 
     model, _ = tiny
     want = _engine_tokens(model, PROMPT, 6)
@@ -206,7 +206,7 @@ def test_bench_failed_engine_stops_and_the_others_go_on(tiny, tmp_path, monkeypa
 
 
 def test_paired_ratios_leave_out_cpython_and_missing_numbers():
-    from web.bench import markdown, summarize
+    from mote.bench.browser import markdown, summarize
 
     def row(engine, decodes):
         return {"model": "m", "quant": "Q8_0", "file": "/m.gguf", "engine": engine, "greedy_ok": True, "error": None,

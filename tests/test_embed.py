@@ -11,8 +11,8 @@ and a strict CSP (the one docs/EMBED.md tells hosts to use). Checked:
   returns a chat.completion with usage that agrees with the streamed one;
 * with workers: 2 (API) or data-workers="2" (widget) the model is split over two workers, whose shard
   workers the host page can only start through blob: wrappers, and the tokens are the same; the
-  default keeps a small file on one worker; the GGUF header peek that keeps unsplittable
-  architectures on one worker reads general.architecture wherever it sits in the metadata;
+  default keeps a small file on one worker; a model engine/shard.py cannot split (atome), asked for
+  on two workers, is refused by the shard workers and loaded on one;
 * without the server's CORS permission for the host origin, loading fails with a clear error.
 """
 
@@ -347,33 +347,34 @@ def test_widget_data_workers(sites, browser):
         page.close()
 
 
-def test_architecture_peek_and_workers_rule(sites, browser, tmp_path_factory):
-    """static/parallel.js as the embed uses it on the host: general.architecture read from a file's
-    first bytes (also behind a 20,000-entry array), and the rule that keeps atome on one worker."""
-    from engine.gguf import ValueType, write_gguf
+def test_unsplittable_model_falls_back_to_one_worker(sites, browser):
+    """Mote.load(url, {workers: 2}) on an atome model (engine/shard.py cannot split it; nothing tells
+    the host page so): the shard workers refuse it at its header, and it is loaded and answers on one
+    worker, the CPython engine's tokens. Also the workers rule of static/worker-count.js, as imported
+    by the embed."""
+    from mote.convert import convert_atome_blob
+    from tests.paths import shared_file
 
-    models = sites["path"].parent
-    with open(models / "late-atome.gguf", "wb") as f:   # metadata only: the peek reads no tensors
-        write_gguf(f, {"tokenizer.ggml.tokens": (ValueType.ARRAY, (ValueType.STRING, [f"t{i}" for i in range(20_000)])),
-                       "general.architecture": (ValueType.STRING, "atome")}, [])
-    (models / "not-gguf.gguf").write_bytes(b"PK\x03\x04" + bytes(4096))
-    sizes = {p.name: p.stat().st_size for p in models.glob("*.gguf")}
-    page = browser.new_page()
+    blob = shared_file("atome/atome_944k.bin")
+    path = sites["path"].parent / "atome.gguf"
+    convert_atome_blob(blob, path)
+    logs: list[str] = []
+    page = new_page(browser, logs)
     page.goto(sites["host"] + "/api")
-    got = page.evaluate("""async ([mote, sizes]) => {
-        const par = await import(Mote.base + 'parallel.js');   // the module Mote.load uses
-        const ref = (file) => ({url: `${mote}/models/${file}`, sha256: '0'.repeat(64), size: sizes[file] || 1});
-        return {
-          llama: await par.peekArchitecture(ref('tiny-llama.gguf')),
-          atome: await par.peekArchitecture(ref('late-atome.gguf')),
-          none: await par.peekArchitecture(ref('not-gguf.gguf')),
-          missing: await par.peekArchitecture(ref('missing.gguf')),
-          rule: [par.workersForModel({architecture: 'atome', size: 1e9}, 2),
-                 par.workersForModel({architecture: 'llama', size: 1e9}, 2),
-                 par.workersForModel({architecture: 'llama', size: 1e6}, 2),
-                 par.workersForModel({architecture: 'llama', size: 1e6}, 2, 0),
-                 par.workersForModel({architecture: 'llama', size: 1e9}, 99)],
-        };
-    }""", [sites["mote"], sizes])
+    got = page.evaluate("""async ([url, prompt, n]) => {
+        const mote = await Mote.load(url, {workers: 2});
+        for await (const piece of mote.generate(prompt, {temperature: 0, max_tokens: n})) {}
+        const wc = await import(Mote.base + 'worker-count.js');   // the module Mote.load uses
+        return {workers: mote.workers, shards: mote.info.shards ?? null, ids: mote.last.token_ids,
+                rule: [wc.workersForModel({architecture: 'atome', size: 1e9}, 2),
+                       wc.workersForModel({architecture: 'llama', size: 1e9}, 2),
+                       wc.workersForModel({architecture: 'llama', size: 1e6}, 2),
+                       wc.workersForModel({architecture: 'llama', size: 1e6}, 2, 0),
+                       wc.workersForModel({architecture: 'llama', size: 1e9}, 99),
+                       wc.workersForModel({size: 1e9}, 2)]};
+    }""", [sites["mote"] + "/models/atome.gguf", PROMPT, 8])
     page.close()
-    assert got == {"llama": "llama", "atome": "atome", "none": None, "missing": None, "rule": [1, 2, 1, 2, 8]}
+    assert got["workers"] == 1 and got["shards"] is None, got
+    assert got["ids"] == cpython_greedy(path, PROMPT, 8)
+    assert got["rule"] == [1, 2, 1, 2, 8, 2]   # architecture unknown: the shard workers decide
+    assert not [m for m in logs if m.startswith("pageerror")], logs

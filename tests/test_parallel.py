@@ -7,8 +7,8 @@ range would fail here. The generation loop on the leader (LookaheadModel inside 
 gives engine.generate's greedy tokens.
 ShardLoader fed block by block, as static/parallel.js streams the file: the leader's sha256 is the
 file's, the other shards get only their ranges, gaps and missing bytes are refused.
-Browser (marked `browser`): static/parallel.html with 1 and 2 workers produces the CPython engine's
-greedy tokens on a tiny model; a 38 MB one streams through the coordinator (which holds a few MB
+Browser (marked `browser`): MoteBench.run (the browser benchmark's page) with 1 and 2 workers gives
+the CPython engine's greedy tokens on a tiny model; a 38 MB one streams through the coordinator (which holds a few MB
 of it at most), a wrong sha256 caches nothing, and the cached copy is read back.
 """
 
@@ -316,19 +316,20 @@ def _engine_tokens(path, prompt: str, max_tokens: int) -> list[int]:
 
 @contextlib.contextmanager
 def _parallel_page(path, tmp_path, name: str):
-    """static/parallel.html in Chromium, served with `path` as the only model (named `name`)."""
+    """The browser benchmark's page (mote/bench/pages/, window.MoteBench) in Chromium, served with
+    `path` as the only model (named `name`)."""
+    from mote.bench.browser import bench_app
     from tests.browser_util import chromium, ensure_static_built, serve_in_thread
-    from web.app import Settings, create_app
 
+    ensure_static_built()
     models = tmp_path / "models"
     models.mkdir()
     (models / name).write_bytes(path.read_bytes())
-    app = create_app(Settings(models_dir=models, static_dir=ensure_static_built()))
-    with serve_in_thread(app) as base, chromium() as browser:
+    with serve_in_thread(bench_app(models)) as base, chromium() as browser:
         page = browser.new_page()
         page.on("console", lambda m: print("console:", m.text))
-        page.goto(f"{base}/static/parallel.html")
-        page.wait_for_function("window.MoteParallel !== undefined", timeout=30_000)
+        page.goto(f"{base}/__bench__/")
+        page.wait_for_function("window.MoteBench !== undefined", timeout=30_000)
         yield page
 
 
@@ -342,7 +343,7 @@ def test_parallel_page_matches_engine(tiny, tmp_path):
         for n in (1, 2):
             out = page.evaluate("""async ([n, prompt]) => {
                 const models = await (await fetch('/models')).json();
-                return await window.MoteParallel.run({workers: n, model: models[0], prompt,
+                return await MoteBench.run({workers: n, model: models[0], prompt,
                                                       params: {temperature: 0, max_tokens: 16}});
             }""", [n, prompt])
             print(f"\nparallel-metrics workers={n}:", json.dumps({k: v for k, v in out.items() if k != "token_ids"}))
@@ -365,7 +366,7 @@ def test_parallel_load_streams_and_verifies(tiny, tmp_path):
         go = """async ([prompt, badSha]) => {
             const [model] = await (await fetch('/models')).json();
             try {
-                return await window.MoteParallel.run({workers: 2, prompt, params: {temperature: 0, max_tokens: 6},
+                return await MoteBench.run({workers: 2, prompt, params: {temperature: 0, max_tokens: 6},
                                                       model: badSha ? {...model, sha256: badSha} : model});
             } catch (e) { return {error: String(e.message || e)}; }
         }"""

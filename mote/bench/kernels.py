@@ -6,7 +6,7 @@
 
 The same shapes (those of Gemma 3 270M, its LM head cut to 32768 rows, and 2048 x 1024 for the
 low-bit types) are timed in CPython and inside headless Chromium: Playwright opens
-static/bench_kernels.html from a throwaway http.server over static/ (build it first with
+mote/bench/pages/kernels.html from a throwaway http.server over static/ (build it first with
 `python build_wasm.py`), copies the current engine/*.py, the encoders and this module into
 Pyodide's file system and calls `measure()` there. Browser timers are coarse (about 0.1 ms), so every number is the best
 of repeated calls over at least 0.15 s. Figures are GFLOP/s of the matrix-vector product
@@ -94,6 +94,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # quiet
         pass
 
+    def translate_path(self, path):  # the page is the benchmark's (mote/bench/pages/), the rest static/'s
+        if path.split("?")[0] == "/kernels.html":
+            return str(ROOT / "mote" / "bench" / "pages" / "kernels.html")
+        return super().translate_path(path)
+
 
 @contextlib.contextmanager
 def pyodide_runner(static_dir: Path | None = None, chromium: str = "/usr/bin/chromium"):
@@ -113,7 +118,7 @@ def pyodide_runner(static_dir: Path | None = None, chromium: str = "/usr/bin/chr
             browser = p.chromium.launch(executable_path=chromium, headless=True,
                                         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{server.server_address[1]}/bench_kernels.html")
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/kernels.html")
             page.evaluate("() => window.pyReady")
             files = {f"engine/{f.name}": f.read_text() for f in (ROOT / "engine").glob("*.py")}
             files |= {name: (ROOT / name).read_text() for name in PAGE_FILES}

@@ -1,6 +1,9 @@
-"""Decode speed with 1 vs N workers in headless Chromium (static/parallel.html), plus message costs.
+"""Decode speed with 1 vs N workers in headless Chromium, where each shard's time goes, message costs.
 
-    .venv/bin/python scripts/bench_parallel.py MODEL.gguf [MODEL.gguf ...] [--workers 1 2 2f] [--repeat 3] [-n 32]
+    .venv/bin/python -m mote.bench.parallel MODEL.gguf [MODEL.gguf ...] [--workers 1 2 2f] [--repeat 3] [-n 32]
+
+The detailed companion of `mote bench --browser --workers N` (mote/bench/browser.py), on the same
+page (mote/bench/pages/, window.MoteBench: run and measureMessaging).
 
 A worker count "Nf" splits only the FFN and the vocabulary (attention replicated: one sync point per
 layer instead of two). `cores_used` is the CPU time of the tab's renderer threads (/proc) divided by
@@ -22,16 +25,13 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from mote.bench.browser import CHROMIUM_ARGS, bench_app, renderer_peak_rss, renderer_pids, serve_in_thread
 
-from tests.browser_util import CHROMIUM, CHROMIUM_ARGS, renderer_peak_rss, renderer_pids, serve_in_thread  # noqa: E402
-from web.app import Settings, create_app  # noqa: E402
+CHROMIUM = os.environ.get("MOTE_CHROMIUM", "/usr/bin/chromium")
 
 PROMPT = "Once upon a time, in a small village, there lived an old clockmaker who"
 
@@ -66,14 +66,13 @@ def main() -> int:
                 os.link(m, dst)
             except OSError:
                 shutil.copy(m, dst)
-        app = create_app(Settings(models_dir=models))
-        with serve_in_thread(app) as base, sync_playwright() as p:
+        with serve_in_thread(bench_app(models)) as base, sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             page = browser.new_page()
-            page.goto(f"{base}/static/parallel.html")
-            page.wait_for_function("window.MoteParallel !== undefined", timeout=60_000)
-            msg = page.evaluate("() => window.MoteParallel.measureMessaging(640, 1000)")
-            msg_big = page.evaluate("() => window.MoteParallel.measureMessaging(131072, 100)")
+            page.goto(f"{base}/__bench__/")
+            page.wait_for_function("window.MoteBench !== undefined", timeout=60_000)
+            msg = page.evaluate("() => MoteBench.measureMessaging(640, 1000)")
+            msg_big = page.evaluate("() => MoteBench.measureMessaging(131072, 100)")
             print("messaging round trip ms, 640 floats:", json.dumps(msg))
             print("messaging round trip ms, 131072 floats (512 KB logits slice):", json.dumps(msg_big))
             listing = page.evaluate("async () => (await fetch('/models')).json()")
@@ -84,7 +83,7 @@ def main() -> int:
                     for n in args.workers:
                         load = os.getloadavg()[0]
                         cpu0, t0 = renderer_cpu_seconds(), time.perf_counter()
-                        out = page.evaluate("""async ([n, split, model, prompt, k, ctx]) => window.MoteParallel.run(
+                        out = page.evaluate("""async ([n, split, model, prompt, k, ctx]) => MoteBench.run(
                             {workers: n, splitAttention: split, model, prompt, n_ctx: ctx,
                              params: {temperature: 0, max_tokens: k}})""",
                                             [int(n.rstrip("f")), not n.endswith("f"), entry, PROMPT, args.n_predict, args.n_ctx])

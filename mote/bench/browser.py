@@ -1,7 +1,7 @@
 """`mote bench --browser`: the engine measured in headless Chromium, beside CPython and wllama.
 
     mote bench MODEL [MODEL ...] --browser [--native] [--workers 2 4] [--compare wllama] [-n 32] [--repeat 3] [--out bench-out]
-    python -m web.bench MODEL ...  (the same, without the CLI wiring)
+    python -m mote.bench.browser MODEL ...  (the same, without the CLI wiring)
 
 For every model (several quantizations are several files) and every engine, `--repeat` runs,
 each in a freshly launched Chromium (cold: no Cache API copy, no warm renderer), with the same
@@ -18,16 +18,20 @@ over the baseline's run of the same round, so a machine that speeds up or slows 
     js_heap_mb   JS heap of the page and its workers (CDP Runtime.getHeapUsage), after the run
     peak_rss_mb  the tab's renderer process peak resident memory (Linux /proc VmHWM): both engines
     greedy_ok    the browser's greedy tokens == the CPython engine's tokens for the same prompt
-                 (engine.loader.load + engine.generate in this process); wllama: llama.cpp's tokens
+                 (mote/bench/native.py greedy_run in this process); wllama: llama.cpp's tokens
 
 `--workers N [N ...]` adds a row `mote ×N workers` per N: Mote decoding across N Web Workers
-(static/parallel.js, one model shard per worker; driven on /static/parallel.html), with the same
-prompts, greedy settings and correctness check; its download_s is the coordinator's fetch + sha256,
-init_s the workers' boot + shard load, wasm_mb the sum over the workers' WASM memories.
+(static/parallel.js, one model shard per worker), with the same prompts, greedy settings and
+correctness check; its download_s is the coordinator's fetch + sha256, init_s the workers' boot +
+shard load, wasm_mb the sum over the workers' WASM memories.
+
+The programs that run in the page are mote/bench/pages/ (bench.js: window.MoteBench), served by
+bench_app() at /__bench__/ beside the dev server's routes; nothing of them ships in static/.
 
 `--native` adds the CPython engine's own numbers (load, TTFT, tok/s, process peak RSS). Output:
 bench.json (every run), bench.md (median ± half the min-max range), bench.png (decode tok/s and
-peak memory per model and engine). The exit status is 1 when any greedy_ok is false.
+peak memory per model and engine; needs matplotlib, a dev dependency). The exit status is 1 when
+any greedy_ok is false.
 
 wllama: `scripts/setup_wllama.sh` installs npm `@wllama/wllama` into .cache/wllama (git-ignored);
 its ESM and single-thread wasm are served from /wllama/ by the same dev server (no COOP/COEP, so
@@ -42,7 +46,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import statistics
 import sys
@@ -52,14 +55,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = Path(__file__).resolve().parent / "pages"  # the benchmark's page and its programs
 WLLAMA_DIR = ROOT / ".cache" / "wllama" / "node_modules" / "@wllama" / "wllama"
 WLLAMA_VERSION = "3.13.0"
 # The machine's network is closed: background networking, sync, component updates and QUIC are off
 # (otherwise Chromium retries refused connections at every start). Also the tests' flags.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-MAX_WORKERS = 8  # static/parallel.js MAX_WORKERS
+MAX_WORKERS = 8  # static/worker-count.js MAX_WORKERS
 DEFAULT_PROMPTS = (
     "Once upon a time, in a small village, there lived an old clockmaker who",
     "The three most important things to know about the ocean are",
@@ -103,7 +107,7 @@ def add_browser_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _worker_count(text: str) -> int:
-    """--workers values: whole numbers from 2 to MAX_WORKERS of static/parallel.js (1 is plain `mote`)."""
+    """--workers values: whole numbers from 2 to MAX_WORKERS (1 is the plain `mote` row)."""
     try:
         n = int(text)
     except ValueError:
@@ -115,201 +119,33 @@ def _worker_count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m web.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mote.bench.browser", description=__doc__.split("\n")[0])
     p.add_argument("model", nargs="+", help=".gguf paths or pulled model names")
     p.add_argument("-p", "--prompt", default=None, help="one prompt (same as a single --bench-prompt)")
     add_browser_args(p)
     return p
 
 
-# ---- references and native numbers ------------------------------------------------------------
-
-def cpython_run(path: Path, prompt: str, max_tokens: int, n_ctx: int | None = None, loaded=None) -> dict:
-    """The CPython engine on `prompt`, greedy, as the browser worker runs it (template stops apply)."""
-    from engine.generate import SamplingParams, generate
-    from engine.loader import load
-
-    t0 = time.perf_counter()
-    loaded = loaded or load(path, n_ctx=n_ctx)
-    load_s = time.perf_counter() - t0
-    ids = loaded.tokenizer.encode(prompt)
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, stop=tuple(loaded.template.stop))
-    tokens, first, done = [], None, None
-    t1 = time.perf_counter()
-    for ev in generate(loaded.model, loaded.tokenizer, ids, params):
-        if ev.kind == "token":
-            first = first if first is not None else time.perf_counter() - t1
-            tokens.append(int(ev.token_id))
-        elif ev.kind == "done":
-            done = ev
-    return {"token_ids": tokens, "ttft_s": first, "load_s": load_s, "n_prompt": len(ids),
-            "n_generated": done.n_generated, "prefill_tok_s": done.prefill_tok_s,
-            "decode_tok_s": done.decode_tok_s, "text": done.full_text}
-
-
-def cpython_reference(path: Path, prompts: list[str], max_tokens: int, n_ctx: int | None = None) -> list[dict]:
-    """Greedy {token_ids, text} per prompt from the CPython engine: the correctness column's reference."""
-    from engine.loader import load
-
-    loaded = load(path, n_ctx=n_ctx)
-    runs = [cpython_run(path, p, max_tokens, loaded=loaded) for p in prompts]
-    return [{"token_ids": r["token_ids"], "text": r["text"]} for r in runs]
-
-
-def native_runs(path: Path, prompts: list[str], max_tokens: int, repeat: int, n_ctx: int | None) -> list[dict]:
-    from engine.loader import load
-
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        loaded = load(path, n_ctx=n_ctx)
-        load_s = time.perf_counter() - t0
-        per = [cpython_run(path, p, max_tokens, loaded=loaded) for p in prompts]
-        runs.append({"download_s": None, "init_s": load_s, **_per_prompt_summary(per),
-                     "wasm_mb": None, "js_heap_mb": None,
-                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                     "token_ids": [r["token_ids"] for r in per]})
-    return runs
-
-
-def _per_prompt_summary(per: list[dict]) -> dict:
-    """One run's numbers over its prompts: TTFT and prefill are per prompt, averaged; decode too."""
-    mean = lambda xs: statistics.fmean(xs) if xs else None  # noqa: E731
-    return {"ttft_s": mean([r["ttft_s"] for r in per if r["ttft_s"] is not None]),
-            "prefill_tok_s": mean([r["prefill_tok_s"] for r in per if r["prefill_tok_s"]]),
-            "decode_tok_s": mean([r["decode_tok_s"] for r in per if r["decode_tok_s"]]),
-            "n_generated": sum(r["n_generated"] for r in per)}
-
-
 # ---- the server and the browser ------------------------------------------------------------------
 
-BENCH_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>mote bench</title></head>
-<body><p>mote bench</p><script src="/static/mote-embed.js"></script>
-<script type="module" src="/__bench__/wllama-page.mjs"></script></body></html>"""
-
-# wllama on the page: fetch the GGUF into a Blob (download), then load it single-threaded (init).
-WLLAMA_PAGE_JS = """
-import { Wllama } from "/wllama/esm/index.js";
-window.benchWllama = async (url, prompts, n, nCtx) => {
-  const t0 = performance.now();
-  const r = await fetch(url, { cache: "no-store" });
-  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
-  const blob = await r.blob();
-  const t1 = performance.now();
-  const w = new Wllama({ default: "/wllama/esm/wasm/wllama.wasm" }, { suppressNativeLog: true });
-  await w.loadModel([blob], { n_ctx: nCtx || 1024, n_threads: 1, n_gpu_layers: 0 });
-  const t2 = performance.now();
-  const runs = [];
-  for (const prompt of prompts) {
-    const ts = performance.now();
-    let first = null, text = "", timings = null, tokens = [], usage = null;
-    const stream = await w.createCompletion({ prompt, max_tokens: n, temperature: 0, stream: true,
-                                              return_tokens: true, cache_prompt: false });
-    for await (const c of stream) {
-      if (first === null && c.choices && c.choices.length && c.choices[0].text !== undefined) first = performance.now();
-      if (c.choices && c.choices.length) text += c.choices[0].text || "";
-      if (c.timings) timings = c.timings;
-      if (c.usage) usage = c.usage;
-      if (Array.isArray(c.tokens)) tokens.push(...c.tokens);
-    }
-    runs.push({ ttft_s: first === null ? null : (first - ts) / 1000, text, token_ids: tokens.length ? tokens : null,
-                prefill_tok_s: timings ? timings.prompt_per_second : null,
-                decode_tok_s: timings ? timings.predicted_per_second : null,
-                n_prompt: timings ? timings.prompt_n : null, n_generated: timings ? timings.predicted_n : (usage ? usage.completion_tokens : null) });
-  }
-  await w.exit();
-  return { download_s: (t1 - t0) / 1000, init_s: (t2 - t1) / 1000, runs, memory: null };
-};
-"""
-
-# Mote on the page: the public API (mote-embed.js), greedy, the protocol events for timing. One
-# worker (the API's default follows the cores): the `mote ×N workers` rows are measured below.
-MOTE_RUN_JS = """async ([url, prompts, n, nCtx]) => {
-  const mote = await Mote.load(url, nCtx ? { n_ctx: nCtx, workers: 1 } : { workers: 1 });
-  const t = mote.timings;
-  const runs = [];
-  for (const prompt of prompts) {
-    const ts = performance.now();
-    let first = null;
-    for await (const ev of mote.events({ prompt }, { temperature: 0, max_tokens: n })) {
-      if (ev.type === "token" && first === null) first = performance.now();
-    }
-    const d = mote.last;
-    runs.push({ ttft_s: first === null ? null : (first - ts) / 1000, token_ids: d.token_ids,
-                prefill_tok_s: d.prefill_tok_s, decode_tok_s: d.decode_tok_s,
-                n_prompt: d.n_prompt, n_generated: d.n_generated });
-  }
-  return { download_s: t.weights, init_s: (t.runtime || 0) + (t.numpy || 0) + (t.engine || 0) + (t.model || 0),
-           timings: t, runs, memory: mote.memory };
-}"""
-
-
-# Mote across N workers, on /static/parallel.html: the ParallelWorker of static/parallel.js (same
-# protocol as the single worker), loaded once, every prompt in turn; WASM memory summed over workers.
-# The workers stay alive until the browser closes, so the JS heap is read with them, as for plain Mote.
-MOTE_PARALLEL_RUN_JS = """async ([url, prompts, n, nCtx, workers]) => {
-  const listing = await (await fetch('/models', { cache: 'no-store' })).json();
-  const model = listing.find((m) => new URL(m.url, location.href).href === new URL(url, location.href).href);
-  if (!model) throw new Error(`${url} is not in GET /models`);
-  const w = new window.MoteParallel.ParallelWorker({ workers });
-  let waiter = null;                                   // {resolve, reject, want, onToken}
-  w.addEventListener('message', (e) => {
-    const d = e.data;
-    if (!waiter) return;
-    if (d.type === 'error') { const x = waiter; waiter = null; x.reject(new Error(d.message)); }
-    else if (d.type === 'token' && waiter.onToken) waiter.onToken(d);
-    else if (d.type === waiter.want && (d.type !== 'ready' || d.model)) { const x = waiter; waiter = null; x.resolve(d); }
-  });
-  const wait = (want, msg, onToken) => new Promise((resolve, reject) => {
-    waiter = { resolve, reject, want, onToken };
-    w.postMessage(msg);
-  });
-  try {
-    const ready = await wait('ready', { type: 'load', model, n_ctx: nCtx || undefined });
-    const t = ready.timings;
-    const runs = [];
-    let id = 0;
-    for (const prompt of prompts) {
-      const ts = performance.now();
-      let first = null;
-      const d = await wait('done', { type: 'generate', id: ++id, prompt, params: { temperature: 0, max_tokens: n } },
-                           () => { if (first === null) first = performance.now(); });
-      runs.push({ ttft_s: first === null ? null : (first - ts) / 1000, token_ids: d.token_ids,
-                  prefill_tok_s: d.prefill_tok_s, decode_tok_s: d.decode_tok_s,
-                  n_prompt: d.n_prompt, n_generated: d.n_generated });
-    }
-    const perWorker = (await w.stats()).map((s) => s.memory.wasm_bytes || 0);
-    window.moteBenchWorkers = w;                        // alive, like plain Mote's worker, for the JS heap reading
-    return { download_s: t.weights, init_s: (t.runtime || 0) + (t.model || 0), timings: t, runs,
-             memory: { wasm_bytes: perWorker.reduce((a, b) => a + b, 0), per_worker: perWorker }, workers: w.n };
-  } catch (e) {
-    w.terminate();
-    throw e;
-  }
-}"""
-
-
-def _bench_app(models_dir: Path, with_wllama: bool):
-    """The dev server app (create_app) plus the bench page and, for --compare wllama, /wllama/."""
-    from fastapi.responses import HTMLResponse, Response
+def bench_app(models_dir: Path, with_wllama: bool = False):
+    """The dev server app (web.app.create_app) plus the benchmark's page at /__bench__/
+    (mote/bench/pages/) and, for --compare wllama, wllama's ESM and wasm at /wllama/."""
+    from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
 
     from web.app import Settings, create_app
 
     app = create_app(Settings(models_dir=models_dir, follow_symlinks=True))
-    # wllama starts its worker from a blob: URL, so the bench page's own CSP allows blob: workers
+    # wllama starts its worker from a blob: URL, so the page's own CSP allows blob: workers
     csp = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self' blob:; "
            "connect-src 'self' blob: data:; object-src 'none'; base-uri 'none'")
 
     @app.get("/__bench__/", include_in_schema=False)
     async def bench_page():
-        return HTMLResponse(BENCH_PAGE, headers={"Content-Security-Policy": csp, "Cache-Control": "no-store"})
+        return FileResponse(PAGES / "index.html", headers={"Content-Security-Policy": csp, "Cache-Control": "no-store"})
 
-    @app.get("/__bench__/wllama-page.mjs", include_in_schema=False)
-    async def wllama_page():
-        body = WLLAMA_PAGE_JS if with_wllama else "// wllama not requested\n"
-        return Response(body, media_type="text/javascript", headers={"Cache-Control": "no-store"})
-
+    app.mount("/__bench__", StaticFiles(directory=PAGES), name="bench")
     if with_wllama:
         app.mount("/wllama", StaticFiles(directory=WLLAMA_DIR), name="wllama")
     return app
@@ -426,7 +262,7 @@ def _check_chromium(path: str) -> None:
 def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: list[str], n: int,
                 n_ctx: int | None, timeout_s: float, workers: int | None = None) -> dict:
     """One cold run in a fresh Chromium: load the model, answer every prompt, read memory.
-    engine "mote" with `workers` set: Mote across that many Web Workers (static/parallel.html)."""
+    engine "mote" with `workers` set: Mote across that many Web Workers (MoteBench.parallel)."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
@@ -442,19 +278,15 @@ def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: 
             page.set_default_timeout(timeout_s * 1000)
             page.on("console", lambda m: logs.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
-            page.goto(base + ("/static/parallel.html" if workers else "/__bench__/"))
+            page.goto(base + "/__bench__/")
             t0 = time.perf_counter()
             try:
-                if workers:
-                    page.wait_for_function("() => window.MoteParallel !== undefined", timeout=30_000)
-                    out = page.evaluate(MOTE_PARALLEL_RUN_JS, [model_url, prompts, n, n_ctx, workers])
-                    if out.get("workers") != workers:
-                        raise RunFailed(f"{engine}: asked for {workers} workers, the page ran {out.get('workers')}")
-                elif engine == "mote":
-                    out = page.evaluate(MOTE_RUN_JS, [model_url, prompts, n, n_ctx])
-                else:
-                    page.wait_for_function("() => typeof window.benchWllama === 'function'", timeout=30_000)
-                    out = page.evaluate("([u, p, n, c]) => benchWllama(u, p, n, c)", [model_url, prompts, n, n_ctx])
+                page.wait_for_function("() => window.MoteBench !== undefined", timeout=30_000)
+                program = "parallel" if workers else "mote" if engine == "mote" else engine
+                out = page.evaluate(f"([u, p, n, c, w]) => MoteBench.{program}(u, p, n, c, w)",
+                                    [model_url, prompts, n, n_ctx, workers])
+                if workers and out.get("workers") != workers:
+                    raise RunFailed(f"{engine}: asked for {workers} workers, the page ran {out.get('workers')}")
             except PlaywrightError as e:
                 detail = next((m for m in logs if "Error" in m), logs[-1] if logs else "")
                 raise RunFailed(f"{engine}: {str(e).splitlines()[0]} ({detail.splitlines()[0][:200] if detail else 'no console error'})") from e
@@ -547,20 +379,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(report: dict, path: Path) -> Path:
-    """bench.png: decode tok/s and peak memory per model/quant and engine (matplotlib)."""
-    labels = [f"{r['model']}\n{r['quant'] or ''}\n{r['engine']}" for r in report["rows"]]
-    decode = [(r["stats"]["decode_tok_s"] or {}).get("median", 0) for r in report["rows"]]
-    memory = [(r["stats"]["peak_rss_mb"] or {}).get("median", 0) for r in report["rows"]]
-    colors = [{"mote": "#3b63c4", "wllama": "#d9822b", "cpython": "#5a9e4b"}.get(r["engine"], "#888")
-              if not r["engine"].startswith("mote ×") else "#7f9be0" for r in report["rows"]]  # workers: light blue
+def chart(report: dict, path: Path) -> Path | None:
+    """bench.png: decode tok/s and peak memory per model/quant and engine; None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return _png_bars(path, [decode, memory], colors)
+        return None
+    labels = [f"{r['model']}\n{r['quant'] or ''}\n{r['engine']}" for r in report["rows"]]
+    decode = [(r["stats"]["decode_tok_s"] or {}).get("median", 0) for r in report["rows"]]
+    memory = [(r["stats"]["peak_rss_mb"] or {}).get("median", 0) for r in report["rows"]]
+    colors = [{"mote": "#3b63c4", "wllama": "#d9822b", "cpython": "#5a9e4b"}.get(r["engine"], "#888")
+              if not r["engine"].startswith("mote ×") else "#7f9be0" for r in report["rows"]]  # workers: light blue
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(labels) + 2) * 1.3, 4.2))
     for ax, values, title in ((axes[0], decode, "decode tok/s (median)"), (axes[1], memory, "peak RSS MB (median)")):
         ax.bar(range(len(values)), values, color=colors)
@@ -573,31 +405,6 @@ def chart(report: dict, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
-
-
-def _png_bars(path: Path, series: list[list[float]], colors: list[str]) -> Path:
-    """A plain bar chart PNG without matplotlib (one panel per series, no text)."""
-    import struct
-    import zlib
-
-    w_bar, gap, h = 24, 8, 160
-    n = max(1, len(series[0]))
-    panel_w = n * (w_bar + gap) + gap
-    width = panel_w * len(series) + gap
-    img = [[(255, 255, 255)] * width for _ in range(h)]
-    for k, values in enumerate(series):
-        top = max(values) or 1
-        for i, v in enumerate(values):
-            rgb = tuple(int(colors[i][j:j + 2], 16) for j in (1, 3, 5))
-            x0 = k * panel_w + gap + i * (w_bar + gap)
-            for y in range(h - int((h - 10) * v / top), h):
-                for x in range(x0, x0 + w_bar):
-                    img[y][x] = rgb
-    raw = b"".join(b"\0" + bytes(c for px in row for c in px) for row in img)
-    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, h, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
     return path
 
 
@@ -631,7 +438,7 @@ def run_browser_bench(args) -> int:
 
 
 def _run(args) -> int:
-    from engine.pull import resolve_model
+    from mote.pull import resolve_model
 
     models = args.model if isinstance(args.model, list) else [args.model]
     prompts = list(getattr(args, "bench_prompt", None) or ([args.prompt] if getattr(args, "prompt", None) else DEFAULT_PROMPTS))
@@ -661,7 +468,7 @@ def _run(args) -> int:
             name = f"{i}-{re.sub(r'[^A-Za-z0-9._-]', '_', path.stem)[:120]}.gguf"
             os.symlink(path, served / name)
             names.append(name)
-        with serve_in_thread(_bench_app(served, "wllama" in compare)) as base:
+        with serve_in_thread(bench_app(served, "wllama" in compare)) as base:
             for path, name in zip(paths, names):
                 label, quant = _model_facts(path)
                 print(f"[bench] {label} {quant or ''}: CPython reference ...", file=sys.stderr, flush=True)
@@ -691,7 +498,7 @@ def _run(args) -> int:
                     rows.append(_row(label, quant, path, engine, runs[engine], reference, errors[engine]))
                 if getattr(args, "native", False):
                     print(f"[bench] {label} {quant or ''}: cpython ...", file=sys.stderr, flush=True)
-                    rows.append(_row(label, quant, path, "cpython", native_runs(path, prompts, n, repeat, n_ctx), reference))
+                    rows.append(_row(label, quant, path, "cpython", cpython_runs(path, prompts, n, repeat, n_ctx), reference))
 
     report = {
         "meta": {"prompts": prompts, "n_predict": n, "repeat": repeat, "n_ctx": n_ctx,
@@ -708,8 +515,18 @@ def _run(args) -> int:
         print(json.dumps(report))
     else:
         print(md)
-        print(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, {png}")
+        print(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, "
+              f"{png or 'no bench.png (pip install matplotlib)'}")
     return 0 if all(r["greedy_ok"] is not False for r in rows) else 1
+
+
+def _per_prompt_summary(per: list[dict]) -> dict:
+    """One run's numbers over its prompts: TTFT and prefill are per prompt, averaged; decode too."""
+    mean = lambda xs: statistics.fmean(xs) if xs else None  # noqa: E731
+    return {"ttft_s": mean([r["ttft_s"] for r in per if r["ttft_s"] is not None]),
+            "prefill_tok_s": mean([r["prefill_tok_s"] for r in per if r["prefill_tok_s"]]),
+            "decode_tok_s": mean([r["decode_tok_s"] for r in per if r["decode_tok_s"]]),
+            "n_generated": sum(r["n_generated"] for r in per)}
 
 
 def _browser_record(out: dict, kind: str, n_workers: int | None) -> dict:
@@ -755,6 +572,33 @@ def _browser_version(chromium: str) -> str:
     except (OSError, subprocess.SubprocessError):
         v = ""
     return f"headless {v or chromium}"
+
+
+# ---- the CPython engine beside the browser -----------------------------------------------------
+# The correctness reference and the --native row, from mote/bench/native.py's greedy_run.
+
+def cpython_runs(path: Path, prompts: list[str], max_tokens: int, repeat: int = 1, n_ctx: int | None = None) -> list[dict]:
+    """`repeat` runs of the CPython engine, each a fresh load then every prompt, greedy, as the
+    browser worker runs it (template stops apply): bench.json's numbers plus token ids and texts."""
+    from mote.bench.native import greedy_run, peak_rss_mb
+    from mote.loader import load
+
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        loaded = load(path, n_ctx=n_ctx)
+        init_s = time.perf_counter() - t0
+        per = [greedy_run(None, prompt, max_tokens, loaded=loaded) for prompt in prompts]
+        runs.append({"download_s": None, "init_s": init_s, **_per_prompt_summary(per), "wasm_mb": None,
+                     "js_heap_mb": None, "peak_rss_mb": peak_rss_mb(),
+                     "token_ids": [r["token_ids"] for r in per], "texts": [r["text"] for r in per]})
+    return runs
+
+
+def cpython_reference(path: Path, prompts: list[str], max_tokens: int, n_ctx: int | None = None) -> list[dict]:
+    """Greedy {token_ids, text} per prompt from the CPython engine: the correctness column's reference."""
+    (run,) = cpython_runs(path, prompts, max_tokens, 1, n_ctx)
+    return [{"token_ids": ids, "text": text} for ids, text in zip(run["token_ids"], run["texts"])]
 
 
 def main(argv: list[str] | None = None) -> int:
