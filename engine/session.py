@@ -178,7 +178,8 @@ class Generation:
         self.seconds = {"prefill_seconds": ev.prefill_seconds + self._provided[0],
                         "decode_seconds": ev.decode_seconds + self._provided[1]}
         return {"type": "done", "reason": ev.reason, "text": ev.text, "full_text": ev.full_text,
-                "n_prompt": len(self.prompt_tokens),  # the whole prompt, reused cache included "n_generated": ev.n_generated,
+                "n_prompt": len(self.prompt_tokens),  # the whole prompt, reused cache included
+                "n_generated": ev.n_generated,
                 "prefill_tok_s": _rate(ev.n_prompt, ev.prefill_seconds + self._provided[0]),
                 "decode_tok_s": _rate(ev.n_generated, ev.decode_seconds + self._provided[1]),
                 "token_ids": list(self.generated)}
