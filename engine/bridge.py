@@ -190,6 +190,12 @@ def chat_prompt(messages: Any) -> str:
     return _session.template.render(_py(messages))
 
 
+def reset() -> None:
+    """Forget the conversation the KV cache holds ("New chat"); call it between generations."""
+    if _session is not None:
+        _session.forget()
+
+
 def start_generation(request: Any) -> "JsGeneration":
     """Begin answering `request` = {"messages": [...]} or {"prompt": str}, plus "params"."""
     if _session is None:

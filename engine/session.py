@@ -112,6 +112,10 @@ class Session:
         rewind = getattr(self.model, "can_rewind", True)
         return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos, rewind), params)
 
+    def forget(self) -> None:
+        """A new conversation: the next request reuses nothing of the KV cache."""
+        self._cached = []
+
     def remember(self, tokens: list[int]) -> None:
         """Record what the KV cache holds after a generation (model.pos tokens of `tokens`)."""
         self._cached = list(tokens[: self.model.pos]) if tokens else []
@@ -121,11 +125,13 @@ class Generation:
     """One answer being generated: step() until it returns None.
 
     Events (plain dicts, the fields static/protocol.js declares):
-        {"type": "prefill", "n_prompt", "prefill_tok_s"}
+        {"type": "prefill", "n_prompt", "n_reused", "prefill_tok_s"}
         {"type": "token", "text", "token_id", "n"}          one sampled token (text may be "")
-        {"type": "done", "reason", "text", "full_text", "n_prompt", "n_generated",
+        {"type": "done", "reason", "text", "full_text", "n_prompt", "n_reused", "n_generated",
          "prefill_tok_s", "decode_tok_s", "token_ids"}       reason: eos | stop | length | abort
     `text` is the newly printable text; done's `full_text` is the whole answer (stop strings cut).
+    n_prompt counts the whole prompt; n_reused of those came from the KV cache (not computed again),
+    and prefill_tok_s is the rate over the n_prompt - n_reused tokens that were.
     """
 
     def __init__(self, session: Session, prompt: list[int], reuse: int, params: SamplingParams):
@@ -165,7 +171,7 @@ class Generation:
             self.finished = True
             return None
         if ev.kind == "prefill":
-            return {"type": "prefill", "n_prompt": ev.n_prompt,
+            return {"type": "prefill", "n_prompt": len(self.prompt_tokens), "n_reused": self.reused,
                     "prefill_tok_s": _rate(ev.n_prompt, ev.prefill_seconds + self._provided[0])}
         if ev.kind == "token":
             self.generated.append(int(ev.token_id))
@@ -179,7 +185,7 @@ class Generation:
                         "decode_seconds": ev.decode_seconds + self._provided[1]}
         return {"type": "done", "reason": ev.reason, "text": ev.text, "full_text": ev.full_text,
                 "n_prompt": len(self.prompt_tokens),  # the whole prompt, reused cache included
-                "n_generated": ev.n_generated,
+                "n_reused": self.reused, "n_generated": ev.n_generated,
                 "prefill_tok_s": _rate(ev.n_prompt, ev.prefill_seconds + self._provided[0]),
                 "decode_tok_s": _rate(ev.n_generated, ev.decode_seconds + self._provided[1]),
                 "token_ids": list(self.generated)}

@@ -34,6 +34,7 @@ let index = 0, nShards = 1;
 /** @type {(MessagePort|null)[]} */ let peers = [];
 let transfer = true;                                     // postMessage partials with transfer (vs structured clone)
 let abortRequested = false, generating = false;
+let resetRequested = false;                              // "New chat": the next generation reuses nothing of the KV cache
 let seq = 0;                                             // sync points so far: the same count on every shard
 /** @type {number[]} */ let vocabStarts = [];
 /** Per generation: where this shard's time goes (mote/bench/parallel.py prints it per forward).
@@ -248,6 +249,7 @@ async function generate(msg) {
   if (generating) throw new Error("already generating: send abort first");
   generating = true;
   abortRequested = false;
+  if (resetRequested) { session.forget(); resetRequested = false; }
   const request = pyodide.toPy({ messages: msg.messages ?? null, prompt: msg.prompt ?? null, params: msg.params ?? {} });
   let gen;
   try { gen = session.start(request); } finally { request.destroy(); }
@@ -295,6 +297,7 @@ self.addEventListener("message", async (event) => {
       case Shard.STATS: post({ type: Shard.STATS, stats: { ...stats }, memory: memory(pyodide) }); break;
       case Req.GENERATE: await generate(msg); break;
       case Req.ABORT: abortRequested = true; break;
+      case Req.RESET: resetRequested = true; break;      // applied before the next generation
       default: break;
     }
   } catch (e) {

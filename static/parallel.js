@@ -93,7 +93,7 @@ export class ParallelWorker extends EventTarget {
 
   /** @param {any} msg */
   postMessage(msg) {
-    if (msg?.type === Req.ABORT) { this.workers[0]?.postMessage(msg); return; }
+    if (msg?.type === Req.ABORT || msg?.type === Req.RESET) { this.workers[0]?.postMessage(msg); return; }
     const run = msg?.type === Req.LOAD ? this.load(msg) : msg?.type === Req.GENERATE ? this.generate(msg) : null;
     run?.catch((e) => this.emit({ type: Ev.ERROR, id: msg.id, stage: e?.stage, message: String(e?.message || e),
                                   ...(e?.unsplittable ? { unsplittable: true } : {}) }));

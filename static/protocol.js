@@ -3,11 +3,13 @@
  * Every message that crosses a worker boundary, declared once. Imported by both sides of each:
  *
  *   page <-> worker       static/main.js, static/mote-embed.js  <->  static/worker.js, static/parallel.js
- *     Requests (page -> worker):  load, generate, abort                          (Req)
+ *     Requests (page -> worker):  load, generate, abort, reset                   (Req)
  *     Events   (worker -> page):  progress, ready, token, done, error            (Ev)
  *     A session:   load{model?} -> progress* (runtime, numpy, engine, weights) -> ready
  *                  generate{id} -> token* -> done{id, reason}      (abort{id} -> done{reason: "abort"})
  *     `load` without a model boots the runtime only (ready.info has versions, no model).
+ *     `reset` (no reply): a new conversation; the next generate reuses nothing of the KV cache. Without
+ *     it, a generate reuses the cache for the longest prefix its prompt shares with the last one.
  *
  *   coordinator <-> shard static/parallel.js  <->  static/parallel-worker.js         (Shard)
  *   shard <-> shard       over the MessagePorts the coordinator hands out            (Peer)
@@ -20,7 +22,7 @@
 export const PROTOCOL_VERSION = 1;
 
 /** Request types (page -> worker). */
-export const Req = Object.freeze({ LOAD: "load", GENERATE: "generate", ABORT: "abort" });
+export const Req = Object.freeze({ LOAD: "load", GENERATE: "generate", ABORT: "abort", RESET: "reset" });
 
 /** Event types (worker -> page). */
 export const Ev = Object.freeze({
@@ -36,12 +38,14 @@ export const STAGES = Object.freeze(["runtime", "numpy", "engine", "weights"]);
  * (and, from several workers, `stats`); prefill is not posted.
  *   text        newly printable text (done: the tail held back while a stop string could still match)
  *   full_text   the whole answer, stop strings cut
+ *   n_prompt    the whole prompt's tokens; n_reused of them were already in the KV cache (the same
+ *               conversation's earlier turns) and were not computed again
  */
 export const ENGINE_FIELDS = Object.freeze({
-  "prefill": ["type", "n_prompt", "prefill_tok_s"],
+  "prefill": ["type", "n_prompt", "n_reused", "prefill_tok_s"],
   "token": ["type", "text", "token_id", "n"],
-  "done": ["type", "reason", "text", "full_text", "n_prompt", "n_generated", "prefill_tok_s", "decode_tok_s",
-           "token_ids"]
+  "done": ["type", "reason", "text", "full_text", "n_prompt", "n_reused", "n_generated", "prefill_tok_s",
+           "decode_tok_s", "token_ids"]
 });
 
 /** The sampling settings a generate request's `params` may hold (engine.bridge.PARAM_TYPES; others are refused). */
@@ -64,7 +68,8 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  * @typedef {{type: "generate", id: number, messages?: ChatMessage[], prompt?: string,
  *            params?: SamplingSettings}} GenerateRequest
  * @typedef {{type: "abort", id?: number}} AbortRequest
- * @typedef {LoadRequest | GenerateRequest | AbortRequest} Request
+ * @typedef {{type: "reset"}} ResetRequest
+ * @typedef {LoadRequest | GenerateRequest | AbortRequest | ResetRequest} Request
  *
  * @typedef {{type: "progress", stage: "runtime"|"numpy"|"engine"|"weights", phase?: string,
  *            loaded?: number, total?: number, seconds?: number}} ProgressEvent
@@ -75,7 +80,7 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  *            cached?: boolean, memory?: MemoryStats}} ReadyEvent
  * @typedef {{type: "token", id: number, text: string, token_id: number, n: number}} TokenEvent
  * @typedef {{type: "done", id: number, reason: "eos"|"stop"|"length"|"abort", text: string,
- *            full_text: string, n_prompt: number, n_generated: number, prefill_tok_s: number,
+ *            full_text: string, n_prompt: number, n_reused: number, n_generated: number, prefill_tok_s: number,
  *            decode_tok_s: number, token_ids: number[], memory?: MemoryStats}} DoneEvent
  * @typedef {{type: "error", id?: number, stage?: string, message: string, unsplittable?: boolean}} ErrorEvent
  *   unsplittable: several workers were asked for, but engine/shard.py cannot split this model
@@ -93,7 +98,7 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  *   build -> loaded{info, memory, ...}    only once the digest matched
  *   drop -> dropped                       free the pieces of a failed or replaced load
  *   stats -> stats{stats, memory}         the shard's counters of the last generation
- *   generate, abort                       (shard 0, the leader) the page's requests, forwarded
+ *   generate, abort, reset                (shard 0, the leader) the page's requests, forwarded
  * A shard reports any failure as an Ev.ERROR event.
  */
 export const Shard = Object.freeze({

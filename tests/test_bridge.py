@@ -131,3 +131,16 @@ def test_reusable_prefix_rules():
     assert reusable_prefix([1, 2, 3], [1, 2, 3, 4], 2) == 0         # the cache holds something else
     assert reusable_prefix([1, 2, 3], [1, 9], 3, rewind=False) == 0  # atome: extensions only
     assert reusable_prefix([1, 2, 3], [1, 2, 3, 4], 3, rewind=False) == 3
+
+def test_events_count_reused_tokens_and_reset_forgets_the_conversation(tiny_bytes):
+    """prefill and done say how much of the prompt came from the KV cache; after reset() ("New
+    chat") the same prompt is computed whole again, and answers the same."""
+    bridge.load_model(tiny_bytes)
+    first = drive(bridge.start_generation({"prompt": "The cat sat", "params": GREEDY}))
+    assert first[0]["n_reused"] == 0 and first[-1]["n_reused"] == 0
+    again = drive(bridge.start_generation({"prompt": "The cat sat", "params": GREEDY}))
+    assert again[0]["n_reused"] == again[0]["n_prompt"] - 1 == again[-1]["n_reused"]
+    bridge.reset()
+    fresh = drive(bridge.start_generation({"prompt": "The cat sat", "params": GREEDY}))
+    assert fresh[0]["n_reused"] == 0 and fresh[-1]["n_prompt"] == first[-1]["n_prompt"]
+    assert fresh[-1]["token_ids"] == first[-1]["token_ids"] == again[-1]["token_ids"]
