@@ -14,10 +14,18 @@
  * for the first model; changing the setting ends the current worker(s), and the model must be
  * loaded again.
  *
+ * The conversation: answers are rendered from a Markdown subset as DOM nodes (static/markdown.js);
+ * each user message has Edit and each answer Regenerate, which cut the conversation there and send
+ * it again: the worker reuses its KV cache for the unchanged turns before (n_reused in done), so
+ * only the changed turn on is computed. "New chat" clears the history and sends reset (the cache
+ * is not reused). An optional system prompt (Settings) replaces the chat template's default one.
+ * state.turns records, per answer, the time to first token and how much of the prompt was reused.
+ *
  * window.moteApp.state is read by the Playwright tests (stages, timings, runtime info, last done).
  */
 import { Req, Ev, STAGES, SAMPLING_KEYS, isMessage } from "./protocol.js";
 import { ParallelWorker } from "./parallel.js";
+import { renderMarkdown } from "./markdown.js";
 import { clampWorkers, defaultWorkers, workersForModel, MAX_WORKERS, DEFAULT_MAX_WORKERS, GB_PER_WORKER,
          MIN_PARALLEL_BYTES } from "./worker-count.js";
 
@@ -32,6 +40,8 @@ const state = {
   /** @type {any} */ selected: null,
   /** @type {import("./protocol.js").ChatMessage[]} */ history: [],
   /** @type {any} */ lastDone: null,
+  /** @type {{ttft_ms: number, n_prompt: number, n_reused: number, n_generated: number,
+   *          prefill_tok_s: number, decode_tok_s: number, reason: string}[]} */ turns: [],
   /** @type {string|null} */ lastError: null,
   cached: false,
   /** @type {any} */ memory: null,                         // worker memory at the last ready/done
@@ -53,6 +63,10 @@ const MIN_BYTES = (() => {
 let t0 = performance.now();                                // when the current worker started booting
 let currentId = 0;
 /** @type {HTMLElement|null} */ let streamingEl = null;
+let streamText = "";                                       // the answer so far, as streamed
+let renderQueued = false;
+let sentAt = 0;                                            // performance.now() when the request was sent
+let firstTokenAt = 0;
 
 /** @param {import("./protocol.js").Request} msg */
 const send = (msg) => worker.postMessage(msg);
@@ -78,7 +92,7 @@ function startWorker(/** @type {number} */ n) {
   state.runtime = null;
   state.model = null;
   state.loading = false;
-  if (streamingEl) { streamingEl.classList.remove("streaming"); streamingEl = null; state.history.pop(); }
+  if (streamingEl) dropStreaming();
   for (const s of STAGES) setStage(s, "");
   setStage("runtime", "active");
   setStatus(`starting ${n === 1 ? "1 worker" : `${n} workers`}…`);
@@ -98,13 +112,109 @@ function fmtBytes(/** @type {number} */ n) {
   return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(0)} kB`;
 }
 
-function addMessage(/** @type {string} */ role, /** @type {string} */ text) {
+/**
+ * A message in the log. Turns of the conversation (index = its place in state.history) get a body
+ * and an action: Edit on the user's, Regenerate on answers; errors are plain text.
+ * @param {"user"|"assistant"|"error"} role @param {string} text @param {number} [index]
+ */
+function addMessage(role, text, index) {
   const el = document.createElement("div");
   el.className = `msg ${role}`;
-  el.textContent = text;
+  if (index === undefined) {
+    el.textContent = text;
+  } else {
+    el.dataset.index = String(index);
+    const body = document.createElement("div");
+    body.className = "body";
+    el.append(body);
+    setBody(el, text);
+    const action = document.createElement("button");
+    action.type = "button";
+    action.className = "action";
+    action.textContent = role === "user" ? "Edit" : "Regenerate";
+    action.title = role === "user" ? "Change this message and send the conversation again from here"
+                                   : "Answer this turn again (the turns before are not recomputed)";
+    action.addEventListener("click", () => (role === "user" ? editTurn : regenerateTurn)(index));
+    el.append(action);
+  }
   $("log").appendChild(el);
   $("log").scrollTop = $("log").scrollHeight;
   return el;
+}
+
+/** Show `text` in a turn: the user's as typed, an answer as Markdown. */
+function setBody(/** @type {HTMLElement} */ el, /** @type {string} */ text) {
+  const body = /** @type {HTMLElement} */ (el.querySelector(".body"));
+  if (el.classList.contains("user")) body.textContent = text;
+  else body.replaceChildren(renderMarkdown(text));
+}
+
+/** Re-render the streaming answer at most once per frame (Markdown is parsed whole each time). */
+function queueRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    if (!streamingEl) return;
+    setBody(streamingEl, streamText);
+    $("log").scrollTop = $("log").scrollHeight;
+  });
+}
+
+/**
+ * The answer being streamed failed, or its worker ended: drop it, and give the question it answered
+ * back to the composer (cut from the conversation), to send again.
+ */
+function dropStreaming() {
+  if (!streamingEl) return;
+  streamingEl.remove();
+  streamingEl = null;
+  const last = state.history.length - 1;
+  if (last >= 0 && state.history[last].role === "user") {
+    if (!$("prompt").value) $("prompt").value = state.history[last].content;
+    truncateTo(last);
+  }
+}
+
+/** Cut the conversation to its first `index` turns (history and log). */
+function truncateTo(/** @type {number} */ index) {
+  state.history.length = Math.min(state.history.length, index);
+  let cut = false;
+  for (const el of Array.from($("log").children)) {
+    const i = /** @type {HTMLElement} */ (el).dataset.index;
+    if (i !== undefined && Number(i) >= index) cut = true;
+    if (cut) el.remove();
+  }
+}
+
+/** Send the conversation as it stands and stream the answer into a new turn. */
+function sendConversation() {
+  streamText = "";
+  streamingEl = addMessage("assistant", "", state.history.length);
+  streamingEl.classList.add("streaming");
+  currentId = state.nextId++;
+  state.lastError = null;
+  sentAt = performance.now();
+  firstTokenAt = 0;
+  setBusy(true);
+  const system = $("system").value.trim();
+  const messages = system ? [{ role: "system", content: system }, ...state.history] : state.history.slice();
+  send({ type: Req.GENERATE, id: currentId, messages: /** @type {any} */ (messages), params: settings() });
+}
+
+/** Edit: the user's turn `index` goes back to the composer; it and everything after are cut. */
+function editTurn(/** @type {number} */ index) {
+  if (state.generating) return;
+  $("prompt").value = state.history[index]?.content ?? "";
+  truncateTo(index);
+  $("prompt").focus();
+}
+
+/** Regenerate: answer turn `index` (an answer) again from the same conversation before it. */
+function regenerateTurn(/** @type {number} */ index) {
+  if (state.generating || !state.model) return;
+  truncateTo(index);
+  sendConversation();
 }
 
 function setBusy(/** @type {boolean} */ busy) {
@@ -113,6 +223,25 @@ function setBusy(/** @type {boolean} */ busy) {
   $("prompt").disabled = !state.model;
   $("stop-btn").disabled = !busy;
   $("load-btn").disabled = busy || state.loading || !state.selected;
+  for (const b of document.querySelectorAll("#log .action")) /** @type {HTMLButtonElement} */ (b).disabled = busy || !state.model;
+}
+
+/** What each kind of model (GET /models `kind`) does, for the picker and the line under it. */
+const KIND = /** @type {Record<string, {label: string, note: string, placeholder: string}>} */ ({
+  chat: { label: "chat", note: "Chat model: answers questions and requests, turn by turn.",
+          placeholder: "Ask something…" },
+  completion: { label: "completion", note: "Completion model: continues the text you write; it does not " +
+                "answer requests (pick a chat model for that).", placeholder: "Write the start of a text…" },
+});
+
+/** The picked model's kind, size and licence under the picker. */
+function showModel(/** @type {any} */ m) {
+  const info = $("model-info");
+  const kind = m && KIND[m.kind];
+  info.hidden = !m;
+  info.textContent = m ? [kind?.note, `${fmtBytes(m.size)} file`, m.architecture && `architecture ${m.architecture}`,
+                          m.quantization].filter(Boolean).join(" · ") : "";
+  showLicence(m);
 }
 
 function showLicence(/** @type {any} */ m) {
@@ -173,7 +302,7 @@ function onWorkerMessage(/** @type {MessageEvent} */ event) {
         $("load-detail").textContent =
           `${r.model.name || state.selected?.name || "model"} loaded ${r.cached ? "from the offline cache" : "from the network"}` +
           (r.timings.weights !== undefined ? ` (${r.timings.weights.toFixed(1)} s fetch, ${(r.timings.model || 0).toFixed(1)} s load)` : "");
-        $("prompt").placeholder = "Ask something…";
+        $("prompt").placeholder = KIND[state.selected?.kind]?.placeholder ?? "Ask something…";
         setBusy(false);
         $("prompt").focus();
       }
@@ -182,20 +311,29 @@ function onWorkerMessage(/** @type {MessageEvent} */ event) {
     case Ev.TOKEN: {
       const t = /** @type {import("./protocol.js").TokenEvent} */ (ev);
       if (t.id !== currentId || !streamingEl) break;
-      streamingEl.textContent += t.text;
+      if (!firstTokenAt) firstTokenAt = performance.now();
+      streamText += t.text;
+      queueRender();
       $("speed").textContent = `${t.n} tokens`;
-      $("log").scrollTop = $("log").scrollHeight;
       break;
     }
     case Ev.DONE: {
       const d = /** @type {import("./protocol.js").DoneEvent} */ (ev);
       if (d.id !== currentId) break;
-      if (streamingEl) { streamingEl.textContent = d.full_text; streamingEl.classList.remove("streaming"); }
-      state.history.push({ role: "assistant", content: d.full_text });
+      const ttft = (firstTokenAt || performance.now()) - sentAt;
+      if (streamingEl) {                  // (none after "New chat" during the answer: nothing to keep)
+        setBody(streamingEl, d.full_text);
+        streamingEl.classList.remove("streaming");
+        state.history.push({ role: "assistant", content: d.full_text });
+        state.turns.push({ ttft_ms: ttft, n_prompt: d.n_prompt, n_reused: d.n_reused, n_generated: d.n_generated,
+                           prefill_tok_s: d.prefill_tok_s, decode_tok_s: d.decode_tok_s, reason: d.reason });
+      }
       state.lastDone = d;
       if (d.memory) state.memory = d.memory;
       if (d.reason !== "abort") {
-        $("speed").textContent = `${d.n_generated} tokens · prefill ${d.prefill_tok_s.toFixed(1)} tok/s · decode ${d.decode_tok_s.toFixed(1)} tok/s · ${d.reason}`;
+        $("speed").textContent = `${d.n_generated} tokens · prefill ${d.prefill_tok_s.toFixed(1)} tok/s · decode ` +
+          `${d.decode_tok_s.toFixed(1)} tok/s · ${d.reason} · first token ${(ttft / 1000).toFixed(2)} s` +
+          (d.n_reused ? ` (${d.n_reused} of ${d.n_prompt} prompt tokens from the cache)` : "");
       } else {
         $("speed").textContent = `stopped after ${d.n_generated} tokens`;
       }
@@ -208,7 +346,7 @@ function onWorkerMessage(/** @type {MessageEvent} */ event) {
       state.lastError = e.message;
       if (e.id === undefined) state.loading = false;     // a load's error (generate errors carry an id)
       if (e.stage) setStage(e.stage, "failed");
-      if (streamingEl) { streamingEl.classList.remove("streaming"); streamingEl = null; state.history.pop(); }
+      if (streamingEl) dropStreaming();
       addMessage("error", `Error${e.stage ? ` (${e.stage})` : ""}: ${e.message}`);
       $("load-progress").hidden = true;
       setBusy(false);
@@ -260,7 +398,7 @@ $("workers").addEventListener("change", () => {
 
 $("model-select").addEventListener("change", () => {
   state.selected = state.models[Number($("model-select").value)] || null;
-  showLicence(state.selected);
+  showModel(state.selected);
   setBusy(false);
 });
 
@@ -269,13 +407,9 @@ $("chat-form").addEventListener("submit", (/** @type {Event} */ e) => {
   const text = $("prompt").value.trim();
   if (!text || !state.model || state.generating) return;
   $("prompt").value = "";
-  addMessage("user", text);
+  addMessage("user", text, state.history.length);
   state.history.push({ role: "user", content: text });
-  streamingEl = addMessage("assistant streaming", "");
-  currentId = state.nextId++;
-  state.lastError = null;
-  setBusy(true);
-  send({ type: Req.GENERATE, id: currentId, messages: state.history.slice(), params: settings() });
+  sendConversation();
 });
 
 $("prompt").addEventListener("keydown", (/** @type {KeyboardEvent} */ e) => {
@@ -286,7 +420,10 @@ $("stop-btn").addEventListener("click", () => send({ type: Req.ABORT, id: curren
 
 $("clear-btn").addEventListener("click", () => {
   if (state.generating) send({ type: Req.ABORT, id: currentId });
+  send({ type: Req.RESET });
   state.history = [];
+  state.turns = [];
+  streamingEl = null;
   $("log").textContent = "";
   $("speed").textContent = "";
 });
@@ -307,12 +444,13 @@ async function loadModelList() {
   sel.textContent = "";
   if (!state.models.length) { sel.append(new Option("no models in the models folder")); return; }
   state.models.forEach((m, i) => {
-    const label = `${m.name} · ${m.architecture || "?"} · ${m.quantization || "?"} · ${fmtBytes(m.size)}`;
+    const label = [m.name, KIND[m.kind]?.label ?? m.architecture ?? "?", m.quantization || "?", fmtBytes(m.size),
+                   m.licence?.name].filter(Boolean).join(" · ");
     sel.append(new Option(label, String(i)));
   });
   sel.disabled = false;
   state.selected = state.models[0];
-  showLicence(state.selected);
+  showModel(state.selected);
   setBusy(false);
 }
 

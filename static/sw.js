@@ -20,7 +20,8 @@ const SHELL_CACHE = "mote-shell-v1";
 /** The page and every static file it runs (tests/test_server.py checks this against static/). */
 const SHELL = ["/", "/models", "/static/main.js", "/static/worker.js", "/static/protocol.js",
                "/static/model-source.js", "/static/boot.js", "/static/worker-count.js", "/static/parallel.js",
-               "/static/parallel-worker.js", "/static/style.css", "/static/build-manifest.json"];
+               "/static/parallel-worker.js", "/static/markdown.js", "/static/style.css",
+               "/static/build-manifest.json"];
 
 sw.addEventListener("install", (event) => {
   event.waitUntil((async () => {

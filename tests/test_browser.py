@@ -125,6 +125,16 @@ def chat(page, text: str, max_tokens: int, wait: bool = True, heap: WorkerHeap |
     return page.evaluate("() => window.moteApp.state.lastDone")
 
 
+def rendered_text(page, markdown: str) -> str:
+    """The text static/markdown.js shows for `markdown` (what an answer's body must read)."""
+    return page.evaluate("""async (t) => {
+        const { renderMarkdown } = await import('/static/markdown.js');
+        const box = document.createElement('div');
+        box.append(renderMarkdown(t));
+        return box.textContent;
+    }""", markdown)
+
+
 def model_cache_keys(page) -> list[str]:
     return page.evaluate("async () => (await (await caches.open('mote-models-v1')).keys()).map((r) => r.url)")
 
@@ -279,7 +289,7 @@ def test_golden_greedy_tokens_in_page(tab, golden):
     assert done["n_prompt"] == len(golden["prompt_tokens"])
     assert done["token_ids"] == golden["tokens"]
     assert done["full_text"] == golden["text"]
-    assert page.locator(".msg.assistant").last.text_content() == golden["text"]
+    assert page.locator(".msg.assistant .body").last.text_content() == rendered_text(page, golden["text"])
 
     # the token count shown live while streaming, then the engine's speeds (its done event)
     speeds = page.evaluate("() => window.__mote.speed")
@@ -327,6 +337,78 @@ def stop_then_answer(page, golden: dict) -> None:
 
 def test_stop_during_generation_then_next_request_answers(tab, golden):
     stop_then_answer(tab[0], golden)
+
+
+def turns(page) -> list[dict]:
+    return page.evaluate("() => window.moteApp.state.turns")
+
+
+def test_conversation_reuses_the_cache_and_edit_regenerate_new_chat(tab, golden):
+    """Turn 2 prefills only what turn 1 did not; Regenerate recomputes only the last prompt token
+    and gives the same greedy answer; Edit cuts the conversation at a user turn and recomputes
+    from where the text changed; New chat forgets the cache (the same prompt is computed whole)."""
+    page, _, logs = tab
+    page.click("#clear-btn")
+    one = chat(page, "Hello there", 6)
+    two = chat(page, "And then?", 6)
+    assert one["n_reused"] == 0 and two["n_reused"] >= one["n_prompt"], (one, two)
+    assert [t["n_reused"] for t in turns(page)] == [0, two["n_reused"]]
+    assert all(t["ttft_ms"] > 0 for t in turns(page))
+    assert page.locator("#log .msg").count() == 4
+
+    page.locator("#log .msg.assistant .action").last.click()          # Regenerate the last answer
+    page.wait_for_function("() => window.moteApp.state.turns.length === 3 && !window.moteApp.state.generating")
+    again = page.evaluate("() => window.moteApp.state.lastDone")
+    assert again["n_reused"] == two["n_prompt"] - 1 and again["token_ids"] == two["token_ids"]
+    assert page.locator("#log .msg").count() == 4 and len(page.evaluate("() => window.moteApp.state.history")) == 4
+
+    page.locator("#log .msg.user .action").first.click()               # Edit the first question
+    assert page.input_value("#prompt") == "Hello there" and page.locator("#log .msg").count() == 0
+    edited = chat(page, "Hello there, friend", 6)
+    assert 0 < edited["n_reused"] < edited["n_prompt"] - 1, edited
+
+    page.click("#clear-btn")                                            # New chat: nothing reused
+    fresh = chat(page, "Hello there, friend", 6)
+    assert fresh["n_reused"] == 0 and fresh["token_ids"] == edited["token_ids"], logs
+    page.click("#clear-btn")
+
+
+HOSTILE_MARKDOWN = [
+    "<script>window.__pwned = 1</script>",
+    '<img src=x onerror="window.__pwned = 2">',
+    "[click](javascript:window.__pwned=3)",
+    '```html\n</code></pre><img src=x onerror="window.__pwned=4">\n```',
+    '`<svg onload="window.__pwned=5">`',
+    "**<iframe src=\"javascript:window.__pwned=6\"></iframe>**",
+    '[ok](https://example.org/" onmouseover="window.__pwned=7)',
+    "- <details open ontoggle=\"window.__pwned=8\">",
+]
+
+
+def test_hostile_markdown_renders_as_text(tab):
+    """Model text reaches the DOM only as text nodes: tags, handlers and javascript: links stay
+    literal, and nothing runs."""
+    page, _, _ = tab
+    shown = page.evaluate("""async (cases) => {
+        const { renderMarkdown } = await import('/static/markdown.js');
+        const box = document.createElement('div');
+        box.className = 'msg assistant';
+        document.getElementById('log').append(box);
+        for (const text of cases) box.append(renderMarkdown(text));
+        await new Promise((r) => setTimeout(r, 300));       // let any handler fire
+        const tags = [...new Set([...box.querySelectorAll('*')].map((e) => e.tagName.toLowerCase()))].sort();
+        const links = [...box.querySelectorAll('a')].map((a) => a.getAttribute('href'));
+        const attrs = [...box.querySelectorAll('*')].flatMap((e) => [...e.attributes].map((a) => a.name));
+        const text = box.textContent;
+        box.remove();
+        return { pwned: window.__pwned ?? null, tags, links, attrs: [...new Set(attrs)].sort(), text };
+    }""", HOSTILE_MARKDOWN)
+    assert shown["pwned"] is None
+    assert set(shown["tags"]) <= {"p", "code", "pre", "div", "span", "button", "strong", "ul", "li", "a"}, shown["tags"]
+    assert all(h.startswith("https://") for h in shown["links"]), shown["links"]
+    assert set(shown["attrs"]) <= {"class", "type", "href", "target", "rel"}, shown["attrs"]
+    for needle in ("<script>", "onerror=", "javascript:window.__pwned=3", "<svg onload=", "<iframe"):
+        assert needle in shown["text"]
 
 
 def test_reload_reads_the_cached_model(tab, site, golden):
@@ -461,7 +543,7 @@ def test_two_workers_give_the_golden_answer_and_store_the_model(two_tab, site, g
     assert done["n_prompt"] == len(golden["prompt_tokens"])
     assert done["token_ids"] == golden["tokens"]
     assert done["full_text"] == golden["text"]
-    assert page.locator(".msg.assistant").last.text_content() == golden["text"]
+    assert page.locator(".msg.assistant .body").last.text_content() == rendered_text(page, golden["text"])
     metrics(tiny_2workers_decode_tok_s=round(done["decode_tok_s"], 1))
 
 
