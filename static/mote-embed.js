@@ -111,6 +111,12 @@
 
   const FINISH = /** @type {Object<string, string>} */ ({ eos: "stop", stop: "stop", length: "length" });
 
+  /** OpenAI's usage object for a done event (cached_tokens: prompt tokens reused from the KV cache). */
+  const usage = (/** @type {any} */ done) => ({
+    prompt_tokens: done.n_prompt, completion_tokens: done.n_generated, total_tokens: done.n_prompt + done.n_generated,
+    prompt_tokens_details: { cached_tokens: done.n_reused },
+  });
+
   let nextModelId = 1;
 
   /** One loaded model in its own worker(s). Requests run one at a time, in call order. */
@@ -250,7 +256,11 @@
       }
     }
 
-    /** OpenAI-style chat completion: a chat.completion, or (stream: true) async chat.completion.chunk's. */
+    /**
+     * OpenAI-style chat completion: a chat.completion, or (stream: true) async chat.completion.chunk's.
+     * A call whose messages extend the previous call's (the next turn) reuses the KV cache for them:
+     * usage.prompt_tokens_details.cached_tokens says how many prompt tokens were not computed again.
+     */
     async _createCompletion(/** @type {any} */ req) {
       if (!req || !Array.isArray(req.messages)) throw new TypeError("chat.completions.create needs {messages: [...]}");
       if (req.n !== undefined && req.n !== 1) throw new TypeError(`n=${req.n}: only n=1 is supported`);
@@ -271,8 +281,7 @@
           id, object: "chat.completion", created, model,
           choices: [{ index: 0, message: { role: "assistant", content: done.full_text }, logprobs: null,
                       finish_reason: FINISH[done.reason] || "stop" }],
-          usage: { prompt_tokens: done.n_prompt, completion_tokens: done.n_generated,
-                   total_tokens: done.n_prompt + done.n_generated },
+          usage: usage(done),
         };
       }
       const includeUsage = !!(req.stream_options && req.stream_options.include_usage);
@@ -289,8 +298,7 @@
           yield chunk({}, FINISH[ev.reason] || "stop");
           if (includeUsage) {
             yield { id, object: "chat.completion.chunk", created, model, choices: [],
-                    usage: { prompt_tokens: ev.n_prompt, completion_tokens: ev.n_generated,
-                             total_tokens: ev.n_prompt + ev.n_generated } };
+                    usage: usage(ev) };
           }
         }
       }

@@ -241,7 +241,10 @@ def test_chat_completions_openai_shapes(sites, browser):
         const chunks = [];
         for await (const c of stream) chunks.push(c);
         const full = await mote.chat.completions.create({messages, temperature: 0, max_tokens: 10});
-        return {chunks, full, ids: mote.last.token_ids};
+        const ids = mote.last.token_ids;
+        const next = await mote.chat.completions.create({temperature: 0, max_tokens: 4, messages: [...messages,
+            full.choices[0].message, {role: "user", content: "and then?"}]});
+        return {chunks, full, ids, next};
     }""", sites["mote"] + "/models/tiny-llama.gguf")
     chunks, full = got["chunks"], got["full"]
     *body, usage_chunk = chunks
@@ -261,8 +264,14 @@ def test_chat_completions_openai_shapes(sites, browser):
     assert full["object"] == "chat.completion" and full["id"].startswith("chatcmpl-")
     assert full["choices"] == [{"index": 0, "message": {"role": "assistant", "content": streamed},
                                 "logprobs": None, "finish_reason": "length"}]
-    u = full["usage"]
-    assert u == usage_chunk["usage"] and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    u, first = full["usage"], usage_chunk["usage"]
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    # the same messages again: all but the last prompt token come from the KV cache
+    assert first["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert u["prompt_tokens_details"] == {"cached_tokens": u["prompt_tokens"] - 1}
+    assert {**u, "prompt_tokens_details": None} == {**first, "prompt_tokens_details": None}
+    # the next turn (messages extending the last call's) computes only what is new
+    assert got["next"]["usage"]["prompt_tokens_details"]["cached_tokens"] >= u["prompt_tokens"]
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     assert got["ids"] == cpython_greedy(sites["path"], None, 10, messages=messages)
     page.close()
