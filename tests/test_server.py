@@ -7,7 +7,9 @@ send the traversal attempts a browser or curl --path-as-is can.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -20,7 +22,8 @@ gguf = pytest.importorskip("gguf")
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from web.app import Settings, create_app, parse_range, serve, Unsatisfiable  # noqa: E402
+from web import app as web_app  # noqa: E402
+from web.app import Settings, create_app, parse_range, serve, server_config, Unsatisfiable  # noqa: E402
 
 SECRET = b"TOP-SECRET-NOT-A-MODEL"
 
@@ -74,14 +77,20 @@ def client(settings):
 
 @pytest.fixture(scope="module")
 def server(settings):
-    """A real uvicorn server on a free loopback port, for raw-socket requests."""
+    """A real uvicorn server on a free loopback port, configured as `mote serve` runs it."""
+    with running_server(settings) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def running_server(settings):
     import uvicorn
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(server_config(create_app(settings), "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 10
@@ -347,3 +356,113 @@ def test_serve_binds_loopback_by_default():
     import inspect
 
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+
+
+# ---- clients that hold connections, files that change ----------------------------------------------
+
+@pytest.fixture()
+def quick_server(settings, monkeypatch):
+    """The real server configuration with a 1 s deadline for a request head."""
+    monkeypatch.setattr(web_app, "REQUEST_HEAD_S", 1.0)
+    with running_server(settings) as port:
+        yield port
+
+
+def closed_by_server(sock: socket.socket, within_s: float) -> bool:
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1) == b""
+    except socket.timeout:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_and_slow_connections_do_not_lock_out_clients(quick_server, site):
+    """100 connections that send nothing and 20 that send their headers a byte at a time: other
+    clients are still answered at once (no 503), and the server closes the idle and slow ones once
+    the request-head deadline passes."""
+    idle = [socket.create_connection(("127.0.0.1", quick_server), timeout=5) for _ in range(100)]
+    slow = [socket.create_connection(("127.0.0.1", quick_server), timeout=5) for _ in range(20)]
+    try:
+        for s in slow:
+            s.sendall(b"GET /models HTTP/1.1\r\nHo")
+        for _ in range(5):     # (raw() gives up after 5 s without an answer)
+            status, _, body = raw(quick_server, b"/models/tiny-llama.gguf")
+            assert status == 200 and body == site["data"]["tiny-llama.gguf"]
+        for s in slow:
+            s.sendall(b"s")          # still trickling: a byte does not extend the deadline
+        assert all(closed_by_server(s, 5) for s in idle[:5] + slow[:5])
+    finally:
+        for s in idle + slow:
+            s.close()
+
+
+def test_a_slow_download_is_not_cut_by_the_deadline(quick_server, site):
+    """The deadline is for sending a request, not for reading the answer."""
+    with socket.create_connection(("127.0.0.1", quick_server), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /models/tiny-gemma.gguf HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        time.sleep(1.5)                # past the deadline with the response in progress
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.partition(b"\r\n\r\n")[2] == site["data"]["tiny-gemma.gguf"]
+
+
+def test_file_rewritten_while_sent_is_cut_short_not_mixed(tmp_path):
+    """A model overwritten in place during a download: the client gets a prefix of the old bytes and
+    fewer than Content-Length of them (an error), never new bytes under the old ETag."""
+    models = tmp_path / "models"
+    models.mkdir()
+    old = np.random.default_rng(0).integers(0, 256, 48 << 20, dtype=np.uint8).tobytes()
+    path = models / "big.gguf"
+    path.write_bytes(old)
+    settings = Settings(models_dir=models, static_dir=tmp_path)
+    with running_server(settings) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(b"GET /models/big.gguf HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        data = s.recv(1 << 16)
+        with open(path, "r+b") as f:   # in place: same inode, same size, other bytes
+            f.write(bytes(len(old)))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            while chunk := s.recv(1 << 20):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"200" in head.split(b"\r\n")[0]
+    assert len(body) < len(old) and body == old[: len(body)]
+
+
+def test_hashing_one_file_does_not_block_another(settings, site, monkeypatch):
+    """Facts of a file being hashed do not hold up requests for a file already known."""
+    index = web_app.ModelIndex(settings)
+    paths = index.files()
+    known = paths["tiny-llama.gguf"]
+    index.facts(known, known.stat())
+    started, release = threading.Event(), threading.Event()
+    real = web_app._sha256
+
+    def slow_sha256(path):
+        if path.name == "tiny-gemma.gguf":
+            started.set()
+            release.wait(10)
+        return real(path)
+
+    monkeypatch.setattr(web_app, "_sha256", slow_sha256)
+    worker = threading.Thread(target=lambda: index.facts(paths["tiny-gemma.gguf"], paths["tiny-gemma.gguf"].stat()))
+    worker.start()
+    try:
+        assert started.wait(5)
+        got = []
+        reader = threading.Thread(target=lambda: got.append(index.facts(known, known.stat())))
+        reader.start()
+        reader.join(5)                 # while tiny-gemma's hash is still held up
+        assert not reader.is_alive() and not release.is_set()
+        assert got[0]["sha256"] == hashlib.sha256(site["data"]["tiny-llama.gguf"]).hexdigest()
+    finally:
+        release.set()
+        worker.join(10)

@@ -90,7 +90,20 @@ class ModelIndex:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._facts: dict[tuple[str, int, int], dict] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()                              # guards the two dicts only
+        self._file_locks: dict[tuple[str, int, int], threading.Lock] = {}  # one per file version
+
+    def warm(self) -> threading.Thread:
+        """Hash every file now, in a background thread, so requests rarely wait for a hash."""
+        def run():
+            for path in self.files().values():
+                try:
+                    self.facts(path, path.stat())
+                except OSError:
+                    continue   # gone or unreadable: a request for it will say so
+        thread = threading.Thread(target=run, name="mote-model-index", daemon=True)
+        thread.start()
+        return thread
 
     def files(self) -> dict[str, Path]:
         """Name -> path for every servable model file (regular files with a plain .gguf name)."""
@@ -112,9 +125,18 @@ class ModelIndex:
         """sha256 and header facts of one file; cached on (path, size, mtime_ns)."""
         key = (str(path), st.st_size, st.st_mtime_ns)
         with self._lock:
-            if key not in self._facts:
-                self._facts[key] = {"sha256": _sha256(path), **_header_facts(path)}
-            return self._facts[key]
+            if key in self._facts:
+                return self._facts[key]
+            file_lock = self._file_locks.setdefault(key, threading.Lock())
+        with file_lock:   # one hash per file version; other files are served meanwhile
+            with self._lock:
+                if key in self._facts:
+                    return self._facts[key]
+            facts = {"sha256": _sha256(path), **_header_facts(path)}
+            with self._lock:
+                self._facts[key] = facts
+                self._file_locks.pop(key, None)
+            return facts
 
     def describe(self, name: str, path: Path) -> dict:
         from mote.pull import DEFAULT_MODEL, known_by_sha256
@@ -219,13 +241,26 @@ def _etag_matches(header: str, etag: str) -> bool:
     return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
 
 
-def _read_span(path: Path, start: int, length: int) -> Iterator[bytes]:
+class FileChanged(OSError):
+    """The file changed while it was being sent: the response is cut short, never a mix of versions."""
+
+
+def _read_span(path: Path, start: int, length: int, version: tuple[int, int] | None = None) -> Iterator[bytes]:
+    """`length` bytes of `path` from `start`. version = (size, mtime_ns) the headers were made for:
+    if the file is not (or stops being) that version, the body ends early (the client sees fewer
+    bytes than Content-Length, an error, instead of bytes of two versions under one ETag).
+    A file replaced by rename keeps being read from the old, consistent inode."""
     with open(path, "rb") as f:
+        def same() -> bool:
+            st = os.fstat(f.fileno())
+            return version is None or (st.st_size, st.st_mtime_ns) == version
+        if not same():
+            raise FileChanged(f"{path.name} changed before it was sent")
         f.seek(start)
         while length > 0:
             chunk = f.read(min(CHUNK, length))
-            if not chunk:  # the file shrank under us: stop rather than pad
-                return
+            if not chunk or not same():  # shrank or rewritten under us: stop rather than pad or mix
+                raise FileChanged(f"{path.name} changed while it was sent")
             length -= len(chunk)
             yield chunk
 
@@ -324,7 +359,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         headers["Content-Length"] = str(length)
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers, media_type="application/octet-stream")
-        return StreamingResponse(_read_span(path, start, length), status_code=status, headers=headers,
+        return StreamingResponse(_read_span(path, start, length, (st.st_size, st.st_mtime_ns)),
+                                 status_code=status, headers=headers,
                                  media_type="application/octet-stream")
 
     app.mount("/static", StaticFiles(directory=settings.static_dir, check_dir=False), name="static")
@@ -350,8 +386,6 @@ def serve(host: str = "127.0.0.1", port: int = 8000, models_dir: str | os.PathLi
     The Host check admits the loopback names plus `host` itself when it is a specific address;
     binding 0.0.0.0 or :: needs `allowed_hosts` spelled out (a warning says so).
     """
-    import uvicorn
-
     hosts = allowed_hosts or Settings.allowed_hosts
     if host not in ("0.0.0.0", "::") and allowed_hosts is None:
         hosts = tuple(dict.fromkeys(hosts + ((f"[{host}]" if ":" in host else host),)))
@@ -360,6 +394,55 @@ def serve(host: str = "127.0.0.1", port: int = 8000, models_dir: str | os.PathLi
               f"{', '.join(hosts)} are accepted")
     settings = Settings(models_dir=Path(models_dir), allowed_hosts=hosts, cors_origins=cors_origins)
     shown = f"[{host}]" if ":" in host else host
+    app = create_app(settings)
+    app.state.models.warm()     # hash the models now, not inside the first requests
     print(f"Mote: http://{shown}:{port}/  (models from {Path(models_dir).resolve()})", flush=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
-                limit_concurrency=64, timeout_keep_alive=5)
+    import uvicorn
+
+    uvicorn.Server(server_config(app, host, port)).run()
+
+
+def server_config(app, host: str, port: int, log_level: str = "info"):
+    """How `mote serve` runs uvicorn (the tests run the same): no concurrency limit, a deadline for
+    each request head, a short keep-alive."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=request_deadline_protocol(),
+                          timeout_keep_alive=KEEP_ALIVE_S)
+
+
+KEEP_ALIVE_S = 5         # an idle keep-alive connection is closed after this
+REQUEST_HEAD_S = 10      # a connection must send a whole request head (line + headers) within this
+
+
+def request_deadline_protocol():
+    """uvicorn's h11 protocol plus a deadline for each request head.
+
+    Without it, a connection that never sends a byte, or sends its headers a byte a second, is held
+    forever; and with a concurrency limit, 64 such sockets answered every other client 503. Here
+    there is no concurrency limit, and a connection that has not completed a request head within
+    REQUEST_HEAD_S of opening (or of its last response) is closed. Only waiting connections are
+    closed: a slow download of a model is a response in progress, not a waiting request.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    request_head_s = REQUEST_HEAD_S   # read once, when the server is configured
+
+    class RequestDeadlineProtocol(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_deadline()
+
+        def _arm_deadline(self) -> None:
+            waiting_after = self.cycle                # a new request replaces self.cycle
+            def expire():
+                idle = self.cycle is waiting_after and (waiting_after is None or waiting_after.response_complete)
+                if idle and not self.transport.is_closing():
+                    self.transport.close()
+            self.loop.call_later(request_head_s, expire)
+
+    return RequestDeadlineProtocol
