@@ -51,6 +51,30 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
 
+def _whole(low: int, high: int | None = None):
+    """argparse type: a whole number in [low, high], refused by argparse (one line, exit 2) otherwise."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if n < low or (high is not None and n > high):
+            raise argparse.ArgumentTypeError(f"{n} is out of range (expected {low}..{high if high is not None else ''})")
+        return n
+    return parse
+
+
+def _megabytes(text: str) -> float:
+    """argparse type: a finite size in MB, >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of MB, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"{text} MB is not a size (expected a number >= 0)")
+    return v
+
+
 def _emit(args, data: dict, text: str) -> None:
     if getattr(args, "json", False):
         print(json.dumps(data, ensure_ascii=False))
@@ -273,11 +297,19 @@ def cmd_bench(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise CLIError(f"mote serve needs the server extra ({e.name} is not installed): "
+                       "pip install 'mote-engine[serve]'") from None
     from web.app import serve
 
     from .pull import DEFAULT_MODEL, default_cache_dir, pull
 
     models = args.models
+    if models is not None and not Path(models).is_dir():
+        raise CLIError(f"--models {models}: not a folder (expected a folder of .gguf files)")
     if models is None:  # the default: the chat model and Gemma 3 270M (pulled on first use) plus any GGUF in the cache
         if not args.no_pull:
             for name in (DEFAULT_MODEL, "gemma-3-270m"):
@@ -303,10 +335,10 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 
 def _add_load(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ctx", type=int, default=None, help="KV cache length (default: min(2048, model's))")
+    p.add_argument("--ctx", type=_whole(1), default=None, help="KV cache length (default: min(2048, model's))")
     from engine.model import LoadPolicy
 
-    p.add_argument("--dense-mb", type=float, default=None,
+    p.add_argument("--dense-mb", type=_megabytes, default=None,
                    help="float32 budget (MB) for layer matrices and the LM head: faster, more memory "
                         f"(default: {LoadPolicy.dense_layers_mb:g} for layers, {LoadPolicy.dense_head_mb:g} for the head)")
 
@@ -340,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("-p", "--prompt", help="text to continue")
     what.add_argument("--messages", metavar="FILE.json",
                       help='a conversation, [{"role": "user", "content": "..."}, ...], rendered with the model\'s chat template')
-    p.add_argument("-n", "--n-predict", type=int, default=128)
+    p.add_argument("-n", "--n-predict", type=_whole(1), default=128)
     p.add_argument("--json", action="store_true")
     _add_sampling(p)
     p.set_defaults(func=cmd_generate)
@@ -348,14 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="chat in the terminal using the model's chat template (/reset, /system TEXT)")
     p.add_argument("model")
     p.add_argument("--system", default=None, help="system prompt (default: the template's own, if any)")
-    p.add_argument("-n", "--n-predict", type=int, default=512)
+    p.add_argument("-n", "--n-predict", type=_whole(1), default=512)
     _add_sampling(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("logits", help="top logits after a prompt")
     p.add_argument("model")
     p.add_argument("-p", "--prompt", required=True)
-    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--top", type=_whole(1), default=20)
     _add_load(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_logits)
@@ -363,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed: natively, or in headless Chromium with --browser")
     p.add_argument("model", nargs="+", help="model(s); several files compare models or quantizations (--browser)")
     p.add_argument("-p", "--prompt", default=None, help="prompt (default: a fixed story opening; --browser: two fixed prompts)")
-    p.add_argument("-n", "--n-predict", type=int, default=32)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("-n", "--n-predict", type=_whole(1), default=32)
+    p.add_argument("--repeat", type=_whole(1), default=3)
     _add_load(p)
     p.add_argument("--json", action="store_true")
     try:
@@ -377,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="the dev server: chat page and model files")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_whole(1, 65535), default=8000)
     p.add_argument("--models", default=None, help="folder of .gguf files to serve (default: the model cache, with the default chat model and Gemma 3 270M)")
     p.add_argument("--no-pull", action="store_true", help="do not pull the default models first")
     p.add_argument("--cors-origin", action="append", help="allow pages on this origin to use the runtime and models (repeatable)")
