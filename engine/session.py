@@ -109,6 +109,10 @@ class Session:
         if params is None:
             params = sampling_params(request.get("params") or {}, self.template.stop)
         tokens = self.prompt_tokens(request)
+        n_ctx = getattr(self.model, "n_ctx", None)
+        if n_ctx is not None and len(tokens) >= n_ctx:
+            raise ValueError(f"the prompt is {len(tokens)} tokens but the context holds {n_ctx}, answer "
+                             "included: shorten the conversation or load the model with a larger n_ctx")
         rewind = getattr(self.model, "can_rewind", True)
         return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos, rewind), params)
 

@@ -144,3 +144,16 @@ def test_events_count_reused_tokens_and_reset_forgets_the_conversation(tiny_byte
     fresh = drive(bridge.start_generation({"prompt": "The cat sat", "params": GREEDY}))
     assert fresh[0]["n_reused"] == 0 and fresh[-1]["n_prompt"] == first[-1]["n_prompt"]
     assert fresh[-1]["token_ids"] == first[-1]["token_ids"] == again[-1]["token_ids"]
+
+
+def test_prompt_longer_than_the_context_is_refused_before_any_work(tmp_path):
+    """A clear error naming both sizes, at start (the page shows it); a prompt that fits but leaves
+    little room stops with reason "length" when the cache is full."""
+    path = write_tiny(tmp_path / "short.gguf", "llama", ctx=64)
+    bridge.load_model(path.read_bytes())
+    with pytest.raises(ValueError, match=r"the prompt is \d+ tokens but the context holds 64"):
+        bridge.start_generation({"prompt": "word " * 100, "params": GREEDY})
+    n_prompt = len(bridge._session.prompt_tokens({"prompt": "word " * 4}))
+    assert n_prompt < 64
+    done = drive(bridge.start_generation({"prompt": "word " * 4, "params": {"temperature": 0, "max_tokens": 500}}))[-1]
+    assert done["reason"] == "length" and n_prompt + done["n_generated"] <= 64 + 1
