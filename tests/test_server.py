@@ -8,6 +8,7 @@ send the traversal attempts a browser or curl --path-as-is can.
 from __future__ import annotations
 
 import contextlib
+import json
 import hashlib
 import os
 import socket
@@ -466,3 +467,14 @@ def test_hashing_one_file_does_not_block_another(settings, site, monkeypatch):
     finally:
         release.set()
         worker.join(10)
+
+
+def test_a_broken_model_is_listed_with_an_error_that_hides_the_servers_folders(tmp_path):
+    models = tmp_path / "secret-folder-name"
+    models.mkdir()
+    (models / "broken.gguf").write_bytes(b"GGUF" + bytes(20))
+    listed = TestClient(create_app(Settings(models_dir=models, static_dir=tmp_path)),
+                        base_url="http://127.0.0.1").get("/models").json()
+    (entry,) = listed
+    assert entry["file"] == "broken.gguf" and entry["error"]
+    assert "secret-folder-name" not in json.dumps(listed) and str(tmp_path) not in json.dumps(listed)

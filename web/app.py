@@ -177,7 +177,9 @@ def _header_facts(path: Path) -> dict:
     try:
         meta = open_gguf(path).metadata
     except (GGUFError, OSError) as e:
-        return {"architecture": None, "quantization": None, "licence": None, "error": str(e)}
+        # the file's name only: the server's folders are nobody's business
+        message = str(e).replace(str(path.resolve()), path.name).replace(str(path), path.name)
+        return {"architecture": None, "quantization": None, "licence": None, "error": message}
     arch = meta.get("general.architecture")
     file_type = meta.get("general.file_type")
     licence_id = meta.get("general.license")
