@@ -34,7 +34,7 @@ def tiny(tmp_path_factory):
 
 def args(model, out, *extra):
     return [str(model), "-n", "6", "--repeat", "1", "--bench-prompt", PROMPT, "--out", str(out),
-            "--chromium", CHROMIUM, *extra]
+            "--chromium", CHROMIUM, "--history", str(out / "history.jsonl"), *extra]
 
 
 def test_bench_tiny_three_outputs_and_real_correctness(tiny, tmp_path, capsys):
@@ -221,3 +221,29 @@ def test_paired_ratios_leave_out_cpython_and_missing_numbers():
     cells = {ln.split(" | ")[2]: ln.split(" | ") for ln in md.splitlines() if ln.startswith("| m |")}
     assert cells["wllama"][-3:-1] == ["1.12 (1.00–1.25)", "–"] and cells["mote"][-3:-1] == ["–", "0.90 (0.80–1.00)"]
     assert cells["cpython"][-3:-1] == ["–", "–"]
+
+
+def test_history_keeps_every_run_and_warns_outside_the_recorded_range(tiny, tmp_path, monkeypatch, capsys):
+    """Each run appends its paired ratios to the history; a later run whose ratio falls outside the
+    range recorded so far gets a warning naming that range and its dates."""
+    import mote.bench.browser as bench
+
+    model, _ = tiny
+    want = _engine_tokens(model, PROMPT, 6)
+    speed = {None: 4.0, 2: 6.0}
+    monkeypatch.setattr(bench, "browser_run", lambda base, chromium, kind, url, prompts, n, n_ctx, timeout_s,
+                        workers=None: _fake_out(speed[workers], want))
+    history = tmp_path / "history.jsonl"
+    for two_workers in (6.0, 6.4):          # ratios 1.5 and 1.6: recorded, no warning
+        speed[2] = two_workers
+        assert bench.main(args(model, tmp_path, "--workers", "2")) == 0
+    assert "warning" not in capsys.readouterr().err
+    speed[2] = 4.4                          # 1.1: outside 1.5-1.6
+    assert bench.main(args(model, tmp_path, "--workers", "2")) == 0
+    err = capsys.readouterr().err
+    assert "warning: mote ×2 workers ÷ mote" in err and "1.10 today, outside the 1.50–1.60 recorded in 2 run(s)" in err
+    records = [json.loads(line) for line in history.read_text().splitlines()]
+    assert len(records) == 3
+    assert [next(r for r in rec["rows"] if r["engine"] == "mote ×2 workers")["paired"]["mote"]["median"]
+            for rec in records] == [1.5, 1.6, 1.1]
+    assert {"date", "machine", "browser", "mote", "wllama", "n_predict"} <= set(records[0])

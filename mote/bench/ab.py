@@ -33,6 +33,9 @@ def run_once(checkout: Path, bench_args: list[str]) -> dict:
         args = ["bench", *bench_args, "--repeat", "1", "--json"]
         if "--browser" in bench_args:
             args += ["--out", out]
+            bench = checkout / "mote" / "bench" / "browser.py"
+            if bench.is_file() and '"--history"' in bench.read_text():
+                args += ["--history", "none"]   # A/B rounds are not bench runs of their own
         code = f"import sys; from {cli_module(checkout)} import main; sys.exit(main(sys.argv[1:]))"
         proc = subprocess.run([sys.executable, "-c", code, *args], cwd=checkout, capture_output=True, text=True)
     report = _json_of(proc, checkout)

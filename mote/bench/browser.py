@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = Path(__file__).resolve().parent / "pages"  # the benchmark's page and its programs
 WLLAMA_DIR = ROOT / ".cache" / "wllama" / "node_modules" / "@wllama" / "wllama"
 WLLAMA_VERSION = "3.13.0"
+HISTORY = ROOT / "docs" / "bench" / "history.jsonl"  # every recorded run: a speed claim is a range over these
 # The machine's network is closed: background networking, sync, component updates and QUIC are off
 # (otherwise Chromium retries refused connections at every start). Also the tests' flags.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -104,6 +105,9 @@ def add_browser_args(parser: argparse.ArgumentParser) -> None:
     add("--repeat", type=_at_least_one, default=3, help="runs per model and engine")
     add("--ctx", type=int, default=None, help="KV cache length (default: the engine's)")
     add("--json", action="store_true", help="print the JSON report instead of the table")
+    add("--history", default=str(HISTORY),
+        help="append this run's medians and paired ratios here, and warn when a ratio falls outside "
+             "the range recorded before (default docs/bench/history.jsonl; 'none' to skip)")
 
 
 def _at_least_one(text: str) -> int:
@@ -311,6 +315,67 @@ def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: 
 
 # ---- the report --------------------------------------------------------------------------------
 
+# ---- history: every run's ratios, so that a claim is a range over all of them ----------------------
+
+def history_record(report: dict) -> dict:
+    """What the history keeps of one bench run: when, where, which versions, and per row (model file,
+    engine) the median decode tok/s and the paired ratios against each baseline."""
+    from engine import __version__
+
+    meta = report["meta"]
+    rows = []
+    for row in report["rows"]:
+        decode = (row.get("stats") or {}).get("decode_tok_s")
+        rows.append({
+            "model": row["model"], "quant": row["quant"], "file": Path(row["file"]).name, "engine": row["engine"],
+            "runs": len(row["runs"]), "decode_tok_s": decode and round(decode["median"], 3),
+            "paired": {b: {k: round(v, 4) if isinstance(v, float) else v for k, v in st.items()}
+                       for b, st in (row.get("paired") or {}).items() if st},
+        })
+    return {"date": meta["time"], "machine": meta["platform"], "browser": meta["browser"], "mote": __version__,
+            "wllama": WLLAMA_VERSION, "n_predict": meta["n_predict"], "prompts": len(meta["prompts"]), "rows": rows}
+
+
+def read_history(path: Path) -> list[dict]:
+    """The recorded runs, oldest first (lines that are not JSON records are skipped)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("rows"), list):
+            out.append(rec)
+    return out
+
+
+def check_history(record: dict, history: list[dict]) -> list[str]:
+    """Warnings for every paired ratio of `record` outside the range of the same ratio's medians in
+    `history` (same model file, engine and baseline), naming that range and its dates."""
+    seen: dict[tuple, list[tuple[float, str]]] = {}
+    for rec in history:
+        for row in rec["rows"]:
+            for base, st in (row.get("paired") or {}).items():
+                if isinstance(st, dict) and isinstance(st.get("median"), (int, float)):
+                    seen.setdefault((row.get("file"), row.get("engine"), base), []).append((st["median"], rec.get("date", "?")))
+    warnings = []
+    for row in record["rows"]:
+        for base, st in row["paired"].items():
+            past = seen.get((row["file"], row["engine"], base))
+            if not past or row["engine"] == base:
+                continue
+            low, high = min(r for r, _ in past), max(r for r, _ in past)
+            if not low <= st["median"] <= high:
+                dates = sorted(d[:10] for _, d in past)
+                warnings.append(f"{row['engine']} ÷ {base} on {row['file']}: {st['median']:.2f} today, outside "
+                                f"the {low:.2f}–{high:.2f} recorded in {len(past)} run(s) from {dates[0]} to {dates[-1]}")
+    return warnings
+
+
 def _stat(xs: list) -> dict | None:
     xs = [x for x in xs if x is not None]
     if not xs:
@@ -516,6 +581,13 @@ def _run(args) -> int:
                  f"Python {platform.python_version()}", "time": time.strftime("%Y-%m-%d %H:%M:%S")},
         "rows": summarize(rows),
     }
+    history = getattr(args, "history", None)
+    if history and history != "none":
+        record = history_record(report)
+        for warning in check_history(record, read_history(Path(history))):
+            print(f"mote bench: warning: {warning}", file=sys.stderr)
+        with open(history, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=1))
     md = markdown(report)
