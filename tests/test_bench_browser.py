@@ -234,16 +234,19 @@ def test_history_keeps_every_run_and_warns_outside_the_recorded_range(tiny, tmp_
     monkeypatch.setattr(bench, "browser_run", lambda base, chromium, kind, url, prompts, n, n_ctx, timeout_s,
                         workers=None: _fake_out(speed[workers], want))
     history = tmp_path / "history.jsonl"
-    for two_workers in (6.0, 6.4):          # ratios 1.5 and 1.6: recorded, no warning
+
+    def run(two_workers: float) -> str:
         speed[2] = two_workers
         assert bench.main(args(model, tmp_path, "--workers", "2")) == 0
-    assert "warning" not in capsys.readouterr().err
-    speed[2] = 4.4                          # 1.1: outside 1.5-1.6
-    assert bench.main(args(model, tmp_path, "--workers", "2")) == 0
-    err = capsys.readouterr().err
-    assert "warning: mote ×2 workers ÷ mote" in err and "1.10 today, outside the 1.50–1.60 recorded in 2 run(s)" in err
+        return capsys.readouterr().err
+
+    assert "warning" not in run(6.0)        # ratio 1.5: the first record
+    assert "1.60 today, outside the 1.50–1.50 recorded in 1 run(s)" in run(6.4)
+    assert "warning" not in run(6.2)        # 1.55: inside 1.5-1.6
+    err = run(4.4)                          # 1.1: outside
+    assert "warning: mote ×2 workers ÷ mote on tiny-llama.gguf: 1.10 today, outside the 1.50–1.60 " \
+           "recorded in 3 run(s)" in err
     records = [json.loads(line) for line in history.read_text().splitlines()]
-    assert len(records) == 3
     assert [next(r for r in rec["rows"] if r["engine"] == "mote ×2 workers")["paired"]["mote"]["median"]
-            for rec in records] == [1.5, 1.6, 1.1]
+            for rec in records] == [1.5, 1.6, 1.55, 1.1]
     assert {"date", "machine", "browser", "mote", "wllama", "n_predict"} <= set(records[0])
