@@ -118,7 +118,7 @@ class SafetensorsFile:
             if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
                 raise SafetensorsError(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets")
             dtype = e["dtype"]
-            if dtype not in DTYPES:
+            if not isinstance(dtype, str) or dtype not in DTYPES:
                 raise SafetensorsError(f"tensor {name!r}: dtype {dtype!r} not supported "
                                        f"(expected one of {', '.join(DTYPES)})")
             shape = e["shape"]
