@@ -51,7 +51,7 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
 
-def _whole(low: int, high: int | None = None):
+def whole_number(low: int, high: int | None = None):
     """argparse type: a whole number in [low, high], refused by argparse (one line, exit 2) otherwise."""
     def parse(text: str) -> int:
         try:
@@ -335,7 +335,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 
 def _add_load(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ctx", type=_whole(1), default=None, help="KV cache length (default: min(2048, model's))")
+    p.add_argument("--ctx", type=whole_number(1), default=None, help="KV cache length (default: min(2048, model's))")
     from engine.model import LoadPolicy
 
     p.add_argument("--dense-mb", type=_megabytes, default=None,
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("-p", "--prompt", help="text to continue")
     what.add_argument("--messages", metavar="FILE.json",
                       help='a conversation, [{"role": "user", "content": "..."}, ...], rendered with the model\'s chat template')
-    p.add_argument("-n", "--n-predict", type=_whole(1), default=128)
+    p.add_argument("-n", "--n-predict", type=whole_number(1), default=128)
     p.add_argument("--json", action="store_true")
     _add_sampling(p)
     p.set_defaults(func=cmd_generate)
@@ -380,14 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="chat in the terminal using the model's chat template (/reset, /system TEXT)")
     p.add_argument("model")
     p.add_argument("--system", default=None, help="system prompt (default: the template's own, if any)")
-    p.add_argument("-n", "--n-predict", type=_whole(1), default=512)
+    p.add_argument("-n", "--n-predict", type=whole_number(1), default=512)
     _add_sampling(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("logits", help="top logits after a prompt")
     p.add_argument("model")
     p.add_argument("-p", "--prompt", required=True)
-    p.add_argument("--top", type=_whole(1), default=20)
+    p.add_argument("--top", type=whole_number(1), default=20)
     _add_load(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_logits)
@@ -395,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed: natively, or in headless Chromium with --browser")
     p.add_argument("model", nargs="+", help="model(s); several files compare models or quantizations (--browser)")
     p.add_argument("-p", "--prompt", default=None, help="prompt (default: a fixed story opening; --browser: two fixed prompts)")
-    p.add_argument("-n", "--n-predict", type=_whole(1), default=32)
-    p.add_argument("--repeat", type=_whole(1), default=3)
+    p.add_argument("-n", "--n-predict", type=whole_number(1), default=32)
+    p.add_argument("--repeat", type=whole_number(1), default=3)
     _add_load(p)
     p.add_argument("--json", action="store_true")
     try:
@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="the dev server: chat page and model files")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_whole(1, 65535), default=8000)
+    p.add_argument("--port", type=whole_number(1, 65535), default=8000)
     p.add_argument("--models", default=None, help="folder of .gguf files to serve (default: the model cache, with the default chat model and Gemma 3 270M)")
     p.add_argument("--no-pull", action="store_true", help="do not pull the default models first")
     p.add_argument("--cors-origin", action="append", help="allow pages on this origin to use the runtime and models (repeatable)")

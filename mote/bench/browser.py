@@ -83,6 +83,8 @@ class RunFailed(Exception):
 
 def add_browser_args(parser: argparse.ArgumentParser) -> None:
     """The --browser options, added to an existing `bench` parser (skips names it already has)."""
+    from mote.cli import whole_number
+
     have = set(parser._option_string_actions)  # noqa: SLF001 - argparse has no public lookup
 
     def add(*names, **kw):
@@ -101,23 +103,13 @@ def add_browser_args(parser: argparse.ArgumentParser) -> None:
     add("--chromium", default=os.environ.get("MOTE_CHROMIUM", "/usr/bin/chromium"),
         help="Chromium executable (default /usr/bin/chromium or $MOTE_CHROMIUM)")
     add("--run-timeout", type=float, default=600.0, help="seconds allowed for one browser run")
-    add("-n", "--n-predict", type=_at_least_one, default=32, help="tokens to generate per prompt")
-    add("--repeat", type=_at_least_one, default=3, help="runs per model and engine")
+    add("-n", "--n-predict", type=whole_number(1), default=32, help="tokens to generate per prompt")
+    add("--repeat", type=whole_number(1), default=3, help="runs per model and engine")
     add("--ctx", type=int, default=None, help="KV cache length (default: the engine's)")
     add("--json", action="store_true", help="print the JSON report instead of the table")
     add("--history", default=str(HISTORY),
         help="append this run's medians and paired ratios here, and warn when a ratio falls outside "
              "the range recorded before (default docs/bench/history.jsonl; 'none' to skip)")
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} is out of range (expected 1 or more)")
-    return n
 
 
 def _worker_count(text: str) -> int:
