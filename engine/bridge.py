@@ -121,9 +121,6 @@ def runtime_info() -> dict:
     `check` is a fixed 3x4 @ 4x2 float64 product the test recomputes in CPython: it proves numpy's
     compiled core works in this runtime, not just that it imports. `chat_check` renders a fixed
     conversation through the chat template (Jinja2 when importable), compared with CPython's text.
-    `template_guard` is what the template bounds (engine/chat.py) say to three hostile templates
-    (a 2 GB string, a 2,000,000-long loop, endless recursion: each stopped at once, the last by the
-    line tracer, so it also shows sys.settrace works here) in this runtime.
     """
     import platform
 
@@ -131,14 +128,7 @@ def runtime_info() -> dict:
 
     import engine
 
-    from engine.chat import ChatTemplate, ChatTemplateError, jinja_available
-
-    def guard(source: str) -> str | None:
-        try:
-            ChatTemplate.create(source, "llama").render([{"role": "user", "content": "hi"}])
-        except ChatTemplateError as e:
-            return str(e)
-        return None
+    from engine.chat import ChatTemplate, jinja_available
 
     a = np.arange(12, dtype=np.float64).reshape(3, 4) / 7.0  # (3, 4)
     b = np.cos(np.arange(8, dtype=np.float64)).reshape(4, 2)  # (4, 2)
@@ -152,11 +142,29 @@ def runtime_info() -> dict:
         # the Gemma chat format rendered by Jinja2 when it is importable, else by the pure-Python twin
         "chat_check": ChatTemplate.create(None, "gemma3", bos_token="<bos>").render(
             [{"role": "user", "content": "Hi <b>&</b>"}]),
-        "template_guard": [guard(t) for t in (
-            "{{ ('a' * 2000000000)|length }}",
-            "{% for i in range(2000000) %}{% endfor %}",
-            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}")] if jinja_available() else None,
     })
+
+
+def template_guard() -> Any:
+    """What the chat-template bounds (engine/chat.py) say to three hostile templates in this runtime:
+    a 2 GB string, a 2,000,000-long loop, endless recursion, each stopped at once (the loop by the
+    line tracer, so it also shows sys.settrace works here). Run on request only (the page's
+    ?selfcheck, for the browser smoke test): the loop costs its 2**18 traced steps."""
+    from engine.chat import ChatTemplate, ChatTemplateError, jinja_available
+
+    def guard(source: str) -> str | None:
+        try:
+            ChatTemplate.create(source, "llama").render([{"role": "user", "content": "hi"}])
+        except ChatTemplateError as e:
+            return str(e)
+        return None
+
+    if not jinja_available():
+        return None
+    return _js({"results": [guard(t) for t in (
+        "{{ ('a' * 2000000000)|length }}",
+        "{% for i in range(2000000) %}{% endfor %}",
+        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}")]})
 
 
 def _version(dist: str) -> str | None:

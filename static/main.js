@@ -467,7 +467,8 @@ $("workers").title = `Decoding workers, each with its own Python (more memory pe
   `${fmtBytes(MIN_BYTES)} always use 1. Changing it needs a fresh Load.`;
 loadModelList().then(() => {
   startWorker(workersFor(state.selected));  // what Load will need for the first model
-  send({ type: Req.LOAD });                 // boot Python + numpy + engine while the user picks a model
+  // boot Python + numpy + engine while the user picks a model (?selfcheck: and the template bounds)
+  send({ type: Req.LOAD, ...(new URLSearchParams(location.search).has("selfcheck") ? { self_check: true } : {}) });
 });
 
 /** For tests and the console: read-only view of the page state, the current worker, the workers rule. */

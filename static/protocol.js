@@ -64,7 +64,9 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  *
  * @typedef {{role: "system"|"user"|"assistant", content: string}} ChatMessage
  *
- * @typedef {{type: "load", model?: ModelRef, n_ctx?: number}} LoadRequest
+ * @typedef {{type: "load", model?: ModelRef, n_ctx?: number, self_check?: boolean}} LoadRequest
+ *   self_check: also run engine.bridge.template_guard (the chat-template bounds in this runtime) and
+ *   report it in ready.info.template_guard (the page's ?selfcheck; the browser smoke test)
  * @typedef {{type: "generate", id: number, messages?: ChatMessage[], prompt?: string,
  *            params?: SamplingSettings}} GenerateRequest
  * @typedef {{type: "abort", id?: number}} AbortRequest

@@ -120,6 +120,10 @@ async function handleLoad(msg) {
     throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "runtime" });
   }
   const info = runtimeInfo.toJs ? runtimeInfo.toJs({ dict_converter: Object.fromEntries }) : runtimeInfo;
+  if (msg.self_check && info.template_guard === undefined) {   // on request only: it costs a few hundred ms
+    const guard = bridge.template_guard();
+    info.template_guard = guard ? guard.results : null;
+  }
   if (!msg.model) {
     post({ type: Ev.READY, info, timings: { ...timings } });
     return;

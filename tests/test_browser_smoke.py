@@ -36,7 +36,7 @@ def test_page_boots_runtime_numpy_engine(base_url):
         logs: list[str] = []
         page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
         page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
-        page.goto(base_url + "/")
+        page.goto(base_url + "/?selfcheck")
         try:
             page.wait_for_function("() => window.moteApp && (window.moteApp.state.runtime || window.moteApp.state.lastError)",
                                    timeout=120_000)

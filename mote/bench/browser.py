@@ -443,7 +443,35 @@ def markdown(report: dict) -> str:
               "same round, median (min–max). "
               f"{meta['browser']}; {meta['platform']}.",
               "peak RSS: the tab's renderer process (browser) or this Python process (cpython)."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + stages_markdown(report)
+
+
+STAGE_NOTES = {  # what each of the page's load timings covers (static/worker.js, static/parallel.js)
+    "runtime": "Pyodide fetched, WASM compiled, Python started (N workers: all booting at once)",
+    "boot_per_worker": "the slowest worker's whole boot",
+    "numpy": "numpy wheel loaded and imported", "engine": "engine wheel loaded and imported",
+    "weights": "model bytes in: Cache API or download, into WASM memory, sha256 checked",
+    "hash": "sha256 of the file (shard 0, Python hashlib)",
+    "leader_write": "shard 0 copying every block in and hashing it", "model": "GGUF parsed, weights prepared",
+}
+
+
+def stages_markdown(report: dict) -> str:
+    """Where a Mote row's load seconds go: the median of each of the worker's timings over its runs."""
+    lines = []
+    for row in report["rows"]:
+        timed = [r["timings"] for r in row["runs"] if isinstance(r.get("timings"), dict)]
+        if not row["engine"].startswith("mote") or not timed:
+            continue
+        if not lines:
+            lines = ["", "Where the load seconds go (median over the runs; stages overlap where noted):", "",
+                     "| model | engine | stage | seconds | what |", "|---|---|---|---|---|"]
+        for key in dict.fromkeys(k for t in timed for k in t):
+            values = [t[key] for t in timed if isinstance(t.get(key), (int, float))]
+            if values:
+                lines.append(f"| {row['model']} {row['quant'] or ''} | {row['engine']} | {key} | "
+                             f"{statistics.median(values):.2f} | {STAGE_NOTES.get(key, '')} |")
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def chart(report: dict, path: Path) -> Path | None:
