@@ -64,14 +64,19 @@ sw.addEventListener("fetch", (event) => {
   if (url.pathname.startsWith("/models/") || url.pathname.startsWith("/__mote_models__/")) return;
   event.respondWith((async () => {
     const cache = await caches.open(SHELL_CACHE);
+    let r;
     try {
-      const r = await fetch(req);
-      if (r.ok && r.status === 200) await cache.put(req, r.clone());
-      return r;
-    } catch (e) {
+      r = await fetch(req);
+    } catch (e) {                                        // offline: the cached copy, if any
       const hit = await cache.match(req, { ignoreSearch: true });
       if (hit) return hit;
       throw e;
     }
+    // Refreshing the offline copy must never cost the answer: a full storage quota only means no
+    // offline copy (the response goes out either way).
+    if (r.ok && r.status === 200) {
+      event.waitUntil(cache.put(req, r.clone()).catch((e) => console.warn("sw: could not cache", url.pathname, e)));
+    }
+    return r;
   })());
 });
