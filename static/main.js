@@ -44,6 +44,7 @@ const state = {
    *          prefill_tok_s: number, decode_tok_s: number, reason: string}[]} */ turns: [],
   /** @type {string|null} */ lastError: null,
   cached: false,
+  /** @type {string|null} */ storeFailed: null,           // why the model could not be kept for offline use
   /** @type {any} */ memory: null,                         // worker memory at the last ready/done
   generating: false,
   loading: false,                                          // a model load is in flight
@@ -271,6 +272,7 @@ function onWorkerMessage(/** @type {MessageEvent} */ event) {
         if (state.stages[s] !== "done") setStage(s, "done");
       }
       setStage(p.stage, p.phase === "done" ? "done" : "active");
+      if (p.phase === "store-failed") state.storeFailed = p.message || "the browser refused to store it";
       if (p.seconds !== undefined) state.timings[p.stage] = p.seconds;
       const bar = $("load-progress");
       if (p.total) {
@@ -301,7 +303,8 @@ function onWorkerMessage(/** @type {MessageEvent} */ event) {
         $("load-progress").hidden = true;
         $("load-detail").textContent =
           `${r.model.name || state.selected?.name || "model"} loaded ${r.cached ? "from the offline cache" : "from the network"}` +
-          (r.timings.weights !== undefined ? ` (${r.timings.weights.toFixed(1)} s fetch, ${(r.timings.model || 0).toFixed(1)} s load)` : "");
+          (r.timings.weights !== undefined ? ` (${r.timings.weights.toFixed(1)} s fetch, ${(r.timings.model || 0).toFixed(1)} s load)` : "") +
+          (state.storeFailed ? `. It runs for this visit but is not stored for offline use (${state.storeFailed}).` : "");
         $("prompt").placeholder = KIND[state.selected?.kind]?.placeholder ?? "Ask something…";
         setBusy(false);
         $("prompt").focus();
@@ -377,6 +380,7 @@ $("load-btn").addEventListener("click", () => {
   if (!state.selected) return;
   state.model = null;
   state.lastError = null;                           // lastError belongs to the latest request
+  state.storeFailed = null;
   const n = workersFor(state.selected);
   if (n !== state.workers) startWorker(n);         // e.g. a small or atome model on a multi-worker setting
   state.loading = true;

@@ -74,7 +74,7 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  * @typedef {LoadRequest | GenerateRequest | AbortRequest | ResetRequest} Request
  *
  * @typedef {{type: "progress", stage: "runtime"|"numpy"|"engine"|"weights", phase?: string,
- *            loaded?: number, total?: number, seconds?: number}} ProgressEvent
+ *            loaded?: number, total?: number, seconds?: number, message?: string}} ProgressEvent
  *   phase for weights: "cache" (reading the Cache API), "download", "verify", "cache-corrupt",
  *   "store", "store-failed", "parse"
  * @typedef {{wasm_bytes: number|null, js_heap_bytes: number|null}} MemoryStats

@@ -602,6 +602,53 @@ def test_one_worker_reads_the_copy_two_workers_stored(two_tab, site, golden):
 
 # ---- failed downloads: an error in the page, nothing cached --------------------------------------
 
+def test_storage_quota_full_runs_the_model_and_says_it_is_not_offline(browser, site, golden):
+    """The origin's storage quota (CDP) smaller than the model: the store fails, the model still
+    answers for this visit, and the page says it is not kept for offline use."""
+    base_url, _ = site
+    page, context, logs = phone_tab(browser, cores(1))
+    try:
+        cdp = context.new_cdp_session(page)
+        cdp.send("Storage.overrideQuotaForOrigin", {"origin": base_url, "quotaSize": 4096})
+        open_page(page, base_url)
+        ready = load_model(page, tg.FILE_NAME)
+        assert ready["type"] == "ready" and ready["cached"] is False, (ready, logs)
+        assert "store-failed" in ready["phases"]
+        assert "not stored for offline use" in page.locator("#load-detail").inner_text()
+        assert model_cache_keys(page) == []
+        assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
+    finally:
+        context.close()
+
+
+def test_two_tabs_loading_the_same_model_at_once_share_one_copy(browser, site, golden):
+    """Two tabs of one browser profile press Load together: both answer, and the Cache API holds one
+    verified copy (the key is the sha256), readable by a third load."""
+    base_url, data = site
+    context = browser.new_context(viewport=PHONE)
+    for script in (cores(1), RECORDER):
+        context.add_init_script(script)
+    try:
+        pages = [context.new_page() for _ in range(2)]
+        for page in pages:
+            open_page(page, base_url)
+            select_model(page, tg.FILE_NAME)
+        for page in pages:                                 # both loads in flight at once
+            page.click("#load-btn")
+        for page in pages:
+            page.wait_for_function("() => window.moteApp.state.model || window.moteApp.state.lastError",
+                                   timeout=60_000)
+            assert page.evaluate("() => window.moteApp.state.lastError") is None
+            assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
+        assert model_cache_keys(pages[0]) == [stored_entry(base_url, data)["key"]]
+        assert cached_model(pages[0]) == stored_entry(base_url, data)
+        third = context.new_page()
+        open_page(third, base_url)
+        assert load_model(third, tg.FILE_NAME)["cached"] is True
+    finally:
+        context.close()
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_failed_downloads_show_error_and_cache_nothing(browser, site, golden, workers):
     """On one worker (static/worker.js) and on two (static/parallel.js, which streams the file into
