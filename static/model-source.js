@@ -9,6 +9,7 @@
  *   1. a cached copy: streamed into the sink, and its sha256 compared; a bad or unreadable copy is
  *      deleted (progress "cache-corrupt") and the file downloaded instead;
  *   2. a download (status and Content-Length checked), streamed into the sink, its sha256 compared;
+ *      a download cut short resumes with HTTP Range from the bytes received (progress "resume");
  *   3. only a verified download is stored: by the sink itself (sink.store: worker.js streams views
  *      of its WASM copy), or else written into the cache while it streams and committed only once
  *      verified (the coordinator never holds the whole file).
@@ -72,11 +73,11 @@ export async function loadVerified(model, sink, progress) {
     await dropModel(model);
     progress({ phase: "cache-corrupt", loaded: 0, total: size });
   }
-  const body = await fetchModel(model);
+  const { body, etag } = await fetchModel(model);
   const canStore = typeof caches !== "undefined";
   const tee = canStore && !sink.store ? new CacheWriter(model) : null;
   try {
-    await pump(body, model, sink, "download", model.url, tee, progress);
+    await pump(body, model, sink, "download", model.url, tee, progress, (from) => resumeModel(model, from, etag));
     progress({ phase: "verify", loaded: size, total: size });
     const got = await sink.sha256();
     if (got !== model.sha256) throw new Error(`${model.url}: sha256 ${got} does not match the expected ${model.sha256}`);
@@ -96,15 +97,51 @@ export async function loadVerified(model, sink, progress) {
   return { cached: false };
 }
 
+/** Times a download cut short is resumed (HTTP Range from the bytes already received) before giving up. */
+const RESUMES = 3;
+
 /**
  * Stream `body` (exactly model.size bytes, else throws) into `sink` (and `tee`), posting `phase`
- * progress. `what` names the source in error messages.
+ * progress. `what` names the source in error messages. With `resume`, a body that fails or ends
+ * early is continued from the bytes already received (`resume(loaded)` -> the rest of the file),
+ * up to RESUMES times: the sink keeps what it has (and keeps hashing), so the whole file is still
+ * verified once at the end.
  * @param {ReadableStream<Uint8Array>} body @param {import("./protocol.js").ModelRef} model @param {Sink} sink
  * @param {string} phase @param {string} what @param {CacheWriter|null} tee @param {(p: any) => void} progress
+ * @param {((from: number) => Promise<ReadableStream<Uint8Array>>)|null} [resume]
  */
-async function pump(body, model, sink, phase, what, tee, progress) {
+async function pump(body, model, sink, phase, what, tee, progress, resume = null) {
   const size = model.size;
   await sink.begin();
+  const at = { loaded: 0 };                              // bytes written to the sink so far
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await pumpBody(body, size, at, sink, phase, what, tee, progress);
+      break;
+    } catch (e) {
+      const loaded = at.loaded;
+      if (!resume || !/** @type {any} */ (e)?.resumable || loaded >= size) throw e;
+      const first = /** @type {any} */ (e).message;
+      if (attempt >= RESUMES) throw new Error(`${first} (gave up after ${RESUMES} resumed requests)`);
+      progress({ phase: "resume", loaded, total: size });
+      try {
+        body = await resume(loaded);
+      } catch (r) {
+        throw new Error(`${first}; resuming from byte ${loaded} failed: ${/** @type {any} */ (r)?.message || r}`);
+      }
+    }
+  }
+  progress({ phase, loaded: at.loaded, total: size });
+  await sink.end();
+}
+
+/**
+ * One body's bytes into the sink, from file offset `at.loaded` (advanced as they are written).
+ * Throws an error marked `resumable` when the body fails or ends before the file does.
+ * @param {ReadableStream<Uint8Array>} body @param {number} size @param {{loaded: number}} at @param {Sink} sink
+ * @param {string} phase @param {string} what @param {CacheWriter|null} tee @param {(p: any) => void} progress
+ */
+async function pumpBody(body, size, at, sink, phase, what, tee, progress) {
   // Without a tee nothing keeps a chunk after write(), so a BYOB reader refills one scratch buffer
   // and reading leaves no garbage behind (a default reader allocates every chunk: the file's size
   // in ArrayBuffers awaiting GC).
@@ -117,7 +154,7 @@ async function pump(body, model, sink, phase, what, tee, progress) {
   } catch {
     reader = body.getReader();                           // not a byte stream, or teed: default chunks
   }
-  let loaded = 0, lastPost = 0;
+  let lastPost = 0;
   try {
     for (;;) {
       let step;
@@ -125,21 +162,22 @@ async function pump(body, model, sink, phase, what, tee, progress) {
         step = scratch ? await /** @type {ReadableStreamBYOBReader} */ (reader).read(new Uint8Array(scratch))
                        : await /** @type {ReadableStreamDefaultReader<Uint8Array>} */ (reader).read();
       } catch (e) {                                      // a cut connection surfaces as a TypeError here
-        throw new Error(`${what}: download failed after a partial response (${/** @type {any} */ (e)?.message || e})`);
+        throw Object.assign(new Error(`${what}: download failed after a partial response ` +
+                                      `(${/** @type {any} */ (e)?.message || e})`), { resumable: true });
       }
       const { done, value } = step;
       if (done || !value) break;
       if (scratch) scratch = /** @type {ArrayBuffer} */ (value.buffer);   // the scratch comes back, transferred
-      if (loaded + value.length > size) throw new Error(`${what}: more than the expected ${size} bytes`);
-      loaded += value.length;
+      if (at.loaded + value.length > size) throw new Error(`${what}: more than the expected ${size} bytes`);
       if (tee) await tee.write(value);
       await sink.write(value, tee ? tee.queued() : 0);
+      at.loaded += value.length;
       const now = performance.now();
-      if (now - lastPost > PROGRESS_MS) { progress({ phase, loaded, total: size }); lastPost = now; }
+      if (now - lastPost > PROGRESS_MS) { progress({ phase, loaded: at.loaded, total: size }); lastPost = now; }
     }
-    progress({ phase, loaded, total: size });
-    if (loaded !== size) throw new Error(`${what}: download truncated at ${loaded} of ${size} bytes`);
-    await sink.end();
+    if (at.loaded !== size) {
+      throw Object.assign(new Error(`${what}: download truncated at ${at.loaded} of ${size} bytes`), { resumable: true });
+    }
   } catch (e) {
     reader.cancel().catch(() => {});
     throw e;
@@ -207,6 +245,27 @@ async function fetchModel(model) {
     throw new Error(`${model.url}: Content-Length ${declared} but /models says ${model.size} bytes`);
   }
   if (!r.body) throw new Error(`${model.url}: empty response body`);
+  const etag = r.headers.get("ETag");
+  return { body: r.body, etag: etag && !etag.startsWith("W/") ? etag : null };
+}
+
+/**
+ * The rest of the model file from byte `from` (a download cut short): a 206 whose Content-Range
+ * starts there and ends at the file's end; If-Range pins it to the version first sent (a server
+ * whose file changed answers 200, refused here: the bytes already received would not match).
+ * @param {import("./protocol.js").ModelRef} model @param {number} from @param {string|null} etag
+ * @returns {Promise<ReadableStream<Uint8Array>>}
+ */
+async function resumeModel(model, from, etag) {
+  /** @type {Record<string, string>} */ const headers = { Range: `bytes=${from}-` };
+  if (etag) headers["If-Range"] = etag;
+  const r = await fetch(new URL(model.url, self.location.href), { cache: "no-store", headers });
+  const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(r.headers.get("Content-Range") || "");
+  if (r.status !== 206 || !range || Number(range[1]) !== from || Number(range[2]) !== model.size - 1 ||
+      Number(range[3]) !== model.size || !r.body) {
+    r.body?.cancel().catch(() => {});
+    throw new Error(`the server answered HTTP ${r.status}${range ? ` ${range[0]}` : ""}, not the rest of the file (no Range support?)`);
+  }
   return r.body;
 }
 

@@ -75,7 +75,8 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  *
  * @typedef {{type: "progress", stage: "runtime"|"numpy"|"engine"|"weights", phase?: string,
  *            loaded?: number, total?: number, seconds?: number, message?: string}} ProgressEvent
- *   phase for weights: "cache" (reading the Cache API), "download", "verify", "cache-corrupt",
+ *   phase for weights: "cache" (reading the Cache API), "download", "resume" (a download cut short,
+ *   continued with HTTP Range from `loaded`), "verify", "cache-corrupt",
  *   "store", "store-failed", "parse"
  * @typedef {{wasm_bytes: number|null, js_heap_bytes: number|null}} MemoryStats
  * @typedef {{type: "ready", info: Object, model?: Object, timings: Object<string, number>,

@@ -34,6 +34,7 @@ from tests.browser_util import WorkerHeap, chromium, ensure_static_built, render
 pytestmark = pytest.mark.browser
 
 PHONE = {"width": 390, "height": 844}
+RANGE_STARTS: list[tuple[int, int]] = []   # (percent, first byte asked for) of the /flaky/ route's Range requests
 SCREENSHOT = "/tmp/mote-phone.png"
 
 # Before any page script: record every worker event (type, stage, phase) and every text #speed shows.
@@ -192,6 +193,7 @@ def site(tmp_path_factory, golden):
     """The dev server with the tiny golden model, a tiny gemma3 (licence notice) and broken routes."""
     pytest.importorskip("fastapi")
     pytest.importorskip("gguf")
+    from fastapi import Header
     from fastapi.responses import Response, StreamingResponse
 
     from tests.tiny_models import write_tiny
@@ -214,6 +216,25 @@ def site(tmp_path_factory, golden):
     def connection_cut():  # promises every byte, closes the connection after half of them
         return StreamingResponse(iter([data[: len(data) // 2]]), media_type=octet,
                                  headers={"Content-Length": str(len(data))})
+
+    @app.get("/flaky/{percent}/model.gguf")
+    def flaky(percent: int, range: str | None = Header(None), if_range: str | None = Header(None)):
+        """A whole-file GET breaks off after `percent` % of the bytes; a Range request gets the rest."""
+        etag = f'"{hashlib.sha256(data).hexdigest()}"'
+        wanted = range
+        if wanted:
+            if (if_range or etag) != etag:
+                return Response(data, media_type=octet, headers={"ETag": etag})
+            start = int(wanted.removeprefix("bytes=").split("-")[0])
+            RANGE_STARTS.append((percent, start))
+            return Response(data[start:], status_code=206, media_type=octet, headers={
+                "ETag": etag, "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
+        cut = len(data) * percent // 100
+
+        def body():
+            yield data[:cut]
+            raise ConnectionResetError("cut")       # the connection drops mid-body
+        return StreamingResponse(body(), media_type=octet, headers={"Content-Length": str(len(data)), "ETag": etag})
 
     @app.get("/broken/wrong-bytes.gguf")
     def wrong_bytes():     # full length, one byte changed: only the sha256 can tell
@@ -650,6 +671,48 @@ def test_two_tabs_loading_the_same_model_at_once_share_one_copy(browser, site, g
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+def test_downloads_cut_short_resume_with_range(browser, site, golden, workers):
+    """The connection drops at 10 %, 50 % and 99 % of the download: the load goes on with an HTTP
+    Range request from the bytes received, the whole file is verified, stored once, and answers."""
+    base_url, data = site
+    context = browser.new_context(viewport=PHONE, service_workers="block")  # so page.route sees /models
+    context.add_init_script(cores(workers))
+    context.add_init_script(RECORDER)
+    page = context.new_page()
+
+    def list_flaky_models(route):
+        response = route.fetch()
+        models = response.json()
+        good = next(m for m in models if m["file"] == tg.FILE_NAME)
+        for percent in (10, 50, 99):
+            models.append({**good, "name": f"flaky-{percent}", "file": f"flaky-{percent}.gguf",
+                           "url": f"/flaky/{percent}/model.gguf"})
+        route.fulfill(response=response, json=models)
+
+    page.route("**/models", list_flaky_models)
+    try:
+        RANGE_STARTS.clear()
+        for percent in (10, 50, 99):
+            open_page(page, base_url, "?minParallelBytes=0")       # fresh workers: nothing in memory
+            page.evaluate("() => caches.delete('mote-models-v1')")
+            ready = load_model(page, f"flaky-{percent}.gguf")
+            assert ready["type"] == "ready" and ready["cached"] is False, (percent, ready.get("message"), ready)
+            phases = ready["phases"]
+            # (the bytes before the cut may or may not reach the page before the error: "download"
+            # progress can come before or only after the resume)
+            assert "download" in phases and phases.index("resume") < phases.index("verify"), phases
+            assert page.evaluate("() => window.moteApp.state.model.workers ?? 1") == workers
+            assert chat(page, golden["messages"][0]["content"], 4)["token_ids"] == golden["tokens"][:4]
+            assert cached_model(page) == stored_entry(base_url, data)
+        # each cut was resumed by a Range request; where bytes before the cut reached the page, from there
+        assert {p for p, _ in RANGE_STARTS} == {10, 50, 99}
+        assert all(0 <= start <= len(data) * p // 100 for p, start in RANGE_STARTS)
+        assert any(start > 0 for _, start in RANGE_STARTS), RANGE_STARTS
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
 def test_failed_downloads_show_error_and_cache_nothing(browser, site, golden, workers):
     """On one worker (static/worker.js) and on two (static/parallel.js, which streams the file into
     the shard workers and verifies it there): each broken download is an error, nothing cached."""
@@ -674,6 +737,7 @@ def test_failed_downloads_show_error_and_cache_nothing(browser, site, golden, wo
     try:
         open_page(page, base_url, "?minParallelBytes=0")
         assert page.evaluate("() => window.moteApp.state.workers") == workers
+        # (the broken routes do not answer Range: the resume is refused, and the first failure is named)
         expected = {"missing.gguf": "HTTP 404", "chunked-short.gguf": f"truncated at {len(data) // 2} of {len(data)}",
                     "connection-cut.gguf": "download failed after a partial response", "wrong-bytes.gguf": "sha256"}
         for i, (file, words) in enumerate(expected.items()):
