@@ -51,6 +51,7 @@ const state = {
   nextId: 1,
   bootMs: 0,
   workers: 1,                                              // workers of the current worker object
+  stoppedCount: 0,                                         // workers replaced after they failed
 };
 
 const WORKERS_KEY = "mote.workers";
@@ -347,6 +348,7 @@ function onWorkerMessage(/** @type {MessageEvent} */ event) {
     case Ev.ERROR: {
       const e = /** @type {import("./protocol.js").ErrorEvent} */ (ev);
       state.lastError = e.message;
+      if (e.fatal) { workerStopped(e.message); break; }
       if (e.id === undefined) state.loading = false;     // a load's error (generate errors carry an id)
       if (e.stage) setStage(e.stage, "failed");
       if (streamingEl) dropStreaming();
@@ -360,7 +362,27 @@ function onWorkerMessage(/** @type {MessageEvent} */ event) {
 
 function onWorkerError(/** @type {ErrorEvent} */ e) {
   state.lastError = e.message || "the worker failed to start";
-  addMessage("error", `Worker error: ${state.lastError}`);
+  if (!state.runtime) {                              // it never booted: say so, no restart loop
+    addMessage("error", `Worker error: ${state.lastError}`);
+    return;
+  }
+  workerStopped(state.lastError);
+}
+
+/**
+ * The worker failed in a way that leaves it unusable (an uncaught error, or Python's runtime
+ * fatally broken, e.g. out of memory): say what happened, start a fresh worker so the page stays
+ * usable, and ask for the model to be loaded again.
+ * @param {string} what
+ */
+function workerStopped(what) {
+  const hadModel = !!state.model || state.loading;
+  if (streamingEl) dropStreaming();
+  state.stoppedCount++;
+  addMessage("error", `The worker stopped: ${what}. A fresh one is starting` +
+             (hadModel ? "; press Load to load the model again." : "."));
+  startWorker(state.workers);
+  send({ type: Req.LOAD });
 }
 
 // ---- user actions -----------------------------------------------------------------------------

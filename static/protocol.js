@@ -85,7 +85,9 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  * @typedef {{type: "done", id: number, reason: "eos"|"stop"|"length"|"abort", text: string,
  *            full_text: string, n_prompt: number, n_reused: number, n_generated: number, prefill_tok_s: number,
  *            decode_tok_s: number, token_ids: number[], memory?: MemoryStats}} DoneEvent
- * @typedef {{type: "error", id?: number, stage?: string, message: string, unsplittable?: boolean}} ErrorEvent
+ * @typedef {{type: "error", id?: number, stage?: string, message: string, unsplittable?: boolean,
+ *            fatal?: boolean}} ErrorEvent
+ *   fatal: the worker's Python runtime is broken (e.g. out of memory): the page starts a fresh worker
  *   unsplittable: several workers were asked for, but engine/shard.py cannot split this model
  *   (its architecture): it must be loaded on one worker (static/mote-embed.js does)
  * @typedef {ProgressEvent | ReadyEvent | TokenEvent | DoneEvent | ErrorEvent} WorkerEvent

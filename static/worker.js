@@ -208,6 +208,9 @@ self.addEventListener("message", async (event) => {
     else await handleGenerate(/** @type {any} */ (msg));
   } catch (e) {
     const err = /** @type {any} */ (e);
-    post({ type: Ev.ERROR, id: /** @type {any} */ (msg).id, stage: err?.stage, message: String(err?.message || err) });
+    const message = String(err?.message || err);
+    // Pyodide's runtime is unusable after a fatal error (e.g. out of memory): the page starts a fresh worker
+    const fatal = /Pyodide (has suffered a fatal error|already fatally failed)/.test(message);
+    post({ type: Ev.ERROR, id: /** @type {any} */ (msg).id, stage: err?.stage, message, ...(fatal ? { fatal } : {}) });
   }
 });

@@ -432,6 +432,24 @@ def test_hostile_markdown_renders_as_text(tab):
         assert needle in shown["text"]
 
 
+def test_a_worker_that_fails_is_replaced_and_the_page_goes_on(tab, site, golden):
+    """An uncaught error inside the worker: the page says the worker stopped, starts a fresh one
+    (the old one is not trusted), and Load and chat work again."""
+    page, _, _ = tab
+    before = page.evaluate("() => window.moteApp.state.stoppedCount")
+    (worker,) = [w for w in page.workers if w.url.endswith("/worker.js")]
+    worker.evaluate("setTimeout(() => { throw new Error('simulated crash'); })")
+    page.wait_for_function(f"() => window.moteApp.state.stoppedCount === {before + 1} && window.moteApp.state.runtime",
+                           timeout=60_000)
+    shown = page.locator(".msg.error").last.inner_text()
+    assert "The worker stopped" in shown and "simulated crash" in shown and "press Load" in shown, shown
+    assert page.evaluate("() => window.moteApp.state.model") is None
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready", ready
+    assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
+    page.click("#clear-btn")
+
+
 def test_reload_reads_the_cached_model(tab, site, golden):
     page, _, _ = tab
     boot_s = open_page(page, site[0])
