@@ -14,6 +14,7 @@ over the baseline's run of the same round, so a machine that speeds up or slows 
     init_s       runtime boot + model load (Mote: Pyodide, numpy, engine wheels, GGUF parse)
     ttft_s       request -> first token (prefill included)
     prefill / decode tok/s   as each engine reports them (Mote's done event, llama.cpp's timings)
+    tok/s at the page        Mote: the rate token events reached the page (each token's trip included)
     wasm_mb      Mote: the worker's WASM linear memory (it never shrinks: its size is the peak)
     js_heap_mb   JS heap of the page and its workers (CDP Runtime.getHeapUsage), after the run
     peak_rss_mb  the tab's renderer process peak resident memory (Linux /proc VmHWM): both engines
@@ -378,6 +379,7 @@ def _stat(xs: list) -> dict | None:
 COLUMNS = [  # (key, header, format)
     ("download_s", "download s", "{:.2f}"), ("init_s", "init s", "{:.2f}"), ("ttft_s", "TTFT s", "{:.3f}"),
     ("prefill_tok_s", "prefill tok/s", "{:.1f}"), ("decode_tok_s", "decode tok/s", "{:.1f}"),
+    ("page_tok_s", "tok/s at the page", "{:.1f}"),
     ("wasm_mb", "WASM MB", "{:.0f}"), ("js_heap_mb", "JS heap MB", "{:.0f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
 ]
 
@@ -628,6 +630,7 @@ def _per_prompt_summary(per: list[dict]) -> dict:
     return {"ttft_s": mean([r["ttft_s"] for r in per if r["ttft_s"] is not None]),
             "prefill_tok_s": mean([r["prefill_tok_s"] for r in per if r["prefill_tok_s"]]),
             "decode_tok_s": mean([r["decode_tok_s"] for r in per if r["decode_tok_s"]]),
+            "page_tok_s": mean([r["page_tok_s"] for r in per if r.get("page_tok_s")]),
             "n_generated": sum(r["n_generated"] for r in per)}
 
 

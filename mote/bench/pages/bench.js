@@ -10,7 +10,8 @@
  *   wllama(url, prompts, n, nCtx)            wllama (llama.cpp in WebAssembly), see wllama.js
  *
  * Each returns plain JSON for Playwright. Timings come from the protocol's events: ttft_s is request
- * -> first token event; prefill / decode tok/s are the engine's own (the done event).
+ * -> first token event; prefill / decode tok/s are the engine's own (the done event); page_tok_s is
+ * the rate at which token events reached this page.
  */
 import { Ev, Req } from "/static/protocol.js";
 import { ParallelWorker } from "/static/parallel.js";
@@ -28,20 +29,35 @@ async function mote(url, prompts, n, nCtx) {
   const runs = [];
   for (const prompt of prompts) {
     const ts = performance.now();
-    let first = null;
+    const seen = arrivals();
     for await (const ev of m.events({ prompt }, { temperature: 0, max_tokens: n })) {
-      if (ev.type === Ev.TOKEN && first === null) first = performance.now();
+      if (ev.type === Ev.TOKEN) seen.token();
     }
-    runs.push(runRecord(m.last, ts, first));
+    runs.push(runRecord(m.last, ts, seen));
   }
   return { download_s: t.weights, init_s: (t.runtime || 0) + (t.numpy || 0) + (t.engine || 0) + (t.model || 0),
            timings: t, runs, memory: m.memory };
 }
 
-/** One prompt's numbers from its done event. @param {any} d @param {number} ts @param {number|null} first */
-function runRecord(d, ts, first) {
-  return { ttft_s: first === null ? null : (first - ts) / 1000, token_ids: d.token_ids, text: d.full_text,
-           prefill_tok_s: d.prefill_tok_s, decode_tok_s: d.decode_tok_s, n_prompt: d.n_prompt, n_generated: d.n_generated };
+/** When token events reach the page: the first, the last, how many. */
+function arrivals() {
+  return {
+    first: /** @type {number|null} */ (null), last: 0, count: 0,
+    token() { const now = performance.now(); if (this.first === null) this.first = now; this.last = now; this.count++; },
+  };
+}
+
+/**
+ * One prompt's numbers from its done event, and page_tok_s: the rate at which tokens reached the
+ * page (token events after the first, over the time from the first to the last), beside the
+ * engine's own decode_tok_s, which leaves out each token's trip to the page.
+ * @param {any} d @param {number} ts @param {ReturnType<typeof arrivals>} seen
+ */
+function runRecord(d, ts, seen) {
+  const span = seen.first === null ? 0 : (seen.last - seen.first) / 1000;
+  return { ttft_s: seen.first === null ? null : (seen.first - ts) / 1000, token_ids: d.token_ids, text: d.full_text,
+           prefill_tok_s: d.prefill_tok_s, decode_tok_s: d.decode_tok_s, n_prompt: d.n_prompt, n_generated: d.n_generated,
+           page_tok_s: seen.count > 1 && span > 0 ? (seen.count - 1) / span : null };
 }
 
 /**
@@ -86,10 +102,10 @@ async function parallel(url, prompts, n, nCtx, workers) {
     let id = 0;
     for (const prompt of prompts) {
       const ts = performance.now();
-      let first = /** @type {number|null} */ (null);
+      const seen = arrivals();
       const d = await send({ type: Req.GENERATE, id: ++id, prompt, params: { temperature: 0, max_tokens: n } }, Ev.DONE,
-                           () => { if (first === null) first = performance.now(); });
-      runs.push(runRecord(d, ts, first));
+                           () => seen.token());
+      runs.push(runRecord(d, ts, seen));
     }
     const perWorker = (await w.stats()).map((s) => s.memory.wasm_bytes || 0);
     /** @type {any} */ (window).moteBenchWorkers = w;     // alive, like plain Mote's worker, for the JS heap reading
