@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from typing import Any
 
 from .model import LoadPolicy
@@ -224,6 +225,19 @@ class JsGeneration:
 
     def step(self) -> Any:
         return _js(self.gen.step())
+
+    def steps(self, budget_ms: float) -> Any:
+        """Several events at once: step() until done or `budget_ms` have passed (at least one step).
+        One crossing into JS per batch instead of one per token; [] when finished."""
+        out: list[dict] = []
+        deadline = time.perf_counter() + budget_ms / 1000
+        while (ev := self.gen.step()) is not None:
+            out.append(ev)
+            if ev["type"] == "done" or time.perf_counter() >= deadline:
+                break
+        if IN_PYODIDE:  # pragma: no cover
+            return to_js(out, dict_converter=js.Object.fromEntries)
+        return out
 
     def __getattr__(self, name: str) -> Any:  # need, provide, abort, close, reused, ...: the Generation's own
         return getattr(self.gen, name)

@@ -157,3 +157,18 @@ def test_prompt_longer_than_the_context_is_refused_before_any_work(tmp_path):
     assert n_prompt < 64
     done = drive(bridge.start_generation({"prompt": "word " * 4, "params": {"temperature": 0, "max_tokens": 500}}))[-1]
     assert done["reason"] == "length" and n_prompt + done["n_generated"] <= 64 + 1
+
+
+def test_steps_batches_the_same_events_as_step(tiny_bytes):
+    """steps(budget_ms): the events step() gives, several per call (at least one), ending at done."""
+    bridge.load_model(tiny_bytes)
+    one_by_one = drive(bridge.start_generation({"prompt": "The cat", "params": GREEDY}))
+    bridge.reset()
+    gen = bridge.start_generation({"prompt": "The cat", "params": GREEDY})
+    assert len(gen.steps(0)) == 1                  # a zero budget: exactly one step per call
+    batched = [one_by_one[0]]
+    while batch := gen.steps(1000):
+        batched += batch
+    assert batched[-1]["type"] == "done" and len(batched) == len(one_by_one)
+    strip = lambda evs: [{k: v for k, v in e.items() if not k.endswith("tok_s")} for e in evs]  # noqa: E731
+    assert strip(batched) == strip(one_by_one)
