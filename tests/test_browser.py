@@ -688,26 +688,31 @@ def test_two_tabs_loading_the_same_model_at_once_share_one_copy(browser, site, g
         context.close()
 
 
+def tab_listing(browser, workers: int, extra):
+    """A phone-sized tab on `workers` cores whose GET /models also lists extra(golden entry) -> entries
+    (service workers blocked, so page.route sees /models): (page, context); the caller closes it."""
+    context = browser.new_context(viewport=PHONE, service_workers="block")
+    context.add_init_script(cores(workers))
+    context.add_init_script(RECORDER)
+    page = context.new_page()
+
+    def listing(route):
+        response = route.fetch()
+        models = response.json()
+        models += extra(next(m for m in models if m["file"] == tg.FILE_NAME))
+        route.fulfill(response=response, json=models)
+
+    page.route("**/models", listing)
+    return page, context
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_downloads_cut_short_resume_with_range(browser, site, golden, workers):
     """The connection drops at 10 %, 50 % and 99 % of the download: the load goes on with an HTTP
     Range request from the bytes received, the whole file is verified, stored once, and answers."""
     base_url, data = site
-    context = browser.new_context(viewport=PHONE, service_workers="block")  # so page.route sees /models
-    context.add_init_script(cores(workers))
-    context.add_init_script(RECORDER)
-    page = context.new_page()
-
-    def list_flaky_models(route):
-        response = route.fetch()
-        models = response.json()
-        good = next(m for m in models if m["file"] == tg.FILE_NAME)
-        for percent in (10, 50, 99):
-            models.append({**good, "name": f"flaky-{percent}", "file": f"flaky-{percent}.gguf",
-                           "url": f"/flaky/{percent}/model.gguf"})
-        route.fulfill(response=response, json=models)
-
-    page.route("**/models", list_flaky_models)
+    page, context = tab_listing(browser, workers, lambda good: [
+        {**good, "name": f"flaky-{p}", "file": f"flaky-{p}.gguf", "url": f"/flaky/{p}/model.gguf"} for p in (10, 50, 99)])
     try:
         RANGE_STARTS.clear()
         for percent in (10, 50, 99):
@@ -735,23 +740,12 @@ def test_failed_downloads_show_error_and_cache_nothing(browser, site, golden, wo
     """On one worker (static/worker.js) and on two (static/parallel.js, which streams the file into
     the shard workers and verifies it there): each broken download is an error, nothing cached."""
     base_url, data = site
-    context = browser.new_context(viewport=PHONE, service_workers="block")  # so page.route sees /models
-    context.add_init_script(cores(workers))
-    context.add_init_script(RECORDER)
-    page = context.new_page()
-
-    def list_broken_models(route):
-        response = route.fetch()
-        models = response.json()
-        good = next(m for m in models if m["file"] == tg.FILE_NAME)
+    page, context = tab_listing(browser, workers, lambda good: [
+        {**good, "name": name, "file": name + ".gguf", "url": url, "sha256": sha}
         for name, url, sha in (("missing", "/models/missing.gguf", hashlib.sha256(b"missing").hexdigest()),
                                ("chunked-short", "/broken/chunked-short.gguf", good["sha256"]),
                                ("connection-cut", "/broken/connection-cut.gguf", good["sha256"]),
-                               ("wrong-bytes", "/broken/wrong-bytes.gguf", good["sha256"])):
-            models.append({**good, "name": name, "file": name + ".gguf", "url": url, "sha256": sha})
-        route.fulfill(response=response, json=models)
-
-    page.route("**/models", list_broken_models)
+                               ("wrong-bytes", "/broken/wrong-bytes.gguf", good["sha256"]))])
     try:
         open_page(page, base_url, "?minParallelBytes=0")
         assert page.evaluate("() => window.moteApp.state.workers") == workers
