@@ -50,8 +50,9 @@ def _py(value: Any) -> Any:
     return value
 
 
-def _js(value: dict | None) -> Any:
-    """A result dict as a plain JS object in the browser (None -> undefined); unchanged in CPython."""
+def _js(value: dict | list | None) -> Any:
+    """A result dict (or list of them) as plain JS objects in the browser (None -> undefined);
+    unchanged in CPython."""
     if IN_PYODIDE and value is not None:  # pragma: no cover
         return to_js(value, dict_converter=js.Object.fromEntries)
     return value
@@ -200,7 +201,7 @@ def chat_prompt(messages: Any) -> str:
 
 
 def reset() -> None:
-    """Forget the conversation the KV cache holds ("New chat"); call it between generations."""
+    """Forget the conversation the KV cache holds ("New chat"), also during a generation."""
     if _session is not None:
         _session.forget()
 
@@ -213,12 +214,9 @@ def start_generation(request: Any) -> "JsGeneration":
 
 
 class JsGeneration:
-    """A Generation as the worker drives it: step() gives each event as a plain JS object.
-
-    The worker loop (static/protocol.js relayGeneration):
-        while ((need = gen.need()) != null) { run the shards on need; gen.provide(logits, s) }  // leader only
-        ev = gen.step()   // undefined when finished; after gen.abort() the next is done, reason "abort"
-    """
+    """A Generation as the worker drives it: step() gives each event as a plain JS object, steps()
+    a batch of them (static/boot.js relayGeneration); after gen.abort() the next event is done,
+    reason "abort"."""
 
     def __init__(self, gen: Generation):
         self.gen = gen
@@ -235,9 +233,7 @@ class JsGeneration:
             out.append(ev)
             if ev["type"] == "done" or time.perf_counter() >= deadline:
                 break
-        if IN_PYODIDE:  # pragma: no cover
-            return to_js(out, dict_converter=js.Object.fromEntries)
-        return out
+        return _js(out)
 
     def __getattr__(self, name: str) -> Any:  # need, provide, abort, close, reused, ...: the Generation's own
         return getattr(self.gen, name)

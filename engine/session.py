@@ -70,6 +70,7 @@ class Session:
         self.load_seconds = load_seconds
         self.path = path                 # the file it came from, when there is one
         self._cached: list[int] = []     # token ids whose keys/values sit in the model's KV cache
+        self._conversation = 0           # bumped by forget(): a generation started before it records nothing
 
     @classmethod
     def load(cls, buffer, n_ctx: int | None = None, policy: LoadPolicy = LoadPolicy(),
@@ -117,11 +118,16 @@ class Session:
         return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos, rewind), params)
 
     def forget(self) -> None:
-        """A new conversation: the next request reuses nothing of the KV cache."""
+        """A new conversation ("New chat"): the next request reuses nothing of the KV cache, also
+        when this is called while a generation is still running (it will not record its tokens)."""
         self._cached = []
+        self._conversation += 1
 
-    def remember(self, tokens: list[int]) -> None:
-        """Record what the KV cache holds after a generation (model.pos tokens of `tokens`)."""
+    def remember(self, tokens: list[int], conversation: int | None = None) -> None:
+        """Record what the KV cache holds after a generation (model.pos tokens of `tokens`), unless
+        forget() was called since that generation started (`conversation` it was started in)."""
+        if conversation is not None and conversation != self._conversation:
+            return
         self._cached = list(tokens[: self.model.pos]) if tokens else []
 
 
@@ -140,6 +146,7 @@ class Generation:
 
     def __init__(self, session: Session, prompt: list[int], reuse: int, params: SamplingParams):
         self.session, self.prompt_tokens, self.params = session, prompt, params
+        self.conversation = session._conversation
         self.model = session.model
         self.lookahead = isinstance(self.model, LookaheadModel)
         self.generated: list[int] = []
@@ -184,7 +191,7 @@ class Generation:
             return {"type": "token", "text": ev.text, "token_id": int(ev.token_id), "n": len(self.generated)}
         self.finished = True
         self._need = None
-        self.session.remember(self.prompt_tokens + self.generated)
+        self.session.remember(self.prompt_tokens + self.generated, self.conversation)
         self.seconds = {"prefill_seconds": ev.prefill_seconds + self._provided[0],
                         "decode_seconds": ev.decode_seconds + self._provided[1]}
         return {"type": "done", "reason": ev.reason, "text": ev.text, "full_text": ev.full_text,
@@ -203,7 +210,7 @@ class Generation:
         if not self.finished:
             self.finished = True
             self._events.close()
-            self.session.remember([])
+            self.session.remember([], self.conversation)
 
 
 def _rate(n: int, seconds: float) -> float:

@@ -84,9 +84,9 @@ function plain(ev) {
 }
 
 /**
- * The worker side of one generate request: step the Python generation one event at a time, post
- * its token and done events (with the request's id), and yield to the event loop between steps so
- * an abort request lands within one token. Once aborted() turns true the generation is told
+ * The worker side of one generate request: step the Python generation (one event per call for a
+ * sharded leader, else a batch of up to BATCH_MS), post its token and done events one by one (with
+ * the request's id), and yield to the event loop between calls so an abort request lands. Once aborted() turns true the generation is told
  * (gen.abort()) and stepped on to its own done event: reason "abort", the real counts.
  *   gen          a generation (PyProxy): step() -> event or None, abort()
  *   before()     awaited before each step, if given (the parallel leader computes the logits there)

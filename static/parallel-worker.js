@@ -29,12 +29,11 @@ const BASE = new URL(".", import.meta.url);
 /** @type {any} */ let pyodide = null;
 /** @type {any} */ let shardMod = null;                 // engine.shard (PyProxy)
 /** @type {any} */ let runner = null;                   // ShardRunner
-/** @type {any} */ let session = null;                  // LeaderSession (shard 0 only)
+/** @type {any} */ let session = null;                  // engine.session.Session over the shards (shard 0 only)
 let index = 0, nShards = 1;
 /** @type {(MessagePort|null)[]} */ let peers = [];
 let transfer = true;                                     // postMessage partials with transfer (vs structured clone)
 let abortRequested = false, generating = false;
-let resetRequested = false;                              // "New chat": the next generation reuses nothing of the KV cache
 let seq = 0;                                             // sync points so far: the same count on every shard
 /** @type {number[]} */ let vocabStarts = [];
 /** Per generation: where this shard's time goes (mote/bench/parallel.py prints it per forward).
@@ -249,7 +248,6 @@ async function generate(msg) {
   if (generating) throw new Error("already generating: send abort first");
   generating = true;
   abortRequested = false;
-  if (resetRequested) { session.forget(); resetRequested = false; }
   const request = pyodide.toPy({ messages: msg.messages ?? null, prompt: msg.prompt ?? null, params: msg.params ?? {} });
   let gen;
   try { gen = session.start(request); } finally { request.destroy(); }
@@ -297,7 +295,7 @@ self.addEventListener("message", async (event) => {
       case Shard.STATS: post({ type: Shard.STATS, stats: { ...stats }, memory: memory(pyodide) }); break;
       case Req.GENERATE: await generate(msg); break;
       case Req.ABORT: abortRequested = true; break;
-      case Req.RESET: resetRequested = true; break;      // applied before the next generation
+      case Req.RESET: session?.forget(); break;          // also during a generation: it records nothing
       default: break;
     }
   } catch (e) {

@@ -24,7 +24,6 @@ const BASE = new URL(".", import.meta.url);            // .../static/
 /** @type {string|null} */ let loadedSha = null;        // sha256 of the model in memory
 let abortRequested = false;
 let generating = false;
-let resetRequested = false;   // "New chat": the next generation reuses nothing of the KV cache
 let loadingModel = false;                             // one model load at a time (see store)
 /** @type {Object<string, number>} */ const timings = {};
 
@@ -180,7 +179,6 @@ async function handleGenerate(msg) {
   if (generating) throw new Error("already generating: send abort first");
   generating = true;
   abortRequested = false;
-  if (resetRequested) { bridge.reset(); resetRequested = false; }
   const request = pyodide.toPy({ messages: msg.messages ?? null, prompt: msg.prompt ?? null, params: msg.params ?? {} });
   let gen;
   try {
@@ -202,7 +200,7 @@ self.addEventListener("message", async (event) => {
   const msg = event.data;
   if (!isMessage(msg, [Req.LOAD, Req.GENERATE, Req.ABORT, Req.RESET])) return;
   if (msg.type === Req.ABORT) { abortRequested = true; return; }
-  if (msg.type === Req.RESET) { resetRequested = true; return; }   // applied before the next generation
+  if (msg.type === Req.RESET) { bridge?.reset(); return; }      // also during a generation: it records nothing
   try {
     if (msg.type === Req.LOAD) await handleLoad(/** @type {any} */ (msg));
     else await handleGenerate(/** @type {any} */ (msg));

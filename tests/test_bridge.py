@@ -172,3 +172,16 @@ def test_steps_batches_the_same_events_as_step(tiny_bytes):
     assert batched[-1]["type"] == "done" and len(batched) == len(one_by_one)
     strip = lambda evs: [{k: v for k, v in e.items() if not k.endswith("tok_s")} for e in evs]  # noqa: E731
     assert strip(batched) == strip(one_by_one)
+
+
+def test_reset_during_a_generation_is_not_undone_by_its_end(tiny_bytes):
+    """New chat pressed while an answer streams: that answer's end records nothing, so the next
+    request reuses nothing of the old conversation."""
+    bridge.load_model(tiny_bytes)
+    gen = bridge.start_generation({"prompt": "The cat sat", "params": GREEDY})
+    first = [gen.step(), gen.step()]
+    bridge.reset()
+    rest = drive(gen)
+    assert first[0]["type"] == "prefill" and rest[-1]["type"] == "done"
+    again = drive(bridge.start_generation({"prompt": "The cat sat", "params": GREEDY}))
+    assert again[0]["n_reused"] == 0
