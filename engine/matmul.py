@@ -147,6 +147,15 @@ class DenseLinear:
         y = dense_matmul(x2, self.w, None if out is None else out.reshape(-1, self.n_out))  # (n, n_out)
         return y.reshape(*x.shape[:-1], self.n_out)
 
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """Several tokens, each row bit-identical to a one-token call (the verify pass of lookup
+        decoding, engine/lookup.py): one matrix-vector product per row. x: (n, n_in) -> (n, n_out)."""
+        x2 = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(-1, self.n_in))  # (n, n_in)
+        y = np.empty((x2.shape[0], self.n_out), np.float32)  # (n, n_out)
+        for j in range(x2.shape[0]):
+            dense_matvec(self.w, x2[j], out=y[j])  # (n_out,)
+        return y
+
 
 class BlockLinear:
     """y = x @ W.T with W = scale * q - offset per sub-block, never dequantized in full.
@@ -237,6 +246,30 @@ class BlockLinear:
             y2 -= dense_matmul(xsum, self.offset)  # (n, n_out)
         return y2.reshape(*x.shape[:-1], self.n_out)
 
+    def rows(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Several tokens, each row bit-identical to a one-token call `self(x[j])`, for the verify
+        pass of lookup decoding (engine/lookup.py): the one-token kernel's exact calls per row, but
+        each chunk of weights is cast to float32 once for all rows (the cast is most of a token's
+        cost in Pyodide). x: (n, n_in) -> (n, n_out)."""
+        x2 = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(-1, self.n_in))  # (n, n_in)
+        y2 = np.empty((x2.shape[0], self.n_out), np.float32) if out is None else out  # (n, n_out)
+        if self._bands:  # row bands in parallel threads, as a one-token call splits them
+            jobs = [_pool().submit(band.rows, x2, y2[:, a:b]) for a, b, band in self._bands]
+            for job in jobs:
+                job.result()
+            return y2
+        shared = {"einsum": self._mv_einsum, "subdot": self._mv_subdot}.get(self.kernel)
+        if shared is not None:
+            shared(x2, y2)
+        else:  # "scale" and "transposed" (forced only): one call per row
+            for j in range(x2.shape[0]):
+                getattr(self, "_mv_" + self.kernel)(x2[j], y2[j])
+        if self.offset is not None:
+            for j in range(x2.shape[0]):
+                xsum = x2[j].reshape(self.n_sub, self.sub).sum(axis=1)  # (n_sub,) as in a one-token call
+                y2[j] -= dense_matvec(self.offset, xsum)  # (n_out,)
+        return y2
+
     def _rows(self) -> list[tuple[int, int]]:
         """(start, count) of each chunk of rows (computed once)."""
         rows = self.__dict__.get("_row_chunks")
@@ -259,22 +292,30 @@ class BlockLinear:
         for i, c in self._rows():
             dense_matvec(self._dequant_chunk(i, c), x, out=y[i : i + c])  # (c,)
 
+    # The "subdot" and "einsum" kernels take x (n_in,) -> y (n_out,), or x (n, n_in) -> y (n, n_out)
+    # from `rows`: each chunk is cast once, then every row gets the one-token calls on it.
+
     def _mv_subdot(self, x: np.ndarray, y: np.ndarray) -> None:
         sub, part = self.sub, self._partT
+        xr, yr = x.reshape(-1, self.n_in), y.reshape(-1, self.n_out)  # (n, n_in), (n, n_out)
         for i, c in self._rows():
             np.copyto(self._buf[:c], self.q[i : i + c], casting="unsafe")  # (c, n_sub, sub) int8 -> f32
             buf = self._buf[:c].reshape(c, self.n_in)  # (c, n_in)
-            for s in range(self.n_sub):  # one strided gemv per sub-block column band
-                dense_matvec(buf[:, s * sub : (s + 1) * sub], x[s * sub : (s + 1) * sub], out=part[s, :c])
-            _einsum("sr,rs->r", part[:, :c], self.scale[i : i + c], out=y[i : i + c])  # (c,)
+            for xj, yj in zip(xr, yr):
+                for s in range(self.n_sub):  # one strided gemv per sub-block column band
+                    dense_matvec(buf[:, s * sub : (s + 1) * sub], xj[s * sub : (s + 1) * sub], out=part[s, :c])
+                _einsum("sr,rs->r", part[:, :c], self.scale[i : i + c], out=yj[i : i + c])  # (c,)
 
     def _mv_einsum(self, x: np.ndarray, y: np.ndarray) -> None:
-        xs, part, buf, q, scale = x.reshape(self.n_sub, self.sub), self._part, self._buf, self.q, self.scale
+        part, buf, q, scale = self._part, self._buf, self.q, self.scale
+        xs = x.reshape(-1, self.n_sub, self.sub)  # (n, n_sub, sub)
+        yr = y.reshape(-1, self.n_out)  # (n, n_out)
         for i, c in self._rows():
             b = buf[:c]  # (c, n_sub, sub) f32
             np.copyto(b, q[i : i + c], casting="unsafe")
-            _einsum("rsk,sk->rs", b, xs, out=part[:c])  # (c, n_sub)
-            _einsum("rs,rs->r", part[:c], scale[i : i + c], out=y[i : i + c])  # (c,)
+            for xj, yj in zip(xs, yr):
+                _einsum("rsk,sk->rs", b, xj, out=part[:c])  # (c, n_sub)
+                _einsum("rs,rs->r", part[:c], scale[i : i + c], out=yj[i : i + c])  # (c,)
 
     def _mv_transposed(self, x: np.ndarray, y: np.ndarray) -> None:
         xs, part, bufT = x.reshape(self.n_sub, self.sub), self._partT, self._bufT

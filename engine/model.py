@@ -163,14 +163,16 @@ class Model:
     def reset(self) -> None:
         self.pos = 0
 
-    def forward(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
+    can_verify = True  # forward(..., exact=True) exists and the cache can be cut back (engine/lookup.py)
+
+    def forward(self, tokens: Sequence[int], all_logits: bool = False, exact: bool = False) -> np.ndarray:
         """Logits after `tokens` (appended after the cached ones): (vocab,), or (n, vocab) with all_logits.
 
         The whole model's run of `forward_steps`: each sync point's sum is its own partial."""
         if self.plan.n_shards != 1:
             raise ValueError(f"shard {self.plan.index} of {self.plan.n_shards} cannot run alone "
                              "(drive the shards with engine.shard.run_lockstep)")
-        steps = self.forward_steps(tokens, all_logits)
+        steps = self.forward_steps(tokens, all_logits, exact)
         _, part = next(steps)
         try:
             while True:
@@ -179,10 +181,17 @@ class Model:
             return stop.value
 
     # The one forward pass. tokens: (n,) ids appended after the cached ones.
-    def forward_steps(self, tokens: Sequence[int], all_logits: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    def forward_steps(self, tokens: Sequence[int], all_logits: bool = False,
+                      exact: bool = False) -> Iterator[tuple[str, np.ndarray]]:
         """Yields (SUM | GATHER, partial) at each sync point and is sent the combined array;
-        returns the logits ((vocab,) or (n, vocab)) on the leader, None on the other shards."""
+        returns the logits ((vocab,) or (n, vocab)) on the leader, None on the other shards.
+
+        exact=True (the verify pass of lookup decoding): row j's logits are bit-identical to those
+        of feeding tokens[j] alone after tokens[:j]; the products run the one-token kernels per row
+        (`rows`, sharing each chunk's cast) and attention runs per position. Prefill (exact=False)
+        is one batched pass, faster per token but rounded differently."""
         cfg, w, plan = self.config, self.w, self.plan
+        mul = _mul_rows if exact else _mul
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)  # (n,)
         n = len(ids)
         if n == 0:
@@ -214,8 +223,8 @@ class Model:
             # attention block: norm -> my heads' q, k, v -> (QK-norm) -> RoPE -> cache -> attend -> output
             h = self._norm(x, b, "attn_norm")  # (n, d)
             if self.n_heads:
-                att = self._self_attention(i, h, b, positions)  # (n, H_mine * hd_v)
-                o = b["attn_output"](att)  # (n, d) my heads' share
+                att = self._self_attention(i, h, b, positions, mul, exact)  # (n, H_mine * hd_v)
+                o = mul(b["attn_output"], att)  # (n, d) my heads' share
             else:
                 o = np.zeros((n, cfg.d_model), np.float32)  # (n, d) more shards than heads: none here
             if plan.split_attention:
@@ -228,7 +237,7 @@ class Model:
 
             # feed-forward block: norm -> act(gate) * up of my units -> down -> SUM -> (post-norm) -> residual
             h = self._norm(x, b, "ffn_norm")  # (n, d)
-            f = yield SUM, self._ffn(h, b)  # (n, d)
+            f = yield SUM, self._ffn(h, b, mul)  # (n, d)
             if "ffn_down.bias" in b:
                 f = f + b["ffn_down.bias"]
             if "post_ffw_norm" in b:
@@ -238,7 +247,7 @@ class Model:
         self.pos = end
         x = x if all_logits else x[-1:]  # only the last position feeds sampling
         x = self._norm(x, w, "output_norm")  # (m, d)
-        logits = yield GATHER, w["output"](x)  # (m, vocab_mine) -> (m, vocab) on the leader
+        logits = yield GATHER, mul(w["output"], x)  # (m, vocab_mine) -> (m, vocab) on the leader
         if logits is None:
             return None
         logits = np.asarray(logits).reshape(-1, cfg.vocab_size)  # (m, vocab)
@@ -251,16 +260,16 @@ class Model:
             return layernorm(x, b[name], b[name + ".bias"], self.config.eps)
         return rmsnorm(x, b[name], self.config.eps)
 
-    def _qkv(self, h: np.ndarray, b: dict):
+    def _qkv(self, h: np.ndarray, b: dict, mul):
         cfg, n = self.config, h.shape[0]
         if "attn_qkv" in b:  # fused (gpt2): rows are [q; k; v]
-            qkv = b["attn_qkv"](h)  # (n, (H + 2 KV) hd)
+            qkv = mul(b["attn_qkv"], h)  # (n, (H + 2 KV) hd)
             if "attn_qkv.bias" in b:
                 qkv = qkv + b["attn_qkv.bias"]
             dq, dk = self.n_heads * cfg.head_dim, self.n_kv * cfg.head_dim
             q, k, v = qkv[:, :dq], qkv[:, dq : dq + dk], qkv[:, dq + dk :]
         else:
-            q, k, v = b["attn_q"](h), b["attn_k"](h), b["attn_v"](h)  # (n, H hd), (n, KV hd), (n, KV hd_v)
+            q, k, v = mul(b["attn_q"], h), mul(b["attn_k"], h), mul(b["attn_v"], h)  # (n, H hd), (n, KV hd), (n, KV hd_v)
             if "attn_q.bias" in b:
                 q, k, v = q + b["attn_q.bias"], k + b["attn_k.bias"], v + b["attn_v.bias"]
         return (
@@ -269,10 +278,12 @@ class Model:
             v.reshape(n, self.n_kv, cfg.v_head_dim),
         )
 
-    def _self_attention(self, layer: int, h: np.ndarray, b: dict, positions: np.ndarray) -> np.ndarray:
-        """q, k, v -> (QK-norm) -> RoPE -> append k, v to the cache -> attend. h: (n, d) -> (n, H * hd_v)."""
+    def _self_attention(self, layer: int, h: np.ndarray, b: dict, positions: np.ndarray, mul,
+                        exact: bool) -> np.ndarray:
+        """q, k, v -> (QK-norm) -> RoPE -> append k, v to the cache -> attend. h: (n, d) -> (n, H * hd_v).
+        exact: attend one position at a time, as decoding does (see forward_steps)."""
         cfg = self.config
-        q, k, v = self._qkv(h, b)  # (n, H, hd), (n, KV, hd), (n, KV, hd_v)
+        q, k, v = self._qkv(h, b, mul)  # (n, H, hd), (n, KV, hd), (n, KV, hd_v)
         if "attn_q_norm" in b:
             q = rmsnorm(q, b["attn_q_norm"], cfg.eps)
             k = rmsnorm(k, b["attn_k_norm"], cfg.eps)
@@ -283,6 +294,9 @@ class Model:
         start, end = int(positions[0]), int(positions[-1]) + 1
         self.k_cache[layer, start:end] = k
         self.v_cache[layer, start:end] = v
+        if exact and end - start > 1:
+            return np.concatenate([self._attend(layer, q[j : j + 1], start + j, start + j + 1)
+                                   for j in range(end - start)])  # (n, H * hd_v)
         return self._attend(layer, q, start, end)  # (n, H * hd_v)
 
     def _rope_angles(self, layer: int, positions: np.ndarray):
@@ -324,19 +338,29 @@ class Model:
         out = probs @ vals.transpose(1, 0, 2)[:, None]  # (KV, G, n, hd_v)
         return out.transpose(2, 0, 1, 3).reshape(n, n_heads * cfg.v_head_dim)  # (n, H hd_v)
 
-    def _ffn(self, h: np.ndarray, b: dict) -> np.ndarray:
+    def _ffn(self, h: np.ndarray, b: dict, mul) -> np.ndarray:
         """My feed-forward units' share of the FFN output (ffn_down's bias is added after the SUM)."""
         act = _ACTIVATIONS[self.config.ffn_activation]
         if "ffn_gate" in b:  # gated: act(gate) * up
-            g, u = b["ffn_gate"](h), b["ffn_up"](h)  # (n, d_ff_mine)
-            return b["ffn_down"](act(g) * u)  # (n, d)
-        u = b["ffn_up"](h)  # (n, d_ff_mine)
+            g, u = mul(b["ffn_gate"], h), mul(b["ffn_up"], h)  # (n, d_ff_mine)
+            return mul(b["ffn_down"], act(g) * u)  # (n, d)
+        u = mul(b["ffn_up"], h)  # (n, d_ff_mine)
         if "ffn_up.bias" in b:
             u = u + b["ffn_up.bias"]
-        return b["ffn_down"](act(u))  # (n, d)
+        return mul(b["ffn_down"], act(u))  # (n, d)
 
 
 _ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh, "gelu_erf": gelu_erf}
+
+
+def _mul(lin, x: np.ndarray) -> np.ndarray:
+    """x @ W.T: (n, n_in) -> (n, n_out), batched over the rows (prefill) or one token (decode)."""
+    return lin(x)
+
+
+def _mul_rows(lin, x: np.ndarray) -> np.ndarray:
+    """x @ W.T with every row bit-identical to a one-token product (forward_steps(exact=True))."""
+    return lin.rows(x) if x.shape[0] > 1 else lin(x)  # (n, n_out)
 
 
 # ---- the split: what one shard of N holds ---------------------------------------------------------

@@ -62,12 +62,15 @@ class SamplingParams:
     seed: int | None = None      # None: a fresh seed (Sampler.seed records it)
     max_tokens: int = 128        # sampled tokens, the stop token included
     stop: tuple[str, ...] = ()   # stop strings
+    speculative: bool = True     # prompt-lookup drafting (engine/lookup.py): same tokens, fewer passes
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # a lone string would be split into characters
             raise TypeError(f"stop must be a tuple of strings, got the string {self.stop!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        if not isinstance(self.speculative, bool):
+            raise ValueError(f"speculative={self.speculative!r} must be True or False")
         for name, low, high, low_open in _RANGES:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

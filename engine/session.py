@@ -10,9 +10,10 @@ sharded model (engine/shard.py) all use it. The message fields are declared for 
 static/protocol.js (tests/test_protocol.py checks both sides agree).
 
 A sharded model's leader cannot call forward() synchronously (the shards exchange messages), so
-its Session holds a `LookaheadModel`: the worker asks `Generation.need()` which tokens to run,
-runs them on every shard, `provide`s the logits, then calls `step()`. For a local model need()
-is always None and step() runs the forward pass itself.
+its Session holds a `LookaheadModel`: generate() announces each forward pass (a 'forward' event),
+the worker asks `Generation.need()` which tokens to run, runs them on every shard, `provide`s the
+logits, then calls `step()` again. For a local model need() is always None and step() runs the
+forward pass itself.
 """
 
 from __future__ import annotations
@@ -25,31 +26,38 @@ import numpy as np
 from .chat import ChatTemplate, chat_tokens
 from .generate import generate
 from .gguf import GGUFFile
+from .lookup import DraftPolicy, PromptLookup
 from .model import LoadPolicy, load_model
 from .sampler import SamplingParams
 from .tokenizer import Tokenizer
 
-# Sampling settings a request may carry, with their types; anything else is refused by name.
+# Decoding settings a request may carry, with their types; anything else is refused by name.
 PARAM_TYPES = {"temperature": float, "top_k": int, "top_p": float, "min_p": float,
-               "repeat_penalty": float, "repeat_last_n": int, "seed": int, "max_tokens": int}
+               "repeat_penalty": float, "repeat_last_n": int, "seed": int, "max_tokens": int,
+               "speculative": bool}
 
 
 class LookaheadModel:
     """Stands in for Model inside engine.generate: forward() hands out logits computed elsewhere
     (by the shards) and `provide`d before generate() asks for them."""
 
+    computed_outside = True  # generate() announces each forward pass with a 'forward' event
+    can_verify = True        # the shards run exact verify passes (ShardRunner.begin(..., verify))
+
     def __init__(self, n_ctx: int):
         self.n_ctx = n_ctx
         self.pos = 0
+        self.last_seconds: float | None = None  # how long the shards took for the last forward
         self._ready: tuple[list[int], np.ndarray] | None = None
 
     def reset(self) -> None:
         self.pos = 0
 
-    def provide(self, tokens: list[int], logits: np.ndarray) -> None:
+    def provide(self, tokens: list[int], logits: np.ndarray, seconds: float | None = None) -> None:
         self._ready = (list(tokens), logits)
+        self.last_seconds = seconds
 
-    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+    def forward(self, tokens: Sequence[int], all_logits: bool = False, exact: bool = False) -> np.ndarray:
         if self._ready is None or self._ready[0] != [int(t) for t in tokens]:
             have = None if self._ready is None else self._ready[0]
             raise RuntimeError(f"forward({list(tokens)}) but the shards computed {have}")
@@ -117,6 +125,13 @@ class Session:
         rewind = getattr(self.model, "can_rewind", True)
         return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos, rewind), params)
 
+    @property
+    def draft_policy(self) -> DraftPolicy:
+        """Prompt lookup's measured costs, kept across this session's requests (engine/lookup.py)."""
+        if not hasattr(self, "_draft_policy"):
+            self._draft_policy = DraftPolicy()
+        return self._draft_policy
+
     def forget(self) -> None:
         """A new conversation ("New chat"): the next request reuses nothing of the KV cache, also
         when this is called while a generation is still running (it will not record its tokens)."""
@@ -138,38 +153,42 @@ class Generation:
         {"type": "prefill", "n_prompt", "n_reused", "prefill_tok_s"}
         {"type": "token", "text", "token_id", "n"}          one sampled token (text may be "")
         {"type": "done", "reason", "text", "full_text", "n_prompt", "n_reused", "n_generated",
-         "prefill_tok_s", "decode_tok_s", "token_ids"}       reason: eos | stop | length | abort
+         "prefill_tok_s", "decode_tok_s", "token_ids", "n_drafted", "n_accepted"}
+                                                             reason: eos | stop | length | abort
     `text` is the newly printable text; done's `full_text` is the whole answer (stop strings cut).
     n_prompt counts the whole prompt; n_reused of those came from the KV cache (not computed again),
-    and prefill_tok_s is the rate over the n_prompt - n_reused tokens that were.
+    and prefill_tok_s is the rate over the n_prompt - n_reused tokens that were. n_drafted tokens
+    were proposed by prompt lookup (params.speculative) and checked; n_accepted of them were kept.
     """
 
     def __init__(self, session: Session, prompt: list[int], reuse: int, params: SamplingParams):
         self.session, self.prompt_tokens, self.params = session, prompt, params
         self.conversation = session._conversation
         self.model = session.model
-        self.lookahead = isinstance(self.model, LookaheadModel)
         self.generated: list[int] = []
         self.reused = reuse              # prompt tokens taken from the KV cache, not recomputed
         self._aborted = False
         if reuse:
             self.model.pos = reuse  # the cache holds prompt[:reuse] (and maybe more: cut back to it)
         # reuse > 0: the KV cache already holds prompt[:reuse]; feed only the rest.
+        lookup = PromptLookup(prompt) if params.speculative else None
         self._events = generate(self.model, session.tokenizer, prompt[reuse:], params,
-                                should_stop=lambda: self._aborted, reset=reuse == 0)
-        self._need: tuple[list[int], int] | None = (prompt[reuse:], reuse) if self.lookahead else None
+                                should_stop=lambda: self._aborted, reset=reuse == 0,
+                                lookup=lookup, policy=session.draft_policy)
+        self._need: tuple[list[int], int, bool] | None = None  # the forward a 'forward' event asked for
         self._provided = [0.0, 0.0]      # seconds of forwards run outside: [prefill, decode]
         self.seconds: dict[str, float] = {}  # prefill_seconds, decode_seconds once done
         self.finished = False
 
     def need(self) -> list | None:
-        """[token ids, start position] of the forward generate() asks for next (leader shard), or None."""
-        return None if self._need is None or self._aborted else [self._need[0], self._need[1]]
+        """[token ids, start position, verify] of the forward generate() asks for next (leader
+        shard), or None. verify: an exact pass with logits for every token (prompt lookup)."""
+        return None if self._need is None or self._aborted else list(self._need)
 
     def provide(self, logits: np.ndarray, seconds: float) -> None:
         """The logits of need()'s forward, computed by the shards in `seconds`."""
-        tokens, _ = self._need
-        self.model.provide(tokens, logits)
+        tokens = self._need[0]
+        self.model.provide(tokens, logits, seconds)
         self._provided[1 if self.generated else 0] += seconds
         self._need = None
 
@@ -181,13 +200,14 @@ class Generation:
         if ev is None:
             self.finished = True
             return None
+        if ev.kind == "forward":  # a sharded leader: the worker runs it on the shards (need/provide)
+            self._need = (list(ev.tokens), self.model.pos, ev.verify)
+            return {"type": "forward"}
         if ev.kind == "prefill":
             return {"type": "prefill", "n_prompt": len(self.prompt_tokens), "n_reused": self.reused,
                     "prefill_tok_s": _rate(ev.n_prompt, ev.prefill_seconds + self._provided[0])}
         if ev.kind == "token":
             self.generated.append(int(ev.token_id))
-            if self.lookahead and len(self.generated) < self.params.max_tokens and self.model.pos < self.model.n_ctx:
-                self._need = ([int(ev.token_id)], self.model.pos)  # generate() will feed it back
             return {"type": "token", "text": ev.text, "token_id": int(ev.token_id), "n": len(self.generated)}
         self.finished = True
         self._need = None
@@ -199,7 +219,7 @@ class Generation:
                 "n_reused": self.reused, "n_generated": ev.n_generated,
                 "prefill_tok_s": _rate(ev.n_prompt, ev.prefill_seconds + self._provided[0]),
                 "decode_tok_s": _rate(ev.n_generated, ev.decode_seconds + self._provided[1]),
-                "token_ids": list(self.generated)}
+                "token_ids": list(self.generated), "n_drafted": ev.n_drafted, "n_accepted": ev.n_accepted}
 
     def abort(self) -> None:
         """Stop at the next step: it returns the done event (reason "abort"); the KV cache stays usable."""
@@ -248,6 +268,11 @@ def sampling_params(raw: dict, stop: tuple[str, ...] = ()) -> SamplingParams:
         if key not in PARAM_TYPES:
             raise ValueError(f"unknown sampling setting {key!r} (expected one of {sorted(PARAM_TYPES)})")
         if value is None:
+            continue
+        if PARAM_TYPES[key] is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"setting {key}={value!r} must be true or false")
+            out[key] = value
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"sampling setting {key}={value!r} must be a number")

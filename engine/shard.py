@@ -151,12 +151,13 @@ def shard_ranges(gf: GGUFFile, plan: ShardPlan) -> list[tuple[int, int]]:
 # ---- driving shards -------------------------------------------------------------------------------
 
 
-def run_lockstep(shards: Sequence[Model], tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
+def run_lockstep(shards: Sequence[Model], tokens: Sequence[int], all_logits: bool = False,
+                 exact: bool = False) -> np.ndarray:
     """All shards' forward_steps in one process, combined as the workers combine them: the logits.
 
     The sum runs in shard order over a stacked (N, ...) array, exactly as ShardRunner sums.
     """
-    steps = [s.forward_steps(tokens, all_logits) for s in shards]
+    steps = [s.forward_steps(tokens, all_logits, exact) for s in shards]
     msgs = [next(g) for g in steps]
     while msgs[0][0] == SUM:
         total = np.stack([p for _, p in msgs]).sum(axis=0)  # (...) in shard order
@@ -177,7 +178,9 @@ class ShardRunner:
     The worker exchanges float32 arrays through `mailbox`, an (n_shards, capacity) array whose row
     j holds shard j's partial: this shard writes its own row, the worker writes the peers' rows
     (straight into WASM memory at `mailbox_address()`), then `resume()` sums the rows in shard
-    order. On the leader, `logits` (vocab,) receives the peers' slices of the last GATHER.
+    order. On the leader, `logits` receives the peers' slices of the last GATHER: shard j's
+    (gather_rows, its vocabulary slice) block at float offset gather_rows * vocab_starts()[j]
+    (gather_rows is 1 except in the verify pass of lookup decoding, which gathers every row).
 
     begin(tokens, start) and resume() return the next sync point as one int:
         n > 0   SUM: exchange the first n floats of my mailbox row with every peer
@@ -191,7 +194,8 @@ class ShardRunner:
         self.n_shards = model.plan.n_shards
         self.capacity = model.config.d_model
         self.mailbox = np.zeros((self.n_shards, self.capacity), np.float32)  # (N, capacity)
-        self.logits = np.zeros(model.config.vocab_size, np.float32)  # (vocab,) the leader's gather target
+        self.logits = np.zeros(model.config.vocab_size, np.float32)  # (rows * vocab,) the leader's gather target
+        self.gather_rows = 1        # rows of logits the current forward gathers
         self._steps = None
         self._kind, self._n = None, 0
         self._shape: tuple = ()
@@ -201,8 +205,11 @@ class ShardRunner:
         self.syncs = 0              # sync points of the last forward
 
     def vocab_starts(self) -> list[int]:
-        """Where each shard's slice starts in the logits (JavaScript writes the peers' slices there)."""
-        return [p.vocab[0] for p in plan_shards(self.model.config, self.n_shards, split_attention=False)]
+        """Where each shard's slice starts in the vocabulary (JavaScript writes the peers' slices
+        at gather_rows times that)."""
+        if not hasattr(self, "_vocab_starts"):
+            self._vocab_starts = [p.vocab[0] for p in plan_shards(self.model.config, self.n_shards, split_attention=False)]
+        return list(self._vocab_starts)
 
     def mailbox_address(self) -> int:
         """Byte address of the mailbox (in Pyodide: an offset into WASM memory)."""
@@ -211,17 +218,22 @@ class ShardRunner:
     def logits_address(self) -> int:
         return self.logits.__array_interface__["data"][0]
 
-    def begin(self, tokens: Sequence[int], start: int) -> int:
-        """Start a forward of `tokens` at cache position `start` (the leader says both)."""
+    def begin(self, tokens: Sequence[int], start: int, verify: bool = False) -> int:
+        """Start a forward of `tokens` at cache position `start` (the leader says both); verify:
+        the exact pass of lookup decoding, logits for every token (Model.forward_steps exact)."""
         n_tokens = len(tokens)
-        need = max(n_tokens * self.model.config.d_model, self.model.plan.vocab[1] - self.model.plan.vocab[0])
+        self.gather_rows = n_tokens if verify else 1
+        vocab_mine = self.model.plan.vocab[1] - self.model.plan.vocab[0]
+        need = max(n_tokens * self.model.config.d_model, self.gather_rows * vocab_mine)
         if need > self.capacity:  # grows only for longer prompts: the worker re-reads the address
             self.capacity = need
             self.mailbox = np.zeros((self.n_shards, need), np.float32)
+        if self.logits.size < self.gather_rows * self.model.config.vocab_size:
+            self.logits = np.zeros(self.gather_rows * self.model.config.vocab_size, np.float32)
         self.model.pos = int(start)
         self.started = time.perf_counter()
         self.syncs = 0
-        self._steps = self.model.forward_steps([int(t) for t in tokens])
+        self._steps = self.model.forward_steps([int(t) for t in tokens], verify, verify)
         return self._post(next(self._steps))
 
     def resume(self) -> int:
@@ -230,7 +242,7 @@ class ShardRunner:
             total = self.mailbox[:, : self._n].sum(axis=0).reshape(self._shape)  # shard order
             sent = total
         else:
-            sent = self.logits.copy() if self.index == LEADER else None
+            sent = self._gathered() if self.index == LEADER else None
         try:
             return self._post(self._steps.send(sent))
         except StopIteration as stop:
@@ -238,6 +250,12 @@ class ShardRunner:
             self.last_logits = stop.value
             self._steps = None
             return 0
+
+    def _gathered(self) -> np.ndarray:
+        """The leader's logits of the last GATHER: (gather_rows, vocab), each shard's block in place."""
+        m, starts = self.gather_rows, self.vocab_starts() + [self.model.config.vocab_size]
+        return np.concatenate([self.logits[m * a : m * b].reshape(m, b - a)
+                               for a, b in zip(starts, starts[1:])], axis=1)  # (m, vocab)
 
     def _post(self, msg: tuple[str, np.ndarray]) -> int:
         kind, part = msg
@@ -250,7 +268,7 @@ class ShardRunner:
         v0 = self.model.plan.vocab[0]
         self.mailbox[self.index, : flat.size] = flat
         if self.index == LEADER:
-            self.logits[v0 : v0 + flat.size] = flat
+            self.logits[self.gather_rows * v0 : self.gather_rows * v0 + flat.size] = flat
         return -flat.size
 
 

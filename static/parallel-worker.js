@@ -182,11 +182,11 @@ function send(to, s, data, last) {
 }
 
 /** One forward pass of this shard: tokens at cache position `start`, syncing with every peer. */
-async function forward(tokens, start) {
+async function forward(tokens, start, verify = false) {
   const t0 = performance.now();
   if (lastForwardEnd && stats.forwards) stats.between_ms += t0 - lastForwardEnd;
   const pyTokens = pyodide.toPy(tokens);
-  let code = runner.begin(pyTokens, start);
+  let code = runner.begin(pyTokens, start, verify);
   pyTokens.destroy();
   stats.compute_ms += performance.now() - t0;
   const cap = runner.capacity;
@@ -215,7 +215,8 @@ async function forward(tokens, start) {
       stats.wait_ms += performance.now() - tw;
       const heap = pyodide._module.HEAPF32;
       const logits = runner.logits_address() >> 2;
-      for (const [from, data] of got) heap.set(data, logits + vocabStarts[from]);
+      const rows = runner.gather_rows;                   // > 1 only in lookup decoding's verify pass
+      for (const [from, data] of got) heap.set(data, logits + rows * vocabStarts[from]);
     }
     stats.syncs++;
     const tr = performance.now();
@@ -235,7 +236,7 @@ function onPeerMessage(e) {
   if (m.t === Peer.PARTIAL) onPart(m);
   else if (m.t === Peer.FORWARD) {
     if (m.gen !== statsGeneration) { statsGeneration = m.gen; resetStats(); }   // a new request: fresh stats
-    followerChain = followerChain.then(() => forward(m.tokens, m.start)).catch((err) => {
+    followerChain = followerChain.then(() => forward(m.tokens, m.start, m.verify)).catch((err) => {
       post({ type: Ev.ERROR, message: `shard ${index}: ${err?.message || err}` });
     });
   }
@@ -257,11 +258,11 @@ async function generate(msg) {
   const before = async () => {
     const need = gen.need();
     if (need === undefined || need === null) return;
-    const [tokens, start] = need.toJs();
+    const [tokens, start, verify] = need.toJs();
     need.destroy();
-    for (const j of peers.keys()) if (j !== index) /** @type {MessagePort} */ (peers[j]).postMessage({ t: Peer.FORWARD, tokens, start, gen: generations });
-    await forward(tokens, start);
-    const logits = runner.last_logits;                   // (vocab,) ndarray, handed back to Python
+    for (const j of peers.keys()) if (j !== index) /** @type {MessagePort} */ (peers[j]).postMessage({ t: Peer.FORWARD, tokens, start, verify, gen: generations });
+    await forward(tokens, start, verify);
+    const logits = runner.last_logits;                   // (vocab,) or (rows, vocab) ndarray, handed back to Python
     gen.provide(logits, runner.seconds);
     logits.destroy();
   };

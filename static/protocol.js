@@ -45,12 +45,13 @@ export const ENGINE_FIELDS = Object.freeze({
   "prefill": ["type", "n_prompt", "n_reused", "prefill_tok_s"],
   "token": ["type", "text", "token_id", "n"],
   "done": ["type", "reason", "text", "full_text", "n_prompt", "n_reused", "n_generated", "prefill_tok_s",
-           "decode_tok_s", "token_ids"]
+           "decode_tok_s", "token_ids", "n_drafted", "n_accepted"]
 });
 
-/** The sampling settings a generate request's `params` may hold (engine.bridge.PARAM_TYPES; others are refused). */
+/** The settings a generate request's `params` may hold (engine.session.PARAM_TYPES; others are refused).
+ *  speculative (default true): prompt-lookup decoding, the same tokens in fewer forward passes. */
 export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "min_p", "repeat_penalty",
-                                            "repeat_last_n", "seed", "max_tokens"]);
+                                            "repeat_last_n", "seed", "max_tokens", "speculative"]);
 
 /**
  * @typedef {Object} ModelRef           one entry of GET /models (only these fields are needed)
@@ -114,7 +115,8 @@ export const Shard = Object.freeze({
 /**
  * Shard <-> shard messages over the direct ports (field `t`, short: one message per sync point).
  *   PARTIAL {seq, from, data: Float32Array}   a shard's partial sum (or logits slice) at sync point seq
- *   FORWARD {tokens, start, gen}              (from the leader) run one forward pass of generation gen
+ *   FORWARD {tokens, start, verify, gen}      (from the leader) run one forward pass of generation gen
+ *                                             (verify: lookup decoding's exact pass, logits for every token)
  */
 export const Peer = Object.freeze({ PARTIAL: "p", FORWARD: "f" });
 

@@ -191,13 +191,15 @@ def test_runner_mailbox_protocol(tiny):
     np.testing.assert_array_equal(runners[0].logits, ref)
 
 
+@pytest.mark.parametrize("speculative", [False, True])
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_leader_generation_gives_engine_tokens(tiny, arch):
-    """engine.generate over the LookaheadModel, fed by 2 shards: the same greedy tokens and text."""
+def test_leader_generation_gives_engine_tokens(tiny, arch, speculative):
+    """engine.generate over the LookaheadModel, fed by 2 shards: the same greedy tokens and text,
+    with prompt lookup's verify passes run on the shards too."""
     path = tiny(arch, "Q8_0")
     loaded = load(path, policy=BLOCKS)
-    prompt = [1] + _tokens(5, seed=5)
-    params = SamplingParams(temperature=0, max_tokens=12)
+    prompt = [1] + _tokens(5, seed=5) * 3  # repeats, so lookup finds drafts
+    params = SamplingParams(temperature=0, max_tokens=12, speculative=speculative)
     want = [ev.token_id for ev in generate(loaded.model, loaded.tokenizer, prompt, params) if ev.kind == "token"]
 
     shards = _shards_from_ranges(path, 2, policy=BLOCKS)
@@ -207,10 +209,11 @@ def test_leader_generation_gives_engine_tokens(tiny, arch):
     while True:
         need = gen.need()
         if need is not None:
-            tokens, start = need
+            tokens, start, verify = need
+            assert verify == (len(tokens) > 1 and start > 0)
             for s in shards:
                 s.pos = start
-            gen.provide(shard.run_lockstep(shards, tokens), 0.01)
+            gen.provide(shard.run_lockstep(shards, tokens, verify, verify), 0.01 * len(tokens))
         ev = gen.step()
         if ev is None:
             break
@@ -220,6 +223,7 @@ def test_leader_generation_gives_engine_tokens(tiny, arch):
             done = ev
     assert got == want and done["token_ids"] == want and done["reason"] == "length"
     assert done["decode_tok_s"] > 0 and done["prefill_tok_s"] > 0
+    assert (done["n_drafted"] > 0) == speculative
 
 
 def _stream(path, n, block, hash_leader=True, n_ctx=None):
