@@ -33,11 +33,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MAX_NGRAM = 3        # longest n-gram looked up (longer ones are rarer and rarely better)
+MIN_NGRAM = 2        # shortest: a one-token match (a common word) is kept about a third of the time
 MAX_DRAFT = 8        # most tokens drafted at once
-GAIN_MARGIN = 1.03   # draft only when the expected rate beats plain decoding by this factor
+GAIN_MARGIN = 1.05   # draft only when the expected rate beats plain decoding by this factor
 FORGET = 0.9         # weight of the past in the acceptance and cost estimates, per observation
 RELAX = 0.98         # per declined draft: the acceptance estimate drifts back toward the prior
-PRIOR_HITS, PRIOR_TRIES = 1.5, 2.0   # acceptance prior: p = 0.75 (optimistic, so drafting gets tried)
+PRIOR_HITS, PRIOR_TRIES = 1.3, 2.0   # acceptance prior: p = 0.65 (hopeful enough that drafting gets tried)
 PRIOR_ROW_COST = 0.5                 # c / t1 before any verify pass was timed
 REMEASURE_EVERY = 32                 # forwards between plain decode steps that re-time t1
 
@@ -52,9 +53,9 @@ class PromptLookup:
     (3, [8, 9])
     """
 
-    def __init__(self, tokens=(), max_ngram: int = MAX_NGRAM):
+    def __init__(self, tokens=(), max_ngram: int = MAX_NGRAM, min_ngram: int = MIN_NGRAM):
         self.tokens: list[int] = [int(t) for t in tokens]
-        self.max_ngram = max_ngram
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self._latest: dict[tuple[int, ...], int] = {}  # n-gram -> end (exclusive) of its latest occurrence
         self._indexed = 0  # n-grams ending at or before this position are in _latest
 
@@ -66,10 +67,10 @@ class PromptLookup:
         tokens that followed its latest earlier occurrence; (0, []) when none did."""
         toks, end = self.tokens, len(self.tokens)
         for e in range(self._indexed + 1, end):  # index every n-gram except those ending the text
-            for n in range(1, min(self.max_ngram, e) + 1):
+            for n in range(self.min_ngram, min(self.max_ngram, e) + 1):
                 self._latest[tuple(toks[e - n : e])] = e
         self._indexed = max(self._indexed, end - 1)
-        for n in range(min(self.max_ngram, end), 0, -1):
+        for n in range(min(self.max_ngram, end), self.min_ngram - 1, -1):
             at = self._latest.get(tuple(toks[end - n :]))
             if at is not None:
                 return n, toks[at : at + max_draft]

@@ -79,6 +79,7 @@ class Session:
         self.path = path                 # the file it came from, when there is one
         self._cached: list[int] = []     # token ids whose keys/values sit in the model's KV cache
         self._conversation = 0           # bumped by forget(): a generation started before it records nothing
+        self.draft_policy = DraftPolicy()  # prompt lookup's measured costs and acceptance, across requests
 
     @classmethod
     def load(cls, buffer, n_ctx: int | None = None, policy: LoadPolicy = LoadPolicy(),
@@ -125,12 +126,6 @@ class Session:
         rewind = getattr(self.model, "can_rewind", True)
         return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos, rewind), params)
 
-    @property
-    def draft_policy(self) -> DraftPolicy:
-        """Prompt lookup's measured costs, kept across this session's requests (engine/lookup.py)."""
-        if not hasattr(self, "_draft_policy"):
-            self._draft_policy = DraftPolicy()
-        return self._draft_policy
 
     def forget(self) -> None:
         """A new conversation ("New chat"): the next request reuses nothing of the KV cache, also

@@ -95,6 +95,7 @@ def _params(args, max_tokens: int):
         seed=args.seed,
         max_tokens=max_tokens,
         stop=tuple(args.stop or ()),
+        speculative=not args.no_lookup,
     )
 
 
@@ -203,6 +204,8 @@ def cmd_generate(args) -> int:
         "decode_tok_s": done["decode_tok_s"],
         **gen.seconds,
         "load_seconds": session.load_seconds,
+        "n_drafted": done["n_drafted"],    # prompt lookup: tokens drafted and checked,
+        "n_accepted": done["n_accepted"],  # and those kept (--no-lookup: 0 and 0)
     }
     if args.json:
         print(json.dumps({
@@ -214,8 +217,9 @@ def cmd_generate(args) -> int:
         }, ensure_ascii=False))
     else:
         print()
-        print(f"[{done['reason']}] prefill {done['prefill_tok_s']:.1f} tok/s, decode {done['decode_tok_s']:.1f} tok/s",
-              file=sys.stderr)
+        drafts = f", {done['n_accepted']}/{done['n_drafted']} drafted tokens kept" if done["n_drafted"] else ""
+        print(f"[{done['reason']}] prefill {done['prefill_tok_s']:.1f} tok/s, decode {done['decode_tok_s']:.1f} tok/s"
+              f"{drafts}", file=sys.stderr)
     return 0
 
 
@@ -331,6 +335,9 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat-last-n", type=int, default=64)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--no-lookup", action="store_true",
+                   help="decode one token per forward pass (default: prompt-lookup drafting, same tokens, "
+                        "fewer passes when the answer repeats the prompt)")
     _add_load(p)
 
 

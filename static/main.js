@@ -337,7 +337,8 @@ function onWorkerMessage(/** @type {MessageEvent} */ event) {
       if (d.reason !== "abort") {
         $("speed").textContent = `${d.n_generated} tokens · prefill ${d.prefill_tok_s.toFixed(1)} tok/s · decode ` +
           `${d.decode_tok_s.toFixed(1)} tok/s · ${d.reason} · first token ${(ttft / 1000).toFixed(2)} s` +
-          (d.n_reused ? ` (${d.n_reused} of ${d.n_prompt} prompt tokens from the cache)` : "");
+          (d.n_reused ? ` (${d.n_reused} of ${d.n_prompt} prompt tokens from the cache)` : "") +
+          (d.n_drafted ? ` · ${d.n_accepted} of ${d.n_drafted} looked-up tokens kept` : "");
       } else {
         $("speed").textContent = `stopped after ${d.n_generated} tokens`;
       }
@@ -392,8 +393,11 @@ function settings() {
   /** @type {import("./protocol.js").SamplingSettings} */
   const out = {};
   for (const key of SAMPLING_KEYS) {
-    const raw = $(key)?.value.trim();
-    if (raw !== undefined) out[key] = raw === "" ? null : Number(raw);
+    const input = /** @type {HTMLInputElement|null} */ ($(key));
+    if (!input) continue;
+    if (input.type === "checkbox") { /** @type {any} */ (out)[key] = input.checked; continue; }   // speculative
+    const raw = input.value.trim();
+    out[key] = raw === "" ? null : Number(raw);
   }
   return out;
 }

@@ -111,10 +111,13 @@
 
   const FINISH = /** @type {Object<string, string>} */ ({ eos: "stop", stop: "stop", length: "length" });
 
-  /** OpenAI's usage object for a done event (cached_tokens: prompt tokens reused from the KV cache). */
+  /** OpenAI's usage object for a done event (cached_tokens: prompt tokens reused from the KV cache;
+   *  accepted/rejected_prediction_tokens: prompt lookup's drafted tokens kept and refused). */
   const usage = (/** @type {any} */ done) => ({
     prompt_tokens: done.n_prompt, completion_tokens: done.n_generated, total_tokens: done.n_prompt + done.n_generated,
     prompt_tokens_details: { cached_tokens: done.n_reused },
+    completion_tokens_details: { accepted_prediction_tokens: done.n_accepted,
+                                 rejected_prediction_tokens: done.n_drafted - done.n_accepted },
   });
 
   let nextModelId = 1;
@@ -268,7 +271,7 @@
       const messages = checkMessages(req.messages);
       const params = samplingParams({
         temperature: req.temperature, top_p: req.top_p, top_k: req.top_k, seed: req.seed,
-        max_tokens: req.max_completion_tokens ?? req.max_tokens,
+        max_tokens: req.max_completion_tokens ?? req.max_tokens, speculative: req.speculative,
       }, this.P.SAMPLING_KEYS);
       const id = `chatcmpl-${Math.random().toString(36).slice(2)}${Date.now().toString(36)}`;
       const created = Math.floor(Date.now() / 1000);

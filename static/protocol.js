@@ -60,8 +60,8 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  * @property {number} size              bytes
  * @property {string} [name]
  *
- * @typedef {Partial<Record<typeof SAMPLING_KEYS[number], number|null>>} SamplingSettings
- *   temperature <= 0: greedy; seed null: random
+ * @typedef {Partial<Record<typeof SAMPLING_KEYS[number], number|boolean|null>>} SamplingSettings
+ *   temperature <= 0: greedy; seed null: random; speculative: a boolean (default true)
  *
  * @typedef {{role: "system"|"user"|"assistant", content: string}} ChatMessage
  *

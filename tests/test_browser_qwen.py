@@ -3,7 +3,9 @@
 The 0.5B on 1 and 2 workers and the 1.5B on 2 workers answer a coding request with the CPython
 engine's greedy tokens (the same Session, tests/tiny_golden.engine_greedy). The 0.5B on 2 workers
 also holds a three-turn conversation: turns 2 and 3 reuse the KV cache of the turns before
-(n_reused), and the time to first token of turns 1 and 3 is printed. Screenshots of the page
+(n_reused), and the time to first token of turns 1 and 3 is printed. On 1 and 2 workers a code
+edit is answered with prompt lookup on (the page's default): drafted tokens are kept, and the
+tokens are CPython's plain greedy ones (--no-lookup). Screenshots of the page
 answering (phone and desktop width) go to $MOTE_SCREENSHOTS (default /tmp).
 """
 
@@ -23,6 +25,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 QUESTION = "Write a Python function that reverses a string."
 TOKENS = 12
+EDIT = ("Rename `x` to `total`. Only the code, no explanation.\n\n```python\ndef add_all(items):\n    x = 0\n"
+        "    for item in items:\n        x += item\n    return x\n```")
+EDIT_TOKENS = 32
 SCREENSHOTS = Path(os.environ.get("MOTE_SCREENSHOTS", "/tmp"))
 DESKTOP = {"width": 1280, "height": 900}
 SMALL, LARGE = "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"
@@ -39,17 +44,18 @@ def qwen_site(tmp_path_factory):
     for path in paths.values():
         (models / path.name).symlink_to(path.resolve())
     app = create_app(Settings(models_dir=models, static_dir=ensure_static_built(), follow_symlinks=True))
-    references: dict[str, dict] = {}
+    references: dict[tuple, dict] = {}
 
-    def reference(name: str) -> dict:
-        if name not in references:
+    def reference(name: str, question: str = QUESTION, tokens: int = TOKENS) -> dict:
+        """CPython's plain greedy answer (no prompt lookup)."""
+        if (name, question) not in references:
             from engine import bridge
 
-            references[name] = tg.engine_greedy(paths[name].read_bytes(),
-                                                {"messages": [{"role": "user", "content": QUESTION}],
-                                                 "max_tokens": TOKENS})
+            references[name, question] = tg.engine_greedy(paths[name].read_bytes(),
+                                                          {"messages": [{"role": "user", "content": question}],
+                                                           "max_tokens": tokens, "params": {"speculative": False}})
             bridge._session = None     # free the CPython copy before the browser loads the model
-        return references[name]
+        return references[name, question]
 
     with serve_in_thread(app) as base_url:
         yield base_url, paths, reference
@@ -82,12 +88,18 @@ def answer_in_tab(browser, qwen_site, name: str, workers: int) -> tuple:
 def test_qwen_05b_answers_like_cpython(browser, qwen_site, workers):
     page, context, done, ready = answer_in_tab(browser, qwen_site, SMALL, workers)
     try:
+        page.click("#clear-btn")
+        edit = chat(page, EDIT, EDIT_TOKENS, timeout_s=480)
+        expected = qwen_site[2](SMALL, EDIT, EDIT_TOKENS)
+        assert edit["token_ids"] == expected["tokens"], (edit["full_text"], expected["text"])
+        assert edit["n_drafted"] >= edit["n_accepted"] > 0, edit
         if workers == 2:
             conversation(page)
             screenshots(page)
     finally:
         context.close()
     metrics(**{f"qwen05b_{workers}w_decode_tok_s": round(done["decode_tok_s"], 2),
+               f"qwen05b_{workers}w_edit_lookup_kept": f"{edit['n_accepted']}/{edit['n_drafted']}",
                f"qwen05b_{workers}w_cold_model_s": round(ready["seconds"], 1)})
 
 

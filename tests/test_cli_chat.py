@@ -55,7 +55,8 @@ def test_generate_messages_json(tmp_path, capsys, model):
                  "--temperature", "0", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"prompt_tokens", "tokens", "text", "stop_reason", "timings"}
-    assert {"prefill_tok_s", "decode_tok_s", "prefill_seconds", "decode_seconds", "load_seconds"} <= set(out["timings"])
+    assert {"prefill_tok_s", "decode_tok_s", "prefill_seconds", "decode_seconds", "load_seconds",
+            "n_drafted", "n_accepted"} <= set(out["timings"])
     session = load(model)
     assert out["prompt_tokens"] == session.prompt_tokens({"messages": messages})  # the template's rendering
     assert 1 <= len(out["tokens"]) <= 5
@@ -79,3 +80,14 @@ def test_bad_sampling_value_fails_before_loading(capsys, monkeypatch):
     assert main(["generate", "/nonexistent.gguf", "-p", "x", "--temperature", "nan"]) == 1
     err = capsys.readouterr().err
     assert "temperature=nan must be a finite number" in err
+
+
+def test_generate_no_lookup_gives_the_same_tokens(capsys, model):
+    """Prompt lookup is on by default and changes no token; --no-lookup drafts nothing."""
+    runs = {}
+    for flag in ([], ["--no-lookup"]):
+        assert main(["generate", str(model), "-p", "ab ab ab ab ab ab", "-n", "24", "--temperature", "0",
+                     "--json", *flag]) == 0
+        runs[bool(flag)] = json.loads(capsys.readouterr().out)
+    assert runs[True]["tokens"] == runs[False]["tokens"]
+    assert runs[True]["timings"]["n_drafted"] == runs[True]["timings"]["n_accepted"] == 0

@@ -269,7 +269,12 @@ def test_chat_completions_openai_shapes(sites, browser):
     # the same messages again: all but the last prompt token come from the KV cache
     assert first["prompt_tokens_details"] == {"cached_tokens": 0}
     assert u["prompt_tokens_details"] == {"cached_tokens": u["prompt_tokens"] - 1}
-    assert {**u, "prompt_tokens_details": None} == {**first, "prompt_tokens_details": None}
+    same = {"prompt_tokens_details": None, "completion_tokens_details": None}  # drafting may differ
+    assert {**u, **same} == {**first, **same}
+    for usage in (u, first):  # prompt lookup's drafted tokens: kept + refused, never negative
+        details = usage["completion_tokens_details"]
+        assert set(details) == {"accepted_prediction_tokens", "rejected_prediction_tokens"}
+        assert min(details.values()) >= 0
     # the next turn (messages extending the last call's) computes only what is new
     assert got["next"]["usage"]["prompt_tokens_details"]["cached_tokens"] >= u["prompt_tokens"]
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]

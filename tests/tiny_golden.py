@@ -134,7 +134,8 @@ def engine_greedy(data: bytes, golden: dict) -> dict:
     assert buf.sha256() == hashlib.sha256(data).hexdigest()
     bridge.load_model(buf)
     gen = bridge.start_generation({"messages": golden["messages"],
-                                   "params": {"temperature": 0, "max_tokens": golden["max_tokens"]}})
+                                   "params": {"temperature": 0, "max_tokens": golden["max_tokens"],
+                                              **golden.get("params", {})}})
     text, tokens, done = "", [], None
     while (ev := gen.step()) is not None:
         if ev["type"] == "token":
