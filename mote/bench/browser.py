@@ -266,10 +266,11 @@ def _check_chromium(path: str) -> None:
                          "or pass --chromium PATH / set MOTE_CHROMIUM")
 
 
-def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: list[str], n: int,
-                n_ctx: int | None, timeout_s: float, workers: int | None = None) -> dict:
+def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: list, n: int,
+                n_ctx: int | None, timeout_s: float, workers: int | None = None, program: str | None = None) -> dict:
     """One cold run in a fresh Chromium: load the model, answer every prompt, read memory.
-    engine "mote" with `workers` set: Mote across that many Web Workers (MoteBench.parallel)."""
+    engine "mote" with `workers` set: Mote across that many Web Workers (MoteBench.parallel);
+    `program` names another MoteBench program taking the same arguments (e.g. "lookup")."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
@@ -289,7 +290,7 @@ def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: 
             t0 = time.perf_counter()
             try:
                 page.wait_for_function("() => window.MoteBench !== undefined", timeout=30_000)
-                program = "parallel" if workers else "mote" if engine == "mote" else engine
+                program = program or ("parallel" if workers else "mote" if engine == "mote" else engine)
                 out = page.evaluate(f"([u, p, n, c, w]) => MoteBench.{program}(u, p, n, c, w)",
                                     [model_url, prompts, n, n_ctx, workers])
                 if workers and out.get("workers") != workers:

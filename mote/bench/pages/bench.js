@@ -7,6 +7,7 @@
  *   run({workers, model, prompt, ...})       one load + one generation on N workers, with every
  *                                            shard's counters (tests/test_parallel.py, parallel.py)
  *   measureMessaging(n, iters)               postMessage round trips between two workers
+ *   lookup(url, chats, n, nCtx, workers)     prompt lookup on and off, paired (mote/bench/lookup.py)
  *   wllama(url, prompts, n, nCtx)            wllama (llama.cpp in WebAssembly), see wllama.js
  *
  * Each returns plain JSON for Playwright. Timings come from the protocol's events: ttft_s is request
@@ -189,4 +190,32 @@ async function measureMessaging(n = 640, iters = 500) {
   return out;
 }
 
-/** @type {any} */ (window).MoteBench = { mote, parallel, run, measureMessaging, wllama: benchWllama };
+/**
+ * Prompt lookup on and off, in paired rounds: Mote on `workers` workers (the embed API), loaded
+ * once; every chat answered greedily with lookup and without, the order alternating from chat to
+ * chat. The second answer of a pair reuses the prompt's KV cache, which shortens only its prefill:
+ * decode_tok_s (the engine's, from the done event) is what the pair compares.
+ * @param {string} url @param {any[][]} chats  lists of chat messages @param {number} n
+ * @param {number|null} nCtx @param {number} workers
+ */
+async function lookup(url, chats, n, nCtx, workers) {
+  const Mote = /** @type {any} */ (window).Mote;
+  const m = await Mote.load(url, nCtx ? { n_ctx: nCtx, workers } : { workers });
+  const runs = [];
+  for (const [i, messages] of chats.entries()) {
+    /** @type {any} */ const pair = {};
+    for (const speculative of i % 2 ? [true, false] : [false, true]) {
+      const ts = performance.now();
+      const seen = arrivals();
+      for await (const ev of m.events({ messages }, { temperature: 0, max_tokens: n, speculative })) {
+        if (ev.type === Ev.TOKEN) seen.token();
+      }
+      pair[speculative ? "lookup" : "plain"] = { ...runRecord(m.last, ts, seen), n_drafted: m.last.n_drafted,
+                                                 n_accepted: m.last.n_accepted, n_reused: m.last.n_reused };
+    }
+    runs.push(pair);
+  }
+  return { runs, workers: m.workers, timings: m.timings, memory: m.memory };
+}
+
+/** @type {any} */ (window).MoteBench = { mote, parallel, run, measureMessaging, lookup, wllama: benchWllama };
