@@ -283,6 +283,9 @@ TRAVERSALS = [
     b"/static/..%2fsecret.txt",
     b"/static/../models/notes.txt",
     b"http://127.0.0.1/../secret.txt",
+    b"/static/v/0/../../secret.txt",
+    b"/static/v/0/%2e%2e/%2e%2e/secret.txt",
+    b"/static/v/0/pyodide/../../secret.txt",
 ]
 
 
@@ -478,3 +481,29 @@ def test_a_broken_model_is_listed_with_an_error_that_hides_the_servers_folders(t
     (entry,) = listed
     assert entry["file"] == "broken.gguf" and entry["error"]
     assert "secret-folder-name" not in json.dumps(listed) and str(tmp_path) not in json.dumps(listed)
+
+
+def test_versioned_static_serves_one_version_at_a_time(tmp_path):
+    """The page's files under /static/v/<version>/: the current version only (the runtime under any),
+    content-addressed, so cached for good; after a change the old version is 404 "reload the page"."""
+    static = tmp_path / "static"
+    (static / "pyodide").mkdir(parents=True)
+    (static / "main.js").write_text("// one")
+    (static / "pyodide" / "pyodide.js").write_text("// runtime")
+    client = TestClient(create_app(Settings(models_dir=tmp_path, static_dir=static)), base_url="http://127.0.0.1")
+    page = client.get("/")
+    old = page.headers["x-mote-shell"]
+    assert f'src="/static/v/{old}/main.js"' in page.text
+    r = client.get(f"/static/v/{old}/main.js")
+    assert r.text == "// one" and "immutable" in r.headers["cache-control"]
+    (static / "pyodide" / "pyodide.js").write_text("// runtime, same size")  # the runtime is not versioned
+    assert client.get("/").headers["x-mote-shell"] == old
+
+    (static / "main.js").write_text("// two")
+    os.utime(static / "main.js", ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime, whatever the clock
+    new = client.get("/").headers["x-mote-shell"]
+    assert new != old and client.get(f"/static/v/{new}/main.js").text == "// two"
+    gone = client.get(f"/static/v/{old}/main.js")
+    assert gone.status_code == 404 and "reload the page" in gone.text and "no-store" in gone.headers["cache-control"]
+    assert client.get(f"/static/v/{old}/pyodide/pyodide.js").status_code == 200
+    assert client.get(f"/static/v/{new}/missing.js").status_code == 404

@@ -7,6 +7,9 @@ Routes
     GET /                     the chat page (web/templates/index.html)
     GET /sw.js                the service worker, served at the root so its scope is the whole app
     GET /static/...           static/ (page scripts, style, and build_wasm.py's pyodide/ and wheels/)
+    GET /static/v/{version}/...  the same files under the page's shell version (ShellVersion): the page
+                              loads its scripts, manifest and wheels from there, so a page never runs
+                              a mix of two deployments (another version: 404 "reload the page")
     GET /models               JSON list: name, file, url, size, sha256, architecture, quantization, licence,
                               kind (chat | completion, for files mote pull knows), default (offered first)
     GET|HEAD /models/{file}   one .gguf file: single Range -> 206, Accept-Ranges, strong ETag (the sha256),
@@ -79,6 +82,76 @@ class Settings:
     model_cache_control: str = "no-cache"  # URLs are not content-addressed: revalidate with the ETag
     static_cache_control: str = "no-cache"
     extra_csp_sources: tuple[str, ...] = field(default=())  # e.g. a Pyodide CDN origin
+
+
+# ---------------------------------------------------------------------------------------------
+# The page's files as one versioned set
+# ---------------------------------------------------------------------------------------------
+class ShellVersion:
+    """A hash of every file under static/ except the Pyodide runtime (the page's scripts and
+    style, build-manifest.json, the wheels): the version the page's URLs carry. Recomputed when a
+    file's size or mtime changes (a deployment), so a page always gets one consistent set.
+
+    The runtime (static/pyodide/) is pinned by build-manifest.json and served under any version:
+    a deployment that changes it changes the manifest, hence the version of the rest."""
+
+    RUNTIME = "pyodide"
+
+    def __init__(self, static_dir: Path):
+        self.static_dir = static_dir
+        self._stats: tuple = ()
+        self._version = ""
+        self._lock = threading.Lock()
+
+    def files(self) -> list[Path]:
+        out = []
+        for root, dirs, names in os.walk(self.static_dir):
+            dirs[:] = sorted(d for d in dirs if not (Path(root) == self.static_dir and d == self.RUNTIME))
+            out += [Path(root) / n for n in sorted(names)]
+        return out
+
+    def current(self) -> str:
+        found = []
+        for f in self.files():
+            try:
+                st = f.stat()
+            except OSError:  # removed while we looked: not part of this version
+                continue
+            found.append((str(f.relative_to(self.static_dir)), st.st_size, st.st_mtime_ns))
+        stats = tuple(found)
+        with self._lock:
+            if stats != self._stats:
+                h = hashlib.sha256()
+                for rel, _, _ in stats:
+                    try:
+                        h.update(rel.encode() + b"\0" + (self.static_dir / rel).read_bytes() + b"\0")
+                    except OSError:
+                        continue
+                self._stats, self._version = stats, h.hexdigest()[:16]
+            return self._version
+
+
+class VersionedStatic:
+    """static/ under /static/v/{version}/: only the current version (the runtime under any), with a
+    long cache lifetime, since a version's URLs never change content."""
+
+    def __init__(self, files: StaticFiles, shell: ShellVersion):
+        self.files, self.shell = files, shell
+
+    async def __call__(self, scope, receive, send):
+        version = scope.get("path_params", {}).get("version", "")
+        rest = scope["path"][len(scope.get("root_path", "")):].lstrip("/")
+        if scope["type"] == "http" and not rest.startswith(ShellVersion.RUNTIME + "/") and version != self.shell.current():
+            response = Response("Mote's files were updated since this page was loaded: reload the page.\n",
+                                status_code=404, media_type="text/plain", headers={"Cache-Control": "no-store"})
+            await response(scope, receive, send)
+            return
+
+        async def send_immutable(message):
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                message["headers"] = [*message["headers"], (b"cache-control", b"public, max-age=31536000, immutable")]
+            await send(message)
+        await self.files(scope, receive, send_immutable)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +365,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Mote", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.settings = settings
     index = app.state.models = ModelIndex(settings)
+    shell = app.state.shell = ShellVersion(settings.static_dir)
     templates = Jinja2Templates(directory=str(settings.templates_dir))
     csp = _csp(Settings(**{**settings.__dict__,
                            "extra_csp_sources": settings.extra_csp_sources + _cdn_origin(settings.static_dir)}))
@@ -309,10 +383,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def page(request: Request):
         manifest_path = settings.static_dir / "build-manifest.json"
+        version = shell.current()
         return templates.TemplateResponse(request, "index.html", {
             "built": manifest_path.is_file(),
             "manifest": json.loads(manifest_path.read_text()) if manifest_path.is_file() else None,
-        }, headers={"Cache-Control": "no-cache"})
+            "shell": version,
+        }, headers={"Cache-Control": "no-cache", "X-Mote-Shell": version})
 
     @app.get("/sw.js", include_in_schema=False)
     async def service_worker():
@@ -365,7 +441,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  status_code=status, headers=headers,
                                  media_type="application/octet-stream")
 
-    app.mount("/static", StaticFiles(directory=settings.static_dir, check_dir=False), name="static")
+    static_files = StaticFiles(directory=settings.static_dir, check_dir=False)
+    app.mount("/static/v/{version}", VersionedStatic(static_files, shell), name="static-versioned")
+    app.mount("/static", static_files, name="static")
 
     # Outermost first: the Host check runs before anything else, then CORS.
     if settings.cors_origins:
