@@ -26,6 +26,7 @@ import pytest
 from engine import shard
 from engine.generate import SamplingParams, generate
 from engine.gguf import open_gguf
+from engine.lookup import DraftPolicy
 from engine.model import ROW_PARALLEL, LoadPolicy, load_model
 from engine.session import Generation, LookaheadModel, Session
 from mote.loader import load
@@ -199,11 +200,12 @@ def test_leader_generation_gives_engine_tokens(tiny, arch, speculative):
     path = tiny(arch, "Q8_0")
     loaded = load(path, policy=BLOCKS)
     prompt = [1] + _tokens(5, seed=5) * 3  # repeats, so lookup finds drafts
-    params = SamplingParams(temperature=0, max_tokens=12, speculative=speculative)
+    params = SamplingParams(temperature=0, max_tokens=40, speculative=speculative)
     want = [ev.token_id for ev in generate(loaded.model, loaded.tokenizer, prompt, params) if ev.kind == "token"]
 
     shards = _shards_from_ranges(path, 2, policy=BLOCKS)
     session = Session(open_gguf(path), LookaheadModel(shards[0].n_ctx))
+    session.draft_policy = DraftPolicy(t1=1.0, row_cost=0.01)  # drafts whenever there is a match
     gen = Generation(session, prompt, 0, params)
     got, done = [], None
     while True:
@@ -213,7 +215,7 @@ def test_leader_generation_gives_engine_tokens(tiny, arch, speculative):
             assert verify == (len(tokens) > 1 and start > 0)
             for s in shards:
                 s.pos = start
-            gen.provide(shard.run_lockstep(shards, tokens, verify, verify), 0.01 * len(tokens))
+            gen.provide(shard.run_lockstep(shards, tokens, verify, verify), 1.0 + 0.01 * (len(tokens) - 1))
         ev = gen.step()
         if ev is None:
             break
