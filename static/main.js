@@ -73,6 +73,24 @@ let firstTokenAt = 0;
 /** @param {import("./protocol.js").Request} msg */
 const send = (msg) => worker.postMessage(msg);
 
+/** How long an idle worker may take to answer a PING before the page replaces it. */
+const PING_TIMEOUT_MS = 10_000;
+let pingTimer = 0;
+
+/**
+ * Before a request to a worker that should be idle: a PING, answered at once by a live worker
+ * (before it starts on the request). A worker the browser terminated, or one stuck for good,
+ * never answers: the page says so and starts a fresh one (workerStopped).
+ */
+function checkAlive() {
+  clearTimeout(pingTimer);
+  const w = worker;
+  send({ type: Req.PING });
+  pingTimer = window.setTimeout(() => {
+    if (w === worker) workerStopped(`it did not answer for ${PING_TIMEOUT_MS / 1000} s (terminated, or out of memory)`);
+  }, PING_TIMEOUT_MS);
+}
+
 /** The Workers setting, clamped to 1..MAX_WORKERS. */
 const workersSetting = () => clampWorkers($("workers").value);
 
@@ -201,6 +219,7 @@ function sendConversation() {
   setBusy(true);
   const system = $("system").value.trim();
   const messages = system ? [{ role: "system", content: system }, ...state.history] : state.history.slice();
+  checkAlive();
   send({ type: Req.GENERATE, id: currentId, messages: /** @type {any} */ (messages), params: settings() });
 }
 
@@ -266,6 +285,7 @@ function onWorkerMessage(/** @type {MessageEvent} */ event) {
   const ev = event.data;
   if (!isMessage(ev, Object.values(Ev))) return;
   switch (ev.type) {
+    case Ev.PONG: clearTimeout(pingTimer); break;
     case Ev.PROGRESS: {
       const p = /** @type {import("./protocol.js").ProgressEvent} */ (ev);
       for (const s of STAGES) {                      // every earlier stage is done by now
@@ -409,6 +429,7 @@ $("load-btn").addEventListener("click", () => {
   state.storeFailed = null;
   const n = workersFor(state.selected);
   if (n !== state.workers) startWorker(n);         // e.g. a small or atome model on a multi-worker setting
+  else if (state.runtime) checkAlive();            // a booted worker: is it still there?
   state.loading = true;
   setBusy(false);
   setStage("weights", "active");

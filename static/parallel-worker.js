@@ -296,6 +296,7 @@ self.addEventListener("message", async (event) => {
       case Shard.STATS: post({ type: Shard.STATS, stats: { ...stats }, memory: memory(pyodide) }); break;
       case Req.GENERATE: await generate(msg); break;
       case Req.ABORT: abortRequested = true; break;
+      case Req.PING: post({ type: Ev.PONG }); break;
       case Req.RESET: session?.forget(); break;          // also during a generation: it records nothing
       default: break;
     }

@@ -94,6 +94,7 @@ export class ParallelWorker extends EventTarget {
   /** @param {any} msg */
   postMessage(msg) {
     if (msg?.type === Req.ABORT || msg?.type === Req.RESET) { this.workers[0]?.postMessage(msg); return; }
+    if (msg?.type === Req.PING) { this.ping(); return; }
     const run = msg?.type === Req.LOAD ? this.load(msg) : msg?.type === Req.GENERATE ? this.generate(msg) : null;
     run?.catch((e) => this.emit({ type: Ev.ERROR, id: msg.id, stage: e?.stage, message: String(e?.message || e),
                                   ...(e?.unsplittable ? { unsplittable: true } : {}) }));
@@ -134,10 +135,19 @@ export class ParallelWorker extends EventTarget {
     return { workers: this.n, platform: "emscripten", parallel: true };
   }
 
+  /** PONG to the page once every shard worker answered a PING (a terminated one never does). */
+  ping() {
+    this.pongsDue = this.workers.length;
+    if (this.pongsDue === 0) { this.emit({ type: Ev.PONG }); return; }
+    for (const w of this.workers) w.postMessage({ type: Req.PING });
+  }
+
   /** Events from the workers: write acknowledgements and load errors here, the leader's events to the page. */
   fromWorker(/** @type {Worker} */ w, /** @type {any} */ d) {
     const i = this.workers.indexOf(w);
-    if (d?.type === Shard.WROTE) {
+    if (d?.type === Ev.PONG) {
+      if (--this.pongsDue === 0) this.emit({ type: Ev.PONG });
+    } else if (d?.type === Shard.WROTE) {
       this.inflight[i] -= d.n;
       this.wakeUp();
     } else if (d?.type === Ev.ERROR && this.loading) {

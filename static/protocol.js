@@ -21,12 +21,13 @@
 
 export const PROTOCOL_VERSION = 1;
 
-/** Request types (page -> worker). */
-export const Req = Object.freeze({ LOAD: "load", GENERATE: "generate", ABORT: "abort", RESET: "reset" });
+/** Request types (page -> worker). PING: answered at once with PONG (a worker that does not
+ *  answer was terminated or is stuck: the page replaces it). */
+export const Req = Object.freeze({ LOAD: "load", GENERATE: "generate", ABORT: "abort", RESET: "reset", PING: "ping" });
 
 /** Event types (worker -> page). */
 export const Ev = Object.freeze({
-  PROGRESS: "progress", READY: "ready", TOKEN: "token", DONE: "done", ERROR: "error",
+  PROGRESS: "progress", READY: "ready", TOKEN: "token", DONE: "done", ERROR: "error", PONG: "pong",
 });
 
 /** Load stages, in order; `progress.stage` is one of these. */

@@ -198,7 +198,8 @@ async function handleGenerate(msg) {
 
 self.addEventListener("message", async (event) => {
   const msg = event.data;
-  if (!isMessage(msg, [Req.LOAD, Req.GENERATE, Req.ABORT, Req.RESET])) return;
+  if (!isMessage(msg, [Req.LOAD, Req.GENERATE, Req.ABORT, Req.RESET, Req.PING])) return;
+  if (msg.type === Req.PING) { post({ type: Ev.PONG }); return; }
   if (msg.type === Req.ABORT) { abortRequested = true; return; }
   if (msg.type === Req.RESET) { bridge?.reset(); return; }      // also during a generation: it records nothing
   try {

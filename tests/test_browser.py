@@ -450,6 +450,24 @@ def test_a_worker_that_fails_is_replaced_and_the_page_goes_on(tab, site, golden)
     page.click("#clear-btn")
 
 
+def test_a_worker_terminated_silently_is_found_and_replaced(tab, site, golden):
+    """A worker that ends without any error event (as when the browser terminates it): the next
+    request's PING goes unanswered, the page says so within 10 s, starts a fresh worker, and Load
+    and chat work again."""
+    page, _, _ = tab
+    before = page.evaluate("() => window.moteApp.state.stoppedCount")
+    page.evaluate("() => window.moteApp.worker.terminate()")      # no event reaches the page
+    chat(page, "hello", 4, wait=False)
+    page.wait_for_function(f"() => window.moteApp.state.stoppedCount === {before + 1} && window.moteApp.state.runtime",
+                           timeout=60_000)
+    shown = page.locator(".msg.error").last.inner_text()
+    assert "did not answer" in shown and "press Load" in shown, shown
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready", ready
+    assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
+    page.click("#clear-btn")
+
+
 def test_reload_reads_the_cached_model(tab, site, golden):
     page, _, _ = tab
     boot_s = open_page(page, site[0])
