@@ -507,3 +507,15 @@ def test_versioned_static_serves_one_version_at_a_time(tmp_path):
     assert gone.status_code == 404 and "reload the page" in gone.text and "no-store" in gone.headers["cache-control"]
     assert client.get(f"/static/v/{old}/pyodide/pyodide.js").status_code == 200
     assert client.get(f"/static/v/{new}/missing.js").status_code == 404
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n",    # one huge header
+    b"GET /" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",            # a huge request line
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-A: b\r\n" * 20_000 + b"\r\n",     # very many headers
+], ids=["header", "request-line", "many-headers"])
+def test_oversized_requests_get_a_4xx_not_a_reset(server, request_bytes):
+    with socket.create_connection(("127.0.0.1", server), timeout=5) as s:
+        s.sendall(request_bytes)
+        head = s.recv(1000)
+    assert head.startswith(b"HTTP/1.1 4"), head[:80]
