@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--browser", type=int, nargs="*", default=None, metavar="N",
                     help="paired runs in headless Chromium on N workers (one row per N)")
     ap.add_argument("--wllama", action="store_true", help="the same requests on wllama, one thread")
+    ap.add_argument("--wllama-from", default=None, metavar="LOOKUP.json",
+                    help="compare with the wllama runs of an earlier report instead of running wllama")
     ap.add_argument("-n", "--n-predict", type=int, default=96)
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--cases", default=None, help="only these request numbers, e.g. 0,3,10 (default: all)")
@@ -167,15 +169,33 @@ def main(argv: list[str] | None = None) -> int:
                        "platform": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
                        "kinds": [c["kind"] for c in cases]},
               "pairs": {}, "summary": {}}
-    wl = None
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def save() -> str:  # after every engine: a later failure keeps what was measured
+        (out_dir / "lookup.json").write_text(json.dumps(report, indent=1))
+        md = markdown(report)
+        (out_dir / "lookup.md").write_text(md)
+        return md
+
+    if args.native:
+        pairs = native_runs(path, cases, args.n_predict, args.ctx)
+        report["pairs"]["cpython"] = pairs
+        report["summary"]["cpython"] = summarize(cases, pairs)
+        save()
     if args.browser is not None or args.wllama:
-        from mote.bench.browser import _browser_version, bench_app, serve_in_thread
+        from mote.bench.browser import RunFailed, _browser_version, bench_app, serve_in_thread
 
         report["meta"]["browser"] = _browser_version(args.chromium)
         with tempfile.TemporaryDirectory(prefix="mote-lookup-") as tmp:
             os.symlink(path, Path(tmp) / "model.gguf")
             with serve_in_thread(bench_app(Path(tmp), args.wllama)) as base:
                 url = f"{base}/models/model.gguf"
+                for w in args.browser or []:
+                    out = browser_pairs(base, args.chromium, url, cases, args.n_predict, args.ctx, w, args.run_timeout)
+                    report["pairs"][f"chromium x{w}"] = out["runs"]
+                    report["summary"][f"chromium x{w}"] = summarize(cases, out["runs"])
+                    save()
                 if args.wllama:
                     from engine.chat import ChatTemplate
                     from engine.gguf import open_gguf
@@ -183,21 +203,22 @@ def main(argv: list[str] | None = None) -> int:
                     template = ChatTemplate.from_metadata(open_gguf(path).metadata)
                     prompts = [template.render(c["messages"]) for c in cases]
                     print("[lookup] wllama ...", file=sys.stderr, flush=True)
-                    wl = wllama_runs(base, args.chromium, url, prompts, args.n_predict, args.ctx, args.run_timeout)
-                    report["wllama"] = wl
-                for w in args.browser or []:
-                    out = browser_pairs(base, args.chromium, url, cases, args.n_predict, args.ctx, w, args.run_timeout)
-                    report["pairs"][f"chromium x{w}"] = out["runs"]
-                    report["summary"][f"chromium x{w}"] = summarize(cases, out["runs"], wl)
-    if args.native:
-        pairs = native_runs(path, cases, args.n_predict, args.ctx)
-        report["pairs"]["cpython"] = pairs
-        report["summary"]["cpython"] = summarize(cases, pairs)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "lookup.json").write_text(json.dumps(report, indent=1))
-    md = markdown(report)
-    (out_dir / "lookup.md").write_text(md)
+                    try:
+                        report["wllama"] = wllama_runs(base, args.chromium, url, prompts, args.n_predict, args.ctx,
+                                                       args.run_timeout)
+                    except RunFailed as e:
+                        report["wllama_error"] = str(e)
+                    else:
+                        for engine, pairs in report["pairs"].items():
+                            if engine.startswith("chromium"):
+                                report["summary"][engine] = summarize(cases, pairs, report["wllama"])
+    if args.wllama_from:
+        earlier = json.loads(Path(args.wllama_from).read_text())
+        report["wllama"], report["meta"]["wllama_from"] = earlier["wllama"], earlier["meta"]["time"]
+        for engine, pairs in report["pairs"].items():
+            if engine.startswith("chromium"):
+                report["summary"][engine] = summarize(cases, pairs, report["wllama"])
+    md = save()
     print(md)
     ok = all(r["identical"] for s in report["summary"].values() for r in s.values())
     return 0 if ok else 1
