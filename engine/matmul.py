@@ -234,9 +234,7 @@ class BlockLinear:
                     job.result()
                 return y.reshape(*x.shape[:-1], self.n_out)
             getattr(self, "_mv_" + self.kernel)(x1, y)
-            if self.offset is not None:
-                xsum = x1.reshape(self.n_sub, self.sub).sum(axis=1)  # (n_sub,) per-sub-block sums of x
-                y -= dense_matvec(self.offset, xsum)  # (n_out,)
+            self._minus_offset(x1, y)
             return y.reshape(*x.shape[:-1], self.n_out)
         x2 = np.ascontiguousarray(x.reshape(-1, self.n_in))  # (n, n_in)
         y2 = np.empty((x2.shape[0], self.n_out), np.float32) if out is None else out.reshape(-1, self.n_out)
@@ -264,11 +262,15 @@ class BlockLinear:
         else:  # "scale" and "transposed" (forced only): one call per row
             for j in range(x2.shape[0]):
                 getattr(self, "_mv_" + self.kernel)(x2[j], y2[j])
-        if self.offset is not None:
-            for j in range(x2.shape[0]):
-                xsum = x2[j].reshape(self.n_sub, self.sub).sum(axis=1)  # (n_sub,) as in a one-token call
-                y2[j] -= dense_matvec(self.offset, xsum)  # (n_out,)
+        for j in range(x2.shape[0]):
+            self._minus_offset(x2[j], y2[j])
         return y2
+
+    def _minus_offset(self, x1: np.ndarray, y: np.ndarray) -> None:
+        """One token's y -= offset @ (per-sub-block sums of x): x1 (n_in,), y (n_out,) in place."""
+        if self.offset is not None:
+            xsum = x1.reshape(self.n_sub, self.sub).sum(axis=1)  # (n_sub,) per-sub-block sums of x
+            y -= dense_matvec(self.offset, xsum)  # (n_out,)
 
     def _rows(self) -> list[tuple[int, int]]:
         """(start, count) of each chunk of rows (computed once)."""

@@ -196,6 +196,7 @@ class ShardRunner:
         self.mailbox = np.zeros((self.n_shards, self.capacity), np.float32)  # (N, capacity)
         self.logits = np.zeros(model.config.vocab_size, np.float32)  # (rows * vocab,) the leader's gather target
         self.gather_rows = 1        # rows of logits the current forward gathers
+        self._vocab_starts = [p.vocab[0] for p in plan_shards(model.config, self.n_shards, split_attention=False)]
         self._steps = None
         self._kind, self._n = None, 0
         self._shape: tuple = ()
@@ -207,8 +208,6 @@ class ShardRunner:
     def vocab_starts(self) -> list[int]:
         """Where each shard's slice starts in the vocabulary (JavaScript writes the peers' slices
         at gather_rows times that)."""
-        if not hasattr(self, "_vocab_starts"):
-            self._vocab_starts = [p.vocab[0] for p in plan_shards(self.model.config, self.n_shards, split_attention=False)]
         return list(self._vocab_starts)
 
     def mailbox_address(self) -> int:
