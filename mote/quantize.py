@@ -1,7 +1,7 @@
 """Quantize a GGUF model, and collect the importance matrix that guides it (a tool beside the
 pipeline: gguf.py -> quants.py -> gguf.write_gguf).
 
-    mote quantize IN.gguf OUT.gguf --type q8_0|q4_0|q4_k|q2_k|tq2_0|tq1_0 [--imatrix FILE]
+    mote quantize IN.gguf OUT.gguf --type q8_0|q4_0|q4_k|q3_k|q2_k|tq2_0|tq1_0 [--imatrix FILE]
     mote imatrix MODEL TEXTFILE -o FILE [--ctx 256] [--chunks 32]
 
 `mote quantize` reads every tensor, dequantizes it to float32 if it is stored quantized (so a
@@ -12,18 +12,22 @@ standard ggml types, so llama.cpp loads it too (for architectures it knows).
 
 Per-tensor policy (`choose_type`), after llama.cpp's llama_tensor_get_type, simplified:
 
-    tensor                       q8_0   q4_0   q4_k (= Q4_K_M)        q2_k             tq2_0 / tq1_0
-    1-D (norms, biases)          F32    F32    F32                    F32              F32       kept as is: tiny, and
-                                                                                                 error there hits every token
-    position_embd                kept   kept   kept                   kept             kept      (llama.cpp never quantizes it)
-    output (or tied token_embd)  Q8_0   Q6_K   Q6_K                   Q6_K             Q6_K      the logits see every error
-    token_embd (untied)          Q8_0   Q4_0   Q4_K                   Q2_K             Q4_K      ternary embeddings are poor
-    attn_v, ffn_down             Q8_0   Q4_0   Q6_K in "more bits"    Q3_K             TQ
+    tensor                       q8_0   q4_0   q4_k (= Q4_K_M)      q3_k (~ Q3_K_M)  q2_k   tq2_0 / tq1_0
+    1-D (norms, biases)          F32    F32    F32                  F32              F32    F32      kept as is: tiny, and
+                                                                                                    error there hits every token
+    position_embd                kept   kept   kept                 kept             kept   kept     (llama.cpp never quantizes it)
+    output (or tied token_embd)  Q8_0   Q6_K   Q6_K                 Q6_K             Q6_K   Q6_K     the logits see every error
+    token_embd (untied)          Q8_0   Q4_0   Q4_K                 Q3_K             Q2_K   Q4_K     ternary embeddings are poor
+    attn_v, ffn_down             Q8_0   Q4_0   Q6_K in "more bits"  Q4_K             Q3_K   TQ
                                                 layers, else Q4_K
-    attn_qkv (fused)             Q8_0   Q4_0   Q5_K                   Q2_K             TQ
-    attn_output                  Q8_0   Q4_0   Q4_K                   Q3_K             TQ
-    other matrices               Q8_0   Q4_0   Q4_K                   Q2_K             TQ
-    general.file_type            7      2      15                     10               37 / 36
+    attn_qkv (fused)             Q8_0   Q4_0   Q5_K                 Q4_K             Q2_K   TQ
+    attn_output                  Q8_0   Q4_0   Q4_K                 Q4_K             Q3_K   TQ
+    other matrices               Q8_0   Q4_0   Q4_K                 Q3_K             Q2_K   TQ
+    general.file_type            7      2      15                   12               10     37 / 36
+
+q3_k is llama.cpp's Q3_K_M without its Q5_K in the first layers (attn_v in layers 0-1, ffn_down in
+the first sixteenth): those are Q4_K here like the rest, under 0.01 bits per weight fewer on
+Qwen2.5 1.5B.
 
 "More bits" layers (llama.cpp use_more_bits): the first and last eighth of the layers and every
 third layer in between. A tensor already stored in the chosen type is copied byte for byte.
@@ -84,6 +88,8 @@ MIXES = {
     "q4_0": Mix("Q4_0", 2, "MOSTLY_Q4_0", output="Q6_K", token_embd="Q4_0"),
     "q4_k": Mix("Q4_K", 15, "MOSTLY_Q4_K_M", output="Q6_K", token_embd="Q4_K",
                 overrides={"attn_v+": "Q6_K", "ffn_down+": "Q6_K", "attn_qkv": "Q5_K"}),
+    "q3_k": Mix("Q3_K", 12, "MOSTLY_Q3_K_M", output="Q6_K", token_embd="Q3_K",
+                overrides={"attn_v": "Q4_K", "ffn_down": "Q4_K", "attn_output": "Q4_K", "attn_qkv": "Q4_K"}),
     "q2_k": Mix("Q2_K", 10, "MOSTLY_Q2_K", output="Q6_K", token_embd="Q2_K",
                 overrides={"attn_v": "Q3_K", "ffn_down": "Q3_K", "attn_output": "Q3_K"}),
     "tq2_0": Mix("TQ2_0", 37, "MOSTLY_TQ2_0", output="Q6_K", token_embd="Q4_K"),
