@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -172,6 +173,24 @@ def markdown(results: list[dict], settings: dict) -> str:
     return "\n".join(lines)
 
 
+def merge_sections(old: str, new: str) -> str:
+    """Markdown `old` with `new`'s "## " sections in place of those with the same heading (others kept,
+    new ones appended) and `new`'s preamble, if it has one. scripts/quality_1p5b.py writes its own section.
+
+    >>> merge_sections("# T\\n\\n## a\\nA\\n\\n## b\\nB\\n", "## b\\nB2\\n\\n## c\\nC\\n")
+    '# T\\n\\n## a\\nA\\n\\n## b\\nB2\\n\\n## c\\nC\\n'
+    """
+    def split(md: str) -> tuple[str, dict[str, str]]:
+        head, *sections = re.split(r"(?m)^(?=## )", md)
+        return head, {s.split("\n", 1)[0]: s.rstrip("\n") + "\n\n" for s in sections}
+
+    old_head, merged = split(old)
+    new_head, new_sections = split(new)
+    merged.update(new_sections)  # same heading: replaced in place; new heading: appended
+    head = (new_head if new_head.strip() else old_head).rstrip("\n") + "\n\n"
+    return (head + "".join(merged.values())).rstrip("\n") + "\n"
+
+
 def plot(results: list[dict], path: Path) -> str | None:
     try:
         import matplotlib
@@ -234,7 +253,8 @@ def main() -> int:
                 raise SystemExit(f"unknown model {name!r} (expected vanilla or gemma)")
             # write after every model, so a long Gemma run never loses the vanilla table
             (out / "quality.json").write_text(json.dumps({"settings": settings, "results": results}, indent=1))
-            (out / "quality.md").write_text(markdown(results, settings))
+            md = out / "quality.md"  # other scripts' sections (the 1.5B's) are kept
+            md.write_text(merge_sections(md.read_text() if md.exists() else "", markdown(results, settings)))
             note = plot(results, out / "quality.png")
             if note:
                 print(note)
