@@ -428,6 +428,8 @@ class Embedding:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.n_vocab):
             raise ValueError(f"token id out of range 0..{self.n_vocab - 1}")
+        if self.block is not None and not isinstance(self.block, BlockLinear):  # packed.PackedLinear
+            return self.block.dequantize_rows(ids)  # (n, d)
         if self.block is not None:
             lin = self.block
             # (n, n_sub, sub) int8: rows of q, or columns of q.T for the "transposed" kernel
@@ -468,16 +470,25 @@ def compact_q8_0(raw: np.ndarray, n_out: int, n_in: int) -> tuple[np.ndarray, np
 
 
 def prepare_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], dense: bool, kernel: str | None = None,
-                   in_place: bool = False):
+                   in_place: bool = False, packed: bool = False):
     """Resident form of a (n_out, n_in) weight: float32 when `dense` or not block-quantized.
 
     kernel: force a BlockLinear kernel (None: `choose_kernel` decides).
     in_place: raw belongs to this model alone and may be rearranged (Q8_0 is compacted with
-        `compact_q8_0` when raw is writable); the result then has `compacted` set.
+        `compact_q8_0`, packed blocks planarized, when raw is writable); the result then has
+        `compacted` set.
+    packed: keep block types other than Q8_0 as their packed bytes (`packed.PackedLinear`)
+        instead of int8 values and float32 scales.
     """
     if dense or quants.TYPES[ggml_type].is_float:
         return DenseLinear(quants.dequantize(raw, ggml_type, shape))
     n_out, n_in = shape
+    rows = raw.reshape(n_out, -1)  # (n_out, row bytes)
+    planar = in_place and rows.flags.writeable and rows.flags.c_contiguous
+    if packed and (planar or ggml_type != quants.BY_NAME["Q8_0"].type_id):
+        from .packed import PackedLinear
+
+        return PackedLinear(rows, ggml_type, shape, planar=planar)
     if ggml_type == quants.BY_NAME["Q8_0"].type_id and in_place and raw.flags.writeable:
         q, d = compact_q8_0(raw, n_out, n_in)
         lin = BlockLinear(q, d, None, kernel)

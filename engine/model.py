@@ -28,6 +28,7 @@ from . import quants
 from .config import SUPPORTED_ARCHITECTURES, ConfigError, ModelConfig
 from .gguf import GGUFFile
 from .matmul import BlockLinear, DenseLinear, Embedding, prepare_linear
+from .packed import PackedLinear
 
 DEFAULT_CTX = 2048  # KV cache length unless asked otherwise (Gemma's 32k would need 1.2 GB)
 
@@ -42,7 +43,11 @@ class LoadPolicy:
         float32) is float32 only below this size.
     own_buffer: the GGUF buffer is this model's private, writable copy (the browser worker's, never
         parsed again), so block weights may be rearranged in it in place (Q8_0 compacted to
-        contiguous int8 rows, `matmul.compact_q8_0`). Off for files (read-only mmap) and shared bytes.
+        contiguous int8 rows, `matmul.compact_q8_0`; packed blocks planarized, `packed.planarize`).
+        Off for files (read-only mmap) and shared bytes.
+    packed: block matrices other than Q8_0 stay as the file's packed bytes and are multiplied a
+        chunk at a time (`packed.PackedLinear`): resident memory is the file's size, instead of
+        int8 values plus float32 scales (about 2.2x a 4-bit file). Q8_0 keeps its int8 bytes.
 
     The README's "Memory" section says what the defaults keep resident.
     """
@@ -50,6 +55,7 @@ class LoadPolicy:
     dense_layers_mb: float = 256.0
     dense_head_mb: float = 64.0
     own_buffer: bool = False
+    packed: bool = False
 
 
 def memory_limit() -> int:
@@ -544,7 +550,7 @@ def load_transformer(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolic
                 n_rows = sum(e - a for a, e in spans)
                 if n_rows:
                     b[m] = matrix(name, t, n_rows, t.shape[1],
-                                  lambda dense: _rows(gguf, name, spans, dense, policy.own_buffer))
+                                  lambda dense: _rows(gguf, name, spans, dense, policy))
                 if bias is not None:
                     full = vector(bias.name, shapes[m][0])  # (n_out,)
                     b[m + ".bias"] = np.concatenate([full[a:e] for a, e in spans]) if spans else full[:0]
@@ -552,7 +558,7 @@ def load_transformer(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolic
                 c0, c1 = cols[m]
                 if c1 > c0:
                     b[m] = matrix(name, t, t.shape[0], c1 - c0,
-                                  lambda dense: _columns(gguf, name, c0, c1, dense, policy.own_buffer))
+                                  lambda dense: _columns(gguf, name, c0, c1, dense, policy))
                 if bias is not None:
                     b[m + ".bias"] = vector(bias.name, shapes[m][0])
         for v in _VECTORS:
@@ -575,7 +581,7 @@ def load_transformer(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolic
     if len(head.shape) != 2 or head.shape[1] != d:
         raise ConfigError(f"{head.name} has shape {tuple(head.shape)} (expected (vocab, {d}))")
     head_dense = 4 * (v1 - v0) * d <= policy.dense_head_mb * 2**20
-    weights["output"] = _rows(gguf, head.name, [(v0, v1)], head_dense, policy.own_buffer)  # (vocab_mine, d)
+    weights["output"] = _rows(gguf, head.name, [(v0, v1)], head_dense, policy)  # (vocab_mine, d)
     if getattr(weights["output"], "compacted", False) and head is emb:  # tied: the file's rows are gone
         weights["token_embd"] = Embedding.from_block(weights["output"], emb.ggml_type)
     if release is not None and weights["output"].copied:  # the kernel repacked the head: drop its file pages
@@ -605,16 +611,17 @@ def _check_layer(cfg: ModelConfig, i: int, tensors: dict) -> None:
         raise ConfigError(f"layer {i}: missing tensors {', '.join(missing)}")
 
 
-def _rows(gguf: GGUFFile, name: str, spans: list[tuple[int, int]], dense: bool, in_place: bool):
+def _rows(gguf: GGUFFile, name: str, spans: list[tuple[int, int]], dense: bool, policy: LoadPolicy):
     """Resident form of the given row ranges of matrix `name`, concatenated in order."""
     t = gguf.tensors[name]
     parts = [gguf.rows(name, a, b) for a, b in spans if b > a]
     raw = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (rows * row bytes,) uint8
     n_rows = sum(b - a for a, b in spans)
-    return prepare_linear(raw, t.ggml_type, (n_rows, t.shape[1]), dense=dense, in_place=in_place)
+    return prepare_linear(raw, t.ggml_type, (n_rows, t.shape[1]), dense=dense,
+                          in_place=policy.own_buffer, packed=policy.packed)
 
 
-def _columns(gguf: GGUFFile, name: str, c0: int, c1: int, dense: bool, own_buffer: bool):
+def _columns(gguf: GGUFFile, name: str, c0: int, c1: int, dense: bool, policy: LoadPolicy):
     """Resident form of columns c0..c1 of matrix `name`: whole blocks when the cut allows it.
 
     A cut is a fresh copy (unless it is every column), so Q8_0 is compacted in it; with
@@ -625,11 +632,12 @@ def _columns(gguf: GGUFFile, name: str, c0: int, c1: int, dense: bool, own_buffe
     qt = quants.TYPES[t.ggml_type]
     raw = gguf.raw(name)  # (n_out * row bytes,) uint8
     if (c0, c1) == (0, n_in):
-        return prepare_linear(raw, t.ggml_type, t.shape, dense=dense, in_place=own_buffer)
+        return prepare_linear(raw, t.ggml_type, t.shape, dense=dense, in_place=policy.own_buffer, packed=policy.packed)
     if c0 % qt.block_size == 0 and c1 % qt.block_size == 0:
         b0, b1 = c0 // qt.block_size * qt.type_size, c1 // qt.block_size * qt.type_size  # byte columns
         part = np.ascontiguousarray(raw.reshape(n_out, -1)[:, b0:b1])  # (n_out, cut bytes) whole blocks, a copy
-        return prepare_linear(part.reshape(-1), t.ggml_type, (n_out, c1 - c0), dense=dense, in_place=True)
+        return prepare_linear(part.reshape(-1), t.ggml_type, (n_out, c1 - c0), dense=dense, in_place=True,
+                              packed=policy.packed)
     # a cut inside a block (tiny models only): dequantize, keep float32 columns
     w = quants.dequantize(raw, t.ggml_type, t.shape)  # (n_out, n_in) float32
     return DenseLinear(np.ascontiguousarray(w[:, c0:c1]))
@@ -640,7 +648,7 @@ def resident_bytes(model: Model) -> int:
     total = model.k_cache.nbytes + model.v_cache.nbytes
     for b in model.w["blk"] + [model.w]:
         for v in b.values():
-            if isinstance(v, (DenseLinear, BlockLinear)):
+            if isinstance(v, (DenseLinear, BlockLinear, PackedLinear)):
                 total += v.nbytes
             elif isinstance(v, np.ndarray):
                 total += v.nbytes

@@ -59,7 +59,13 @@ def write_tiny(path: Path, arch: str = "llama", seed: int = 0, qtype: str = "F32
         elif qt == gguf.GGMLQuantizationType.F16:
             w.add_tensor(name, x.astype(np.float16))
         else:
-            w.add_tensor(name, gguf.quants.quantize(x, qt), raw_dtype=qt)
+            try:
+                blocks = gguf.quants.quantize(x, qt)
+            except NotImplementedError:  # gguf-py has no encoder for it (K-quants): llama.cpp's, ported
+                from mote import encoders
+
+                blocks = encoders.quantize(x, int(qt)).reshape(n_out, -1)
+            w.add_tensor(name, blocks, raw_dtype=qt)
 
     def vec(name: str, n: int, around: float = 1.0):
         w.add_tensor(name, (around + 0.1 * rng.standard_normal(n)).astype(np.float32))
