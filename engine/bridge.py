@@ -35,12 +35,11 @@ if IN_PYODIDE:  # pragma: no cover - only inside the browser
     import js  # type: ignore[import-not-found]
     from pyodide.ffi import JsProxy, to_js  # type: ignore[import-not-found]
 
-# Weights as a worker loads them: no float32 copies of the layer matrices. In Pyodide (no BLAS)
-# the int8-block kernels are as fast as float32 products, while float32 copies would cost WASM
-# memory that never shrinks (docs/kernels.md has the measurements). The buffer is the worker's own
-# copy, so Q8_0 blocks may be compacted in it. Used in CPython too, so the tests that drive this
-# module compute what the page computes.
-WORKER_POLICY = LoadPolicy(dense_layers_mb=0.0, own_buffer=True)
+# Weights as a worker loads them: the file's own blocks, planarized in place (engine/packed.py), so
+# a model costs its file size in WASM memory (which never shrinks) and nothing of the weights' size
+# on top; in Pyodide these products are as fast as the int8 blocks' (docs/kernels.md). Used in
+# CPython too, so the tests that drive this module compute what the page computes.
+WORKER_POLICY = LoadPolicy(dense_layers_mb=0.0, own_buffer=True, packed=True)
 
 
 def _py(value: Any) -> Any:

@@ -382,7 +382,8 @@ class ShardLoader:
         need = sum(len(b) for _, b in self._pieces)
         if self._streamed and self._written != need:  # every byte of every piece must have come
             raise ValueError(f"shard {self.plan.index} got {self._written} of its {need} bytes")
-        model = load_model(self.file(), self.n_ctx, LoadPolicy(dense_layers_mb=0.0, own_buffer=True), plan=self.plan)
+        model = load_model(self.file(), self.n_ctx, LoadPolicy(dense_layers_mb=0.0, own_buffer=True, packed=True),
+                           plan=self.plan)
         return ShardRunner(model)
 
     def leader_session(self, n_ctx: int) -> Session:
