@@ -22,6 +22,7 @@ Worker usage (JavaScript, see static/worker.js):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 import time
@@ -181,14 +182,50 @@ def _version(dist: str) -> str | None:
 _session: Session | None = None
 
 
-def load_model(data: Any, n_ctx: int | None = None) -> Any:
+LAYOUTS = ("packed", "int8")  # how a worker holds block weights (LoadRequest.layout)
+
+
+def policy_for(layout: str | None) -> LoadPolicy:
+    """The load policy of a layout: "packed" (the default: the file's blocks, its size in memory) or
+    "int8" (int8 values + float32 scales: about 2.2x a 4-bit file, for comparison benchmarks)."""
+    layout = layout or "packed"
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r} (expected one of {', '.join(LAYOUTS)})")
+    return WORKER_POLICY if layout == "packed" else dataclasses.replace(WORKER_POLICY, packed=False)
+
+
+def header_budget(prefix: Any, size: int, n_ctx: int | None = None, layout: str | None = None,
+                  device_memory_gb: float | None = None) -> Any:
+    """Before the download: what this worker will need for the model (engine/budget.py).
+
+    prefix: the file's first bytes (a JS Uint8Array or bytes). Returns None while they do not
+    hold the whole header, else {"budget": {...} or None (an architecture without an estimate),
+    "refusal": a sentence or None}. device_memory_gb: navigator.deviceMemory where reported.
+    """
+    from . import budget
+    from .config import ConfigError
+    from .shard import ShardFile
+
+    data = prefix.to_bytes() if IN_PYODIDE and isinstance(prefix, JsProxy) else bytes(prefix)
+    if ShardFile.header_length(data, size) == 0:
+        return None
+    try:
+        est = budget.estimate(ShardFile(data, size), n_ctx, 1, policy_for(layout) and (layout or "packed"))
+    except ConfigError:  # e.g. Atome: no estimate; the load itself will say what is wrong
+        return _js({"budget": None, "refusal": None})
+    device = int(device_memory_gb * 2**30) if device_memory_gb else None
+    return _js({"budget": est.as_dict(), "refusal": est.refusal(device)})
+
+
+def load_model(data: Any, n_ctx: int | None = None, layout: str | None = None) -> Any:
     """Parse and load GGUF bytes (a ModelBuffer, or a JS Uint8Array / bytes); returns info."""
     global _session
+    policy = policy_for(layout)
     _session = None  # drop the previous model before building the next one (peak memory)
     buffer = _buffer(data)
-    _session = Session.load(buffer, n_ctx=n_ctx, policy=WORKER_POLICY)
+    _session = Session.load(buffer, n_ctx=n_ctx, policy=policy)
     _session.buffer = buffer  # kept alive: weights are views into it
-    return _js(_session.info())
+    return _js({**_session.info(), "layout": layout or "packed"})
 
 
 

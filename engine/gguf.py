@@ -312,6 +312,12 @@ class GGUFFile:
         rb = row_nbytes(t.ggml_type, t.shape[-1])
         return self.raw(name)[a * rb : b * rb]  # ((b - a) * row bytes,)
 
+    def columns(self, name: str, b0: int, b1: int) -> np.ndarray:
+        """Bytes b0..b1 of every row of 2-D tensor `name` (whole blocks: a column cut of the
+        matrix), as a fresh contiguous (rows, b1 - b0) uint8 array the caller owns."""
+        t = self.tensors[name]
+        return np.ascontiguousarray(self.raw(name).reshape(t.shape[0], -1)[:, b0:b1])  # (rows, b1 - b0)
+
     def release(self, name: str) -> None:
         """Tell the OS it may drop the file pages of tensor `name` (after the engine copied it).
 

@@ -630,16 +630,16 @@ def _columns(gguf: GGUFFile, name: str, c0: int, c1: int, dense: bool, policy: L
     t = gguf.tensors[name]
     n_out, n_in = t.shape
     qt = quants.TYPES[t.ggml_type]
-    raw = gguf.raw(name)  # (n_out * row bytes,) uint8
     if (c0, c1) == (0, n_in):
-        return prepare_linear(raw, t.ggml_type, t.shape, dense=dense, in_place=policy.own_buffer, packed=policy.packed)
+        return prepare_linear(gguf.raw(name), t.ggml_type, t.shape, dense=dense, in_place=policy.own_buffer,
+                              packed=policy.packed)
     if c0 % qt.block_size == 0 and c1 % qt.block_size == 0:
         b0, b1 = c0 // qt.block_size * qt.type_size, c1 // qt.block_size * qt.type_size  # byte columns
-        part = np.ascontiguousarray(raw.reshape(n_out, -1)[:, b0:b1])  # (n_out, cut bytes) whole blocks, a copy
+        part = gguf.columns(name, b0, b1)  # (n_out, cut bytes) whole blocks: a copy, or a shard's own piece
         return prepare_linear(part.reshape(-1), t.ggml_type, (n_out, c1 - c0), dense=dense, in_place=True,
                               packed=policy.packed)
     # a cut inside a block (tiny models only): dequantize, keep float32 columns
-    w = quants.dequantize(raw, t.ggml_type, t.shape)  # (n_out, n_in) float32
+    w = quants.dequantize(gguf.raw(name), t.ggml_type, t.shape)  # (n_out, n_in) float32
     return DenseLinear(np.ascontiguousarray(w[:, c0:c1]))
 
 

@@ -50,7 +50,7 @@ import numpy as np
 from . import quants
 from .config import ModelConfig
 from .gguf import GGUFError, GGUFFile, TensorInfo
-from .model import SUM, LoadPolicy, Model, ShardPlan, load_model, plan_for, plan_shards, row_ranges
+from .model import SUM, LoadPolicy, Model, ShardPlan, column_ranges, load_model, plan_for, plan_shards, row_ranges
 from .session import LookaheadModel, Session
 
 LEADER = 0         # the shard that samples and runs the generation loop
@@ -72,7 +72,7 @@ class ShardFile(GGUFFile):
     views into the piece that holds them, and name the tensor when no piece does.
     """
 
-    def __init__(self, header, file_size: int, pieces: Sequence[tuple[int, object]] = ()):
+    def __init__(self, header, file_size: int, pieces: Sequence[tuple[int, object]] = (), cuts: dict | None = None):
         if not isinstance(file_size, int) or file_size <= 0:
             raise ValueError(f"file size {file_size!r} must be a positive number of bytes")
         self.file_size = file_size
@@ -84,6 +84,13 @@ class ShardFile(GGUFFile):
                 raise ValueError(f"piece [{start}, {start + len(arr)}) lies outside the {file_size}-byte file")
             self.pieces.append((start, start + len(arr), arr))
         self.pieces.sort(key=lambda p: p[0])
+        self.cuts = cuts or {}    # name -> (b0, b1, (rows, b1 - b0) uint8): row-parallel column cuts held apart
+
+    def columns(self, name: str, b0: int, b1: int) -> np.ndarray:
+        cut = self.cuts.get(name)
+        if cut is not None and (cut[0], cut[1]) == (b0, b1):
+            return cut[2]  # the shard's own piece: rearranged in place by the packed layout
+        return super().columns(name, b0, b1)
 
     @classmethod
     def header_length(cls, prefix, file_size: int) -> int:
@@ -122,13 +129,35 @@ def _row_span(t: TensorInfo, a: int, b: int) -> tuple[int, int]:
     return t.offset + a * rb, t.offset + b * rb
 
 
-def shard_ranges(gf: GGUFFile, plan: ShardPlan) -> list[tuple[int, int]]:
-    """The byte ranges of the file that shard `plan` needs, merged, header first.
+def column_cuts(gf: GGUFFile, plan: ShardPlan) -> list[tuple[str, int, int, int, int, int]]:
+    """The row-parallel matrices (attn_output, ffn_down) of which shard `plan` holds a column cut
+    of whole blocks: (name, offset, row bytes, b0, b1, rows), bytes b0..b1 of every row. The shard
+    keeps only those bytes, compact (a piece of rows x (b1 - b0)), never the whole matrix."""
+    cols = column_ranges(ModelConfig.from_gguf(gf), plan)
+    cuts = []
+    for name, t in gf.tensors.items():
+        kind = name.split(".")[-2] if name.count(".") >= 2 else name
+        if not (name.startswith("blk.") and name.endswith(".weight") and kind in cols and len(t.shape) == 2):
+            continue
+        c0, c1 = cols[kind]
+        bs = quants.TYPES[t.ggml_type].block_size
+        if c1 > c0 and (c0, c1) != (0, t.shape[1]) and c0 % bs == 0 and c1 % bs == 0:
+            rb = quants.row_nbytes(t.ggml_type, t.shape[1])
+            cuts.append((name, t.offset, rb, quants.row_nbytes(t.ggml_type, c0), quants.row_nbytes(t.ggml_type, c1),
+                         t.shape[0]))
+    return cuts
+
+
+def shard_ranges(gf: GGUFFile, plan: ShardPlan, cut: bool = True) -> list[tuple[int, int]]:
+    """The byte ranges of the file that shard `plan` holds as they are, merged, header first.
 
     Column-parallel matrices: only this shard's rows. Row-parallel ones (attn_output, ffn_down):
-    whole, cut to this shard's columns at load time. Vectors (norms, biases): whole.
+    only their column cut (`column_cuts`, held apart) where it is whole blocks; whole otherwise
+    (a cut inside a block: tiny models), or with cut=False (the bytes the shard must be sent).
+    Vectors (norms, biases): whole.
     """
     rows = row_ranges(ModelConfig.from_gguf(gf), plan)
+    apart = {c[0] for c in column_cuts(gf, plan)} if cut else set()
     want = [(0, gf.data_offset)]
     for name, t in gf.tensors.items():
         kind = name.split(".")[-2] if name.count(".") >= 2 else name
@@ -136,9 +165,13 @@ def shard_ranges(gf: GGUFFile, plan: ShardPlan) -> list[tuple[int, int]]:
             want.append(_row_span(t, *plan.vocab))
         elif name.startswith("blk.") and name.endswith(".weight") and kind in rows and len(t.shape) == 2:
             want += [_row_span(t, a, b) for a, b in rows[kind] if b > a]
-        else:  # norms, biases, attn_output, ffn_down, position_embd
+        elif name not in apart:  # norms, biases, row-parallel matrices cut inside a block, position_embd
             want.append((t.offset, t.offset + t.nbytes))
-    want.sort()
+    return _merged(want)
+
+
+def _merged(want: list) -> list[tuple[int, int]]:
+    want = sorted(want)
     merged = [list(want[0])]
     for a, b in want[1:]:
         if a <= merged[-1][1] + MERGE_GAP:
@@ -146,6 +179,31 @@ def shard_ranges(gf: GGUFFile, plan: ShardPlan) -> list[tuple[int, int]]:
         else:
             merged.append([a, b])
     return [(a, b) for a, b in merged]
+
+
+def _write_cut(data: memoryview, start: int, offset: int, rb: int, b0: int, b1: int, piece: np.ndarray) -> int:
+    """Copy what file bytes [start, start + len(data)) hold of bytes b0..b1 of each row of the matrix
+    at `offset` (rows of rb bytes) into `piece` (rows, b1 - b0). Returns the bytes copied."""
+    end = start + len(data)
+    r0 = max(0, (start - offset) // rb)
+    r1 = min(piece.shape[0], -(-(end - offset) // rb))  # rows the data touches
+    src = np.frombuffer(data, np.uint8)
+    copied = 0
+    full0, full1 = -(-(start - offset) // rb), (end - offset) // rb  # rows wholly inside the data
+    full0, full1 = max(full0, r0), min(full1, r1)
+    if full1 > full0:  # one copy for every whole row
+        at = offset + full0 * rb - start
+        rows = src[at : at + (full1 - full0) * rb].reshape(full1 - full0, rb)
+        piece[full0:full1] = rows[:, b0:b1]
+        copied += (full1 - full0) * (b1 - b0)
+    for r in {r0, r1 - 1} - set(range(full0, full1)):  # the rows cut by the data's edges
+        if not 0 <= r < piece.shape[0]:
+            continue
+        a, b = max(start, offset + r * rb + b0), min(end, offset + r * rb + b1)
+        if a < b:
+            piece[r, a - offset - r * rb - b0 : b - offset - r * rb - b0] = src[a - start : b - start]
+            copied += b - a
+    return copied
 
 
 # ---- driving shards -------------------------------------------------------------------------------
@@ -284,18 +342,25 @@ class ShardLoader:
     """
 
     def __init__(self, prefix, file_size: int, n_shards: int, index: int, n_ctx: int | None = None,
-                 split_attention: bool = True):
+                 split_attention: bool = True, layout: str | None = None):
         n_header = ShardFile.header_length(prefix, file_size)
         if n_header == 0:
             raise ValueError(f"{len(memoryview(prefix))} bytes do not hold the whole GGUF header")
         self.header = bytes(memoryview(prefix)[:n_header])
         self.file_size, self.n_ctx = file_size, n_ctx
-        head = ShardFile(self.header, file_size)
+        from .bridge import policy_for
+
+        self.policy = policy_for(layout)  # "packed" (default) or "int8"
+        self.layout = layout or "packed"
+        head = self._head = ShardFile(self.header, file_size)
         plans = plan_for(head, n_shards, split_attention)
         if not 0 <= index < n_shards:
             raise ValueError(f"shard index {index} out of range 0..{n_shards - 1}")
         self.plan = plans[index]
         self._ranges = [(a, b) for a, b in shard_ranges(head, self.plan) if b > n_header]
+        self._sent = [(a, b) for a, b in shard_ranges(head, self.plan, cut=False) if b > n_header]
+        self._cut_specs = column_cuts(head, self.plan)
+        self._cuts: list[tuple[int, int, int, int, int, np.ndarray]] = []  # (offset, row bytes, b0, b1, rows, piece)
         self._pieces: list[tuple[int, bytearray]] = []
         self._starts: list[int] = []  # piece starts, sorted (for bisect)
         self._streamed = False        # pieces made by stream_from (and filled by write)
@@ -306,8 +371,9 @@ class ShardLoader:
         self._file: ShardFile | None = None
 
     def ranges(self) -> list[list[int]]:
-        """[start, end) byte ranges of the file still needed (the header is already here)."""
-        return [[max(a, len(self.header)), b] for a, b in self._ranges]
+        """[start, end) byte ranges of the file still needed (the header is already here): what
+        the pieces hold, and the whole of each matrix of which only a column cut is kept."""
+        return [[max(a, len(self.header)), b] for a, b in self._sent]
 
     def piece(self, start: int, end: int) -> bytearray:
         """A buffer for bytes [start, end) of the file, for the caller to fill."""
@@ -324,8 +390,10 @@ class ShardLoader:
         if self._pieces:
             raise ValueError("stream_from called twice, or after piece()")
         self._streamed = True
-        for start, end in self.ranges():
-            self.piece(start, end)
+        for start, end in self._ranges:
+            self.piece(max(start, len(self.header)), end)
+        for _, offset, rb, b0, b1, n_rows in self._cut_specs:
+            self._cuts.append((offset, rb, b0, b1, n_rows, np.empty((n_rows, b1 - b0), np.uint8)))
         self._sha = hashlib.sha256() if hash_all else None
         self._hashed = 0
         self.write(0, prefix)
@@ -362,6 +430,9 @@ class ShardLoader:
             if a < b:
                 buf[a - p_start : b - p_start] = data[a - start : b - start]  # (b - a,) one memcpy
                 self._written += b - a
+        for offset, rb, b0, b1, n_rows, piece in self._cuts:
+            if offset < end and start < offset + n_rows * rb:
+                self._written += _write_cut(data, start, offset, rb, b0, b1, piece)
 
     def sha256(self) -> str:
         """Hex sha256 of the whole file; only on the hashing shard, once every byte came."""
@@ -373,22 +444,31 @@ class ShardLoader:
 
     def file(self) -> ShardFile:
         if self._file is None:
-            self._file = ShardFile(self.header, self.file_size, self._pieces)
+            cuts = {name: (b0, b1, c[-1]) for (name, _, _, b0, b1, _), c in zip(self._cut_specs, self._cuts)}
+            self._file = ShardFile(self.header, self.file_size, self._pieces, cuts)
         return self._file
 
     def runner(self) -> ShardRunner:
         """The shard's model over its pieces, which it owns: Q8_0 matrices are compacted in them.
         Call it only once the file is verified (the coordinator checks the hashing shard's sha256)."""
-        need = sum(len(b) for _, b in self._pieces)
+        need = sum(len(b) for _, b in self._pieces) + sum(c[-1].nbytes for c in self._cuts)
         if self._streamed and self._written != need:  # every byte of every piece must have come
             raise ValueError(f"shard {self.plan.index} got {self._written} of its {need} bytes")
-        model = load_model(self.file(), self.n_ctx, LoadPolicy(dense_layers_mb=0.0, own_buffer=True, packed=True),
-                           plan=self.plan)
+        model = load_model(self.file(), self.n_ctx, self.policy, plan=self.plan)
         return ShardRunner(model)
+
+    def budget(self, device_memory_gb: float | None = None) -> dict:
+        """What every shard will hold (engine/budget.py) and, if it does not fit, why: checked by
+        the coordinator (static/parallel.js) before the rest of the file is downloaded."""
+        from .budget import estimate
+
+        est = estimate(self._head, self.n_ctx, self.plan.n_shards, self.layout, self.plan.split_attention)
+        device = int(device_memory_gb * 2**30) if device_memory_gb else None
+        return {"budget": est.as_dict(), "refusal": est.refusal(device)}
 
     def leader_session(self, n_ctx: int) -> Session:
         """The leader's tokenizer, chat template and generation loop, over logits the shards compute."""
         return Session(self.file(), LookaheadModel(n_ctx))
 
     def held_bytes(self) -> int:
-        return len(self.header) + sum(len(b) for _, b in self._pieces)
+        return len(self.header) + sum(len(b) for _, b in self._pieces) + sum(c[-1].nbytes for c in self._cuts)

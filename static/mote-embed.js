@@ -175,8 +175,8 @@
       for (const route of this._routes.values()) route(ev);
     }
 
-    /** @param {((p: any) => void)|undefined} onProgress @param {number|undefined} n_ctx */
-    _load(onProgress, n_ctx) {
+    /** @param {((p: any) => void)|undefined} onProgress @param {number|undefined} n_ctx @param {string|undefined} layout */
+    _load(onProgress, n_ctx, layout) {
       return new Promise((resolve, reject) => {
         this._loadRoute = (ev) => {
           if (ev.type === this.P.Ev.PROGRESS) { if (onProgress) try { onProgress(ev); } catch (e) { console.error(e); } return; }
@@ -191,7 +191,7 @@
           if (ev.model && ev.model.name) this.model = ev.model.name;
           resolve(this);
         };
-        this.worker.postMessage({ type: this.P.Req.LOAD, model: this.ref, ...(n_ctx ? { n_ctx } : {}) });
+        this.worker.postMessage({ type: this.P.Req.LOAD, model: this.ref, ...(n_ctx ? { n_ctx } : {}), ...(layout ? { layout } : {}) });
       });
     }
 
@@ -508,7 +508,7 @@ button:disabled { opacity: .45; cursor: default; }
      * the shard workers refuse to split is loaded again on one worker.
      * @param {string|{url: string, sha256?: string, size?: number, name?: string}} model
      * @param {{onProgress?: (p: any) => void, sha256?: string, size?: number, name?: string, n_ctx?: number,
-     *          workers?: number}} [opts]
+     *          workers?: number, layout?: "packed"|"int8"}} [opts]
      */
     async load(model, opts = {}) {
       const [P, wc, ref] = await Promise.all([protocol(), workerCount(), resolveModel(model, opts)]);
@@ -516,7 +516,7 @@ button:disabled { opacity: .45; cursor: default; }
       for (;;) {
         const m = new MoteModel(P, workers > 1 ? await parallel() : null, ref, workers);
         try {
-          return await m._load(opts.onProgress, opts.n_ctx);
+          return await m._load(opts.onProgress, opts.n_ctx, opts.layout);
         } catch (e) {
           m.worker.terminate();
           if (!(workers > 1 && /** @type {any} */ (e).unsplittable)) throw e;

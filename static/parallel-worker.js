@@ -89,7 +89,8 @@ function drop() {
  * (filled from the prefix where it covers them) and, on shard 0, start the sha256 over the prefix.
  * A model engine.shard cannot split (its architecture, a config it cannot divide: ConfigError) is
  * refused, so the page can load it on one worker instead.
- * @param {{prefix: ArrayBuffer, size: number, n_ctx?: number|null, split_attention?: boolean, hash?: boolean}} msg
+ * @param {{prefix: ArrayBuffer, size: number, n_ctx?: number|null, split_attention?: boolean, hash?: boolean,
+ *          layout?: string|null}} msg
  * @returns {{more: true} | {ranges: number[][]} | {refused: string}}  more: send a longer prefix
  */
 function header(msg) {
@@ -102,16 +103,27 @@ function header(msg) {
     try { view.data.set(new Uint8Array(msg.prefix), 0); } finally { view.release(); }
     if (shardMod.ShardFile.header_length(prefix, msg.size) === 0 && msg.prefix.byteLength < msg.size) return { more: true };
     try {
-      loader = shardMod.ShardLoader(prefix, msg.size, nShards, index, msg.n_ctx ?? null, msg.split_attention !== false);
+      loader = shardMod.ShardLoader(prefix, msg.size, nShards, index, msg.n_ctx ?? null, msg.split_attention !== false,
+                                    msg.layout ?? null);
     } catch (e) {
       if (/** @type {any} */ (e)?.type === "ConfigError") return { refused: String(/** @type {any} */ (e).message).trim().split("\n").pop() || "" };
       throw e;
+    }
+    if (index === 0) {                                 // the memory every shard will need, before the download
+      const verdict = loader.budget(deviceMemory()).toJs({ dict_converter: Object.fromEntries });
+      if (verdict.refusal) return { over: verdict.refusal, budget: verdict.budget };
     }
     loader.stream_from(prefix, !!msg.hash);
     return { ranges: loader.ranges().toJs() };
   } finally {
     prefix.destroy();
   }
+}
+
+/** navigator.deviceMemory (GB, coarse) where the browser reports it, else null. */
+function deviceMemory() {
+  const gb = /** @type {any} */ (self.navigator)?.deviceMemory;
+  return typeof gb === "number" && gb > 0 ? gb : null;
 }
 
 /** Later bytes of the file: parts [start, ArrayBuffer] (only what this shard needs; shard 0 gets every byte). */

@@ -249,7 +249,7 @@ export class ParallelWorker extends EventTarget {
    * The sink of static/model-source.js: the file's first bytes until every worker can parse the
    * header (HEADER_PREFIX, doubled while needed), then BLOCK-sized blocks (distribute). Blocks are
    * cut at exact sizes, so every byte has been passed on once the last one is written.
-   * @param {import("./protocol.js").ModelRef} model @param {{n_ctx?: number|null}} opts
+   * @param {import("./protocol.js").ModelRef} model @param {{n_ctx?: number|null, layout?: string|null}} opts
    * @returns {import("./model-source.js").Sink}
    */
   shardSink(model, opts) {
@@ -263,7 +263,12 @@ export class ParallelWorker extends EventTarget {
         sentTo += n;
       } else {                                           // the prefix: does it hold the whole header?
         const answers = await this.ask(Shard.HEADER, Shard.HEADER, (i) => [{
-          prefix: block.buffer, size, n_ctx: opts.n_ctx ?? null, split_attention: this.splitAttention, hash: i === 0 }, []]);
+          prefix: block.buffer, size, n_ctx: opts.n_ctx ?? null, split_attention: this.splitAttention, hash: i === 0,
+          layout: opts.layout ?? null }, []]);
+        const over = answers.find((a) => a.over);
+        if (over) {                                      // would not fit: more workers do not fall back to fewer
+          throw Object.assign(new Error(over.over), { fatal: true, budget: over.budget });
+        }
         const refused = answers.find((a) => a.refused);
         if (refused) {
           throw Object.assign(new Error(`this model cannot be split over ${this.n} workers (${refused.refused})`),
@@ -319,7 +324,7 @@ export class ParallelWorker extends EventTarget {
       await this.dropPieces();                           // a clean start, whatever an earlier load left
       let cached;
       try {
-        ({ cached } = await loadVerified(model, this.shardSink(model, { n_ctx: msg.n_ctx ?? null }),
+        ({ cached } = await loadVerified(model, this.shardSink(model, { n_ctx: msg.n_ctx ?? null, layout: msg.layout ?? null }),
                                          (p) => this.emit({ type: Ev.PROGRESS, stage: "weights", ...p })));
       } catch (e) {
         const err = /** @type {any} */ (e);

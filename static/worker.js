@@ -49,27 +49,58 @@ async function boot() {
 
 // ---- weights: one ModelBuffer as the sink of static/model-source.js --------------------------------
 
+/** Bytes gathered before the first look at the GGUF header (doubled while it is longer). */
+const HEADER_TRY = 4 << 20;
+
+/** navigator.deviceMemory (GB, coarse) where the browser reports it, else null. */
+function deviceMemory() {
+  const gb = /** @type {any} */ (self.navigator)?.deviceMemory;
+  return typeof gb === "number" && gb > 0 ? gb : null;
+}
+
 /**
  * The sink: a fresh ModelBuffer per source (the cached copy, else the download), filled and hashed
  * in WASM memory; stores a verified copy straight out of it. `buf` is the caller's once loaded.
  * @param {import("./protocol.js").ModelRef} model
  */
-function bufferSink(model) {
+function bufferSink(model, msg) {
   return {
     /** @type {any} */ buf: null,                        // engine.bridge.ModelBuffer (PyProxy)
+    /** @type {Uint8Array[]} */ head: [],                 // the first bytes, until they hold the GGUF header
+    headBytes: 0,
+    nextTry: HEADER_TRY,
+    /** @type {any} */ budget: null,
     begin() {
       this.discard();
+      this.head = []; this.headBytes = 0; this.nextTry = HEADER_TRY;
+    },
+    /** The memory this model will need, from its header, before the rest is read (engine/budget.py). */
+    check(/** @type {boolean} */ last) {
+      const prefix = new Uint8Array(this.headBytes);
+      let at = 0;
+      for (const c of this.head) { prefix.set(c, at); at += c.byteLength; }
+      const verdict = bridge.header_budget(prefix, model.size, msg.n_ctx ?? undefined, msg.layout ?? undefined, deviceMemory());
+      if (verdict === undefined && !last) { this.nextTry = 2 * this.headBytes; return; }   // header not complete yet
+      if (verdict?.refusal) throw Object.assign(new Error(verdict.refusal), { fatal: true, budget: verdict.budget });
+      this.budget = verdict?.budget ?? null;
       try {
         this.buf = bridge.ModelBuffer(model.size);       // (size,) bytes in WASM memory
       } catch (e) {                                      // e.g. MemoryError: not the source's fault
         throw Object.assign(new Error(`cannot hold ${model.size} bytes in WASM memory: ${/** @type {any} */ (e)?.message || e}`),
                             { fatal: true });
       }
+      this.buf.write(prefix);
+      this.head = [];
     },
-    write(/** @type {Uint8Array} */ chunk) { this.buf.write(chunk); },   // copied into WASM memory and hashed
-    end() {},
+    write(/** @type {Uint8Array} */ chunk) {
+      if (this.buf) { this.buf.write(chunk); return; }  // copied into WASM memory and hashed
+      this.head.push(chunk.slice());                     // (the chunk is the reader's scratch)
+      this.headBytes += chunk.byteLength;
+      if (this.headBytes >= Math.min(this.nextTry, model.size)) this.check(this.headBytes >= model.size);
+    },
+    end() { if (!this.buf) this.check(true); },
     sha256() { return this.buf.sha256(); },
-    discard() { if (this.buf) { this.buf.destroy(); this.buf = null; } },  // frees the WASM copy now, not at the next GC
+    discard() { this.head = []; if (this.buf) { this.buf.destroy(); this.buf = null; } },  // frees the WASM copy now
     store(/** @type {import("./protocol.js").ModelRef} */ m) { return store(m, this.buf); },
   };
 }
@@ -149,7 +180,7 @@ async function handleLoad(msg) {
 async function loadWeights(msg, model, info) {
   loadedSha = null;                                 // from here on generate is refused (see store)
   const t0 = performance.now();
-  const sink = bufferSink(model);
+  const sink = bufferSink(model, msg);
   let cached;
   try {
     ({ cached } = await loadVerified(model, sink, (p) => progress("weights", p)));
@@ -162,7 +193,7 @@ async function loadWeights(msg, model, info) {
   const t1 = performance.now();
   let modelInfo;
   try {
-    modelInfo = bridge.load_model(sink.buf, msg.n_ctx ?? undefined);   // parses the buffer in place
+    modelInfo = bridge.load_model(sink.buf, msg.n_ctx ?? undefined, msg.layout ?? undefined);   // parses the buffer in place
   } catch (e) {                                      // e.g. GGUFError: a verified file we cannot run
     throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "weights" });
   } finally {
@@ -170,7 +201,7 @@ async function loadWeights(msg, model, info) {
   }
   timings.model = (performance.now() - t1) / 1000;
   loadedSha = model.sha256;
-  post({ type: Ev.READY, info, model: modelInfo, cached, timings: { ...timings }, memory: memory(pyodide) });
+  post({ type: Ev.READY, info, model: modelInfo, cached, timings: { ...timings }, memory: memory(pyodide), budget: sink.budget });
 }
 
 /** @param {import("./protocol.js").GenerateRequest} msg */

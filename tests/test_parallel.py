@@ -64,9 +64,11 @@ def _shards_from_ranges(path, n, policy=shard.WORKER_POLICY, n_ctx=None, split_a
     plans = shard.plan_for(shard.ShardFile(header, len(data)), n, split_attention)
     shards = []
     for plan in plans:
-        ranges = shard.shard_ranges(shard.ShardFile(header, len(data)), plan)
-        pieces = [(a, bytearray(data[a:b])) for a, b in ranges]
-        shards.append(load_model(shard.ShardFile(header, len(data), pieces), n_ctx, policy, plan=plan))
+        head = shard.ShardFile(header, len(data))
+        pieces = [(a, bytearray(data[a:b])) for a, b in shard.shard_ranges(head, plan)]
+        cuts = {name: (b0, b1, np.frombuffer(data, np.uint8, n_rows * rb, off).reshape(n_rows, rb)[:, b0:b1].copy())
+                for name, off, rb, b0, b1, n_rows in shard.column_cuts(head, plan)}  # row-parallel column cuts
+        shards.append(load_model(shard.ShardFile(header, len(data), pieces, cuts), n_ctx, policy, plan=plan))
     return shards
 
 

@@ -98,6 +98,8 @@ def add_browser_args(parser: argparse.ArgumentParser) -> None:
         help="with --browser: add a row per N for Mote decoding across N Web Workers (N >= 2)")
     add("--compare", action="append", choices=["wllama"], default=None,
         help="with --browser: add wllama (llama.cpp in WebAssembly) on the same GGUF")
+    add("--int8", action="store_true",
+        help="with --browser: add a row per Mote row with the int8 weight layout (LoadRequest.layout), paired")
     add("--bench-prompt", action="append", default=None,
         help="prompt for every model (repeatable; default: two fixed prompts)")
     add("--out", default="bench-out", help="folder for bench.json, bench.md, bench.png (default bench-out)")
@@ -267,10 +269,12 @@ def _check_chromium(path: str) -> None:
 
 
 def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: list, n: int,
-                n_ctx: int | None, timeout_s: float, workers: int | None = None, program: str | None = None) -> dict:
+                n_ctx: int | None, timeout_s: float, workers: int | None = None, program: str | None = None,
+                layout: str | None = None) -> dict:
     """One cold run in a fresh Chromium: load the model, answer every prompt, read memory.
     engine "mote" with `workers` set: Mote across that many Web Workers (MoteBench.parallel);
-    `program` names another MoteBench program taking the same arguments (e.g. "lookup")."""
+    `program` names another MoteBench program taking the same arguments (e.g. "lookup");
+    `layout`: Mote's weight layout ("packed", the default, or "int8")."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
@@ -291,8 +295,8 @@ def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: 
             try:
                 page.wait_for_function("() => window.MoteBench !== undefined", timeout=30_000)
                 program = program or ("parallel" if workers else "mote" if engine == "mote" else engine)
-                out = page.evaluate(f"([u, p, n, c, w]) => MoteBench.{program}(u, p, n, c, w)",
-                                    [model_url, prompts, n, n_ctx, workers])
+                out = page.evaluate(f"([u, p, n, c, w, l]) => MoteBench.{program}(u, p, n, c, w, l)",
+                                    [model_url, prompts, n, n_ctx, workers, layout])
                 if workers and out.get("workers") != workers:
                     raise RunFailed(f"{engine}: asked for {workers} workers, the page ran {out.get('workers')}")
             except PlaywrightError as e:
@@ -571,28 +575,31 @@ def _run(args) -> int:
                 label, quant = _model_facts(path)
                 print(f"[bench] {label} {quant or ''}: CPython reference ...", file=sys.stderr, flush=True)
                 reference = cpython_reference(path, prompts, n, n_ctx)
-                # (row label, engine, workers): plain Mote, Mote across N workers, the compared engines
-                engines = ([("mote", "mote", None)] + [(f"mote ×{w} workers", "mote", w) for w in workers]
-                           + [(c, c, None) for c in compare])
+                # (row label, engine, workers, layout): plain Mote, Mote across N workers, the same
+                # with int8 weights (--int8), the compared engines
+                motes = [("mote", None)] + [(f"mote ×{w} workers", w) for w in workers]
+                engines = ([(label, "mote", w, None) for label, w in motes]
+                           + ([(f"{label} int8", "mote", w, "int8") for label, w in motes] if getattr(args, "int8", False) else [])
+                           + [(c, c, None, None) for c in compare])
                 # Round robin: every engine's r-th run comes before any engine's (r+1)-th, so a shared
                 # machine's drift (load, neighbours, thermal state) falls on all engines alike, and the
                 # r-th runs of two engines form a pair (the paired ratios of summarize()).
-                runs = {engine: [] for engine, _, _ in engines}
-                errors: dict[str, str | None] = {engine: None for engine, _, _ in engines}
+                runs = {engine: [] for engine, _, _, _ in engines}
+                errors: dict[str, str | None] = {engine: None for engine, _, _, _ in engines}
                 for r in range(repeat):
-                    for engine, kind, n_workers in engines:
+                    for engine, kind, n_workers, layout in engines:
                         if errors[engine] is not None:  # a failed engine stops; the others go on
                             continue
                         print(f"[bench] {label} {quant or ''}: {engine} run {r + 1}/{repeat} ...", file=sys.stderr, flush=True)
                         try:
                             out = browser_run(base, chromium, kind, f"{base}/models/{name}", prompts, n, n_ctx,
-                                              getattr(args, "run_timeout", 600.0), workers=n_workers)
+                                              getattr(args, "run_timeout", 600.0), workers=n_workers, layout=layout)
                         except RunFailed as e:  # reported in the table
                             errors[engine] = str(e)
                             print(f"[bench]   failed: {e}", file=sys.stderr, flush=True)
                             continue
                         runs[engine].append(_browser_record(out, kind, n_workers))
-                for engine, _, _ in engines:
+                for engine, _, _, _ in engines:
                     rows.append(_row(label, quant, path, engine, runs[engine], reference, errors[engine]))
                 if getattr(args, "native", False):
                     print(f"[bench] {label} {quant or ''}: cpython ...", file=sys.stderr, flush=True)

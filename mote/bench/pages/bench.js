@@ -2,8 +2,9 @@
 /**
  * The browser benchmark's programs, on its page (index.html), as window.MoteBench:
  *
- *   mote(url, prompts, n, nCtx)              plain Mote through the embed API (window.Mote), one worker
- *   parallel(url, prompts, n, nCtx, workers) Mote across N workers (static/parallel.js ParallelWorker)
+ *   mote(url, prompts, n, nCtx, _, layout)   plain Mote through the embed API (window.Mote), one worker
+ *   parallel(url, prompts, n, nCtx, workers, layout)  Mote across N workers (static/parallel.js)
+ *                                            (layout: "packed", the default, or "int8": LoadRequest.layout)
  *   run({workers, model, prompt, ...})       one load + one generation on N workers, with every
  *                                            shard's counters (tests/test_parallel.py, parallel.py)
  *   measureMessaging(n, iters)               postMessage round trips between two workers
@@ -23,9 +24,9 @@ import { benchWllama } from "./wllama.js";
  * follows the cores): the N-worker rows are `parallel`.
  * @param {string} url @param {string[]} prompts @param {number} n @param {number|null} nCtx
  */
-async function mote(url, prompts, n, nCtx) {
+async function mote(url, prompts, n, nCtx, _workers, layout) {
   const Mote = /** @type {any} */ (window).Mote;
-  const m = await Mote.load(url, nCtx ? { n_ctx: nCtx, workers: 1 } : { workers: 1 });
+  const m = await Mote.load(url, { workers: 1, ...(nCtx ? { n_ctx: nCtx } : {}), ...(layout ? { layout } : {}) });
   const t = m.timings;
   const runs = [];
   for (const prompt of prompts) {
@@ -93,11 +94,12 @@ async function listed(url) {
  * The workers stay alive until the browser closes, so the JS heap is read with them, as for plain Mote.
  * @param {string} url @param {string[]} prompts @param {number} n @param {number|null} nCtx @param {number} workers
  */
-async function parallel(url, prompts, n, nCtx, workers) {
+async function parallel(url, prompts, n, nCtx, workers, layout) {
   const w = new ParallelWorker({ workers });
   const send = requester(w);
   try {
-    const ready = await send({ type: Req.LOAD, model: await listed(url), n_ctx: nCtx || undefined }, Ev.READY);
+    const ready = await send({ type: Req.LOAD, model: await listed(url), n_ctx: nCtx || undefined, layout: layout || undefined },
+                             Ev.READY);
     const t = ready.timings;
     const runs = [];
     let id = 0;
