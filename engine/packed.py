@@ -54,7 +54,7 @@ import math
 import numpy as np
 
 from . import quants
-from .matmul import _einsum, _scratch, dense_matmul
+from .matmul import ON_WASM, _einsum, _scratch, dense_matmul
 
 # f32 bytes of unpacked weights per chunk. Larger than matmul.CHUNK_BYTES: each chunk pays a
 # dozen numpy calls of fixed cost, and the buffers are read once, in order.
@@ -72,6 +72,7 @@ _M2 = _c64(0x0303030303030303)    # low 2 bits of every byte
 _M30 = _c64(0x3030303030303030)   # bits 4-5 of every byte
 _M10 = _c64(0x1010101010101010)   # bit 4 of every byte
 _SH = [_c64(k) for k in range(8)]  # shift counts
+_Z = {z: np.array([z], np.float32) for z in (8, 16, 32)}  # zero points of Q4_0, Q5_0, Q6_K
 
 # Planes per type: (name, bytes per block, element size). `_planes_of` fills them from the blocks.
 PLANES: dict[str, list[tuple[str, int, int]]] = {
@@ -338,17 +339,19 @@ class PackedLinear:
         np.copyto(w, u, casting="unsafe")  # one cast for the chunk
         return w
 
-    def _chunk_q8_0(self, v: dict, c: int, xp: dict, y: np.ndarray) -> None:
+    def _chunk_q8_0(self, v: dict, c: int, xp: dict, y: np.ndarray | None, dense: bool = False):
         nb = self.nb
         w = _scratch("pk_w", (nb, 32, c))
         np.copyto(w, v["qs"].view(np.int8).reshape(nb, 32, c), casting="unsafe")  # one cast for the chunk
-        p = _scratch("pk_p", (nb, c))
         d = v["d32"][:, 0]  # (nb, c) float32
+        if dense:  # prefill: the chunk's weights, in part order, rows last
+            return np.multiply(w, d[:, None, :], w)
+        p = _scratch("pk_p", (nb, c))
         for j in range(y.shape[0]):
             _einsum("bk,bkr->br", xp["xp"][j], w, out=p)  # (nb, c) block sums, the inner loop over rows
             _einsum("br,br->r", p, d, out=y[j])
 
-    def _chunk_q4_0(self, v: dict, c: int, xp: dict, y: np.ndarray) -> None:
+    def _chunk_q4_0(self, v: dict, c: int, xp: dict, y: np.ndarray | None, dense: bool = False):
         nb = self.nb
         d = _f32(v["d"][:, 0])  # (nb, c) block scales
         u = self._nibble_halves(v["qs64"], (2, nb, 16, c))  # weights j, 16 + j of each block
@@ -367,6 +370,9 @@ class PackedLinear:
             np.bitwise_or(g, hb.T, g)
         w = _scratch("pk_w", (2, nb, 16, c))
         np.copyto(w, u, casting="unsafe")  # one cast for the chunk
+        if dense:  # prefill: d * (q - z), as the reference
+            np.subtract(w, _Z[16 if "hb64" in v else 8], w)
+            return np.multiply(w, d[None, :, None, :], w)
         p = _scratch("pk_p", (2, nb, c))
         for j in range(y.shape[0]):
             _einsum("hbk,hbkr->hbr", xp["xp"][j], w, out=p)  # (2, nb, c) half-block sums, inner loop over rows
@@ -375,20 +381,26 @@ class PackedLinear:
 
     _chunk_q5_0 = _chunk_q4_0
 
-    def _chunk_q4_k(self, v: dict, c: int, xp: dict, y: np.ndarray) -> None:
+    def _chunk_q4_k(self, v: dict, c: int, xp: dict, y: np.ndarray | None, dense: bool = False):
         nb = self.nb
         s = _scratch("pk_s", (nb, 2, 8, c))
         np.copyto(s, v["scm"].reshape(nb, 2, 8, c), casting="unsafe")  # 6-bit scales, mins
         np.multiply(s, _f32(v["dd"])[:, :, None, :], s)  # [d * sc, dmin * m], as the reference
         w = self._cast(self._nibble_halves(v["qs64"], (2, nb, 4, 32, c)))  # sub-blocks 2c (low), 2c + 1 (high)
-        p = _scratch("pk_p", (2, nb, 4, c))
         scale = s[:, 0].reshape(nb, 4, 2, c)  # sub-block 2c + h
+        if dense:  # prefill: scale * q - offset per sub-block, as the reference
+            offset = s[:, 1].reshape(nb, 4, 2, c)
+            for h in (0, 1):
+                np.multiply(w[h], scale[:, :, h, None, :], w[h])
+                np.subtract(w[h], offset[:, :, h, None, :], w[h])
+            return w
+        p = _scratch("pk_p", (2, nb, 4, c))
         for j in range(y.shape[0]):
             _einsum("hbcl,hbclr->hbcr", xp["xp"][j], w, out=p)  # (2, nb, 4, c) sub-block sums
             _einsum("hbcr,bchr->r", p, scale, out=y[j])
             y[j] -= _einsum("bjr,bj->r", s[:, 1], xp["xsum"][j].reshape(nb, 8))  # - dmin * m * sum(x)
 
-    def _chunk_q6_k(self, v: dict, c: int, xp: dict, y: np.ndarray) -> None:
+    def _chunk_q6_k(self, v: dict, c: int, xp: dict, y: np.ndarray | None, dense: bool = False):
         nb = self.nb
         s = _scratch("pk_s", (nb, 16, c))
         np.copyto(s, v["sc"].view(np.int8), casting="unsafe")  # (nb, 16, c) int8 scales
@@ -410,14 +422,17 @@ class PackedLinear:
         np.bitwise_or(u64.reshape(4, -1), hb, u64.reshape(4, -1))
         w = _scratch("pk_w", (4, 2, nb, 2, 16, c))
         np.copyto(w, u.reshape(4, 2, nb, 2, 16, c), casting="unsafe")  # weight 128h + 32s + 16t + k
-        p = _scratch("pk_p", (4, 2, nb, 2, c))
         scale = s.reshape(nb, 2, 4, 2, c)  # sub-block 8h + 2s + t
+        if dense:  # prefill: d * sc * (q - 32), as the reference
+            np.subtract(w, _Z[32], w)
+            return np.multiply(w, scale.transpose(2, 1, 0, 3, 4)[..., None, :], w)
+        p = _scratch("pk_p", (4, 2, nb, 2, c))
         for j in range(y.shape[0]):
             _einsum("shbtk,shbtkr->shbtr", xp["xp"][j], w, out=p)
             np.subtract(p, xp["xz"][j], p)  # - 32 * sum(x): w = d * sc * (q - 32)
             _einsum("shbtr,bhstr->r", p, scale, out=y[j])
 
-    def _chunk_q2_k(self, v: dict, c: int, xp: dict, y: np.ndarray) -> None:
+    def _chunk_q2_k(self, v: dict, c: int, xp: dict, y: np.ndarray | None, dense: bool = False):
         nb = self.nb
         sm = _scratch_u8("pk_sm", (2, nb, 16, c))  # scale nibbles, then min nibbles
         sm64 = sm.reshape(2, -1).view(_U64)
@@ -436,8 +451,11 @@ class PackedLinear:
         np.bitwise_and(u64, _M2, u64)
         w = _scratch("pk_w", (4, nb, 2, 2, 16, c))
         np.copyto(w, u.reshape(4, nb, 2, 2, 16, c), casting="unsafe")  # weight 128h + 32s + 16t + k
-        p = _scratch("pk_p", (4, nb, 2, 2, c))
         scale = s[0].reshape(nb, 2, 4, 2, c)  # sub-block 8h + 2s + t
+        if dense:  # prefill: scale * q - offset, as the reference
+            np.multiply(w, scale.transpose(2, 0, 1, 3, 4)[..., None, :], w)
+            return np.subtract(w, s[1].reshape(nb, 2, 4, 2, c).transpose(2, 0, 1, 3, 4)[..., None, :], w)
+        p = _scratch("pk_p", (4, nb, 2, 2, c))
         for j in range(y.shape[0]):
             _einsum("sbhtk,sbhtkr->sbhtr", xp["xp"][j], w, out=p)
             _einsum("sbhtr,bhstr->r", p, scale, out=y[j])
@@ -465,9 +483,21 @@ class PackedLinear:
     # ---- prefill and embedding rows: dequantize ---------------------------------------------------
 
     def _mm(self, x2: np.ndarray, y2: np.ndarray) -> None:
-        """Several tokens (prefill): dequantize a chunk to float32, one matrix product per chunk."""
+        """Several tokens (prefill): each chunk's weights as float32 in part order (rows last), and
+        one matrix product per chunk with x in the same order (a permutation of its inputs)."""
+        if not self.fast:
+            for k, (i, c) in enumerate(self._chunks):
+                dense_matmul(x2, self._dequantize_chunk(k), out=y2[:, i : i + c])  # (n, c)
+            return
+        xp = self._prep(x2)
+        xs = xp["xp"].reshape(x2.shape[0], self.n_in)  # (n, n_in) in part order
+        run = getattr(self, "_chunk_" + self.qt.name.lower())
         for k, (i, c) in enumerate(self._chunks):
-            dense_matmul(x2, self._dequantize_chunk(k), out=y2[:, i : i + c])  # (n, c)
+            wt = run(self._views_of(k), c, xp, None, dense=True).reshape(self.n_in, c)  # (n_in, c)
+            if ON_WASM:
+                _einsum("nk,kc->nc", xs, wt, out=y2[:, i : i + c])  # inner loop along the chunk's rows
+            else:
+                np.matmul(xs, wt, out=y2[:, i : i + c])  # (n, c) BLAS
 
     def _blocks_of(self, k: int) -> np.ndarray:
         """Chunk k as the file's blocks (c, nb, type_size) (a copy when planarized)."""
