@@ -217,6 +217,13 @@ def header_budget(prefix: Any, size: int, n_ctx: int | None = None, layout: str 
     return _js({"budget": est.as_dict(), "refusal": est.refusal(device)})
 
 
+def reserve(total_bytes: int) -> None:
+    """Before the model's buffer: grow WASM memory once to the budget's total (engine/budget.py)."""
+    from . import budget
+
+    budget.reserve(int(total_bytes) - budget.BOOT_BYTES)
+
+
 def load_model(data: Any, n_ctx: int | None = None, layout: str | None = None) -> Any:
     """Parse and load GGUF bytes (a ModelBuffer, or a JS Uint8Array / bytes); returns info."""
     global _session

@@ -18,6 +18,11 @@ A worker's WebAssembly memory only grows (its size is its peak), and a wasm32 he
 and `Budget.refusal(limit)` says, in words, which worker would not fit and what to change. The
 constants below were measured in Pyodide 0.27.7 (tests/test_budget.py checks the estimate against
 the WASM memory a worker reports, natively against resident_bytes).
+
+WebAssembly memory grows by at least 20 % of its size at a time (emscripten's geometric growth,
+up to 96 MiB), so a heap that grows step by step while a model loads ends well above what it
+holds. A worker therefore reserves the estimate up front (`reserve`): one allocation that is freed
+at once, whose pages are never touched, so the heap has its final size before the file arrives.
 """
 
 from __future__ import annotations
@@ -30,10 +35,13 @@ from .model import ROW_PARALLEL, LoadPolicy, ShardPlan, column_ranges, plan_for,
 
 MIB = 1 << 20
 WASM_LIMIT = 4 << 30           # a wasm32 heap's ceiling (Pyodide's maximum memory)
-RUNTIME_BYTES = 44 * MIB       # Pyodide + numpy + engine imported (35 MiB) + kernel scratch (packed.CHUNK_BYTES x ~2)
-VOCAB_ENTRY_BYTES = 560        # metadata strings + tokenizer dicts per vocabulary entry (Gemma 3: 262144 -> 140 MiB)
-MERGE_BYTES = 180              # per BPE merge rule (Qwen2.5: 151387)
-METADATA_ENTRY_BYTES = 200     # a shard that does not tokenize still parses the token list
+BOOT_BYTES = 35 * MIB          # Pyodide + numpy + engine imported, before any model (measured 34.6 MiB)
+RUNTIME_BYTES = BOOT_BYTES + 9 * MIB  # + the kernels' scratch buffers (packed.CHUNK_BYTES of float32 and their bytes)
+LOGITS_BYTES = 16              # per vocabulary entry: logits and the sampler's float arrays during a generation
+VOCAB_ENTRY_BYTES = 160        # metadata strings + tokenizer dicts per vocabulary entry, at their peak
+                               # (Pyodide tracemalloc: Gemma 3's 262144 -> 28 MiB live, 41 MiB peak)
+MERGE_BYTES = 140              # per BPE merge rule (Qwen2.5's 151387 merges: ~20 MiB)
+METADATA_ENTRY_BYTES = 50      # a shard that does not tokenize still parses the token and merge lists
 DEVICE_SHARE = 0.5             # of navigator.deviceMemory, for all of a tab's workers together
 
 
@@ -118,8 +126,9 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
         kv = cfg.n_layers * n_ctx * kv_heads * (cfg.head_dim + cfg.v_head_dim) * 4
         side = _side_bytes(gguf, cfg, plan, layout)
         tokenizes = plan is None or i == 0
-        voc = vocab if tokenizes else cfg.vocab_size * METADATA_ENTRY_BYTES
-        budget.workers.append(WorkerBudget(i, RUNTIME_BYTES, held + cuts, side, kv, voc))
+        voc = vocab if tokenizes else _metadata_entries(gguf) * METADATA_ENTRY_BYTES
+        runtime = RUNTIME_BYTES + (cfg.vocab_size * LOGITS_BYTES if tokenizes else 0)
+        budget.workers.append(WorkerBudget(i, runtime, held + cuts, side, kv, voc))
     return budget
 
 
@@ -128,6 +137,11 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
 
 def _file_size(gguf) -> int:
     return getattr(gguf, "file_size", None) or gguf.nbytes
+
+
+def _metadata_entries(gguf) -> int:
+    md = gguf.metadata
+    return sum(len(md.get(k) or ()) for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"))
 
 
 def _vocabulary_bytes(gguf) -> int:
@@ -197,6 +211,19 @@ def _dense_cut_bytes(gguf, cfg: ModelConfig, plan: ShardPlan) -> int:
             if (c0, c1) != (0, t.shape[1]) and c1 > c0 and (c0 % bs or c1 % bs):
                 total += t.shape[0] * 4 * (c1 - c0)
     return total
+
+
+def reserve(nbytes: int) -> None:
+    """Grow the heap to hold `nbytes` more at once, then free them for the load to use (see the
+    module docstring); untouched, so it costs address space, not resident memory."""
+    if nbytes > 0:
+        import numpy as np
+
+        try:
+            block = np.empty(int(nbytes), np.uint8)  # (nbytes,) never written
+        except MemoryError:
+            return  # the load will say what does not fit
+        del block
 
 
 def _gb(n: int) -> str:

@@ -44,6 +44,7 @@ rounding); einsum with a dtype= cast (buffered, slower than one explicit cast).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -86,14 +87,19 @@ _einsum = getattr(getattr(getattr(np, "_core", None), "_multiarray_umath", None)
 
 
 def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 working buffer of `shape`, reused across calls and matrices (one set per thread)."""
+    """A float32 working buffer of `shape`, reused across calls and matrices (one set per thread).
+
+    One buffer per name, as large as the largest shape asked for, viewed at each shape: a model's
+    matrices ask for many shapes, and one buffer per shape would hold several MB each for the
+    whole session (WASM memory never shrinks)."""
     cache = getattr(_LOCAL, "bufs", None)
     if cache is None:
         cache = _LOCAL.bufs = {}
-    buf = cache.get((name, shape))
-    if buf is None:
-        buf = cache[(name, shape)] = np.empty(shape, dtype=np.float32)
-    return buf
+    n = math.prod(shape)
+    buf = cache.get(name)
+    if buf is None or buf.size < n:
+        buf = cache[name] = np.empty(n, dtype=np.float32)
+    return buf[:n].reshape(shape)
 
 
 def _pool():

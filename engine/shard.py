@@ -463,8 +463,17 @@ class ShardLoader:
         from .budget import estimate
 
         est = estimate(self._head, self.n_ctx, self.plan.n_shards, self.layout, self.plan.split_attention)
+        self._estimate = est.per_worker[self.plan.index]
         device = int(device_memory_gb * 2**30) if device_memory_gb else None
         return {"budget": est.as_dict(), "refusal": est.refusal(device)}
+
+    def reserve(self) -> None:
+        """Grow WASM memory once to this shard's estimate, before its pieces (engine/budget.py)."""
+        from . import budget
+
+        if getattr(self, "_estimate", None) is None:
+            self.budget()
+        budget.reserve(self._estimate - budget.BOOT_BYTES)
 
     def leader_session(self, n_ctx: int) -> Session:
         """The leader's tokenizer, chat template and generation loop, over logits the shards compute."""

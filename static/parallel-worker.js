@@ -109,9 +109,13 @@ function header(msg) {
       if (/** @type {any} */ (e)?.type === "ConfigError") return { refused: String(/** @type {any} */ (e).message).trim().split("\n").pop() || "" };
       throw e;
     }
-    if (index === 0) {                                 // the memory every shard will need, before the download
-      const verdict = loader.budget(deviceMemory()).toJs({ dict_converter: Object.fromEntries });
-      if (verdict.refusal) return { over: verdict.refusal, budget: verdict.budget };
+    // the memory every shard will need, before the download: shard 0 refuses for all; each shard
+    // then grows its WASM memory once to its own share (engine/budget.py reserve)
+    const verdict = loader.budget(deviceMemory()).toJs({ dict_converter: Object.fromEntries });
+    if (verdict.refusal) {
+      if (index === 0) return { over: verdict.refusal, budget: verdict.budget };
+    } else {
+      loader.reserve();
     }
     loader.stream_from(prefix, !!msg.hash);
     return { ranges: loader.ranges().toJs() };
