@@ -106,6 +106,8 @@ def _load(args):
     policy = LoadPolicy()
     if getattr(args, "dense_mb", None) is not None:
         policy = LoadPolicy(dense_layers_mb=args.dense_mb, dense_head_mb=args.dense_mb)
+    if getattr(args, "packed", False):  # the browser's layout: products from the mapped file's blocks
+        policy = LoadPolicy(dense_layers_mb=0.0, dense_head_mb=0.0, packed=True)
     return load(args.model, n_ctx=getattr(args, "ctx", None), policy=policy, progress="auto")
 
 
@@ -345,6 +347,9 @@ def _add_load(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx", type=whole_number(1), default=None, help="KV cache length (default: min(2048, model's))")
     from engine.model import LoadPolicy
 
+    p.add_argument("--packed", action="store_true",
+                   help="multiply straight from the mapped file's quantized blocks (engine/packed.py): "
+                        "resident memory about the file's size, no float32 or int8 copies; slower natively")
     p.add_argument("--dense-mb", type=_megabytes, default=None,
                    help="float32 budget (MB) for layer matrices and the LM head: faster, more memory "
                         f"(default: {LoadPolicy.dense_layers_mb:g} for layers, {LoadPolicy.dense_head_mb:g} for the head)")

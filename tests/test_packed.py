@@ -172,3 +172,16 @@ def test_packed_products_in_pyodide():
     assert len(res["cases"]) == 2 * len(TYPES)
     for name, planar, fast, e1, en, same in res["cases"]:
         assert e1 <= RTOL and en <= RTOL and same, (name, planar, fast, e1, en)
+
+
+def test_cli_packed_option_gives_the_same_greedy_text(tmp_path, capsys):
+    """`mote generate --packed` (natively: products from the mapped file, read-only) = the default."""
+    from mote.cli import main
+
+    path = write_tiny(tmp_path / "m.gguf", "llama", qtype="Q4_0")
+    outs = []
+    for extra in ([], ["--packed"]):
+        assert main(["generate", str(path), "-p", "hello", "-n", "12", "--temperature", "0",
+                     *extra]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[0].strip()

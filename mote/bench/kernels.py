@@ -56,7 +56,7 @@ def _best(f, budget_s: float) -> float:
 
 def measure(budget_s: float = 0.15, shapes=None) -> dict:
     """GFLOP/s per (shape, kernel) in this runtime, plus the kernel `choose_kernel` picks."""
-    from engine import matmul, quants
+    from engine import matmul, packed, quants
     from mote.encoders import quantize
 
     rng = np.random.default_rng(0)
@@ -76,10 +76,14 @@ def measure(budget_s: float = 0.15, shapes=None) -> dict:
         for k in matmul.KERNELS:
             lin = matmul.prepare_linear(raw, tid, (n_out, n_in), dense=False, kernel=k)
             row[k] = gflop / _best(lambda: lin(x, out=y), budget_s)
-        if name == "Q8_0":  # the file's blocks compacted in place (what the browser worker and shards run)
+        if name == "Q8_0":  # the file's blocks compacted in place (the int8 layout of a worker)
             lin = matmul.prepare_linear(np.frombuffer(bytearray(raw.tobytes()), np.uint8), tid, (n_out, n_in),
                                         dense=False, kernel="einsum", in_place=True)
             row["einsum compacted"] = gflop / _best(lambda: lin(x, out=y), budget_s)
+        # the packed layout (engine/packed.py): the file's blocks planarized in place, what workers run
+        lin = matmul.prepare_linear(np.frombuffer(bytearray(raw.tobytes()), np.uint8), tid, (n_out, n_in),
+                                    dense=False, in_place=True, packed=True)
+        row["packed"] = gflop / _best(lambda: (packed._PREPARED.clear(), lin(x, out=y)), budget_s)
         row["chosen"] = matmul.prepare_linear(raw, tid, (n_out, n_in), dense=False).kernel
         rows.append(row)
     return {"platform": sys.platform, "numpy": np.__version__, "python": sys.version.split()[0], "rows": rows}
@@ -140,7 +144,7 @@ def measure_in_browser(budget_s: float = 0.15) -> dict:
 
 # ---- the table --------------------------------------------------------------------------------
 
-COLUMNS = ["ref", "dense f32", "scale", "subdot", "einsum", "transposed", "einsum compacted"]
+COLUMNS = ["ref", "dense f32", "scale", "subdot", "einsum", "transposed", "einsum compacted", "packed"]
 
 
 def table(results: list[dict]) -> str:
