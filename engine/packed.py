@@ -39,7 +39,7 @@ calls whatever its size; ufuncs get their output positionally (`out=` as a keywo
 per call in Pyodide 0.27), and constants are 1-element arrays (a numpy scalar operand takes a
 slower, buffered loop).
 
-Fast types: Q8_0, Q4_0, Q5_0, Q4_K, Q6_K, Q2_K. Every other block type falls back to
+Fast types: Q8_0, Q4_0, Q5_0, Q4_K, Q6_K, Q2_K, Q3_K. Every other block type falls back to
 `quants.split_blocks` per chunk (exact, slower, still nothing resident). Q8_0's bytes are already
 the values: planarized, its chunks are int8 columns and the product is the same einsum with
 its inner loop over rows, which in Pyodide is ~1.4x faster per weight than along a 32-weight
@@ -71,8 +71,10 @@ _M4 = _c64(0x0F0F0F0F0F0F0F0F)    # low nibble of every byte
 _M2 = _c64(0x0303030303030303)    # low 2 bits of every byte
 _M30 = _c64(0x3030303030303030)   # bits 4-5 of every byte
 _M10 = _c64(0x1010101010101010)   # bit 4 of every byte
+_M04 = _c64(0x0404040404040404)   # bit 2 of every byte
+_B = {k: np.array([k], np.uint8) for k in (2, 3, 4, 6, 15, 0)}  # uint8 constants (masks, shifts)
 _SH = [_c64(k) for k in range(8)]  # shift counts
-_Z = {z: np.array([z], np.float32) for z in (8, 16, 32)}  # zero points of Q4_0, Q5_0, Q6_K
+_Z = {z: np.array([z], np.float32) for z in (4, 8, 16, 32)}  # zero points of Q3_K, Q4_0, Q5_0, Q6_K (and Q3_K's scale bias)
 
 # Planes per type: (name, bytes per block, element size). `_planes_of` fills them from the blocks.
 PLANES: dict[str, list[tuple[str, int, int]]] = {
@@ -83,6 +85,9 @@ PLANES: dict[str, list[tuple[str, int, int]]] = {
     "Q6_K": [("qa0", 32, 1), ("qa1", 32, 1), ("qb0", 32, 1), ("qb1", 32, 1), ("qh0", 32, 1), ("qh1", 32, 1),
              ("sc", 16, 1), ("d", 2, 2)],
     "Q2_K": [("sc", 16, 1), ("qs", 64, 1), ("dd", 4, 2)],
+    # Q3_K: hmask (bit 4h + s of byte l: weight 128h + 32s + l is NOT -4), 2-bit quants as Q2_K,
+    # 16 six-bit scales as 8 bytes of low nibbles and 4 bytes of high crumbs, d
+    "Q3_K": [("hm", 32, 1), ("qs", 64, 1), ("slo", 8, 1), ("shi", 4, 1), ("d", 2, 2)],
 }
 FAST_TYPES = frozenset(PLANES)
 
@@ -105,6 +110,8 @@ def _planes_of(name: str, b: np.ndarray) -> tuple[list[np.ndarray], np.ndarray |
                 b[:, :, 160:192], b[:, :, 192:208], b[:, :, 208:210]], None
     if name == "Q2_K":
         return [b[:, :, 0:16], b[:, :, 16:80], b[:, :, 80:84]], None
+    if name == "Q3_K":
+        return [b[:, :, 0:32], b[:, :, 32:96], b[:, :, 96:104], b[:, :, 104:108], b[:, :, 108:110]], None
     raise ValueError(f"no planar layout for {name}")
 
 
@@ -170,6 +177,9 @@ def unplanarize(region: np.ndarray, ggml_type: int, c: int, nb: int, side: np.nd
             b[:, :, off : off + planes[name].shape[2]] = planes[name]
     elif qt.name == "Q2_K":
         b[:, :, 0:16], b[:, :, 16:80], b[:, :, 80:84] = planes["sc"], planes["qs"], planes["dd"]
+    elif qt.name == "Q3_K":
+        for name, off in (("hm", 0), ("qs", 32), ("slo", 96), ("shi", 104), ("d", 108)):
+            b[:, :, off : off + planes[name].shape[2]] = planes[name]
     return b
 
 
@@ -292,8 +302,10 @@ class PackedLinear:
         elif name == "Q6_K":  # parts (s, h, block, t): weight 128h + 32s + 16t + k
             out["xp"] = np.ascontiguousarray(x.reshape(n, nb, 2, 4, 2, 16).transpose(0, 3, 2, 1, 4, 5))
             out["xz"] = np.ascontiguousarray(32 * xsum.reshape(n, nb, 2, 4, 2).transpose(0, 3, 2, 1, 4))[..., None]
-        elif name == "Q2_K":  # parts (s, block, h, t)
+        elif name in ("Q2_K", "Q3_K"):  # parts (s, block, h, t)
             out["xp"] = np.ascontiguousarray(x.reshape(n, nb, 2, 4, 2, 16).transpose(0, 3, 1, 2, 4, 5))
+            if name == "Q3_K":
+                out["xz"] = np.ascontiguousarray(4 * xsum.reshape(n, nb, 2, 4, 2).transpose(0, 3, 1, 2, 4))[..., None]
         return out
 
     # ---- the product ----------------------------------------------------------------------------
@@ -460,6 +472,53 @@ class PackedLinear:
             _einsum("sbhtk,sbhtkr->sbhtr", xp["xp"][j], w, out=p)
             _einsum("sbhtr,bhstr->r", p, scale, out=y[j])
             y[j] -= _einsum("bjr,bj->r", s[1], xp["xsum"][j].reshape(nb, 16))
+
+    def _chunk_q3_k(self, v: dict, c: int, xp: dict, y: np.ndarray | None, dense: bool = False):
+        nb = self.nb
+        # scales: 6 bits = low nibble (slo byte j % 8, low/high half by j // 8) | crumb of shi
+        # byte j % 4 at bits 2 * (j // 4), minus 32; times d
+        sc = _scratch_u8("pk_sc", (nb, 16, c))
+        np.bitwise_and(v["slo"], _B[15], sc[:, :8])
+        np.right_shift(v["slo"], _B[4], sc[:, 8:])
+        cr = _scratch_u8("pk_cr", (nb, 4, 4, c))  # (block, j // 4, j % 4, row)
+        for k in range(4):
+            np.right_shift(v["shi"], _B[2 * k], cr[:, k])
+        np.bitwise_and(cr, _B[3], cr)
+        np.left_shift(cr, _B[4], cr)
+        np.bitwise_or(sc, cr.reshape(nb, 16, c), sc)
+        s = _scratch("pk_s", (nb, 16, c))
+        np.copyto(s, sc, casting="unsafe")
+        np.subtract(s, _Z[32], s)  # sc - 32, exact in float32
+        np.multiply(s, _f32(v["d"]), s)  # d * (sc - 32), as the reference computes it
+        # values (s, block, h, l, row): 2 bits of qs at 2s | (hmask bit 4h + s) << 2, in 0..7
+        u = _scratch_u8("pk_u", (4, nb, 64, c))
+        u64 = u.reshape(4, -1).view(_U64)
+        u64[0] = v["qs64"]
+        for k in (1, 2, 3):
+            np.right_shift(v["qs64"], _SH[2 * k], u64[k])
+        np.bitwise_and(u64, _M2, u64)
+        hm = v["hm64"].reshape(nb, 4 * c)  # (block, l x row) as words
+        hb = _scratch_u8("pk_hb", (4, nb, 2, 32 * c)).view(_U64)  # (s, block, h, words)
+        for part in range(4):
+            for h in (0, 1):
+                k = 4 * h + part  # the hmask bit of weight 128h + 32s + l
+                if k >= 2:
+                    np.right_shift(hm, _SH[k - 2], hb[part, :, h])
+                else:
+                    np.left_shift(hm, _SH[2 - k], hb[part, :, h])
+        np.bitwise_and(hb, _M04, hb)
+        np.bitwise_or(u64.reshape(hb.shape), hb, u64.reshape(hb.shape))
+        w = _scratch("pk_w", (4, nb, 2, 2, 16, c))
+        np.copyto(w, u.reshape(4, nb, 2, 2, 16, c), casting="unsafe")  # weight 128h + 32s + 16t + k
+        scale = s.reshape(nb, 2, 4, 2, c)  # sub-block 8h + 2s + t
+        if dense:  # prefill: d * (sc - 32) * (q - 4), as the reference
+            np.subtract(w, _Z[4], w)
+            return np.multiply(w, scale.transpose(2, 0, 1, 3, 4)[..., None, :], w)
+        p = _scratch("pk_p", (4, nb, 2, 2, c))
+        for j in range(y.shape[0]):
+            _einsum("sbhtk,sbhtkr->sbhtr", xp["xp"][j], w, out=p)
+            np.subtract(p, xp["xz"][j], p)  # - 4 * sum(x): values are q + 4 * hbit, weights q + 4 * hbit - 4
+            _einsum("sbhtr,bhstr->r", p, scale, out=y[j])
 
     def _chunk_split(self, rows: np.ndarray, c: int, xp: dict, y: np.ndarray) -> None:
         q, scale, offset = self._split(rows, c)

@@ -118,7 +118,7 @@ function header(msg) {
       loader.reserve();
     }
     loader.stream_from(prefix, !!msg.hash);
-    return { ranges: loader.ranges().toJs() };
+    return { ranges: loader.ranges().toJs(), ...(index === 0 ? { budget: verdict.budget } : {}) };
   } finally {
     prefix.destroy();
   }

@@ -79,6 +79,7 @@ export class ParallelWorker extends EventTarget {
     /** @type {Error|null} */ this.failure = null;
     /** @type {(() => void)[]} */ this.waiters = [];
     this.peakHeld = 0;                                   // most file bytes this thread held at once
+    /** @type {any} */ this.budget = null;                 // shard 0's budget of the last load (engine/budget.py)
   }
 
   set onmessage(fn) {
@@ -282,6 +283,7 @@ export class ParallelWorker extends EventTarget {
           return;
         }
         ranges = answers.map((a) => a.ranges);
+        this.budget = answers[0].budget ?? null;         // shard 0's estimate for every shard (engine/budget.py)
         sentTo = block.length;
       }
       block = new Uint8Array(Math.min(BLOCK, size - sentTo));
@@ -344,7 +346,7 @@ export class ParallelWorker extends EventTarget {
       this.loadedSha = model.sha256;
       const memory = { wasm_bytes: shards.reduce((s, x) => s + (x.memory.wasm_bytes || 0), 0), js_heap_bytes: null,
                        per_worker: shards.map((x) => x.memory.wasm_bytes), coordinator_peak_bytes: this.peakHeld };
-      this.emit({ type: Ev.READY, info, cached, timings: { ...this.timings }, memory,
+      this.emit({ type: Ev.READY, info, cached, timings: { ...this.timings }, memory, budget: this.budget ?? null,
                   model: { sha256: model.sha256, workers: this.n, shards: shards.map((x) => x.info), n_ctx: shards[0].info.n_ctx } });
     } catch (e) {
       for (const w of this.workers) w.postMessage({ type: Shard.DROP });   // every worker frees its pieces
