@@ -139,11 +139,13 @@ def imatrix_step(loaded, calib_path: Path) -> tuple[Path, dict]:
     tokens = text_tokens(loaded.tokenizer, data)
     windows = make_windows(tokens, CTX, bos_of(loaded.tokenizer), IMATRIX_CHUNKS)
     info = {"path": str(path), "chunks": len(windows), "ctx": CTX, "text_tokens": len(tokens), "dataset": tag}
+    sidecar = path.with_suffix(".json")  # how long it took, for the report of a later run that reuses it
     if path.exists():
         md = open_gguf(path).metadata
         if md.get("imatrix.datasets") == [tag] and md.get("imatrix.chunk_count") == len(windows):
             print(f"imatrix: reusing {path}", flush=True)
-            return path, {**info, "seconds": None, "reused": True}
+            seconds = json.loads(sidecar.read_text()).get("seconds") if sidecar.exists() else None
+            return path, {**info, "seconds": seconds, "reused": True}
     t0 = time.perf_counter()
 
     def progress(done, total):
@@ -152,6 +154,7 @@ def imatrix_step(loaded, calib_path: Path) -> tuple[Path, dict]:
     stats = collect_imatrix(loaded.model, windows, progress=progress)
     write_imatrix(path, stats, tag, len(windows), CTX)
     info["seconds"] = time.perf_counter() - t0
+    sidecar.write_text(json.dumps(info))
     print(f"imatrix: {len(windows)} chunks of {CTX} ({len(tokens)} text tokens) in {info['seconds']:.0f} s -> {path}",
           flush=True)
     return path, info
@@ -254,11 +257,13 @@ def verdict(rows: list[dict], base_row: dict) -> str:
     ratios = {k: r[k]["ppl"] / base_row[k]["ppl"] for k in ("code", "prose")}
     poor = is_poor(r, base_row)
     q3 = any(x["row"].startswith("Q3_K") for x in rows)
-    return (f"Q2_K + imatrix against Q4_K_M: PPL x{ratios['code']:.2f} on code and x{ratios['prose']:.2f} on prose, "
-            f"top-1 agreement {100 * r['code']['top1_agreement']:.1f} % / {100 * r['prose']['top1_agreement']:.1f} %: "
-            + ("poor by the issue's test (top-1 below 70 % or PPL above 1.5 x on a text), "
-               + ("so the Q3_K row was made." if q3 else "the Q3_K row is still to come.")
-               if poor else "not poor by the issue's test (top-1 at least 70 % and PPL at most 1.5 x on both texts)."))
+    head = (f"Q2_K + imatrix against Q4_K_M: PPL x{ratios['code']:.2f} on code and x{ratios['prose']:.2f} on prose, "
+            f"top-1 agreement {100 * r['code']['top1_agreement']:.1f} % / {100 * r['prose']['top1_agreement']:.1f} %: ")
+    if poor:
+        return head + ("poor by the issue's test (top-1 below 70 % or PPL above 1.5 x on a text), so the Q3_K row "
+                       "was made." if q3 else "poor by the issue's test; the Q3_K row is still to come.")
+    return head + ("not poor by the issue's test (top-1 at least 70 % and PPL at most 1.5 x on both texts)"
+                   + ("; the Q3_K row was made anyway (--q3k yes), to show what one more bit buys." if q3 else "."))
 
 
 # ---- report -------------------------------------------------------------------------------------
@@ -319,9 +324,12 @@ def markdown(res: dict) -> str:
               f"with the system prompt \"{SYSTEM}\"); \"same\" = leading tokens identical to the Q4_K_M's answer:", ""]
     for k, request in enumerate(REQUESTS):
         lines += [f"**{k + 1}. {html.escape(request)}**", "", "<table><tr>"]
-        lines += [f"<th>{r['row']} (same: {r['answers'][k]['same_prefix']})</th>" for r in rows]
+        lines += [f"<th>{r['row']}" + (f" (same: {r['answers'][k]['same_prefix']})" if i else "") + "</th>"
+                  for i, r in enumerate(rows)]
         lines += ["</tr><tr>"]
-        lines += [f"<td valign=\"top\"><pre>{html.escape(r['answers'][k]['text'])}</pre></td>" for r in rows]
+        # newlines as &#10;: a blank line or a ``` line would end the HTML block in Markdown
+        lines += [f"<td valign=\"top\"><pre>{html.escape(r['answers'][k]['text']).replace(chr(10), '&#10;')}</pre></td>"
+                  for r in rows]
         lines += ["</tr></table>", ""]
     return "\n".join(lines)
 
@@ -338,7 +346,8 @@ def write_report(res: dict, docs: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", default="all", choices=("all", "texts"), help="texts: write and list the texts only")
+    ap.add_argument("--steps", default="all", choices=("all", "texts", "docs"),
+                    help="texts: write and list the texts only; docs: rewrite the section from quality_1p5b.json")
     ap.add_argument("--q3k", default="auto", choices=("auto", "yes", "no"),
                     help="make the Q3_K row: when Q2_K + imatrix is poor (auto), always, or never")
     ap.add_argument("--requantize", action="store_true", help="quantize again even when the file exists")
@@ -346,6 +355,9 @@ def main() -> int:
     ap.add_argument("--docs", default=str(ROOT / "docs"), help="folder of quality.md and quality_1p5b.json")
     args = ap.parse_args()
     docs = Path(args.docs)
+    if args.steps == "docs":
+        write_report(json.loads((docs / "quality_1p5b.json").read_text()), docs)
+        return 0
     t = texts()
     print(json.dumps(t, indent=1))
     if args.steps == "texts":
@@ -360,7 +372,8 @@ def main() -> int:
     base_loaded = load(BASE, n_ctx=CTX)
     im_path, res["imatrix"] = imatrix_step(base_loaded, WORK / "calibration.txt")
     if res["imatrix"]["seconds"] is not None:
-        res["timings"].append(f"imatrix {res['imatrix']['chunks']} chunks {res['imatrix']['seconds'] / 60:.1f} min")
+        res["timings"].append(f"imatrix {res['imatrix']['chunks']} chunks {res['imatrix']['seconds'] / 60:.1f} min"
+                              + (" (an earlier run)" if res["imatrix"].get("reused") else ""))
     imatrix = read_imatrix(im_path)
 
     # 2. the base row; its logits are kept for every other row's KL
