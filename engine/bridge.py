@@ -221,7 +221,7 @@ def reserve(total_bytes: int) -> None:
     """Before the model's buffer: grow WASM memory once to the budget's total (engine/budget.py)."""
     from . import budget
 
-    budget.reserve(int(total_bytes) - budget.BOOT_BYTES)
+    budget.reserve_to(total_bytes)
 
 
 def load_model(data: Any, n_ctx: int | None = None, layout: str | None = None) -> Any:

@@ -213,6 +213,24 @@ def _dense_cut_bytes(gguf, cfg: ModelConfig, plan: ShardPlan) -> int:
     return total
 
 
+def heap_bytes() -> int:
+    """The WASM heap's size now (Pyodide), or BOOT_BYTES elsewhere (CPython has no such heap)."""
+    try:
+        import pyodide_js  # type: ignore[import-not-found]
+
+        return int(pyodide_js._module.HEAP8.byteLength)
+    except Exception:  # noqa: BLE001 - not in Pyodide
+        return BOOT_BYTES
+
+
+RESERVE_MARGIN = 24 * MIB  # beyond the estimate: running short by a byte costs a whole growth step (up to 96 MiB)
+
+
+def reserve_to(total_bytes: int) -> None:
+    """Grow the WASM heap at once to `total_bytes` (a budget's total) plus RESERVE_MARGIN."""
+    reserve(int(total_bytes) + RESERVE_MARGIN - heap_bytes())
+
+
 def reserve(nbytes: int) -> None:
     """Grow the heap to hold `nbytes` more at once, then free them for the load to use (see the
     module docstring); untouched, so it costs address space, not resident memory."""

@@ -473,7 +473,7 @@ class ShardLoader:
 
         if getattr(self, "_estimate", None) is None:
             self.budget()
-        budget.reserve(self._estimate - budget.BOOT_BYTES)
+        budget.reserve_to(self._estimate)
 
     def leader_session(self, n_ctx: int) -> Session:
         """The leader's tokenizer, chat template and generation loop, over logits the shards compute."""
