@@ -217,11 +217,12 @@ def header_budget(prefix: Any, size: int, n_ctx: int | None = None, layout: str 
     return _js({"budget": est.as_dict(), "refusal": est.refusal(device)})
 
 
-def reserve(total_bytes: int) -> None:
-    """Before the model's buffer: grow WASM memory once to the budget's total (engine/budget.py)."""
+def reserve(total_bytes: int, heap_bytes: int | None = None) -> None:
+    """Before the model's buffer: grow WASM memory once to the budget's total (engine/budget.py).
+    heap_bytes: the WASM heap's size now (the worker reads it from Pyodide's module)."""
     from . import budget
 
-    budget.reserve_to(total_bytes)
+    budget.reserve_to(total_bytes, heap_bytes or budget.BOOT_BYTES)
 
 
 def load_model(data: Any, n_ctx: int | None = None, layout: str | None = None) -> Any:

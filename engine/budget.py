@@ -127,6 +127,8 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
         side = _side_bytes(gguf, cfg, plan, layout)
         tokenizes = plan is None or i == 0
         voc = vocab if tokenizes else _metadata_entries(gguf) * METADATA_ENTRY_BYTES
+        if plan is not None:  # a shard gets the header as a prefix and keeps a copy (engine/shard.py ShardLoader)
+            voc += 2 * gguf.data_offset
         runtime = RUNTIME_BYTES + (cfg.vocab_size * LOGITS_BYTES if tokenizes else 0)
         budget.workers.append(WorkerBudget(i, runtime, held + cuts, side, kv, voc))
     return budget
@@ -213,22 +215,13 @@ def _dense_cut_bytes(gguf, cfg: ModelConfig, plan: ShardPlan) -> int:
     return total
 
 
-def heap_bytes() -> int:
-    """The WASM heap's size now (Pyodide), or BOOT_BYTES elsewhere (CPython has no such heap)."""
-    try:
-        import pyodide_js  # type: ignore[import-not-found]
-
-        return int(pyodide_js._module.HEAP8.byteLength)
-    except Exception:  # noqa: BLE001 - not in Pyodide
-        return BOOT_BYTES
-
-
 RESERVE_MARGIN = 24 * MIB  # beyond the estimate: running short by a byte costs a whole growth step (up to 96 MiB)
 
 
-def reserve_to(total_bytes: int) -> None:
-    """Grow the WASM heap at once to `total_bytes` (a budget's total) plus RESERVE_MARGIN."""
-    reserve(int(total_bytes) + RESERVE_MARGIN - heap_bytes())
+def reserve_to(total_bytes: int, heap_bytes: int = BOOT_BYTES) -> None:
+    """Grow the WASM heap, now `heap_bytes` (engine.bridge.heap_bytes), at once to `total_bytes`
+    (a budget's total) plus RESERVE_MARGIN."""
+    reserve(int(total_bytes) + RESERVE_MARGIN - int(heap_bytes))
 
 
 def reserve(nbytes: int) -> None:

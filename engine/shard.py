@@ -451,6 +451,7 @@ class ShardLoader:
     def runner(self) -> ShardRunner:
         """The shard's model over its pieces, which it owns: Q8_0 matrices are compacted in them.
         Call it only once the file is verified (the coordinator checks the hashing shard's sha256)."""
+        self._head = None  # the header's own parse: the model's file parses it again (the peak holds one)
         need = sum(len(b) for _, b in self._pieces) + sum(c[-1].nbytes for c in self._cuts)
         if self._streamed and self._written != need:  # every byte of every piece must have come
             raise ValueError(f"shard {self.plan.index} got {self._written} of its {need} bytes")
@@ -462,18 +463,20 @@ class ShardLoader:
         the coordinator (static/parallel.js) before the rest of the file is downloaded."""
         from .budget import estimate
 
-        est = estimate(self._head, self.n_ctx, self.plan.n_shards, self.layout, self.plan.split_attention)
+        head = self._head or ShardFile(self.header, self.file_size)
+        est = estimate(head, self.n_ctx, self.plan.n_shards, self.layout, self.plan.split_attention)
         self._estimate = est.per_worker[self.plan.index]
         device = int(device_memory_gb * 2**30) if device_memory_gb else None
         return {"budget": est.as_dict(), "refusal": est.refusal(device)}
 
-    def reserve(self) -> None:
-        """Grow WASM memory once to this shard's estimate, before its pieces (engine/budget.py)."""
+    def reserve(self, heap_bytes: int | None = None) -> None:
+        """Grow WASM memory once to this shard's estimate, before its pieces (engine/budget.py);
+        heap_bytes: the WASM heap's size now."""
         from . import budget
 
         if getattr(self, "_estimate", None) is None:
             self.budget()
-        budget.reserve_to(self._estimate)
+        budget.reserve_to(self._estimate, heap_bytes or budget.BOOT_BYTES)
 
     def leader_session(self, n_ctx: int) -> Session:
         """The leader's tokenizer, chat template and generation loop, over logits the shards compute."""

@@ -115,7 +115,7 @@ function header(msg) {
     if (verdict.refusal) {
       if (index === 0) return { over: verdict.refusal, budget: verdict.budget };
     } else {
-      loader.reserve();
+      loader.reserve(memory(pyodide).wasm_bytes);
     }
     loader.stream_from(prefix, !!msg.hash);
     return { ranges: loader.ranges().toJs(), ...(index === 0 ? { budget: verdict.budget } : {}) };

@@ -84,7 +84,7 @@ function bufferSink(model, msg) {
       if (verdict?.refusal) throw Object.assign(new Error(verdict.refusal), { fatal: true, budget: verdict.budget });
       this.budget = verdict?.budget ?? null;
       try {
-        if (this.budget) bridge.reserve(this.budget.total_bytes);  // the heap's final size at once (engine/budget.py)
+        if (this.budget) bridge.reserve(this.budget.total_bytes, memory(pyodide).wasm_bytes);  // the heap's final size at once
         this.buf = bridge.ModelBuffer(model.size);       // (size,) bytes in WASM memory
       } catch (e) {                                      // e.g. MemoryError: not the source's fault
         throw Object.assign(new Error(`cannot hold ${model.size} bytes in WASM memory: ${/** @type {any} */ (e)?.message || e}`),

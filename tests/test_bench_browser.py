@@ -166,7 +166,7 @@ def test_bench_engines_take_turns_and_ratios_pair_runs(tiny, tmp_path, monkeypat
     calls = []
     speeds = {None: [4.0, 2.0, 3.0], 2: [6.4, 3.2, 4.8]}  # 1 worker, 2 workers: 1.6x in every round
 
-    def fake_run(base, chromium, kind, url, prompts, n, n_ctx, timeout_s, workers=None):
+    def fake_run(base, chromium, kind, url, prompts, n, n_ctx, timeout_s, workers=None, layout=None):
         calls.append(workers)
         return _fake_out(speeds[workers][sum(1 for c in calls if c == workers) - 1], want)
 
@@ -189,7 +189,7 @@ def test_bench_failed_engine_stops_and_the_others_go_on(tiny, tmp_path, monkeypa
     want = _engine_tokens(model, PROMPT, 6)
     calls = []
 
-    def fake_run(base, chromium, kind, url, prompts, n, n_ctx, timeout_s, workers=None):
+    def fake_run(base, chromium, kind, url, prompts, n, n_ctx, timeout_s, workers=None, layout=None):
         calls.append(workers)
         if workers == 2 and calls.count(2) == 2:
             raise bench.RunFailed("worker crashed (fake)")
@@ -232,7 +232,7 @@ def test_history_keeps_every_run_and_warns_outside_the_recorded_range(tiny, tmp_
     want = _engine_tokens(model, PROMPT, 6)
     speed = {None: 4.0, 2: 6.0}
     monkeypatch.setattr(bench, "browser_run", lambda base, chromium, kind, url, prompts, n, n_ctx, timeout_s,
-                        workers=None: _fake_out(speed[workers], want))
+                        workers=None, layout=None: _fake_out(speed[workers], want))
     history = tmp_path / "history.jsonl"
 
     def run(two_workers: float) -> str:
