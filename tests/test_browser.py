@@ -857,11 +857,7 @@ def test_gemma_greedy_tokens_match_cpython(browser, gemma_site):
     # ArrayBuffers (CDP) are sampled peaks; the page's own heap is a few MB.
     wasm_peak = wasm["wasm_bytes"]
     assert wasm_peak is not None
-    # the budget (engine/budget.py) the worker estimated from the header and reserved before the
-    # download covered the load and the answer: WASM memory did not grow past it
-    budget = cold["budget"]["total_bytes"]
-    metrics(gemma_budget_mb=round(budget / 1e6), gemma_wasm_mb=round(wasm_peak / 1e6))
-    assert wasm_peak <= 1.05 * budget, (wasm_peak, cold["budget"])
+    metrics(gemma_wasm_mb=round(wasm_peak / 1e6))
     assert wasm_peak + max(load_peak["total"], heap.peak["total"]) + main_heap <= MEMORY_BUDGET
 
 
