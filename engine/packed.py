@@ -276,8 +276,8 @@ class PackedLinear:
         """x (n, n_in) -> per row: x in the part order of the values, sub-block sums, tables.
 
         Kept for the next matrix of the same type and width when it gets the same x (attn_q,
-        attn_k and attn_v share one; ffn_gate and ffn_up another): a comparison costs far less
-        than Q5_0's bit table."""
+        attn_k and attn_v share one; ffn_gate and ffn_up another): one comparison instead of the
+        transposes and sums, a few numpy calls that cost microseconds each in Pyodide."""
         key = (self.qt.name if self.fast else "split", self.n_in, self.sub)
         hit = _PREPARED.get(key)
         if hit is not None and hit[0].shape == x.shape and np.array_equal(hit[0], x):

@@ -28,6 +28,8 @@ import re
 
 import pytest
 
+from engine.budget import RESERVE_MARGIN
+
 from tests import tiny_golden as tg
 from tests.browser_util import WorkerHeap, chromium, ensure_static_built, renderer_peak_rss, serve_in_thread
 
@@ -45,7 +47,7 @@ window.__mote = { events: [], speed: [] };
 const record = (d) => {
   d = d || {};
   window.__mote.events.push({ type: d.type, stage: d.stage, phase: d.phase, model: !!d.model,
-                              cached: d.cached, message: d.message, t: performance.now() });
+                              cached: d.cached, message: d.message, budget: d.budget, t: performance.now() });
 };
 const NativeWorker = window.Worker;
 window.Worker = class extends NativeWorker {
@@ -857,7 +859,11 @@ def test_gemma_greedy_tokens_match_cpython(browser, gemma_site):
     # ArrayBuffers (CDP) are sampled peaks; the page's own heap is a few MB.
     wasm_peak = wasm["wasm_bytes"]
     assert wasm_peak is not None
-    metrics(gemma_wasm_mb=round(wasm_peak / 1e6))
+    # the budget (engine/budget.py) the worker estimated from the header and reserved (+ its margin)
+    # before the download covered the load and the answer: WASM memory did not grow past it
+    budget = cold["budget"]["total_bytes"]
+    metrics(gemma_budget_mb=round(budget / 1e6), gemma_wasm_mb=round(wasm_peak / 1e6))
+    assert wasm_peak <= 1.02 * budget + RESERVE_MARGIN + (8 << 20), (wasm_peak, cold["budget"])
     assert wasm_peak + max(load_peak["total"], heap.peak["total"]) + main_heap <= MEMORY_BUDGET
 
 

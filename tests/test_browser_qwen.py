@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.budget import RESERVE_MARGIN
 from tests import tiny_golden as tg
 from tests.browser_util import chromium, ensure_static_built, serve_in_thread
 from tests.paths import pulled_model
@@ -81,10 +82,13 @@ def answer_in_tab(browser, qwen_site, name: str, workers: int) -> tuple:
     done = chat(page, QUESTION, TOKENS, timeout_s=480)
     assert done["token_ids"] == expected["tokens"], (done["full_text"], expected["text"])
     assert done["n_prompt"] == len(expected["prompt_tokens"])
+    # the budget estimated from the header before the download (engine/budget.py), reserved by each
+    # worker (+ a margin), covered the load and the answer: the workers' WASM did not grow past it
     wasm = (page.evaluate("() => window.moteApp.state.memory") or {}).get("wasm_bytes")
-    if wasm:  # the workers' WASM memory against the file (docs/bench/memory-2026-12-03.md)
-        metrics(**{f"{name}_{workers}w_wasm_mb": round(wasm / 1e6),
-                   f"{name}_{workers}w_wasm_per_file": round(wasm / paths[name].stat().st_size, 2)})
+    budget = ready["budget"]["total_bytes"]
+    metrics(**{f"{name}_{workers}w_wasm_mb": round(wasm / 1e6), f"{name}_{workers}w_budget_mb": round(budget / 1e6),
+               f"{name}_{workers}w_wasm_per_file": round(wasm / paths[name].stat().st_size, 2)})
+    assert wasm <= 1.02 * budget + workers * (RESERVE_MARGIN + (8 << 20)), (wasm, ready["budget"])
     return page, context, done, ready
 
 
