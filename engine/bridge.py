@@ -40,7 +40,7 @@ if IN_PYODIDE:  # pragma: no cover - only inside the browser
 # a model costs its file size in WASM memory (which never shrinks) and nothing of the weights' size
 # on top; in Pyodide these products are as fast as the int8 blocks' (docs/kernels.md). Used in
 # CPython too, so the tests that drive this module compute what the page computes.
-WORKER_POLICY = LoadPolicy(dense_layers_mb=0.0, own_buffer=True, packed=True)
+WORKER_POLICY = LoadPolicy(dense_layers_mb=0.0, own_buffer=True, packed=True, int8_types=("Q5_0",))
 
 
 def _py(value: Any) -> Any:
@@ -182,16 +182,22 @@ def _version(dist: str) -> str | None:
 _session: Session | None = None
 
 
-LAYOUTS = ("packed", "int8")  # how a worker holds block weights (LoadRequest.layout)
+LAYOUTS = ("packed", "compact", "int8")  # how a worker holds block weights (LoadRequest.layout)
 
 
 def policy_for(layout: str | None) -> LoadPolicy:
-    """The load policy of a layout: "packed" (the default: the file's blocks, its size in memory) or
-    "int8" (int8 values + float32 scales: about 2.2x a 4-bit file, for comparison benchmarks)."""
+    """The load policy of a layout:
+    "packed" (the default): the file's blocks, except Q5_0 kept as int8 values (its packed product
+        is ~1.5x slower in Chromium, docs/kernels.md) when the budget allows (`choose_layout`);
+    "compact": every block type packed, memory about the file's size;
+    "int8": int8 values + float32 scales, about 2.2x a 4-bit file (for comparison benchmarks)."""
     layout = layout or "packed"
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r} (expected one of {', '.join(LAYOUTS)})")
-    return WORKER_POLICY if layout == "packed" else dataclasses.replace(WORKER_POLICY, packed=False)
+    if layout == "packed":
+        return WORKER_POLICY
+    return dataclasses.replace(WORKER_POLICY, int8_types=()) if layout == "compact" else \
+        dataclasses.replace(WORKER_POLICY, packed=False)
 
 
 def header_budget(prefix: Any, size: int, n_ctx: int | None = None, layout: str | None = None,
@@ -209,12 +215,27 @@ def header_budget(prefix: Any, size: int, n_ctx: int | None = None, layout: str 
     data = prefix.to_bytes() if IN_PYODIDE and isinstance(prefix, JsProxy) else bytes(prefix)
     if ShardFile.header_length(data, size) == 0:
         return None
-    try:
-        est = budget.estimate(ShardFile(data, size), n_ctx, 1, policy_for(layout) and (layout or "packed"))
-    except ConfigError:  # e.g. Atome: no estimate; the load itself will say what is wrong
-        return _js({"budget": None, "refusal": None})
     device = int(device_memory_gb * 2**30) if device_memory_gb else None
-    return _js({"budget": est.as_dict(), "refusal": est.refusal(device)})
+    try:
+        return _js(choose_layout(ShardFile(data, size), n_ctx, 1, layout, device))
+    except ConfigError:  # e.g. Atome: no estimate; the load itself will say what is wrong
+        return _js({"budget": None, "refusal": None, "layout": layout})
+
+
+def choose_layout(head, n_ctx: int | None, n_workers: int, layout: str | None, device_bytes: int | None,
+                  split_attention: bool = True) -> dict:
+    """The budget of `layout`; for the default ("packed", whose Q5_0 is int8 for speed), the all-packed
+    "compact" layout instead when that is what fits. {"budget", "refusal", "layout"}."""
+    from . import budget
+
+    policy_for(layout)  # an unknown layout is an error
+    est = budget.estimate(head, n_ctx, n_workers, layout or "packed", split_attention)
+    why = est.refusal(device_bytes)
+    if why and (layout or "packed") == "packed":
+        compact = budget.estimate(head, n_ctx, n_workers, "compact", split_attention)
+        if compact.refusal(device_bytes) is None:
+            est, why, layout = compact, None, "compact"
+    return {"budget": est.as_dict(), "refusal": why, "layout": layout or "packed"}
 
 
 def reserve(total_bytes: int, heap_bytes: int | None = None) -> None:

@@ -178,6 +178,9 @@ def _matrices(gguf, cfg: ModelConfig, plan: ShardPlan | None):
 
 
 def _side_bytes(gguf, cfg: ModelConfig, plan: ShardPlan | None, layout: str) -> int:
+    from .bridge import policy_for  # the layouts' policies (which types stay packed)
+
+    policy = policy_for(layout)
     q8, q4k = quants.BY_NAME["Q8_0"].type_id, quants.BY_NAME["Q4_K"].type_id
     head = "output.weight" if "output.weight" in gguf.tensors else "token_embd.weight"
     dense_head = LoadPolicy().dense_head_mb * 2**20  # a small LM head is kept as float32 (model.load_transformer)
@@ -192,7 +195,7 @@ def _side_bytes(gguf, cfg: ModelConfig, plan: ShardPlan | None, layout: str) -> 
             continue
         if t.ggml_type == q8:
             total += n // 32 * 4  # float32 scales beside the int8 columns (both layouts)
-        elif layout == "int8":
+        elif not policy.packs(t.ggml_type):
             offsets = 2 if t.ggml_type in (q4k, 3, 7, 10, 13) else 1  # types with a min: scale + offset
             total += n + n // qt.sub_size * 4 * offsets
         elif t.ggml_type == q4k:

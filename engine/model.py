@@ -45,9 +45,12 @@ class LoadPolicy:
         parsed again), so block weights may be rearranged in it in place (Q8_0 compacted to
         contiguous int8 rows, `matmul.compact_q8_0`; packed blocks planarized, `packed.planarize`).
         Off for files (read-only mmap) and shared bytes.
-    packed: block matrices other than Q8_0 stay as the file's packed bytes and are multiplied a
-        chunk at a time (`packed.PackedLinear`): resident memory is the file's size, instead of
-        int8 values plus float32 scales (about 2.2x a 4-bit file). Q8_0 keeps its int8 bytes.
+    packed: block matrices stay as the file's packed bytes and are multiplied a chunk at a time
+        (`packed.PackedLinear`): resident memory is the file's size, instead of int8 values plus
+        float32 scales (about 2.2x a 4-bit file).
+    int8_types: block types kept as int8 values even when packed: a measured choice where the
+        packed product is much slower (engine/bridge.py WORKER_POLICY), allowed only while the
+        memory budget has room (engine/budget.py).
 
     The README's "Memory" section says what the defaults keep resident.
     """
@@ -56,6 +59,11 @@ class LoadPolicy:
     dense_head_mb: float = 64.0
     own_buffer: bool = False
     packed: bool = False
+    int8_types: tuple[str, ...] = ()
+
+    def packs(self, ggml_type: int) -> bool:
+        """Whether a block matrix of this type stays packed (see `packed`, `int8_types`)."""
+        return self.packed and quants.TYPES[ggml_type].name not in self.int8_types
 
 
 def memory_limit() -> int:
@@ -618,7 +626,7 @@ def _rows(gguf: GGUFFile, name: str, spans: list[tuple[int, int]], dense: bool, 
     raw = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (rows * row bytes,) uint8
     n_rows = sum(b - a for a, b in spans)
     return prepare_linear(raw, t.ggml_type, (n_rows, t.shape[1]), dense=dense,
-                          in_place=policy.own_buffer, packed=policy.packed)
+                          in_place=policy.own_buffer, packed=policy.packs(t.ggml_type))
 
 
 def _columns(gguf: GGUFFile, name: str, c0: int, c1: int, dense: bool, policy: LoadPolicy):
@@ -632,12 +640,12 @@ def _columns(gguf: GGUFFile, name: str, c0: int, c1: int, dense: bool, policy: L
     qt = quants.TYPES[t.ggml_type]
     if (c0, c1) == (0, n_in):
         return prepare_linear(gguf.raw(name), t.ggml_type, t.shape, dense=dense, in_place=policy.own_buffer,
-                              packed=policy.packed)
+                              packed=policy.packs(t.ggml_type))
     if c0 % qt.block_size == 0 and c1 % qt.block_size == 0:
         b0, b1 = c0 // qt.block_size * qt.type_size, c1 // qt.block_size * qt.type_size  # byte columns
         part = gguf.columns(name, b0, b1)  # (n_out, cut bytes) whole blocks: a copy, or a shard's own piece
         return prepare_linear(part.reshape(-1), t.ggml_type, (n_out, c1 - c0), dense=dense, in_place=True,
-                              packed=policy.packed)
+                              packed=policy.packs(t.ggml_type))
     # a cut inside a block (tiny models only): dequantize, keep float32 columns
     w = quants.dequantize(gguf.raw(name), t.ggml_type, t.shape)  # (n_out, n_in) float32
     return DenseLinear(np.ascontiguousarray(w[:, c0:c1]))

@@ -461,13 +461,14 @@ class ShardLoader:
     def budget(self, device_memory_gb: float | None = None) -> dict:
         """What every shard will hold (engine/budget.py) and, if it does not fit, why: checked by
         the coordinator (static/parallel.js) before the rest of the file is downloaded."""
-        from .budget import estimate
+        from .bridge import choose_layout, policy_for
 
         head = self._head or ShardFile(self.header, self.file_size)
-        est = estimate(head, self.n_ctx, self.plan.n_shards, self.layout, self.plan.split_attention)
-        self._estimate = est.per_worker[self.plan.index]
         device = int(device_memory_gb * 2**30) if device_memory_gb else None
-        return {"budget": est.as_dict(), "refusal": est.refusal(device)}
+        verdict = choose_layout(head, self.n_ctx, self.plan.n_shards, self.layout, device, self.plan.split_attention)
+        self.layout, self.policy = verdict["layout"], policy_for(verdict["layout"])  # every shard chooses alike
+        self._estimate = verdict["budget"]["workers"][self.plan.index]["total_bytes"]
+        return verdict
 
     def reserve(self, heap_bytes: int | None = None) -> None:
         """Grow WASM memory once to this shard's estimate, before its pieces (engine/budget.py);

@@ -70,6 +70,7 @@ function bufferSink(model, msg) {
     headBytes: 0,
     nextTry: HEADER_TRY,
     /** @type {any} */ budget: null,
+    /** @type {string|null} */ layout: null,
     begin() {
       this.discard();
       this.head = []; this.headBytes = 0; this.nextTry = HEADER_TRY;
@@ -83,6 +84,7 @@ function bufferSink(model, msg) {
       if (verdict === undefined && !last) { this.nextTry = 2 * this.headBytes; return; }   // header not complete yet
       if (verdict?.refusal) throw Object.assign(new Error(verdict.refusal), { fatal: true, budget: verdict.budget });
       this.budget = verdict?.budget ?? null;
+      this.layout = verdict?.layout ?? null;              // the default layout may fall back to "compact" to fit
       try {
         if (this.budget) bridge.reserve(this.budget.total_bytes, memory(pyodide).wasm_bytes);  // the heap's final size at once
         this.buf = bridge.ModelBuffer(model.size);       // (size,) bytes in WASM memory
@@ -194,7 +196,7 @@ async function loadWeights(msg, model, info) {
   const t1 = performance.now();
   let modelInfo;
   try {
-    modelInfo = bridge.load_model(sink.buf, msg.n_ctx ?? undefined, msg.layout ?? undefined);   // parses the buffer in place
+    modelInfo = bridge.load_model(sink.buf, msg.n_ctx ?? undefined, sink.layout ?? msg.layout ?? undefined);   // parses in place
   } catch (e) {                                      // e.g. GGUFError: a verified file we cannot run
     throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "weights" });
   } finally {

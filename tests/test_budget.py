@@ -28,6 +28,11 @@ def q4k(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def q5(tmp_path_factory):
+    return write_tiny(tmp_path_factory.mktemp("b") / "q5.gguf", "llama", qtype="Q5_0", ctx=256)
+
+
+@pytest.fixture(scope="module")
 def q8(tmp_path_factory):
     return write_tiny(tmp_path_factory.mktemp("b") / "q8.gguf", "gemma3", qtype="Q8_0", tied=True, ctx=256)
 
@@ -36,8 +41,8 @@ def _engine_bytes(w: budget.WorkerBudget) -> int:
     return w.weights + w.side + w.kv
 
 
-@pytest.mark.parametrize("layout", ["packed", "int8"])
-@pytest.mark.parametrize("which", ["q4k", "q8"])
+@pytest.mark.parametrize("layout", ["packed", "compact", "int8"])
+@pytest.mark.parametrize("which", ["q4k", "q8", "q5"])
 def test_one_worker_estimate_equals_what_a_load_holds(request, which, layout):
     path = request.getfixturevalue(which)
     data = path.read_bytes()
@@ -117,4 +122,21 @@ def test_header_budget_of_an_atome_model_has_no_estimate(tmp_path):
     out = tmp_path / "atome.gguf"
     assert main(["convert", str(shared_file("atome/atome_944k.bin")), str(out)]) == 0
     data = out.read_bytes()
-    assert bridge.header_budget(data, len(data)) == {"budget": None, "refusal": None}
+    assert bridge.header_budget(data, len(data)) == {"budget": None, "refusal": None, "layout": None}
+
+
+def test_the_default_layout_keeps_q5_0_as_int8_unless_only_compact_fits(q5):
+    """Q5_0's packed product is ~1.5x slower in Chromium, so the default layout keeps it as int8;
+    when that would not fit the device, every type is packed ("compact") and the load goes on."""
+    data = q5.read_bytes()
+    head = ShardFile(data[:1 << 16], len(data))
+    packed, compact = budget.estimate(head, n_ctx=64), budget.estimate(head, n_ctx=64, layout="compact")
+    assert packed.total > compact.total
+    roomy = bridge.choose_layout(head, 64, 1, None, None)
+    assert roomy["layout"] == "packed" and roomy["refusal"] is None
+    device = int((compact.total + packed.total) / 2 / budget.DEVICE_SHARE)  # fits compact only
+    tight = bridge.choose_layout(head, 64, 1, None, device)
+    assert tight["layout"] == "compact" and tight["refusal"] is None
+    assert bridge.choose_layout(head, 64, 1, "packed", device // 4)["refusal"]  # neither fits: refused
+    model = load_model(GGUFFile(bytearray(data)), policy=bridge.policy_for("compact"))
+    assert all(isinstance(m, PackedLinear) for m in model.w["blk"][0].values() if hasattr(m, "n_out"))
