@@ -508,7 +508,7 @@ button:disabled { opacity: .45; cursor: default; }
      * the shard workers refuse to split is loaded again on one worker.
      * @param {string|{url: string, sha256?: string, size?: number, name?: string}} model
      * @param {{onProgress?: (p: any) => void, sha256?: string, size?: number, name?: string, n_ctx?: number,
-     *          workers?: number, layout?: "packed"|"int8"}} [opts]
+     *          workers?: number, layout?: "packed"|"compact"|"int8"}} [opts]
      */
     async load(model, opts = {}) {
       const [P, wc, ref] = await Promise.all([protocol(), workerCount(), resolveModel(model, opts)]);

@@ -66,9 +66,10 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  *
  * @typedef {{role: "system"|"user"|"assistant", content: string}} ChatMessage
  *
- * @typedef {{type: "load", model?: ModelRef, n_ctx?: number, self_check?: boolean, layout?: "packed"|"int8"}} LoadRequest
- *   layout: how workers hold block weights: "packed" (default; the file's own blocks, memory = file
- *   size) or "int8" (int8 values + float32 scales, ~2.2x a 4-bit file; for comparison benchmarks)
+ * @typedef {{type: "load", model?: ModelRef, n_ctx?: number, self_check?: boolean, layout?: "packed"|"compact"|"int8"}} LoadRequest
+ *   layout: how workers hold block weights: "packed" (default; the file's own blocks, Q5_0 as int8
+ *   values while the budget allows), "compact" (every type packed) or "int8" (int8 values + float32
+ *   scales, ~2.2x a 4-bit file; for comparison benchmarks)
  *   self_check: also run engine.bridge.template_guard (the chat-template bounds in this runtime) and
  *   report it in ready.info.template_guard (the page's ?selfcheck; the browser smoke test)
  * @typedef {{type: "generate", id: number, messages?: ChatMessage[], prompt?: string,
