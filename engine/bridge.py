@@ -212,9 +212,14 @@ def header_budget(prefix: Any, size: int, n_ctx: int | None = None, layout: str 
     from .config import ConfigError
     from .shard import ShardFile
 
+    from .gguf import GGUFError
+
     data = prefix.to_bytes() if IN_PYODIDE and isinstance(prefix, JsProxy) else bytes(prefix)
-    if ShardFile.header_length(data, size) == 0:
-        return None
+    try:
+        if ShardFile.header_length(data, size) == 0:
+            return None
+    except GGUFError:  # a damaged header: no estimate; the load names what is wrong, as before
+        return _js({"budget": None, "refusal": None, "layout": layout})
     device = int(device_memory_gb * 2**30) if device_memory_gb else None
     try:
         return _js(choose_layout(ShardFile(data, size), n_ctx, 1, layout, device))

@@ -558,17 +558,10 @@ class PackedLinear:
             else:
                 np.matmul(xs, wt, out=y2[:, i : i + c])  # (n, c) BLAS
 
-    def _blocks_of(self, k: int) -> np.ndarray:
-        """Chunk k as the file's blocks (c, nb, type_size) (a copy when planarized)."""
-        i, c = self._chunks[k]
-        if not self.planar:
-            return self.rows_u8[i : i + c].reshape(c, self.nb, self.qt.type_size)
-        region = self.rows_u8.reshape(-1)[i * self.row_bytes : (i + c) * self.row_bytes]
-        return unplanarize(region, self.ggml_type, c, self.nb, self.sides[k])
-
     def _dequantize_chunk(self, k: int) -> np.ndarray:
-        c = self._chunks[k][1]
-        return quants.dequantize(np.ascontiguousarray(self._blocks_of(k)).reshape(-1), self.ggml_type, (c, self.n_in))
+        """Chunk k as float32 (c, n_in): the split fallback's prefill (never planarized)."""
+        i, c = self._chunks[k]
+        return quants.dequantize(np.ascontiguousarray(self.rows_u8[i : i + c]).reshape(-1), self.ggml_type, (c, self.n_in))
 
     def dequantize_rows(self, ids) -> np.ndarray:
         """Rows `ids` of W as float32 (len(ids), n_in), bit-exact with quants.dequantize (the

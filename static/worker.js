@@ -51,6 +51,8 @@ async function boot() {
 
 /** Bytes gathered before the first look at the GGUF header (doubled while it is longer). */
 const HEADER_TRY = 4 << 20;
+/** Past this, stop waiting for the header (a damaged file): load it, and let the parser name the fault. */
+const HEADER_LIMIT = 64 << 20;
 
 /** navigator.deviceMemory (GB, coarse) where the browser reports it, else null. */
 function deviceMemory() {
@@ -99,7 +101,9 @@ function bufferSink(model, msg) {
       if (this.buf) { this.buf.write(chunk); return; }  // copied into WASM memory and hashed
       this.head.push(chunk.slice());                     // (the chunk is the reader's scratch)
       this.headBytes += chunk.byteLength;
-      if (this.headBytes >= Math.min(this.nextTry, model.size)) this.check(this.headBytes >= model.size);
+      if (this.headBytes >= Math.min(this.nextTry, model.size)) {
+        this.check(this.headBytes >= Math.min(model.size, HEADER_LIMIT));
+      }
     },
     end() { if (!this.buf) this.check(true); },
     sha256() { return this.buf.sha256(); },

@@ -140,3 +140,10 @@ def test_the_default_layout_keeps_q5_0_as_int8_unless_only_compact_fits(q5):
     assert bridge.choose_layout(head, 64, 1, "packed", device // 4)["refusal"]  # neither fits: refused
     model = load_model(GGUFFile(bytearray(data)), policy=bridge.policy_for("compact"))
     assert all(isinstance(m, PackedLinear) for m in model.w["blk"][0].values() if hasattr(m, "n_out"))
+
+
+def test_a_damaged_header_gives_no_estimate_and_no_error(q4k):
+    """The load itself names the fault (GGUFError), as before; the budget step only steps aside."""
+    data = bytearray(q4k.read_bytes())
+    data[:4] = b"XXXX"  # not GGUF
+    assert bridge.header_budget(bytes(data), len(data)) == {"budget": None, "refusal": None, "layout": None}
