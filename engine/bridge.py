@@ -67,18 +67,21 @@ class ModelBuffer:
     over the bytes as they land, so verification needs no second pass. The worker stores the
     verified file in the Cache API through views of `data` (PyProxy.getBuffer), not copies.
 
+    With hash=False the worker checks the bytes itself (a chunk list, at the browser's native speed:
+    static/model-source.js), and sha256() is refused.
+
     >>> b = ModelBuffer(5)
     >>> b.write(b"abc"), b.write(b"de"), b.complete, b.sha256()[:8]
     (3, 5, True, '36bbe50e')
     """
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, hash: bool = True):
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f"model size {size!r} must be a positive number of bytes")
         self.size = size
         self.data = bytearray(size)  # (size,) uint8, the only copy of the file
         self.filled = 0              # bytes written so far
-        self._sha = hashlib.sha256()
+        self._sha = hashlib.sha256() if hash else None
 
     def write(self, chunk: Any) -> int:
         """Append one chunk (a JS Uint8Array in the browser, bytes-like in CPython); returns bytes filled."""
@@ -91,7 +94,8 @@ class ModelBuffer:
             chunk.assign_to(view)  # one memcpy from the JS chunk into WASM memory
         else:
             view[:] = chunk
-        self._sha.update(view)
+        if self._sha is not None:
+            self._sha.update(view)
         self.filled += n
         return self.filled
 
@@ -101,6 +105,8 @@ class ModelBuffer:
 
     def sha256(self) -> str:
         """Hex sha256 of the bytes written so far (the whole file once complete)."""
+        if self._sha is None:
+            raise RuntimeError("this buffer was made with hash=False: its bytes are checked by the worker")
         return self._sha.hexdigest()
 
 
@@ -118,19 +124,17 @@ def _buffer(data: Any) -> bytes | bytearray | memoryview:
 
 
 def runtime_info() -> dict:
-    """Versions and two small computations, for the page's status line and the browser smoke test.
+    """Versions and one small computation, for the page's status line and the browser smoke test.
 
     `check` is a fixed 3x4 @ 4x2 float64 product the test recomputes in CPython: it proves numpy's
-    compiled core works in this runtime, not just that it imports. `chat_check` renders a fixed
-    conversation through the chat template (Jinja2 when importable), compared with CPython's text.
+    compiled core works in this runtime, not just that it imports. (Jinja2 is not imported here:
+    that waits for the first chat, or for chat_check on request.)
     """
     import platform
 
     import numpy as np
 
     import engine
-
-    from engine.chat import ChatTemplate, jinja_available
 
     a = np.arange(12, dtype=np.float64).reshape(3, 4) / 7.0  # (3, 4)
     b = np.cos(np.arange(8, dtype=np.float64)).reshape(4, 2)  # (4, 2)
@@ -140,8 +144,17 @@ def runtime_info() -> dict:
         "numpy": np.__version__,
         "engine": engine.__version__,
         "check": (a @ b).ravel().tolist(),  # (6,)
+    })
+
+
+def chat_check() -> Any:
+    """Jinja2's version and a fixed conversation rendered through the Gemma chat template (by Jinja2
+    when importable, else by the pure-Python twin), compared with CPython's text by the browser smoke
+    test. On request only (the page's ?selfcheck): importing Jinja2 costs ~0.3 s in Pyodide."""
+    from engine.chat import ChatTemplate, jinja_available
+
+    return _js({
         "jinja2": _version("jinja2") if jinja_available() else None,
-        # the Gemma chat format rendered by Jinja2 when it is importable, else by the pure-Python twin
         "chat_check": ChatTemplate.create(None, "gemma3", bos_token="<bos>").render(
             [{"role": "user", "content": "Hi <b>&</b>"}]),
     })
@@ -180,6 +193,7 @@ def _version(dist: str) -> str | None:
 
 # ---- the worker's entry points (module-level, one model per worker) ----------------------------
 _session: Session | None = None
+_header: tuple | None = None  # (header bytes, ShardFile) of the last header_budget, for load_model
 
 
 LAYOUTS = ("packed", "compact", "int8")  # how a worker holds block weights (LoadRequest.layout)
@@ -214,15 +228,18 @@ def header_budget(prefix: Any, size: int, n_ctx: int | None = None, layout: str 
 
     from .gguf import GGUFError
 
+    global _header
     data = prefix.to_bytes() if IN_PYODIDE and isinstance(prefix, JsProxy) else bytes(prefix)
     try:
-        if ShardFile.header_length(data, size) == 0:
+        head = ShardFile(data, size)  # parsed once (header_length parsed it, then ShardFile again)
+    except GGUFError:  # too short to tell (None), or a damaged header: no estimate; the load names it
+        if len(data) < size:
             return None
-    except GGUFError:  # a damaged header: no estimate; the load names what is wrong, as before
         return _js({"budget": None, "refusal": None, "layout": layout})
+    _header = (data[: head.data_offset], head)  # load_model reuses the parse if the file starts so
     device = int(device_memory_gb * 2**30) if device_memory_gb else None
     try:
-        return _js(choose_layout(ShardFile(data, size), n_ctx, 1, layout, device))
+        return _js(choose_layout(head, n_ctx, 1, layout, device))
     except ConfigError:  # e.g. Atome: no estimate; the load itself will say what is wrong
         return _js({"budget": None, "refusal": None, "layout": layout})
 
@@ -256,7 +273,14 @@ def load_model(data: Any, n_ctx: int | None = None, layout: str | None = None) -
     global _session
     policy = policy_for(layout)
     _session = None  # drop the previous model before building the next one (peak memory)
+    global _header
     buffer = _buffer(data)
+    cached, _header = _header, None
+    if cached is not None and len(buffer) == cached[1].file_size and \
+            memoryview(buffer)[: len(cached[0])] == cached[0]:  # the same header bytes: same parse
+        from .gguf import GGUFFile
+
+        buffer = GGUFFile.with_header(buffer, cached[1])
     _session = Session.load(buffer, n_ctx=n_ctx, policy=policy)
     _session.buffer = buffer  # kept alive: weights are views into it
     return _js({**_session.info(), "layout": layout or "packed"})

@@ -131,9 +131,9 @@ def planarize(region: np.ndarray, ggml_type: int, c: int, nb: int) -> np.ndarray
     for p, (_, n, e) in zip(planes, PLANES[qt.name]):
         if p.ndim == 1:  # already in its chunk layout
             region[at : at + c * nb * n] = p
-        else:
-            elems = np.ascontiguousarray(p).view(_dtype(e))  # (c, nb, n / e)
-            region[at : at + c * nb * n].view(_dtype(e))[...] = elems.transpose(1, 2, 0).reshape(-1)
+        else:  # one strided copy straight into place (as unsigned ints: the bytes move unchanged)
+            u = np.uint8 if e == 1 else np.uint16
+            region[at : at + c * nb * n].view(u).reshape(nb, n // e, c)[...] = p.view(u).transpose(1, 2, 0)
         at += c * nb * n
     return None if side is None else np.ascontiguousarray(side.transpose(1, 2, 0))  # (nb, 2, c)
 

@@ -189,9 +189,20 @@ def _q5_values(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
     return _nibbles(qs).reshape(-1, 32) | (high << 4)
 
 
+# Q5_0 as int8 eight bytes at a time: value - 16 = nibble + 16 * bit - 16, as an int8 the nibble with
+# high nibble 0x0 (bit set) or 0xF (bit clear). _Q5_HIGH[x] holds in byte j that high nibble for bit j
+# of x; uint64 words (little-endian, as packed.py) cost a fraction of numpy's uint8 loops in Pyodide.
+_Q5_HIGH = np.array([sum((0 if (x >> j) & 1 else 0xF0) << (8 * j) for j in range(8)) for x in range(256)],
+                    np.uint64)  # (256,)
+_LOW4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+
+
 def _split_q5_0(b: np.ndarray) -> Split:
-    q = _q5_values(b[:, 2:6], b[:, 6:]).view(np.int8) - np.int8(16)     # (nb, 32) in [-16, 15]
-    return q, _f16(b[:, 0:2])[:, None], None
+    qs = np.ascontiguousarray(b[:, 6:22]).view(np.uint64)              # (nb, 2): weights j and 16 + j
+    q = _Q5_HIGH[np.ascontiguousarray(b[:, 2:6])]                      # (nb, 4) uint64: high nibbles
+    q[:, 0:2] |= qs & _LOW4                                            # weights 0..15: low nibbles
+    q[:, 2:4] |= (qs >> np.uint64(4)) & _LOW4                          # weights 16..31: high nibbles
+    return q.view(np.int8), _f16(b[:, 0:2])[:, None], None             # (nb, 32) in [-16, 15], d: (nb, 1)
 
 
 def _split_q5_1(b: np.ndarray) -> Split:

@@ -104,6 +104,8 @@ def test_bad_sampling_settings_are_refused_by_name(tiny_bytes, params, message):
 def test_runtime_info_in_cpython():
     info = bridge.runtime_info()
     assert info["platform"] != "emscripten" and len(info["check"]) == 6
+    chat = bridge.chat_check()
+    assert chat["chat_check"].startswith("<bos><start_of_turn>user\nHi <b>&</b>")
 
 
 def test_regenerate_and_edit_reuse_the_shared_prefix(tiny_bytes):
@@ -185,3 +187,36 @@ def test_reset_during_a_generation_is_not_undone_by_its_end(tiny_bytes):
     assert first[0]["type"] == "prefill" and rest[-1]["type"] == "done"
     again = drive(bridge.start_generation({"prompt": "The cat sat", "params": GREEDY}))
     assert again[0]["n_reused"] == 0
+
+
+def test_load_model_reuses_the_header_budget_parsed(tmp_path, monkeypatch):
+    """The worker asks header_budget about the file's first bytes, then loads the whole file: the
+    header (Gemma's 262,144 token strings take ~0.45 s in Pyodide) is parsed once, when the loaded
+    file starts with exactly those header bytes, and the model answers as one parsed afresh. A file
+    whose header differs is parsed on its own."""
+    a = tmp_path / "a.gguf"
+    write_tiny(a, "llama", seed=3)
+    data = a.read_bytes()
+    at = data.index(b"tokenizer.ggml.model") + len(b"tokenizer.ggml.model") + 4 + 8   # (key, type, length)
+    assert data[at : at + 5] == b"llama"
+    other = data[:at] + b"LLAMA" + data[at + 5 :]   # the same size, another header
+    parses = []
+    real = GGUFFile._parse
+    monkeypatch.setattr(GGUFFile, "_parse", lambda self: parses.append(type(self).__name__) or real(self))
+    want = reference_tokens(data, "The cat sat", 8)
+    parses.clear()
+    assert bridge.header_budget(data, len(data)) is not None
+    assert parses == ["ShardFile"]
+    bridge.load_model(data)
+    assert parses == ["ShardFile"]                                    # no second parse
+    got = [e["token_id"] for e in drive(bridge.start_generation({"prompt": "The cat sat", "params": {**GREEDY, "max_tokens": 8}}))
+           if e["type"] == "token"]
+    assert got == want
+    parses.clear()
+    bridge.header_budget(data, len(data))
+    with pytest.raises(Exception, match="LLAMA"):                     # parsed on its own: the fault named
+        bridge.load_model(other)
+    assert parses == ["ShardFile", "GGUFFile"]
+    parses.clear()
+    bridge.load_model(data)                                           # nothing kept from before
+    assert parses == ["GGUFFile"]
