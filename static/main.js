@@ -288,8 +288,8 @@ function onWorkerMessage(/** @type {MessageEvent} */ event) {
     case Ev.PONG: clearTimeout(pingTimer); break;
     case Ev.PROGRESS: {
       const p = /** @type {import("./protocol.js").ProgressEvent} */ (ev);
-      for (const s of STAGES) {                      // every earlier stage is done by now
-        if (s === p.stage) break;
+      for (const s of p.early ? [] : STAGES) {       // every earlier stage is done by now (not so for a
+        if (s === p.stage) break;                    // download while the runtime boots: early)
         if (state.stages[s] !== "done") setStage(s, "done");
       }
       setStage(p.stage, p.phase === "done" ? "done" : "active");
@@ -433,7 +433,8 @@ $("load-btn").addEventListener("click", () => {
   state.loading = true;
   setBusy(false);
   setStage("weights", "active");
-  send({ type: Req.LOAD, model: { url: state.selected.url, sha256: state.selected.sha256, size: state.selected.size, name: state.selected.name } });
+  const m = state.selected;                              // chunks: checked at native speed (model-source.js)
+  send({ type: Req.LOAD, model: { url: m.url, sha256: m.sha256, size: m.size, name: m.name, ...(m.chunks ? { chunks: m.chunks } : {}) } });
 });
 
 $("workers").addEventListener("change", () => {

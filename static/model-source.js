@@ -13,8 +13,15 @@
  *   3. only a verified download is stored: by the sink itself (sink.store: worker.js streams views
  *      of its WASM copy), or else written into the cache while it streams and committed only once
  *      verified (the coordinator never holds the whole file).
- * The sink hashes as the bytes arrive (Python's hashlib in a worker): crypto.subtle.digest has no
- * incremental form, so hashing here would need the whole file in one buffer.
+ * Verification, two ways:
+ *   chunked  the model names a sha256 per fixed-size chunk (`model.chunks`, from GET /models or the
+ *            server's X-Mote-Chunks list): each chunk is hashed here with crypto.subtle, the browser's
+ *            native SHA-256, as it passes (ChunkVerifier), and a bad chunk stops the load at once;
+ *   whole    otherwise (a host that only gives data-sha256): the sink hashes every byte as it lands
+ *            (Python's hashlib in a worker) and the whole file's sha256 is compared at the end;
+ *            crypto.subtle.digest has no incremental form, so here it would need the whole file in
+ *            one buffer.
+ * The sink learns which at begin({hash}): it hashes only when there is no chunk list.
  *
  * The cache rules (shared/research/security.md §2, F1-F8):
  *   key     the file's sha256, as a URL on this origin that is never fetched
@@ -32,11 +39,13 @@ import { MODEL_CACHE } from "./protocol.js";
  * A sink error with `fatal: true` is not the source's fault (out of memory; a model the shards
  * cannot split): it ends the load at once, and a cached copy is kept.
  * @typedef {Object} Sink
- * @property {() => any} begin   a fresh start for one source (e.g. allocate the buffer)
+ * @property {(opts: {hash: boolean}) => any} begin   a fresh start for one source; hash: whether
+ *   the sink must hash what it is given (no chunk list: sha256() will be asked for)
  * @property {(chunk: Uint8Array, queued: number) => any} write  the next bytes, in file order; `chunk`
  *   is valid only during the call; `queued`: bytes also waiting for the Cache API
  * @property {() => any} end     every byte has been written
- * @property {() => (string|Promise<string>)} sha256  hex sha256 of everything written
+ * @property {() => (string|Promise<string>)} sha256  hex sha256 of everything written (asked only
+ *   when begin was given hash: true)
  * @property {() => any} discard drop the bytes (a bad cached copy)
  * @property {(model: import("./protocol.js").ModelRef) => Promise<boolean>} [store]  store the
  *   verified bytes itself (throws when storing fails)
@@ -48,27 +57,111 @@ const READ_CHUNK = 1 << 20;
 const CACHE_QUEUE = 4 << 20;
 /** Progress events at most this often (ms). */
 const PROGRESS_MS = 100;
+/** Chunk sizes a chunk list may name (a power of two): the verifier holds one chunk and a few copies. */
+const CHUNK_MIN = 1 << 16, CHUNK_MAX = 1 << 26;
+/** Chunk digests computing at once (crypto.subtle copies each chunk when asked). */
+const DIGESTS_IN_FLIGHT = 4;
+
+/**
+ * The model's chunk list ({size, sha256: hex[]}) when it is well formed for model.size, else null
+ * (then the whole file is hashed instead). A list from a hostile listing cannot make the verifier
+ * allocate more than CHUNK_MAX.
+ * @param {import("./protocol.js").ModelRef} model @returns {{size: number, sha256: string[]}|null}
+ */
+export function chunkList(model) {
+  const c = /** @type {any} */ (model).chunks;
+  if (!c || typeof c !== "object" || !Array.isArray(c.sha256)) return null;
+  const size = c.size;
+  if (!Number.isInteger(size) || size < CHUNK_MIN || size > CHUNK_MAX || (size & (size - 1)) !== 0) return null;
+  if (c.sha256.length !== Math.ceil(model.size / size)) return null;
+  if (!c.sha256.every((/** @type {unknown} */ h) => typeof h === "string" && /^[0-9a-f]{64}$/.test(h))) return null;
+  return { size, sha256: c.sha256 };
+}
+
+/**
+ * Checks a file's bytes, in order, against its chunk list with the browser's native SHA-256
+ * (crypto.subtle.digest, which copies its input when called, so the staging buffer is reused at
+ * once). write() throws as soon as a finished chunk is found bad; end() checks the last one.
+ */
+class ChunkVerifier {
+  /** @param {{size: number, sha256: string[]}} list @param {number} fileSize @param {string} what */
+  constructor(list, fileSize, what) {
+    this.list = list;
+    this.fileSize = fileSize;
+    this.what = what;
+    this.staging = new Uint8Array(Math.min(list.size, fileSize));   // (chunk,) the chunk being gathered
+    this.fill = 0;
+    this.index = 0;                                      // chunks handed to crypto.subtle so far
+    /** @type {Promise<void>[]} */ this.pending = [];
+    this.seconds = 0;                                    // wall time spent waiting for digests
+  }
+
+  /** The next bytes of the file. @param {Uint8Array} chunk */
+  async write(chunk) {
+    for (let at = 0; at < chunk.length;) {
+      const n = Math.min(chunk.length - at, this.staging.length - this.fill);
+      this.staging.set(chunk.subarray(at, at + n), this.fill);
+      this.fill += n;
+      at += n;
+      if (this.fill === this.staging.length) await this.digest();
+    }
+  }
+
+  async digest() {
+    const i = this.index++;
+    const expected = this.list.sha256[i];
+    const start = i * this.list.size, end = start + this.fill;
+    const done = crypto.subtle.digest("SHA-256", this.staging.subarray(0, this.fill)).then((d) => {
+      if (hex(d) !== expected) {
+        throw new Error(`${this.what}: bytes ${start}-${end - 1} (chunk ${i + 1} of ${this.list.sha256.length}) ` +
+                        `do not match their sha256 in the model's chunk list`);
+      }
+    });
+    done.catch(() => {});                                // awaited below; not an unhandled rejection meanwhile
+    this.pending.push(done);
+    this.fill = 0;
+    const last = this.fileSize - end;
+    this.staging = this.staging.length > last && last > 0 ? this.staging.subarray(0, last) : this.staging;
+    if (this.pending.length >= DIGESTS_IN_FLIGHT) await this.wait(/** @type {Promise<void>} */ (this.pending.shift()));
+  }
+
+  /** @param {Promise<void>} p */
+  async wait(p) { const t = performance.now(); try { await p; } finally { this.seconds += (performance.now() - t) / 1000; } }
+
+  /** Every byte was written: check the last chunk and every digest still computing. */
+  async end() {
+    if (this.fill) await this.digest();
+    while (this.pending.length) await this.wait(/** @type {Promise<void>} */ (this.pending.shift()));
+    if (this.index !== this.list.sha256.length) throw new Error(`${this.what}: ${this.index} chunks checked, the list has ${this.list.sha256.length}`);
+  }
+}
+
+/** @param {ArrayBuffer} digest @returns {string} */
+const hex = (digest) => Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 
 /**
  * The model's bytes into `sink`, verified; cached first, else downloaded (and stored). Returns
- * whether they came from the cache; throws with a message that names the source otherwise.
+ * whether they came from the cache and, with a chunk list, the seconds spent waiting for chunk
+ * digests (hashWait), and for a download the seconds spent storing it (storeSeconds); throws with a message that names the source otherwise.
  * @param {import("./protocol.js").ModelRef} model @param {Sink} sink
  * @param {(p: {phase: string, loaded?: number, total?: number, message?: string}) => void} progress
  */
 export async function loadVerified(model, sink, progress) {
   const size = model.size;
+  const list = chunkList(model);
   const cached = await cachedModel(model);
   if (cached) {
     progress({ phase: "cache", loaded: 0, total: size });
     let ok = false;
     try {
-      await pump(cached, model, sink, "cache", "cached model", null, progress);
+      const verifier = list && new ChunkVerifier(list, size, "cached model");
+      await pump(cached, model, sink, "cache", "cached model", null, progress, null, verifier);
       progress({ phase: "verify", loaded: size, total: size });
-      ok = await sink.sha256() === model.sha256;
+      ok = verifier ? (await verifier.end(), true) : await sink.sha256() === model.sha256;
+      if (ok) return { cached: true, hashWait: verifier?.seconds ?? null };
     } catch (e) {
       if (/** @type {any} */ (e)?.fatal) throw e;       // not the copy's fault: keep it
     }                                                    // truncated, unreadable, unparsable: like a bad hash
-    if (ok) return { cached: true };
     await sink.discard();
     await dropModel(model);
     progress({ phase: "cache-corrupt", loaded: 0, total: size });
@@ -76,15 +169,22 @@ export async function loadVerified(model, sink, progress) {
   const { body, etag } = await fetchModel(model);
   const canStore = typeof caches !== "undefined";
   const tee = canStore && !sink.store ? new CacheWriter(model) : null;
+  /** @type {ChunkVerifier|null} */ let verifier = null;
   try {
-    await pump(body, model, sink, "download", model.url, tee, progress, (from) => resumeModel(model, from, etag));
+    verifier = list && new ChunkVerifier(list, size, model.url);
+    await pump(body, model, sink, "download", model.url, tee, progress, (from) => resumeModel(model, from, etag), verifier);
     progress({ phase: "verify", loaded: size, total: size });
-    const got = await sink.sha256();
-    if (got !== model.sha256) throw new Error(`${model.url}: sha256 ${got} does not match the expected ${model.sha256}`);
+    if (verifier) {
+      await verifier.end();
+    } else {
+      const got = await sink.sha256();
+      if (got !== model.sha256) throw new Error(`${model.url}: sha256 ${got} does not match the expected ${model.sha256}`);
+    }
   } catch (e) {
     await tee?.abort(/** @type {Error} */ (e));          // nothing unverified stays in the cache
     throw e;
   }
+  const stored = performance.now();
   if (canStore) {
     progress({ phase: "store", loaded: 0, total: size });
     try {
@@ -94,7 +194,49 @@ export async function loadVerified(model, sink, progress) {
       progress({ phase: "store-failed", message: String(e) });
     }
   }
-  return { cached: false };
+  return { cached: false, hashWait: verifier?.seconds ?? null, storeSeconds: (performance.now() - stored) / 1000 };
+}
+
+/** A sink that keeps nothing (prefetch: the bytes only go to the Cache API). @type {Sink} */
+const NO_SINK = { begin() {}, write() {}, end() {}, sha256() { throw new Error("nothing hashed"); }, discard() {} };
+
+/**
+ * Download `model` straight into the Cache API, checked chunk by chunk, before anything can hold
+ * it: the worker runs this while its runtime boots, then loadVerified reads the stored copy. No
+ * WASM memory is needed and the JS side keeps only the cache's queue. Resolves "stored" once a
+ * verified copy is stored, "cached" when one was there already, null where this cannot help: no
+ * Cache API, no chunk list (the whole file would have to be hashed in one piece), or storing failed
+ * (a full quota: the caller downloads as usual). Throws when the download itself is bad (its
+ * message names the fault).
+ * @param {import("./protocol.js").ModelRef} model @param {(p: any) => void} progress
+ * @returns {Promise<"stored"|"cached"|null>}
+ */
+export async function prefetch(model, progress) {
+  const list = chunkList(model);
+  const cache = list ? await openCache() : null;
+  if (!list || !cache) return null;
+  try {
+    const hit = await cache.match(cacheKey(model.sha256));
+    if (hit) { hit.body?.cancel().catch(() => {}); return "cached"; }   // checked again when it is read
+  } catch {
+    return null;
+  }
+  const { body, etag } = await fetchModel(model);
+  const tee = new CacheWriter(model);
+  const verifier = new ChunkVerifier(list, model.size, model.url);
+  try {
+    await pump(body, model, NO_SINK, "download", model.url, tee, progress, (from) => resumeModel(model, from, etag), verifier);
+    await verifier.end();
+  } catch (e) {
+    await tee.abort(/** @type {Error} */ (e));           // nothing unverified stays in the cache
+    throw e;
+  }
+  try {
+    return (await tee.commit()) ? "stored" : null;
+  } catch (e) {
+    progress({ phase: "store-failed", message: String(e) });
+    return null;
+  }
 }
 
 /** Times a download cut short is resumed (HTTP Range from the bytes already received) before giving up. */
@@ -109,14 +251,15 @@ const RESUMES = 3;
  * @param {ReadableStream<Uint8Array>} body @param {import("./protocol.js").ModelRef} model @param {Sink} sink
  * @param {string} phase @param {string} what @param {CacheWriter|null} tee @param {(p: any) => void} progress
  * @param {((from: number) => Promise<ReadableStream<Uint8Array>>)|null} [resume]
+ * @param {ChunkVerifier|null} [verifier]  checks each chunk as it passes (else the sink hashes)
  */
-async function pump(body, model, sink, phase, what, tee, progress, resume = null) {
+async function pump(body, model, sink, phase, what, tee, progress, resume = null, verifier = null) {
   const size = model.size;
-  await sink.begin();
+  await sink.begin({ hash: !verifier });
   const at = { loaded: 0 };                              // bytes written to the sink so far
   for (let attempt = 0; ; attempt++) {
     try {
-      await pumpBody(body, size, at, sink, phase, what, tee, progress);
+      await pumpBody(body, size, at, sink, phase, what, tee, progress, verifier);
       break;
     } catch (e) {
       const loaded = at.loaded;
@@ -140,48 +283,89 @@ async function pump(body, model, sink, phase, what, tee, progress, resume = null
  * Throws an error marked `resumable` when the body fails or ends before the file does.
  * @param {ReadableStream<Uint8Array>} body @param {number} size @param {{loaded: number}} at @param {Sink} sink
  * @param {string} phase @param {string} what @param {CacheWriter|null} tee @param {(p: any) => void} progress
+ * @param {ChunkVerifier|null} verifier
  */
-async function pumpBody(body, size, at, sink, phase, what, tee, progress) {
-  // Without a tee nothing keeps a chunk after write(), so a BYOB reader refills one scratch buffer
-  // and reading leaves no garbage behind (a default reader allocates every chunk: the file's size
-  // in ArrayBuffers awaiting GC).
-  /** @type {ReadableStreamBYOBReader|ReadableStreamDefaultReader<Uint8Array>} */ let reader;
-  /** @type {ArrayBuffer|null} */ let scratch = null;
+async function pumpBody(body, size, at, sink, phase, what, tee, progress, verifier) {
+  // A BYOB reader's reads are gathered into READ_CHUNK pieces (a body's own chunks can be 64 KB:
+  // fewer, larger pieces for the sink and the cache). Without a tee nothing keeps a piece after
+  // write(), so the same two buffers serve every read and reading leaves no garbage behind; the tee
+  // keeps each piece (a fresh one per read). A body that is not a byte stream is read with a default
+  // reader, chunk by chunk.
+  /** @type {ReadableStreamBYOBReader|null} */ let byob = null;
+  /** @type {ReadableStreamDefaultReader<Uint8Array>|null} */ let plainReader = null;
   try {
-    if (tee) throw new Error("the tee keeps every chunk");
-    reader = body.getReader({ mode: "byob" });
-    scratch = new ArrayBuffer(READ_CHUNK);
+    byob = body.getReader({ mode: "byob" });
   } catch {
-    reader = body.getReader();                           // not a byte stream, or teed: default chunks
+    plainReader = body.getReader();
   }
+  const io = { scratch: new ArrayBuffer(byob ? READ_CHUNK : 0) };
+  const piece = new Uint8Array(byob && !tee ? READ_CHUNK : 0);
   let lastPost = 0;
   try {
     for (;;) {
-      let step;
-      try {
-        step = scratch ? await /** @type {ReadableStreamBYOBReader} */ (reader).read(new Uint8Array(scratch))
-                       : await /** @type {ReadableStreamDefaultReader<Uint8Array>} */ (reader).read();
-      } catch (e) {                                      // a cut connection surfaces as a TypeError here
-        throw Object.assign(new Error(`${what}: download failed after a partial response ` +
-                                      `(${/** @type {any} */ (e)?.message || e})`), { resumable: true });
+      /** @type {Uint8Array|undefined} */ let value;
+      let done = false;
+      /** @type {unknown} */ let failure = null;          // a cut connection surfaces as a TypeError
+      if (byob) {
+        ({ value, done, failure } = await readFull(byob, io, tee ? new Uint8Array(READ_CHUNK) : piece));
+      } else {
+        try {
+          ({ value, done } = await /** @type {ReadableStreamDefaultReader<Uint8Array>} */ (plainReader).read());
+        } catch (e) {
+          failure = e;
+        }
       }
-      const { done, value } = step;
+      if (value && value.length) {                       // (bytes read before a failure are kept)
+        if (at.loaded + value.length > size) throw new Error(`${what}: more than the expected ${size} bytes`);
+        if (tee) await tee.write(value);
+        if (verifier) await verifier.write(value);       // before the sink, which may take the chunk's bytes away
+        await sink.write(value, tee ? tee.queued() : 0);
+        at.loaded += value.length;
+        const now = performance.now();
+        if (now - lastPost > PROGRESS_MS) { progress({ phase, loaded: at.loaded, total: size }); lastPost = now; }
+      }
+      if (failure) {
+        throw Object.assign(new Error(`${what}: download failed after a partial response ` +
+                                      `(${/** @type {any} */ (failure)?.message || failure})`), { resumable: true });
+      }
       if (done || !value) break;
-      if (scratch) scratch = /** @type {ArrayBuffer} */ (value.buffer);   // the scratch comes back, transferred
-      if (at.loaded + value.length > size) throw new Error(`${what}: more than the expected ${size} bytes`);
-      if (tee) await tee.write(value);
-      await sink.write(value, tee ? tee.queued() : 0);
-      at.loaded += value.length;
-      const now = performance.now();
-      if (now - lastPost > PROGRESS_MS) { progress({ phase, loaded: at.loaded, total: size }); lastPost = now; }
     }
     if (at.loaded !== size) {
       throw Object.assign(new Error(`${what}: download truncated at ${at.loaded} of ${size} bytes`), { resumable: true });
     }
   } catch (e) {
-    reader.cancel().catch(() => {});
+    (byob || /** @type {ReadableStreamDefaultReader<Uint8Array>} */ (plainReader)).cancel().catch(() => {});
     throw e;
   }
+}
+
+/**
+ * Fill `out` from a BYOB reader (several reads into `io.scratch`, each copied into `out`) until it
+ * is full, the body ends or a read fails. A failed read loses only its own buffer (transferred to
+ * it), so the bytes already in `out` survive the failure.
+ * @param {ReadableStreamBYOBReader} reader @param {{scratch: ArrayBuffer}} io @param {Uint8Array} out
+ * @returns {Promise<{value: Uint8Array, done: boolean, failure: unknown}>} the bytes read (a view of
+ *   `out`), whether the body has ended, and the read's error, if one failed
+ */
+async function readFull(reader, io, out) {
+  let filled = 0;
+  while (filled < out.length) {
+    let step;
+    try {
+      step = await reader.read(new Uint8Array(io.scratch, 0, Math.min(io.scratch.byteLength, out.length - filled)));
+    } catch (failure) {
+      io.scratch = new ArrayBuffer(READ_CHUNK);          // the failed read kept the old one
+      return { value: out.subarray(0, filled), done: false, failure };
+    }
+    const { done, value } = step;
+    if (value) {
+      io.scratch = /** @type {ArrayBuffer} */ (value.buffer);   // comes back, transferred
+      out.set(value, filled);
+      filled += value.byteLength;
+    }
+    if (done) return { value: out.subarray(0, filled), done: true, failure: null };
+  }
+  return { value: out.subarray(0, filled), done: false, failure: null };
 }
 
 // ---- the Cache API store ---------------------------------------------------------------------------

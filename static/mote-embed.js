@@ -68,6 +68,7 @@
     const url = new URL(given.url, location.href).href;           // absolute: the worker may be a blob:
     const name = given.name || opts.name || decodeURIComponent(url.split("/").pop() || "model").replace(/\.gguf$/, "");
     let sha256 = given.sha256 || opts.sha256, size = given.size ?? opts.size;
+    let chunks = /** @type {any} */ (given).chunks;
     if (!sha256 || size === undefined) {
       // The Mote server's strong ETag is the file's sha256, and Content-Length its size (both readable
       // cross-origin: the server exposes ETag). Other static hosts: pass {sha256, size} (data-sha256/-size).
@@ -86,9 +87,29 @@
         throw new Error(`Mote: ${url} has no sha256 ETag or no Content-Length; pass {sha256, size} `
           + `(data-sha256 and data-size on the script tag)`);
       }
+      // A Mote server: the file's chunk list, when the sha256 is the server's word too (a sha256 the
+      // page pinned is checked against the whole file, not against anything the server says)
+      const listed = r.headers.get("X-Mote-Chunks");
+      if (!chunks && listed && !(given.sha256 || opts.sha256)) chunks = await chunkList(new URL(listed, url).href, String(sha256));
     }
     if (!/^[0-9a-f]{64}$/.test(String(sha256))) throw new Error(`Mote: sha256 must be 64 hex digits, got ${sha256}`);
-    return { url, sha256: String(sha256), size: Number(size), name };
+    return { url, sha256: String(sha256), size: Number(size), name, ...(chunks ? { chunks } : {}) };
+  }
+
+  /**
+   * A Mote server's chunk list for the file whose sha256 is `sha256` (the worker then checks the file
+   * chunk by chunk at the browser's native speed, model-source.js), or undefined: any failure only
+   * costs that speed, as the whole file is hashed instead.
+   * @param {string} url @param {string} sha256
+   */
+  async function chunkList(url, sha256) {
+    try {
+      const r = await fetch(url, { cache: "no-store" });
+      const body = r.ok ? await r.json() : null;
+      return body?.sha256 === sha256 ? body.chunks : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   // ---- the worker(s) ---------------------------------------------------------------------------

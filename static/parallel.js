@@ -20,12 +20,13 @@
  *      once verified). This thread never holds the file: it keeps the first bytes until every worker
  *      has parsed the GGUF header and named its byte ranges (engine.shard.ShardLoader), then passes
  *      the bytes on in BLOCK-sized messages: each worker gets copies of only the parts inside its
- *      ranges, straight into its pieces; the leader gets every block (transferred). WINDOW bounds
- *      the bytes in flight to each worker. memory.coordinator_peak_bytes in the ready event says
- *      how much it held at most;
- *   3. verifies before anything is built: the leader hashes every byte with Python's hashlib as the
- *      blocks arrive (the cost: a copy into its WASM memory of the bytes it does not keep), and only
- *      when its sha256 matches are the workers told to build their shards; on a mismatch or any
+ *      ranges, straight into its pieces (without a chunk list the leader gets every block,
+ *      transferred, to hash it). WINDOW bounds the bytes in flight to each worker.
+ *      memory.coordinator_peak_bytes in the ready event says how much it held at most;
+ *   3. verifies before anything is built: model-source.js checks each chunk against the model's
+ *      chunk list as it passes (native SHA-256); without a list the leader hashes every byte with
+ *      Python's hashlib as the blocks arrive (the cost: a copy into its WASM memory of the bytes it
+ *      does not keep). Only once verified are the workers told to build their shards; on a mismatch or any
  *      error every worker drops its pieces and the page gets an error (stage "weights"). A model
  *      engine/shard.py cannot split is refused at the header: an error event with unsplittable: true;
  *   4. forwards generate/abort to shard 0 (the leader: tokenizer, sampler, generation loop) and
@@ -34,7 +35,7 @@
  * embed script, docs/EMBED.md) can run this too.
  */
 import { Req, Ev, STAGES, Shard, moduleWorker } from "./protocol.js";
-import { loadVerified } from "./model-source.js";
+import { loadVerified, prefetch } from "./model-source.js";
 import { clampWorkers, defaultWorkers } from "./worker-count.js";
 
 const WORKER_URL = new URL("./parallel-worker.js", import.meta.url);
@@ -70,6 +71,7 @@ export class ParallelWorker extends EventTarget {
     this.splitAttention = options.splitAttention !== false;
     /** @type {Worker[]} */ this.workers = [];
     /** @type {Promise<any>|null} */ this.booting = null;
+    this.booted = false;                                   // every worker is up
     /** @type {string|null} */ this.loadedSha = null;
     /** @type {Object<string, number>} */ this.timings = {};
     /** @type {((e: MessageEvent) => void)|null} */ this._onmessage = null;
@@ -201,13 +203,14 @@ export class ParallelWorker extends EventTarget {
   }
 
   /**
-   * File bytes [start, start + block.length): every worker other than the leader gets copies of the
-   * parts inside its ranges (nothing if none), then the leader gets the block itself (transferred).
-   * @param {Uint8Array} block @param {number} start @param {number[][][]} ranges
+   * File bytes [start, start + block.length): every worker gets copies of the parts inside its
+   * ranges (nothing if none); with `leaderAll` (the leader hashes the file) every worker but the
+   * leader, which then gets the block itself (transferred).
+   * @param {Uint8Array} block @param {number} start @param {number[][][]} ranges @param {boolean} leaderAll
    */
-  async distribute(block, start, ranges) {
+  async distribute(block, start, ranges, leaderAll) {
     const end = start + block.length;
-    for (let i = 1; i < this.n; i++) {
+    for (let i = leaderAll ? 1 : 0; i < this.n; i++) {
       /** @type {[number, ArrayBuffer][]} */ const parts = [];
       let bytes = 0;
       for (const [a, b] of ranges[i]) {
@@ -219,7 +222,7 @@ export class ParallelWorker extends EventTarget {
       }
       if (parts.length) await this.sendBytes(i, { type: Shard.WRITE, parts }, bytes, parts.map((p) => p[1]));
     }
-    await this.sendBytes(0, { type: Shard.WRITE, parts: [[start, block.buffer]] }, block.length, [block.buffer]);
+    if (leaderAll) await this.sendBytes(0, { type: Shard.WRITE, parts: [[start, block.buffer]] }, block.length, [block.buffer]);
   }
 
   /** The whole file's sha256 as the leader hashed it (after every byte it was sent: messages keep their order). */
@@ -257,14 +260,15 @@ export class ParallelWorker extends EventTarget {
     const size = model.size;
     /** @type {number[][][]|null} */ let ranges = null;  // per worker: [start, end) it needs
     let block = new Uint8Array(0), fill = 0, sentTo = 0;  // (block.length,) bytes [sentTo, ...) being gathered
+    let hashing = true;                                    // false: model-source.js checks a chunk list
     const flush = async () => {
       if (ranges) {
         const n = block.length;                          // read before the block is transferred away
-        await this.distribute(block, sentTo, ranges);
+        await this.distribute(block, sentTo, ranges, hashing);
         sentTo += n;
       } else {                                           // the prefix: does it hold the whole header?
         const answers = await this.ask(Shard.HEADER, Shard.HEADER, (i) => [{
-          prefix: block.buffer, size, n_ctx: opts.n_ctx ?? null, split_attention: this.splitAttention, hash: i === 0,
+          prefix: block.buffer, size, n_ctx: opts.n_ctx ?? null, split_attention: this.splitAttention, hash: hashing && i === 0,
           layout: opts.layout ?? null }, []]);
         const over = answers.find((a) => a.over);
         if (over) {                                      // would not fit: more workers do not fall back to fewer
@@ -290,7 +294,7 @@ export class ParallelWorker extends EventTarget {
       fill = 0;
     };
     return {
-      begin: () => { ranges = null; block = new Uint8Array(Math.min(size, HEADER_PREFIX)); fill = 0; sentTo = 0; },
+      begin: ({ hash }) => { ranges = null; block = new Uint8Array(Math.min(size, HEADER_PREFIX)); fill = 0; sentTo = 0; hashing = hash; },
       write: async (chunk, queued) => {
         for (let at = 0; at < chunk.length;) {
           const n = Math.min(chunk.length - at, block.length - fill);
@@ -310,7 +314,16 @@ export class ParallelWorker extends EventTarget {
   /** @param {import("./protocol.js").LoadRequest} msg */
   async load(msg) {
     this.booting = this.booting || this.boot();
+    // While the workers boot, the model's bytes go into the Cache API (model-source.js prefetch);
+    // once booted, loadVerified streams them from there into the shards.
+    const early = msg.model && !this.booted && !this.loading ? this.prefetch(msg.model) : null;
     const info = await this.booting;
+    this.booted = true;
+    const fetched = early && await early;
+    if (fetched?.error) {                                // a bad download is this load's error
+      throw Object.assign(new Error(String(/** @type {any} */ (fetched.error)?.message || fetched.error)), { stage: "weights" });
+    }
+    const downloaded = fetched?.result === "stored";     // prefetched by this load: not "cached" for the page
     if (!msg.model) { this.emit({ type: Ev.READY, info, timings: { ...this.timings } }); return; }
     const model = msg.model;
     if (this.loadedSha === model.sha256) {
@@ -324,15 +337,18 @@ export class ParallelWorker extends EventTarget {
     const t0 = performance.now();
     try {
       await this.dropPieces();                           // a clean start, whatever an earlier load left
-      let cached;
+      let cached, hashWait;
+      delete this.timings.hash;
+      delete this.timings.hash_wait;
       try {
-        ({ cached } = await loadVerified(model, this.shardSink(model, { n_ctx: msg.n_ctx ?? null, layout: msg.layout ?? null }),
+        ({ cached, hashWait } = await loadVerified(model, this.shardSink(model, { n_ctx: msg.n_ctx ?? null, layout: msg.layout ?? null }),
                                          (p) => this.emit({ type: Ev.PROGRESS, stage: "weights", ...p })));
       } catch (e) {
         const err = /** @type {any} */ (e);
         throw Object.assign(new Error(String(err?.message || err)), { stage: "weights", unsplittable: err?.unsplittable });
       }
       this.timings.weights = (performance.now() - t0) / 1000;
+      if (hashWait !== null) this.timings.hash_wait = hashWait;
       this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "parse", loaded: model.size, total: model.size });
       const t1 = performance.now();
       let shards;
@@ -346,13 +362,29 @@ export class ParallelWorker extends EventTarget {
       this.loadedSha = model.sha256;
       const memory = { wasm_bytes: shards.reduce((s, x) => s + (x.memory.wasm_bytes || 0), 0), js_heap_bytes: null,
                        per_worker: shards.map((x) => x.memory.wasm_bytes), coordinator_peak_bytes: this.peakHeld };
-      this.emit({ type: Ev.READY, info, cached, timings: { ...this.timings }, memory, budget: this.budget ?? null,
+      this.emit({ type: Ev.READY, info, cached: cached && !downloaded, timings: { ...this.timings }, memory, budget: this.budget ?? null,
                   model: { sha256: model.sha256, workers: this.n, shards: shards.map((x) => x.info), n_ctx: shards[0].info.n_ctx } });
     } catch (e) {
       for (const w of this.workers) w.postMessage({ type: Shard.DROP });   // every worker frees its pieces
       throw e;
     } finally {
       this.loading = false;
+    }
+  }
+
+  /**
+   * The model into the Cache API while the workers boot: resolves with the download's error, if any,
+   * and prefetch()'s result (storing that fails, or no chunk list, only means load() downloads as before).
+   * @param {import("./protocol.js").ModelRef} model @returns {Promise<{error: unknown, result: string|null}>}
+   */
+  async prefetch(model) {
+    const t0 = performance.now();
+    try {
+      const result = await prefetch(model, (p) => this.emit({ type: Ev.PROGRESS, stage: "weights", ...p, early: true }));
+      if (result === "stored") this.timings.prefetch = (performance.now() - t0) / 1000;
+      return { error: null, result };
+    } catch (e) {
+      return { error: e, result: null };
     }
   }
 

@@ -60,6 +60,11 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  * @property {string} sha256            hex sha256 of the whole file: cache key and integrity check
  * @property {number} size              bytes
  * @property {string} [name]
+ * @property {{size: number, sha256: string[]}} [chunks]  the sha256 of every `size`-byte chunk (GET
+ *   /models, or the server's X-Mote-Chunks list): checked as the bytes stream, at the browser's native
+ *   speed; without it (or when malformed) the whole file is hashed in the worker instead. With a
+ *   list, the list is what the bytes are checked against and `sha256` only names the cached copy:
+ *   give both from one source (GET /models does); a sha256 pinned by a page goes without a list
  *
  * @typedef {Partial<Record<typeof SAMPLING_KEYS[number], number|boolean|null>>} SamplingSettings
  *   temperature <= 0: greedy; seed null: random; speculative: a boolean (default true)
@@ -71,7 +76,8 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  *   values while the budget allows), "compact" (every type packed) or "int8" (int8 values + float32
  *   scales, ~2.2x a 4-bit file; for comparison benchmarks)
  *   self_check: also run engine.bridge.template_guard (the chat-template bounds in this runtime) and
- *   report it in ready.info.template_guard (the page's ?selfcheck; the browser smoke test)
+ *   chat_check (Jinja2's version and a rendered conversation), reported in ready.info.template_guard,
+ *   .jinja2 and .chat_check (the page's ?selfcheck; the browser smoke test)
  * @typedef {{type: "generate", id: number, messages?: ChatMessage[], prompt?: string,
  *            params?: SamplingSettings}} GenerateRequest
  * @typedef {{type: "abort", id?: number}} AbortRequest
@@ -79,7 +85,8 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  * @typedef {LoadRequest | GenerateRequest | AbortRequest | ResetRequest} Request
  *
  * @typedef {{type: "progress", stage: "runtime"|"numpy"|"engine"|"weights", phase?: string,
- *            loaded?: number, total?: number, seconds?: number, message?: string}} ProgressEvent
+ *            loaded?: number, total?: number, seconds?: number, message?: string, early?: boolean}} ProgressEvent
+ *   early: a weights event while the runtime is still booting (the download into the Cache API)
  *   phase for weights: "cache" (reading the Cache API), "download", "resume" (a download cut short,
  *   continued with HTTP Range from `loaded`), "verify", "cache-corrupt",
  *   "store", "store-failed", "parse"

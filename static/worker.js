@@ -4,17 +4,20 @@
  *
  *   load     -> runtime (pyodide.mjs) -> numpy (loadPackage, checked by pyodide-lock.json's sha256)
  *            -> engine (our wheels, each checked against build-manifest.json's sha256, then unpacked)
- *            -> weights (static/model-source.js: the Cache API copy or a download, verified, stored)
+ *            -> weights (static/model-source.js: the Cache API copy or a download, verified, stored;
+ *               with a chunk list the download goes into the Cache API while the runtime boots,
+ *               by static/prefetch-worker.js)
  *               -> ready. The file's bytes go chunk by chunk into one engine.bridge.ModelBuffer in
- *               WASM memory, hashed (sha256) as they land: no whole-file copy on the JS side, ever.
+ *               WASM memory: no whole-file copy on the JS side, ever. They are checked as they pass,
+ *               against the model's chunk list (native SHA-256), else hashed in the buffer.
  *   generate -> engine.bridge.start_generation(), relayed step by step (static/boot.js relayGeneration)
  *   abort    -> the generation stops at the next token with its done event; the model stays loaded
  *
  * Everything is resolved against this script's own URL, so it also works as an imported module of
  * a worker created by a page on another origin (the server must then send CORS headers).
  */
-import { Req, Ev, isMessage } from "./protocol.js";
-import { loadVerified, storeModel } from "./model-source.js";
+import { Req, Ev, isMessage, moduleWorker } from "./protocol.js";
+import { chunkList, loadVerified, storeModel } from "./model-source.js";
 import { bootPython, memory, relayGeneration } from "./boot.js";
 
 const BASE = new URL(".", import.meta.url);            // .../static/
@@ -73,9 +76,10 @@ function bufferSink(model, msg) {
     nextTry: HEADER_TRY,
     /** @type {any} */ budget: null,
     /** @type {string|null} */ layout: null,
-    begin() {
+    hash: true,                                          // false: model-source.js checks a chunk list instead
+    begin(/** @type {{hash: boolean}} */ { hash }) {
       this.discard();
-      this.head = []; this.headBytes = 0; this.nextTry = HEADER_TRY;
+      this.head = []; this.headBytes = 0; this.nextTry = HEADER_TRY; this.hash = hash;
     },
     /** The memory this model will need, from its header, before the rest is read (engine/budget.py). */
     check(/** @type {boolean} */ last) {
@@ -89,7 +93,7 @@ function bufferSink(model, msg) {
       this.layout = verdict?.layout ?? null;              // the default layout may fall back to "compact" to fit
       try {
         if (this.budget) bridge.reserve(this.budget.total_bytes, memory(pyodide).wasm_bytes);  // the heap's final size at once
-        this.buf = bridge.ModelBuffer(model.size);       // (size,) bytes in WASM memory
+        this.buf = bridge.ModelBuffer(model.size, this.hash);   // (size,) bytes in WASM memory
       } catch (e) {                                      // e.g. MemoryError: not the source's fault
         throw Object.assign(new Error(`cannot hold ${model.size} bytes in WASM memory: ${/** @type {any} */ (e)?.message || e}`),
                             { fatal: true });
@@ -149,6 +153,9 @@ async function store(model, buf) {
 /** @param {import("./protocol.js").LoadRequest} msg */
 async function handleLoad(msg) {
   booting = booting || boot();
+  // While the runtime boots, the model's bytes go into the Cache API (model-source.js prefetch);
+  // once booted, loadWeights reads them from there into WASM memory.
+  const early = msg.model && !pyodide && !loadingModel ? startPrefetch(msg.model) : null;
   let runtimeInfo;
   try {
     runtimeInfo = await booting;
@@ -156,10 +163,17 @@ async function handleLoad(msg) {
     booting = null;                                  // allow a retry after e.g. a network error
     throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "runtime" });
   }
+  /** @type {{error: unknown, result: string|null}|null} */
+  const fetched = early && await early;
+  if (fetched?.error) {                              // a bad download is this load's error
+    throw Object.assign(new Error(String(/** @type {any} */ (fetched.error)?.message || fetched.error)), { stage: "weights" });
+  }
   const info = runtimeInfo.toJs ? runtimeInfo.toJs({ dict_converter: Object.fromEntries }) : runtimeInfo;
   if (msg.self_check && info.template_guard === undefined) {   // on request only: it costs a few hundred ms
     const guard = bridge.template_guard();
     info.template_guard = guard ? guard.results : null;
+    const chat = bridge.chat_check();                  // Jinja2 in this runtime (imported here, not at boot)
+    Object.assign(info, chat.toJs ? chat.toJs({ dict_converter: Object.fromEntries }) : chat);
   }
   if (!msg.model) {
     post({ type: Ev.READY, info, timings: { ...timings } });
@@ -173,29 +187,64 @@ async function handleLoad(msg) {
   if (loadingModel) throw new Error("a model is already loading: wait for its ready or error event");
   loadingModel = true;
   try {
-    await loadWeights(msg, model, info);
+    await loadWeights(msg, model, info, fetched?.result === "stored");
   } finally {
     loadingModel = false;
   }
 }
 
 /**
+ * The model into the Cache API while the runtime boots, by static/prefetch-worker.js (booting blocks
+ * this thread): resolves with the download's error, if any, and prefetch()'s result ("stored": it
+ * was downloaded now). Storing that fails, no chunk list, or no nested workers only mean that
+ * loadWeights downloads as before.
+ * @param {import("./protocol.js").ModelRef} model @returns {Promise<{error: unknown, result: string|null}>}
+ */
+function startPrefetch(model) {
+  const none = { error: null, result: null };
+  if (!chunkList(model) || typeof caches === "undefined" || typeof Worker === "undefined") return Promise.resolve(none);
+  return new Promise((resolve) => {
+    let helper;
+    try {
+      helper = moduleWorker(new URL("./prefetch-worker.js", import.meta.url), "mote-prefetch");
+    } catch {
+      resolve(none);
+      return;
+    }
+    const finish = (/** @type {{error: unknown, result: string|null}} */ out) => { helper.terminate(); resolve(out); };
+    helper.addEventListener("message", (e) => {
+      const d = e.data;
+      if (d?.type === "progress") { const { type, ...p } = d; progress("weights", { ...p, early: true }); }
+      else if (d?.type === "prefetched") { if (d.result === "stored") timings.prefetch = d.seconds; finish({ error: null, result: d.result }); }
+      else if (d?.type === "error") finish({ error: new Error(d.message), result: null });
+    });
+    helper.addEventListener("error", () => finish(none));   // the helper could not start: download as before
+    helper.postMessage({ type: "prefetch", model });
+  });
+}
+
+/**
  * Weights of `model` into the engine: Cache API or download, store, parse; posts ready.
  * @param {import("./protocol.js").LoadRequest} msg @param {import("./protocol.js").ModelRef} model
  * @param {Object} info  the runtime info for the ready event
+ * @param {boolean} [downloaded]  prefetched into the Cache API by this load: not "cached" for the page
  */
-async function loadWeights(msg, model, info) {
+async function loadWeights(msg, model, info, downloaded = false) {
   loadedSha = null;                                 // from here on generate is refused (see store)
   const t0 = performance.now();
   const sink = bufferSink(model, msg);
-  let cached;
+  let cached, hashWait, storeSeconds;
   try {
-    ({ cached } = await loadVerified(model, sink, (p) => progress("weights", p)));
+    ({ cached, hashWait, storeSeconds } = await loadVerified(model, sink, (p) => progress("weights", p)));
   } catch (e) {
     sink.discard();
     throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "weights" });
   }
   timings.weights = (performance.now() - t0) / 1000;
+  if (hashWait !== null) timings.hash_wait = hashWait;   // chunk digests the stream waited for (native SHA-256)
+  else delete timings.hash_wait;
+  if (storeSeconds !== undefined) timings.store = storeSeconds;   // the verified download into the Cache API
+  else delete timings.store;
   progress("weights", { phase: "parse", loaded: model.size, total: model.size });
   const t1 = performance.now();
   let modelInfo;
@@ -208,7 +257,7 @@ async function loadWeights(msg, model, info) {
   }
   timings.model = (performance.now() - t1) / 1000;
   loadedSha = model.sha256;
-  post({ type: Ev.READY, info, model: modelInfo, cached, timings: { ...timings }, memory: memory(pyodide), budget: sink.budget });
+  post({ type: Ev.READY, info, model: modelInfo, cached: cached && !downloaded, timings: { ...timings }, memory: memory(pyodide), budget: sink.budget });
 }
 
 /** @param {import("./protocol.js").GenerateRequest} msg */

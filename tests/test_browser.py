@@ -47,7 +47,8 @@ window.__mote = { events: [], speed: [] };
 const record = (d) => {
   d = d || {};
   window.__mote.events.push({ type: d.type, stage: d.stage, phase: d.phase, model: !!d.model,
-                              cached: d.cached, message: d.message, budget: d.budget, t: performance.now() });
+                              cached: d.cached, message: d.message, budget: d.budget, timings: d.timings,
+                              early: d.early, t: performance.now() });
 };
 const NativeWorker = window.Worker;
 window.Worker = class extends NativeWorker {
@@ -206,7 +207,8 @@ def site(tmp_path_factory, golden):
     data = tg.write_model(models / tg.FILE_NAME, golden).read_bytes()
     assert hashlib.sha256(data).hexdigest() == golden["model"]["sha256"]
     write_tiny(models / "tiny-gemma3.gguf", "gemma3", seed=1)
-    app = create_app(Settings(models_dir=models, static_dir=static))
+    # 64 KiB chunks (the smallest the page accepts): the golden model is 5 chunks, the last one short
+    app = create_app(Settings(models_dir=models, static_dir=static, chunk_bytes=1 << 16))
     octet = "application/octet-stream"
 
     # Test-only routes serving bad copies of the golden model (GET /models is rewritten to list them).
@@ -765,13 +767,19 @@ def test_failed_downloads_show_error_and_cache_nothing(browser, site, golden, wo
         for name, url, sha in (("missing", "/models/missing.gguf", hashlib.sha256(b"missing").hexdigest()),
                                ("chunked-short", "/broken/chunked-short.gguf", good["sha256"]),
                                ("connection-cut", "/broken/connection-cut.gguf", good["sha256"]),
-                               ("wrong-bytes", "/broken/wrong-bytes.gguf", good["sha256"]))])
+                               ("wrong-bytes", "/broken/wrong-bytes.gguf", good["sha256"]))] + [
+        # no chunk list: the whole file's sha256 is what finds the changed byte
+        {k: v for k, v in good.items() if k != "chunks"} | {"name": "wrong-bytes-whole", "file": "wrong-bytes-whole.gguf",
+                                                             "url": "/broken/wrong-bytes.gguf"}])
     try:
         open_page(page, base_url, "?minParallelBytes=0")
         assert page.evaluate("() => window.moteApp.state.workers") == workers
-        # (the broken routes do not answer Range: the resume is refused, and the first failure is named)
+        # (the broken routes do not answer Range: the resume is refused, and the first failure is named;
+        # the changed byte is in the middle of the file: the third of its five 64 KiB chunks)
         expected = {"missing.gguf": "HTTP 404", "chunked-short.gguf": f"truncated at {len(data) // 2} of {len(data)}",
-                    "connection-cut.gguf": "download failed after a partial response", "wrong-bytes.gguf": "sha256"}
+                    "connection-cut.gguf": "download failed after a partial response",
+                    "wrong-bytes.gguf": "(chunk 3 of 5) do not match their sha256 in the model's chunk list",
+                    "wrong-bytes-whole.gguf": f"does not match the expected {good_sha(data)}"}
         for i, (file, words) in enumerate(expected.items()):
             ev = load_model(page, file)
             assert ev["type"] == "error" and ev["stage"] == "weights", ev
@@ -788,6 +796,44 @@ def test_failed_downloads_show_error_and_cache_nothing(browser, site, golden, wo
         assert page.evaluate("() => window.moteApp.state.model.workers ?? 1") == workers
         assert chat(page, golden["messages"][0]["content"], 4)["token_ids"] == golden["tokens"][:4]
         assert len(model_cache_keys(page)) == 1
+    finally:
+        context.close()
+
+
+def good_sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_model_without_a_usable_chunk_list_is_hashed_whole(browser, site, golden, workers):
+    """The chunk list (checked at the browser's native speed) is used only when it is well formed;
+    without one, or with one the page refuses (a chunk size it would not allocate, a count that does
+    not cover the file, a digest that is not hex), the whole file is hashed in the worker instead,
+    and the model loads, is stored and answers the same."""
+    base_url, data = site
+
+    def variants(good):
+        plain = {k: v for k, v in good.items() if k != "chunks"}
+        n = good["chunks"]["sha256"]
+        return [{**plain, "name": name, "file": name + ".gguf", **extra} for name, extra in (
+            ("unchunked", {}),
+            ("huge-chunks", {"chunks": {"size": 1 << 40, "sha256": n[:1]}}),
+            ("short-list", {"chunks": {"size": 1 << 16, "sha256": n[:-1]}}),
+            ("not-hex", {"chunks": {"size": 1 << 16, "sha256": n[:-1] + ["x" * 64]}}))]
+    page, context = tab_listing(browser, workers, variants)
+    try:
+        open_page(page, base_url, "?minParallelBytes=0")
+        for file in (tg.FILE_NAME, "unchunked.gguf", "huge-chunks.gguf", "short-list.gguf", "not-hex.gguf"):
+            open_page(page, base_url, "?minParallelBytes=0")       # fresh workers: nothing in memory
+            page.evaluate("() => caches.delete('mote-models-v1')")
+            ready = load_model(page, file)
+            assert ready["type"] == "ready" and ready["cached"] is False, (file, ready)
+            chunked = file == tg.FILE_NAME
+            assert ("hash_wait" in ready["timings"]) == chunked, (file, ready["timings"])
+            if workers == 2:   # the leader hashes only without a chunk list
+                assert ("hash" in ready["timings"]) != chunked, (file, ready["timings"])
+            assert cached_model(page) == stored_entry(base_url, data)
+            assert chat(page, golden["messages"][0]["content"], 4)["token_ids"] == golden["tokens"][:4]
     finally:
         context.close()
 

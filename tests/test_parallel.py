@@ -363,24 +363,31 @@ def test_parallel_page_matches_engine(tiny, tmp_path):
 @pytest.mark.browser
 def test_parallel_load_streams_and_verifies(tiny, tmp_path):
     """A 38 MB model on 2 workers: the coordinator never holds more than a few MB of it (the header
-    prefix, one block, the cache's queue), a wrong sha256 is an error that caches nothing, the good
-    file gives the engine's tokens, is cached, and is read back from the cache."""
+    prefix, one block, the cache's queue), a wrong sha256 (no chunk list) or a wrong chunk digest is
+    an error that caches nothing, the good file gives the engine's tokens, is cached, and is read
+    back from the cache."""
     path = tiny("gemma3", "F32", False, d=512, d_ff=2048, n_layers=3)
     size = path.stat().st_size
     assert size > 30e6
     prompt = "Hello"
     want = _engine_tokens(path, prompt, 6)
     with _parallel_page(path, tmp_path, "big.gguf") as page:
-        go = """async ([prompt, badSha]) => {
+        go = """async ([prompt, bad]) => {
             const [model] = await (await fetch('/models')).json();
+            const chunks = model.chunks, digests = [...chunks.sha256];
+            digests[3] = '0'.repeat(64);
+            const ref = bad === 'sha256' ? {...model, sha256: '0'.repeat(64), chunks: undefined}
+                      : bad === 'chunk' ? {...model, chunks: {...chunks, sha256: digests}} : model;
             try {
-                return await MoteBench.run({workers: 2, prompt, params: {temperature: 0, max_tokens: 6},
-                                                      model: badSha ? {...model, sha256: badSha} : model});
+                return await MoteBench.run({workers: 2, prompt, params: {temperature: 0, max_tokens: 6}, model: ref});
             } catch (e) { return {error: String(e.message || e)}; }
         }"""
         keys = "async () => (await (await caches.open('mote-models-v1')).keys()).map((r) => r.url.split('/').pop())"
-        bad = page.evaluate(go, [prompt, "0" * 64])
+        bad = page.evaluate(go, [prompt, "sha256"])
         assert "does not match the expected " + "0" * 64 in bad.get("error", ""), bad
+        assert page.evaluate(keys) == []
+        bad = page.evaluate(go, [prompt, "chunk"])
+        assert "(chunk 4 of " in bad.get("error", "") and "do not match their sha256" in bad["error"], bad
         assert page.evaluate(keys) == []
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         for cached in (False, True):

@@ -160,12 +160,34 @@ def test_models_list_labels_the_files_mote_pull_knows(client, site, monkeypatch)
     assert other["kind"] is None and other["default"] is False
 
 
+def test_chunk_list_names_the_sha256_of_every_chunk(settings, site):
+    """GET /models and GET /models/{file}/chunks give the sha256 of every CHUNK_BYTES chunk (the
+    last one shorter), which the page checks with the browser's SHA-256 as the file streams; the
+    file's own responses say where the list is."""
+    import dataclasses
+
+    small = dataclasses.replace(settings, chunk_bytes=1000)   # several chunks of the small test files
+    c = TestClient(create_app(small), base_url="http://127.0.0.1")
+    listing = {m["file"]: m for m in c.get("/models").json()}
+    for name, data in site["data"].items():
+        want = [hashlib.sha256(data[i : i + 1000]).hexdigest() for i in range(0, len(data), 1000)]
+        assert len(want) > 2 and len(data) % 1000  # a short last chunk
+        assert listing[name]["chunks"] == {"size": 1000, "sha256": want}
+        r = c.get(f"/models/{name}/chunks")
+        assert r.status_code == 200 and r.json() == {"sha256": hashlib.sha256(data).hexdigest(),
+                                                     "chunks": {"size": 1000, "sha256": want}}
+        assert c.get(f"/models/{name}/chunks", headers={"If-None-Match": r.headers["ETag"]}).status_code == 304
+        assert c.head(f"/models/{name}").headers["X-Mote-Chunks"] == f"/models/{name}/chunks"
+    assert c.get("/models/nothing.gguf/chunks").status_code == 404
+    assert c.get("/models/..%2Fsecret.txt/chunks").status_code == 404
+
+
 def test_sha256_is_computed_once_per_file_version(settings, site, monkeypatch):
     import web.app as app_mod
 
     calls = []
     real = app_mod._sha256
-    monkeypatch.setattr(app_mod, "_sha256", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(app_mod, "_sha256", lambda p, size: calls.append(p) or real(p, size))
     c = TestClient(create_app(settings), base_url="http://127.0.0.1")
     for _ in range(3):
         c.get("/models")
@@ -450,11 +472,11 @@ def test_hashing_one_file_does_not_block_another(settings, site, monkeypatch):
     started, release = threading.Event(), threading.Event()
     real = web_app._sha256
 
-    def slow_sha256(path):
+    def slow_sha256(path, size):
         if path.name == "tiny-gemma.gguf":
             started.set()
             release.wait(10)
-        return real(path)
+        return real(path, size)
 
     monkeypatch.setattr(web_app, "_sha256", slow_sha256)
     worker = threading.Thread(target=lambda: index.facts(paths["tiny-gemma.gguf"], paths["tiny-gemma.gguf"].stat()))

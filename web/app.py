@@ -13,7 +13,9 @@ Routes
     GET /models               JSON list: name, file, url, size, sha256, architecture, quantization, licence,
                               kind (chat | completion, for files mote pull knows), default (offered first)
     GET|HEAD /models/{file}   one .gguf file: single Range -> 206, Accept-Ranges, strong ETag (the sha256),
-                              Last-Modified, If-None-Match -> 304, no compression
+                              Last-Modified, If-None-Match -> 304, no compression; X-Mote-Chunks names
+    GET /models/{file}/chunks its chunk list: the sha256 of every CHUNK_BYTES chunk (also in GET /models
+                              as `chunks`), so the page checks the file at the browser's native speed
 
 Hardening (see shared/research/security.md §3.6):
   * Host header limited to loopback names (DNS rebinding); bind 127.0.0.1 by default.
@@ -71,6 +73,11 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.gguf$")  # what we 
 SINGLE_RANGE = re.compile(r"^(\d*)-(\d*)$")
 
 
+# The chunk list's chunk size: the page checks each chunk with the browser's native SHA-256 as it
+# streams (static/model-source.js ChunkVerifier), holding one chunk and a few copies at a time.
+CHUNK_BYTES = 4 << 20
+
+
 @dataclass(frozen=True)
 class Settings:
     models_dir: Path = Path("models")
@@ -82,6 +89,7 @@ class Settings:
     model_cache_control: str = "no-cache"  # URLs are not content-addressed: revalidate with the ETag
     static_cache_control: str = "no-cache"
     extra_csp_sources: tuple[str, ...] = field(default=())  # e.g. a Pyodide CDN origin
+    chunk_bytes: int = CHUNK_BYTES  # the chunk list's chunk size (a power of two, 64 KiB to 64 MiB)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +213,9 @@ class ModelIndex:
             with self._lock:
                 if key in self._facts:
                     return self._facts[key]
-            facts = {"sha256": _sha256(path), **_header_facts(path)}
+            size = self.settings.chunk_bytes
+            whole, chunks = _sha256(path, size)
+            facts = {"sha256": whole, "chunks": {"size": size, "sha256": chunks}, **_header_facts(path)}
             with self._lock:
                 self._facts[key] = facts
                 self._file_locks.pop(key, None)
@@ -235,12 +245,14 @@ class ModelIndex:
         return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def _sha256(path: Path, chunk_bytes: int = CHUNK_BYTES) -> tuple[str, list[str]]:
+    """The file's sha256 and the sha256 of each chunk_bytes chunk (the last one shorter), one read."""
+    whole, chunks = hashlib.sha256(), []
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        for chunk in iter(lambda: f.read(chunk_bytes), b""):
+            whole.update(chunk)
+            chunks.append(hashlib.sha256(chunk).hexdigest())
+    return whole.hexdigest(), chunks
 
 
 def _header_facts(path: Path) -> dict:
@@ -413,6 +425,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         headers = {
             "Accept-Ranges": "bytes",
             "ETag": etag,
+            "X-Mote-Chunks": f"/models/{file}/chunks",  # where its chunk list is (the embed script reads it)
             "Last-Modified": email.utils.formatdate(st.st_mtime, usegmt=True),
             "Cache-Control": settings.model_cache_control,
         }
@@ -441,6 +454,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                  status_code=status, headers=headers,
                                  media_type="application/octet-stream")
 
+    @app.get("/models/{file}/chunks")
+    def get_chunks(file: str, request: Request):
+        """The file's chunk list: {"sha256": whole file, "chunks": {"size", "sha256": [...]}}."""
+        path = index.files().get(file)
+        if path is None:
+            return JSONResponse({"detail": f"no model named {file!r}"}, status_code=404)
+        facts = index.facts(path, path.stat())
+        etag = f'"{facts["sha256"]}-chunks"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        inm = request.headers.get("if-none-match")
+        if inm is not None and _etag_matches(inm, etag):
+            return Response(status_code=304, headers=headers)
+        return JSONResponse({"sha256": facts["sha256"], "chunks": facts["chunks"]}, headers=headers)
+
     static_files = StaticFiles(directory=settings.static_dir, check_dir=False)
     app.mount("/static/v/{version}", VersionedStatic(static_files, shell), name="static-versioned")
     app.mount("/static", static_files, name="static")
@@ -452,7 +479,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "HEAD"],
             allow_headers=["Range", "If-None-Match", "If-Range"],
-            expose_headers=["Content-Length", "Content-Range", "Accept-Ranges", "ETag"],
+            expose_headers=["Content-Length", "Content-Range", "Accept-Ranges", "ETag", "X-Mote-Chunks"],
             allow_credentials=False,
         )
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))

@@ -7,8 +7,9 @@ Round r runs `mote bench ... --repeat 1 --json` in one checkout, then in the oth
 first alternates by round), so the machine's drift falls on both alike; the r-th runs of both form
 a pair. Each checkout runs its own code with this interpreter (its folder first on sys.path, its
 CLI wherever that checkout keeps it). Reported per row (engine and worker count): decode tok/s of
-each run, the new / base ratio per round with its median and range, and whether the greedy tokens
-of both checkouts are the same. Browser assets must be built in both checkouts (build_wasm.py).
+each run, the new / base ratio per round with its median and range, whether the greedy tokens
+of both checkouts are the same, and (browser, where the checkout reports it) the seconds to ready
+with their paired ratio. Browser assets must be built in both checkouts (build_wasm.py).
 """
 
 from __future__ import annotations
@@ -49,8 +50,13 @@ def run_once(checkout: Path, bench_args: list[str]) -> dict:
     for row in report["rows"]:
         run = row["runs"][0] if row.get("runs") else {}
         rows[row["engine"]] = {"decode_tok_s": run.get("decode_tok_s"), "tokens": run.get("token_ids"),
+                               "ready_s": run.get("ready_s"), "timings": run.get("timings"),
                                "wasm_mb": run.get("wasm_mb"), "peak_rss_mb": run.get("peak_rss_mb")}
     return rows
+
+
+def _range(xs: list[float]) -> dict | None:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)} if xs else None
 
 
 def _json_of(proc: subprocess.CompletedProcess, checkout: Path) -> dict:
@@ -88,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_min": min(ratios, default=None), "ratio_max": max(ratios, default=None),
             "same_tokens": all(b["tokens"] == n["tokens"] for b, n in pairs),
             "base_wasm_mb": [b.get("wasm_mb") for b, _ in pairs], "new_wasm_mb": [n.get("wasm_mb") for _, n in pairs],
+            "base_ready_s": [b.get("ready_s") for b, _ in pairs], "new_ready_s": [n.get("ready_s") for _, n in pairs],
+            "base_timings": [b.get("timings") for b, _ in pairs], "new_timings": [n.get("timings") for _, n in pairs],
         }
+        ready = [n["ready_s"] / b["ready_s"] for b, n in pairs if b.get("ready_s") and n.get("ready_s")]
+        table[label]["ready_ratio"] = _range(ready)
     report = {"bench_args": bench_args, "rounds": args.rounds, "rows": table}
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
@@ -98,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{t['ratio_median']:.3f} ({t['ratio_min']:.3f}-{t['ratio_max']:.3f})"
         print(f"{label:24} base [{fmt(t['base_decode_tok_s'])}] new [{fmt(t['new_decode_tok_s'])}] tok/s; "
               f"new/base {ratio}; same greedy tokens: {t['same_tokens']}")
+        if t["ready_ratio"]:
+            r = t["ready_ratio"]
+            print(f"{'':24} ready s: base [{fmt(t['base_ready_s'])}] new [{fmt(t['new_ready_s'])}]; "
+                  f"new/base {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f})")
     return 0
 
 

@@ -10,7 +10,10 @@ the table's "decode ÷ mote" / "decode ÷ wllama" columns are paired ratios: eac
 over the baseline's run of the same round, so a machine that speeds up or slows down between rounds
 (shared cores, other load) does not tilt the comparison. Per run:
 
-    download_s   fetching the GGUF (Mote: the worker's fetch + sha256; wllama: fetch into a Blob)
+    ready_s      from the page's load call to a model ready to answer (Mote: Mote.load or the
+                 ParallelWorker's ready event; wllama: its ESM import, fetch and loadModel)
+    download_s   fetching the GGUF (Mote: the worker's weights stage after boot, cache or network;
+                 wllama: fetch into a Blob)
     init_s       runtime boot + model load (Mote: Pyodide, numpy, engine wheels, GGUF parse)
     ttft_s       request -> first token (prefill included)
     prefill / decode tok/s   as each engine reports them (Mote's done event, llama.cpp's timings)
@@ -382,6 +385,7 @@ def _stat(xs: list) -> dict | None:
 
 
 COLUMNS = [  # (key, header, format)
+    ("ready_s", "ready s", "{:.2f}"),
     ("download_s", "download s", "{:.2f}"), ("init_s", "init s", "{:.2f}"), ("ttft_s", "TTFT s", "{:.3f}"),
     ("prefill_tok_s", "prefill tok/s", "{:.1f}"), ("decode_tok_s", "decode tok/s", "{:.1f}"),
     ("page_tok_s", "tok/s at the page", "{:.1f}"),
@@ -457,8 +461,11 @@ STAGE_NOTES = {  # what each of the page's load timings covers (static/worker.js
     "runtime": "Pyodide fetched, WASM compiled, Python started (N workers: all booting at once)",
     "boot_per_worker": "the slowest worker's whole boot",
     "numpy": "numpy wheel loaded and imported", "engine": "engine wheel loaded and imported",
-    "weights": "model bytes in: Cache API or download, into WASM memory, sha256 checked",
-    "hash": "sha256 of the file (shard 0, Python hashlib)",
+    "prefetch": "download into the Cache API, chunks checked, while the runtime boots (overlaps the stages above)",
+    "weights": "model bytes in after boot: Cache API or download, into WASM memory, checked",
+    "hash_wait": "of weights: waiting for chunk digests (the browser's SHA-256)",
+    "store": "of weights: the verified download into the Cache API (when not prefetched)",
+    "hash": "sha256 of the file (shard 0, Python hashlib; only without a chunk list)",
     "leader_write": "shard 0 copying every block in and hashing it", "model": "GGUF parsed, weights prepared",
 }
 
@@ -646,7 +653,7 @@ def _browser_record(out: dict, kind: str, n_workers: int | None) -> dict:
     """One browser run as bench.json keeps it (per-prompt numbers averaged, tokens per prompt)."""
     mem = out.get("memory") or {}
     return {
-        "download_s": out["download_s"], "init_s": out["init_s"],
+        "download_s": out["download_s"], "init_s": out["init_s"], "ready_s": out.get("ready_s"),
         **_per_prompt_summary([{**x, "n_generated": x.get("n_generated") or 0} for x in out["runs"]]),
         "wasm_mb": mem["wasm_bytes"] / 1e6 if mem.get("wasm_bytes") else None,
         "js_heap_mb": out.get("js_heap_mb"), "peak_rss_mb": out.get("peak_rss_mb"),

@@ -26,7 +26,9 @@ import { benchWllama } from "./wllama.js";
  */
 async function mote(url, prompts, n, nCtx, _workers, layout) {
   const Mote = /** @type {any} */ (window).Mote;
+  const t0 = performance.now();
   const m = await Mote.load(url, { workers: 1, ...(nCtx ? { n_ctx: nCtx } : {}), ...(layout ? { layout } : {}) });
+  const readyS = (performance.now() - t0) / 1000;
   const t = m.timings;
   const runs = [];
   for (const prompt of prompts) {
@@ -38,7 +40,7 @@ async function mote(url, prompts, n, nCtx, _workers, layout) {
     runs.push(runRecord(m.last, ts, seen));
   }
   return { download_s: t.weights, init_s: (t.runtime || 0) + (t.numpy || 0) + (t.engine || 0) + (t.model || 0),
-           timings: t, runs, memory: m.memory };
+           ready_s: readyS, timings: t, runs, memory: m.memory };
 }
 
 /** When token events reach the page: the first, the last, how many. */
@@ -95,11 +97,13 @@ async function listed(url) {
  * @param {string} url @param {string[]} prompts @param {number} n @param {number|null} nCtx @param {number} workers
  */
 async function parallel(url, prompts, n, nCtx, workers, layout) {
+  const t0 = performance.now();
   const w = new ParallelWorker({ workers });
   const send = requester(w);
   try {
     const ready = await send({ type: Req.LOAD, model: await listed(url), n_ctx: nCtx || undefined, layout: layout || undefined },
                              Ev.READY);
+    const readyS = (performance.now() - t0) / 1000;
     const t = ready.timings;
     const runs = [];
     let id = 0;
@@ -112,7 +116,7 @@ async function parallel(url, prompts, n, nCtx, workers, layout) {
     }
     const perWorker = (await w.stats()).map((s) => s.memory.wasm_bytes || 0);
     /** @type {any} */ (window).moteBenchWorkers = w;     // alive, like plain Mote's worker, for the JS heap reading
-    return { download_s: t.weights, init_s: (t.runtime || 0) + (t.model || 0), timings: t, runs,
+    return { download_s: t.weights, init_s: (t.runtime || 0) + (t.model || 0), ready_s: readyS, timings: t, runs,
              memory: { wasm_bytes: perWorker.reduce((a, b) => a + b, 0), per_worker: perWorker }, workers: w.n };
   } catch (e) {
     w.terminate();

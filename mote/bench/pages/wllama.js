@@ -1,12 +1,13 @@
 // @ts-check
 /**
  * wllama (llama.cpp in WebAssembly, single-threaded like Mote: no COOP/COEP) on the benchmark page:
- * fetch the GGUF into a Blob (download_s), load it (init_s), then every prompt greedy, with
+ * fetch the GGUF into a Blob (download_s), load it (init_s; ready_s: both and the ESM import), then every prompt greedy, with
  * llama.cpp's own timings. Its ESM and wasm are served from /wllama/ by the benchmark's app
  * (scripts/setup_wllama.sh installs them), so it is imported only when asked for.
  * @param {string} url @param {string[]} prompts @param {number} n @param {number|null} nCtx
  */
 export async function benchWllama(url, prompts, n, nCtx) {
+  const tStart = performance.now();
   const { Wllama } = await import(/** @type {string} */ ("/wllama/esm/index.js"));
   const t0 = performance.now();
   const r = await fetch(url, { cache: "no-store" });
@@ -37,5 +38,5 @@ export async function benchWllama(url, prompts, n, nCtx) {
                 n_generated: timings ? timings.predicted_n : (usage ? usage.completion_tokens : null) });
   }
   await w.exit();
-  return { download_s: (t1 - t0) / 1000, init_s: (t2 - t1) / 1000, runs, memory: null };
+  return { download_s: (t1 - t0) / 1000, init_s: (t2 - t1) / 1000, ready_s: (t2 - tStart) / 1000, runs, memory: null };
 }
