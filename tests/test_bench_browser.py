@@ -166,7 +166,7 @@ def test_bench_engines_take_turns_and_ratios_pair_runs(tiny, tmp_path, monkeypat
     calls = []
     speeds = {None: [4.0, 2.0, 3.0], 2: [6.4, 3.2, 4.8]}  # 1 worker, 2 workers: 1.6x in every round
 
-    def fake_run(base, chromium, kind, url, prompts, n, n_ctx, timeout_s, workers=None, layout=None):
+    def fake_run(base, chromium, kind, url, prompts, n, n_ctx, timeout_s, workers=None, layout=None, warm=False):
         calls.append(workers)
         return _fake_out(speeds[workers][sum(1 for c in calls if c == workers) - 1], want)
 
@@ -182,6 +182,31 @@ def test_bench_engines_take_turns_and_ratios_pair_runs(tiny, tmp_path, monkeypat
     assert "| 1.60 (1.60–1.60) |" in next(ln for ln in md.splitlines() if "| mote ×2 workers |" in ln)
 
 
+def test_bench_warm_adds_a_second_visit_row_per_mote_row(tiny, tmp_path, monkeypatch, capsys):
+    """--warm: every Mote run is asked for a second visit (the same profile), reported as its own
+    row "... (warm)" beside the cold one, with its time to the first token after navigation."""
+    import mote.bench.browser as bench
+
+    model, _ = tiny
+    want = _engine_tokens(model, PROMPT, 6)
+    asked = []
+
+    def fake_run(base, chromium, kind, url, prompts, n, n_ctx, timeout_s, workers=None, layout=None, warm=False):
+        asked.append((workers, warm))
+        out = {**_fake_out(3.0, want), "first_token_s": 9.0}
+        return {**out, "warm": {**_fake_out(3.3, want), "first_token_s": 4.0}} if warm else out
+
+    monkeypatch.setattr(bench, "browser_run", fake_run)
+    assert bench.main(args(model, tmp_path, "--workers", "2", "--repeat", "2", "--warm")) == 0
+    assert asked == [(None, True), (2, True)] * 2
+    rows = {r["engine"]: r for r in json.loads((tmp_path / "bench.json").read_text())["rows"]}
+    assert set(rows) == {"mote", "mote ×2 workers", "mote (warm)", "mote ×2 workers (warm)"}
+    assert [r["first_token_s"] for r in rows["mote (warm)"]["runs"]] == [4.0, 4.0]
+    assert [r["first_token_s"] for r in rows["mote"]["runs"]] == [9.0, 9.0]
+    assert rows["mote (warm)"]["greedy_ok"] is True
+    assert "1st token after navigation s" in (tmp_path / "bench.md").read_text()
+
+
 def test_bench_failed_engine_stops_and_the_others_go_on(tiny, tmp_path, monkeypatch, capsys):
     import mote.bench.browser as bench
 
@@ -189,7 +214,7 @@ def test_bench_failed_engine_stops_and_the_others_go_on(tiny, tmp_path, monkeypa
     want = _engine_tokens(model, PROMPT, 6)
     calls = []
 
-    def fake_run(base, chromium, kind, url, prompts, n, n_ctx, timeout_s, workers=None, layout=None):
+    def fake_run(base, chromium, kind, url, prompts, n, n_ctx, timeout_s, workers=None, layout=None, warm=False):
         calls.append(workers)
         if workers == 2 and calls.count(2) == 2:
             raise bench.RunFailed("worker crashed (fake)")
@@ -232,7 +257,7 @@ def test_history_keeps_every_run_and_warns_outside_the_recorded_range(tiny, tmp_
     want = _engine_tokens(model, PROMPT, 6)
     speed = {None: 4.0, 2: 6.0}
     monkeypatch.setattr(bench, "browser_run", lambda base, chromium, kind, url, prompts, n, n_ctx, timeout_s,
-                        workers=None, layout=None: _fake_out(speed[workers], want))
+                        workers=None, layout=None, warm=False: _fake_out(speed[workers], want))
     history = tmp_path / "history.jsonl"
 
     def run(two_workers: float) -> str:

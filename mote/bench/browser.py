@@ -12,6 +12,9 @@ over the baseline's run of the same round, so a machine that speeds up or slows 
 
     ready_s      from the page's load call to a model ready to answer (Mote: Mote.load or the
                  ParallelWorker's ready event; wllama: its ESM import, fetch and loadModel)
+    first_token_s  from the start of the page's navigation to the first token of the first prompt
+                 (with --warm, the row "mote (warm)": the same on a second visit, Chromium started
+                 again on the same profile: runtime in the HTTP cache, model in the Cache API)
     download_s   fetching the GGUF (Mote: the worker's weights stage after boot, cache or network;
                  wllama: fetch into a Blob)
     init_s       runtime boot + model load (Mote: Pyodide, numpy, engine wheels, GGUF parse)
@@ -101,6 +104,9 @@ def add_browser_args(parser: argparse.ArgumentParser) -> None:
         help="with --browser: add a row per N for Mote decoding across N Web Workers (N >= 2)")
     add("--compare", action="append", choices=["wllama"], default=None,
         help="with --browser: add wllama (llama.cpp in WebAssembly) on the same GGUF")
+    add("--warm", action="store_true",
+        help="with --browser: each Mote run also revisits the page in the same browser profile (runtime in "
+             "the HTTP cache, model in the Cache API): a row 'mote (warm)' per Mote row")
     add("--int8", action="store_true",
         help="with --browser: add a row per Mote row with the int8 weight layout (LoadRequest.layout), paired")
     add("--bench-prompt", action="append", default=None,
@@ -273,11 +279,24 @@ def _check_chromium(path: str) -> None:
 
 def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: list, n: int,
                 n_ctx: int | None, timeout_s: float, workers: int | None = None, program: str | None = None,
-                layout: str | None = None) -> dict:
+                layout: str | None = None, warm: bool = False) -> dict:
     """One cold run in a fresh Chromium: load the model, answer every prompt, read memory.
     engine "mote" with `workers` set: Mote across that many Web Workers (MoteBench.parallel);
     `program` names another MoteBench program taking the same arguments (e.g. "lookup");
-    `layout`: Mote's weight layout ("packed", the default, or "int8")."""
+    `layout`: Mote's weight layout ("packed", the default, or "int8").
+    warm: then a second visit, Chromium started again on the same profile (the runtime in the HTTP
+    cache, the model in the Cache API), returned as out["warm"]."""
+    with tempfile.TemporaryDirectory(prefix="mote-bench-profile-") as profile:
+        out = _visit(base, chromium, engine, model_url, prompts, n, n_ctx, timeout_s, workers, program, layout, profile)
+        if warm:
+            out["warm"] = _visit(base, chromium, engine, model_url, prompts, n, n_ctx, timeout_s, workers, program,
+                                 layout, profile)
+    return out
+
+
+def _visit(base: str, chromium: str, engine: str, model_url: str, prompts: list, n: int, n_ctx: int | None,
+           timeout_s: float, workers: int | None, program: str | None, layout: str | None, profile: str) -> dict:
+    """One visit of the benchmark page in Chromium started on the `profile` folder (fresh: cold)."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
@@ -285,11 +304,12 @@ def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: 
     before = set(renderer_pids())
     with sync_playwright() as p:
         try:
-            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+            browser = p.chromium.launch_persistent_context(profile, executable_path=chromium, args=CHROMIUM_ARGS,
+                                                           headless=True)
         except PlaywrightError as e:
             raise BenchError(f"could not start Chromium at {chromium!r}: {str(e).splitlines()[0]}") from e
         try:
-            page = browser.new_page()
+            page = browser.pages[0] if browser.pages else browser.new_page()
             page.set_default_timeout(timeout_s * 1000)
             page.on("console", lambda m: logs.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
@@ -306,7 +326,7 @@ def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: 
                 detail = next((m for m in logs if "Error" in m), logs[-1] if logs else "")
                 raise RunFailed(f"{engine}: {str(e).splitlines()[0]} ({detail.splitlines()[0][:200] if detail else 'no console error'})") from e
             out["wall_s"] = time.perf_counter() - t0
-            out["js_heap_mb"] = _js_heap_mb(browser)
+            out["js_heap_mb"] = _js_heap_mb(browser.browser) if browser.browser else None
             peak = renderer_peak_rss(set(renderer_pids()) - before)
             out["peak_rss_mb"] = None if peak is None else peak / 2**20
         finally:
@@ -385,7 +405,7 @@ def _stat(xs: list) -> dict | None:
 
 
 COLUMNS = [  # (key, header, format)
-    ("ready_s", "ready s", "{:.2f}"),
+    ("ready_s", "ready s", "{:.2f}"), ("first_token_s", "1st token after navigation s", "{:.2f}"),
     ("download_s", "download s", "{:.2f}"), ("init_s", "init s", "{:.2f}"), ("ttft_s", "TTFT s", "{:.3f}"),
     ("prefill_tok_s", "prefill tok/s", "{:.1f}"), ("decode_tok_s", "decode tok/s", "{:.1f}"),
     ("page_tok_s", "tok/s at the page", "{:.1f}"),
@@ -591,8 +611,10 @@ def _run(args) -> int:
                 # Round robin: every engine's r-th run comes before any engine's (r+1)-th, so a shared
                 # machine's drift (load, neighbours, thermal state) falls on all engines alike, and the
                 # r-th runs of two engines form a pair (the paired ratios of summarize()).
-                runs = {engine: [] for engine, _, _, _ in engines}
-                errors: dict[str, str | None] = {engine: None for engine, _, _, _ in engines}
+                warm = getattr(args, "warm", False)
+                warm_of = {engine: f"{engine} (warm)" for engine, kind, _, _ in engines if warm and kind == "mote"}
+                runs = {engine: [] for engine, _, _, _ in engines} | {w: [] for w in warm_of.values()}
+                errors: dict[str, str | None] = {engine: None for engine in runs}
                 for r in range(repeat):
                     for engine, kind, n_workers, layout in engines:
                         if errors[engine] is not None:  # a failed engine stops; the others go on
@@ -600,13 +622,16 @@ def _run(args) -> int:
                         print(f"[bench] {label} {quant or ''}: {engine} run {r + 1}/{repeat} ...", file=sys.stderr, flush=True)
                         try:
                             out = browser_run(base, chromium, kind, f"{base}/models/{name}", prompts, n, n_ctx,
-                                              getattr(args, "run_timeout", 600.0), workers=n_workers, layout=layout)
+                                              getattr(args, "run_timeout", 600.0), workers=n_workers, layout=layout,
+                                              warm=engine in warm_of)
                         except RunFailed as e:  # reported in the table
                             errors[engine] = str(e)
                             print(f"[bench]   failed: {e}", file=sys.stderr, flush=True)
                             continue
                         runs[engine].append(_browser_record(out, kind, n_workers))
-                for engine, _, _, _ in engines:
+                        if "warm" in out:
+                            runs[warm_of[engine]].append(_browser_record(out["warm"], kind, n_workers))
+                for engine in runs:
                     rows.append(_row(label, quant, path, engine, runs[engine], reference, errors[engine]))
                 if getattr(args, "native", False):
                     print(f"[bench] {label} {quant or ''}: cpython ...", file=sys.stderr, flush=True)
@@ -654,6 +679,7 @@ def _browser_record(out: dict, kind: str, n_workers: int | None) -> dict:
     mem = out.get("memory") or {}
     return {
         "download_s": out["download_s"], "init_s": out["init_s"], "ready_s": out.get("ready_s"),
+        "first_token_s": out.get("first_token_s"), "cached": out.get("cached"),
         **_per_prompt_summary([{**x, "n_generated": x.get("n_generated") or 0} for x in out["runs"]]),
         "wasm_mb": mem["wasm_bytes"] / 1e6 if mem.get("wasm_bytes") else None,
         "js_heap_mb": out.get("js_heap_mb"), "peak_rss_mb": out.get("peak_rss_mb"),

@@ -40,7 +40,7 @@ async function mote(url, prompts, n, nCtx, _workers, layout) {
     runs.push(runRecord(m.last, ts, seen));
   }
   return { download_s: t.weights, init_s: (t.runtime || 0) + (t.numpy || 0) + (t.engine || 0) + (t.model || 0),
-           ready_s: readyS, timings: t, runs, memory: m.memory };
+           ready_s: readyS, first_token_s: runs[0]?.first_token_s ?? null, timings: t, runs, memory: m.memory };
 }
 
 /** When token events reach the page: the first, the last, how many. */
@@ -60,6 +60,7 @@ function arrivals() {
 function runRecord(d, ts, seen) {
   const span = seen.first === null ? 0 : (seen.last - seen.first) / 1000;
   return { ttft_s: seen.first === null ? null : (seen.first - ts) / 1000, token_ids: d.token_ids, text: d.full_text,
+           first_token_s: seen.first === null ? null : seen.first / 1000,   // after the page's navigation began
            prefill_tok_s: d.prefill_tok_s, decode_tok_s: d.decode_tok_s, n_prompt: d.n_prompt, n_generated: d.n_generated,
            page_tok_s: seen.count > 1 && span > 0 ? (seen.count - 1) / span : null };
 }
@@ -116,7 +117,8 @@ async function parallel(url, prompts, n, nCtx, workers, layout) {
     }
     const perWorker = (await w.stats()).map((s) => s.memory.wasm_bytes || 0);
     /** @type {any} */ (window).moteBenchWorkers = w;     // alive, like plain Mote's worker, for the JS heap reading
-    return { download_s: t.weights, init_s: (t.runtime || 0) + (t.model || 0), ready_s: readyS, timings: t, runs,
+    return { download_s: t.weights, init_s: (t.runtime || 0) + (t.model || 0), ready_s: readyS,
+             first_token_s: runs[0]?.first_token_s ?? null, timings: t, runs,
              memory: { wasm_bytes: perWorker.reduce((a, b) => a + b, 0), per_worker: perWorker }, workers: w.n };
   } catch (e) {
     w.terminate();

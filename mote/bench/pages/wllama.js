@@ -18,6 +18,7 @@ export async function benchWllama(url, prompts, n, nCtx) {
   await w.loadModel([blob], { n_ctx: nCtx || 1024, n_threads: 1, n_gpu_layers: 0 });
   const t2 = performance.now();
   const runs = [];
+  /** @type {number|null} */ let firstAt = null;       // the first token, after the page's navigation began
   for (const prompt of prompts) {
     const ts = performance.now();
     let first = null, text = "", timings = null, usage = null;
@@ -26,6 +27,7 @@ export async function benchWllama(url, prompts, n, nCtx) {
                                               return_tokens: true, cache_prompt: false });
     for await (const c of stream) {
       if (first === null && c.choices && c.choices.length && c.choices[0].text !== undefined) first = performance.now();
+      if (firstAt === null && first !== null) firstAt = first;
       if (c.choices && c.choices.length) text += c.choices[0].text || "";
       if (c.timings) timings = c.timings;
       if (c.usage) usage = c.usage;
@@ -38,5 +40,6 @@ export async function benchWllama(url, prompts, n, nCtx) {
                 n_generated: timings ? timings.predicted_n : (usage ? usage.completion_tokens : null) });
   }
   await w.exit();
-  return { download_s: (t1 - t0) / 1000, init_s: (t2 - t1) / 1000, ready_s: (t2 - tStart) / 1000, runs, memory: null };
+  return { download_s: (t1 - t0) / 1000, init_s: (t2 - t1) / 1000, ready_s: (t2 - tStart) / 1000,
+           first_token_s: firstAt === null ? null : firstAt / 1000, runs, memory: null };
 }
