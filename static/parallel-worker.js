@@ -53,10 +53,10 @@ const post = (msg) => self.postMessage(msg);
 
 async function boot() {
   const t0 = performance.now();
-  const { py, mod } = await bootPython(BASE, "engine.shard");
+  const { py, mod, snapshot } = await bootPython(BASE, "engine.shard");
   shardMod = mod;
   pyodide = py;
-  return (performance.now() - t0) / 1000;
+  return { seconds: (performance.now() - t0) / 1000, snapshot };
 }
 
 // ---- the file, streamed in by the coordinator -------------------------------------------------------
@@ -298,7 +298,7 @@ self.addEventListener("message", async (event) => {
   const msg = event.data || {};
   try {
     switch (msg.type) {
-      case Shard.BOOT: post({ type: Shard.BOOTED, seconds: await boot() }); break;
+      case Shard.BOOT: post({ type: Shard.BOOTED, ...await boot() }); break;
       case Shard.PORTS:
         index = msg.index; nShards = msg.n; transfer = msg.transfer !== false;
         peers = msg.ports;

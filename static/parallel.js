@@ -135,7 +135,9 @@ export class ParallelWorker extends EventTarget {
     this.workers.forEach((w, i) => w.postMessage({ type: Shard.PORTS, index: i, n: this.n, ports: ports[i], transfer: this.transfer },
                                                  /** @type {Transferable[]} */ (ports[i].filter(Boolean))));
     for (const stage of STAGES.slice(0, 3)) this.emit({ type: Ev.PROGRESS, stage, phase: "done" });
-    return { workers: this.n, platform: "emscripten", parallel: true };
+    // "restored" when every worker started from the saved runtime snapshot (static/boot.js)
+    const runtimeSnapshot = booted.every((b) => b.snapshot === "restored") ? "restored" : booted[0].snapshot ?? null;
+    return { workers: this.n, platform: "emscripten", parallel: true, runtime_snapshot: runtimeSnapshot };
   }
 
   /** PONG to the page once every shard worker answered a PING (a terminated one never does). */

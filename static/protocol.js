@@ -93,6 +93,8 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  * @typedef {{wasm_bytes: number|null, js_heap_bytes: number|null}} MemoryStats
  * @typedef {{type: "ready", info: Object, model?: Object, timings: Object<string, number>,
  *            cached?: boolean, memory?: MemoryStats}} ReadyEvent
+ *   info.runtime_snapshot: "restored" (Python started from the runtime snapshot a first visit saved
+ *   in the Cache API, static/boot.js), "stored" (started normally and saved one), or null
  * @typedef {{type: "token", id: number, text: string, token_id: number, n: number}} TokenEvent
  * @typedef {{type: "done", id: number, reason: "eos"|"stop"|"length"|"abort", text: string,
  *            full_text: string, n_prompt: number, n_reused: number, n_generated: number, prefill_tok_s: number,
@@ -107,7 +109,7 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
 
 /**
  * Coordinator <-> shard worker messages (field `type`). Requests, then the reply each gets:
- *   boot -> booted{seconds}               Pyodide + numpy + the engine in the shard
+ *   boot -> booted{seconds, snapshot}     Pyodide + numpy + the engine in the shard (snapshot: see boot.js)
  *   ports{index, n, ports, transfer}      a MessagePort to every other shard (no reply)
  *   header{prefix, size, n_ctx, split_attention, hash} -> header{more} | header{ranges} | header{refused}
  *   write{parts} -> wrote{n}              file bytes [start, ArrayBuffer] (flow control: the ack)
@@ -163,3 +165,5 @@ export function moduleWorker(url, name) {
 /** Cache API names used by the model cache (static/model-source.js) and the service worker (app shell + runtime). */
 export const MODEL_CACHE = "mote-models-v1";
 export const SHELL_CACHE_PREFIX = "mote-shell-";
+/** Pyodide's memory snapshot after start-up (static/boot.js), one entry per runtime build. */
+export const RUNTIME_CACHE = "mote-runtime-v1";

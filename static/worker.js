@@ -29,6 +29,7 @@ let abortRequested = false;
 let generating = false;
 let loadingModel = false;                             // one model load at a time (see store)
 /** @type {Object<string, number>} */ const timings = {};
+/** @type {"restored"|"stored"|null} */ let runtimeSnapshot = null;   // see static/boot.js
 
 /** @param {import("./protocol.js").WorkerEvent} ev */
 function post(ev) { self.postMessage(ev); }
@@ -41,12 +42,13 @@ function progress(stage, extra) {
 // ---- boot: runtime, numpy, engine (static/boot.js) ---------------------------------------------
 
 async function boot() {
-  const { py, mod } = await bootPython(BASE, "engine.bridge", (stage, phase, seconds) => {
+  const { py, mod, snapshot } = await bootPython(BASE, "engine.bridge", (stage, phase, seconds) => {
     if (phase === "done") timings[stage] = /** @type {number} */ (seconds);
     progress(stage, phase === "done" ? { phase, seconds } : { phase });
   });
   pyodide = py;
   bridge = mod;
+  runtimeSnapshot = snapshot;
   return mod.runtime_info();
 }
 
@@ -169,6 +171,7 @@ async function handleLoad(msg) {
     throw Object.assign(new Error(String(/** @type {any} */ (fetched.error)?.message || fetched.error)), { stage: "weights" });
   }
   const info = runtimeInfo.toJs ? runtimeInfo.toJs({ dict_converter: Object.fromEntries }) : runtimeInfo;
+  info.runtime_snapshot = runtimeSnapshot;
   if (msg.self_check && info.template_guard === undefined) {   // on request only: it costs a few hundred ms
     const guard = bridge.template_guard();
     info.template_guard = guard ? guard.results : null;

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 
 import pytest
 
@@ -48,7 +49,8 @@ const record = (d) => {
   d = d || {};
   window.__mote.events.push({ type: d.type, stage: d.stage, phase: d.phase, model: !!d.model,
                               cached: d.cached, message: d.message, budget: d.budget, timings: d.timings,
-                              early: d.early, t: performance.now() });
+                              early: d.early, snapshot: d.info ? d.info.runtime_snapshot : undefined,
+                              t: performance.now() });
 };
 const NativeWorker = window.Worker;
 window.Worker = class extends NativeWorker {
@@ -299,6 +301,7 @@ def test_cold_load_shows_stages_and_licence(tab, site):
     stages = page.evaluate("() => [...new Set(window.__mote.events.filter((e) => e.type === 'progress').map((e) => e.stage))]")
     assert stages == ["runtime", "numpy", "engine", "weights"]
     assert {"download", "verify", "store", "parse"} <= set(ready["phases"])
+    assert ready["snapshot"] == "stored", ready             # Python's start saved for the next visit (boot.js)
     assert page.evaluate("() => [...document.querySelectorAll('#stages li')].map((li) => li.className)") == ["done"] * 4
     detail = page.locator("#load-detail").inner_text()
     assert "loaded from the network" in detail
@@ -478,9 +481,62 @@ def test_reload_reads_the_cached_model(tab, site, golden):
     ready = load_model(page, tg.FILE_NAME)
     assert ready["type"] == "ready" and ready["cached"] is True, ready
     assert "download" not in ready["phases"] and "cache" in ready["phases"]
+    assert ready["snapshot"] == "restored", ready           # Python started from the first visit's snapshot
     assert "loaded from the offline cache" in page.locator("#load-detail").inner_text()
     assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
     metrics(tiny_cached_boot_s=round(boot_s, 2), tiny_cached_model_s=round(ready["seconds"], 3))
+
+
+def runtime_snapshots(page) -> list[dict]:
+    """The runtime cache's entries (static/boot.js): key, stored sha256, and the sha256 of the bytes."""
+    return page.evaluate("""async () => {
+        const cache = await caches.open('mote-runtime-v1');
+        const out = [];
+        for (const key of await cache.keys()) {
+            const r = await cache.match(key);
+            const digest = await crypto.subtle.digest('SHA-256', await r.arrayBuffer());
+            out.push({ key: key.url, sha256: r.headers.get('X-Mote-Sha256'),
+                       bytes_sha256: Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('') });
+        }
+        return out;
+    }""")
+
+
+def damage_runtime_snapshot(page, how: str) -> None:
+    """'flip': one byte changed, the stored sha256 kept (the check must catch it); 'rehash': the bytes
+    of another snapshot format (Pyodide's restore must refuse them) under a matching sha256."""
+    page.evaluate("""async (how) => {
+        const cache = await caches.open('mote-runtime-v1');
+        const [key] = await cache.keys();
+        const r = await cache.match(key);
+        const bytes = new Uint8Array(await r.arrayBuffer());
+        let sha = r.headers.get('X-Mote-Sha256');
+        if (how === 'flip') bytes[bytes.length >> 1] ^= 0xff;
+        else {
+            bytes.fill(0x5a, 0, 64);                      // magic number and build id gone
+            const d = await crypto.subtle.digest('SHA-256', bytes);
+            sha = Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, '0')).join('');
+        }
+        await cache.put(key, new Response(bytes, { headers: { 'X-Mote-Sha256': sha } }));
+    }""", how)
+
+
+@pytest.mark.parametrize("how", ["flip", "rehash"])
+def test_a_damaged_runtime_snapshot_means_a_normal_start(tab, site, golden, how):
+    """A damaged snapshot is never restored: Python starts normally, answers the golden tokens, and a
+    good snapshot replaces the bad one."""
+    page, _, _ = tab
+    [saved] = runtime_snapshots(page)
+    assert saved["sha256"] == saved["bytes_sha256"]
+    damage_runtime_snapshot(page, how)
+    open_page(page, site[0])
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready" and ready["snapshot"] == "stored", ready
+    assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
+    deadline = time.monotonic() + 20                        # saved in the background: wait for it
+    while not ((now := runtime_snapshots(page)) and now[0]["sha256"] == now[0]["bytes_sha256"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(now) == 1 and now[0]["key"] == saved["key"] and now[0]["sha256"] == now[0]["bytes_sha256"], now
 
 
 def test_corrupted_cached_model_is_downloaded_again(tab, site, golden):
@@ -621,6 +677,7 @@ def test_two_workers_reload_reads_the_cached_model(two_tab, site, golden):
     ready = load_model(page, tg.FILE_NAME)
     assert ready["type"] == "ready" and ready["cached"] is True, ready
     assert "cache" in ready["phases"] and "download" not in ready["phases"] and "store" not in ready["phases"]
+    assert ready["snapshot"] == "restored", ready           # both workers started from the saved snapshot
     assert page.evaluate("() => window.moteApp.worker.n") == 2
     assert "loaded from the offline cache" in page.locator("#load-detail").inner_text()
     assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
