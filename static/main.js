@@ -61,6 +61,12 @@ const MIN_BYTES = (() => {
   return Number.isFinite(v) && v >= 0 ? v : MIN_PARALLEL_BYTES;
 })();
 
+/** Seconds a model download may go without a byte before it resumes (?stallSeconds=N, for tests). */
+const STALL = (() => {
+  const v = Number(new URLSearchParams(location.search).get("stallSeconds") ?? NaN);
+  return Number.isFinite(v) && v > 0 ? { stall_s: v } : {};
+})();
+
 /** @type {Worker|ParallelWorker} */ let worker;
 let t0 = performance.now();                                // when the current worker started booting
 let currentId = 0;
@@ -434,7 +440,7 @@ $("load-btn").addEventListener("click", () => {
   setBusy(false);
   setStage("weights", "active");
   const m = state.selected;                              // chunks: checked at native speed (model-source.js)
-  send({ type: Req.LOAD, model: { url: m.url, sha256: m.sha256, size: m.size, name: m.name, ...(m.chunks ? { chunks: m.chunks } : {}) } });
+  send({ type: Req.LOAD, model: { url: m.url, sha256: m.sha256, size: m.size, name: m.name, ...(m.chunks ? { chunks: m.chunks } : {}), ...STALL } });
 });
 
 $("workers").addEventListener("change", () => {

@@ -61,6 +61,22 @@ const PROGRESS_MS = 100;
 const CHUNK_MIN = 1 << 16, CHUNK_MAX = 1 << 26;
 /** Chunk digests computing at once (crypto.subtle copies each chunk when asked). */
 const DIGESTS_IN_FLIGHT = 4;
+/** Seconds a read may wait for its first byte before the body counts as stalled (ModelRef.stall_s). */
+const STALL_S = 30;
+
+/**
+ * `read`, or a failure once `seconds` pass without it settling: a connection (or a cache read) that
+ * stops sending without closing becomes an error the load can resume from or report, never a load
+ * that waits for ever. The read left pending settles when the caller cancels its reader.
+ * @template T @param {Promise<T>} read @param {number} seconds @returns {Promise<T>}
+ */
+function withinSeconds(read, seconds) {
+  /** @type {ReturnType<typeof setTimeout>|undefined} */ let timer;
+  const stalled = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no bytes for ${seconds} s`)), seconds * 1000);
+  });
+  return /** @type {Promise<T>} */ (Promise.race([read, stalled])).finally(() => clearTimeout(timer));
+}
 
 /**
  * The model's chunk list ({size, sha256: hex[]}) when it is well formed for model.size, else null
@@ -239,6 +255,9 @@ export async function prefetch(model, progress) {
   }
 }
 
+/** @param {import("./protocol.js").ModelRef} model @returns {number} seconds a read may wait */
+const stallSeconds = (model) => (Number.isFinite(model.stall_s) && /** @type {number} */ (model.stall_s) > 0 ? /** @type {number} */ (model.stall_s) : STALL_S);
+
 /** Times a download cut short is resumed (HTTP Range from the bytes already received) before giving up. */
 const RESUMES = 3;
 
@@ -259,7 +278,7 @@ async function pump(body, model, sink, phase, what, tee, progress, resume = null
   const at = { loaded: 0 };                              // bytes written to the sink so far
   for (let attempt = 0; ; attempt++) {
     try {
-      await pumpBody(body, size, at, sink, phase, what, tee, progress, verifier);
+      await pumpBody(body, size, at, sink, phase, what, tee, progress, verifier, stallSeconds(model));
       break;
     } catch (e) {
       const loaded = at.loaded;
@@ -283,9 +302,9 @@ async function pump(body, model, sink, phase, what, tee, progress, resume = null
  * Throws an error marked `resumable` when the body fails or ends before the file does.
  * @param {ReadableStream<Uint8Array>} body @param {number} size @param {{loaded: number}} at @param {Sink} sink
  * @param {string} phase @param {string} what @param {CacheWriter|null} tee @param {(p: any) => void} progress
- * @param {ChunkVerifier|null} verifier
+ * @param {ChunkVerifier|null} verifier @param {number} stall  seconds a read may take (withinSeconds)
  */
-async function pumpBody(body, size, at, sink, phase, what, tee, progress, verifier) {
+async function pumpBody(body, size, at, sink, phase, what, tee, progress, verifier, stall) {
   // A BYOB reader's reads are gathered into READ_CHUNK pieces (a body's own chunks can be 64 KB:
   // fewer, larger pieces for the sink and the cache). Without a tee nothing keeps a piece after
   // write(), so the same two buffers serve every read and reading leaves no garbage behind; the tee
@@ -307,10 +326,10 @@ async function pumpBody(body, size, at, sink, phase, what, tee, progress, verifi
       let done = false;
       /** @type {unknown} */ let failure = null;          // a cut connection surfaces as a TypeError
       if (byob) {
-        ({ value, done, failure } = await readFull(byob, io, tee ? new Uint8Array(READ_CHUNK) : piece));
+        ({ value, done, failure } = await readFull(byob, io, tee ? new Uint8Array(READ_CHUNK) : piece, stall));
       } else {
         try {
-          ({ value, done } = await /** @type {ReadableStreamDefaultReader<Uint8Array>} */ (plainReader).read());
+          ({ value, done } = await withinSeconds(/** @type {ReadableStreamDefaultReader<Uint8Array>} */ (plainReader).read(), stall));
         } catch (e) {
           failure = e;
         }
@@ -344,17 +363,18 @@ async function pumpBody(body, size, at, sink, phase, what, tee, progress, verifi
  * is full, the body ends or a read fails. A failed read loses only its own buffer (transferred to
  * it), so the bytes already in `out` survive the failure.
  * @param {ReadableStreamBYOBReader} reader @param {{scratch: ArrayBuffer}} io @param {Uint8Array} out
+ * @param {number} stall  seconds one read may take (withinSeconds)
  * @returns {Promise<{value: Uint8Array, done: boolean, failure: unknown}>} the bytes read (a view of
  *   `out`), whether the body has ended, and the read's error, if one failed
  */
-async function readFull(reader, io, out) {
+async function readFull(reader, io, out, stall) {
   let filled = 0;
   while (filled < out.length) {
     let step;
     try {
-      step = await reader.read(new Uint8Array(io.scratch, 0, Math.min(io.scratch.byteLength, out.length - filled)));
+      step = await withinSeconds(reader.read(new Uint8Array(io.scratch, 0, Math.min(io.scratch.byteLength, out.length - filled))), stall);
     } catch (failure) {
-      io.scratch = new ArrayBuffer(READ_CHUNK);          // the failed read kept the old one
+      io.scratch = new ArrayBuffer(READ_CHUNK);          // the failed (or stalled) read kept the old one
       return { value: out.subarray(0, filled), done: false, failure };
     }
     const { done, value } = step;
@@ -417,12 +437,33 @@ export async function storeModel(model, body) {
 }
 
 /**
+ * GET model.url bypassing the HTTP cache, failing when no response arrives within the model's stall
+ * seconds (a server that accepts the connection and never answers); the body is read under
+ * withinSeconds.
+ * @param {import("./protocol.js").ModelRef} model @param {Record<string, string>} headers
+ * @returns {Promise<Response>}
+ */
+async function fetchWithin(model, headers) {
+  const seconds = stallSeconds(model);
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), seconds * 1000);
+  try {
+    return await fetch(new URL(model.url, self.location.href), { cache: "no-store", headers, signal: abort.signal });
+  } catch (e) {
+    if (abort.signal.aborted) throw new Error(`${model.url}: no response for ${seconds} s`);
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
  * GET the model file, bypassing the HTTP cache (the Cache API is the one copy kept): the body of a
  * 200 response whose Content-Length, when sent, is the size GET /models gave; else throws.
  * @param {import("./protocol.js").ModelRef} model @returns {Promise<ReadableStream<Uint8Array>>}
  */
 async function fetchModel(model) {
-  const r = await fetch(new URL(model.url, self.location.href), { cache: "no-store" });
+  const r = await fetchWithin(model, {});
   if (r.status !== 200) throw new Error(`${model.url}: HTTP ${r.status} ${r.statusText}`.trim());
   const declared = r.headers.get("Content-Length");
   if (declared !== null && Number(declared) !== model.size) {
@@ -443,7 +484,7 @@ async function fetchModel(model) {
 async function resumeModel(model, from, etag) {
   /** @type {Record<string, string>} */ const headers = { Range: `bytes=${from}-` };
   if (etag) headers["If-Range"] = etag;
-  const r = await fetch(new URL(model.url, self.location.href), { cache: "no-store", headers });
+  const r = await fetchWithin(model, headers);
   const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(r.headers.get("Content-Range") || "");
   if (r.status !== 206 || !range || Number(range[1]) !== from || Number(range[2]) !== model.size - 1 ||
       Number(range[3]) !== model.size || !r.body) {
@@ -464,6 +505,8 @@ class CacheWriter {
   /** @param {import("./protocol.js").ModelRef} model */
   constructor(model) {
     this.model = model;
+    this.stall = stallSeconds(model);
+    /** @type {Error|null} */ this.stuck = null;         // the cache stopped taking bytes (write)
     this.over = false;                                   // put settled before commit: writes are dropped
     /** @type {(() => void)[]} */ this.waiters = [];
     /** @type {ReadableStreamDefaultController<Uint8Array>|null} */ this.controller = null;
@@ -482,24 +525,38 @@ class CacheWriter {
   /** Bytes queued for the cache, not yet taken. */
   queued() { return this.over || !this.controller ? 0 : Math.max(0, CACHE_QUEUE - (this.controller.desiredSize ?? 0)); }
 
-  /** Queue a chunk (not copied: the caller must not modify or transfer it); waits while the queue is full. */
+  /**
+   * Queue a chunk (not copied: the caller must not modify or transfer it); waits while the queue is
+   * full. A cache that takes nothing for the model's stall seconds is given up on (the download goes
+   * on; commit() then throws), so a stuck store never stops a load.
+   */
   async write(/** @type {Uint8Array} */ chunk) {
     if (this.over) return;
     const c = /** @type {ReadableStreamDefaultController<Uint8Array>} */ (this.controller);
     c.enqueue(chunk);
-    while (!this.over && (c.desiredSize ?? 1) <= 0) await new Promise((r) => this.waiters.push(/** @type {() => void} */ (r)));
+    while (!this.over && (c.desiredSize ?? 1) <= 0) {
+      const taken = new Promise((r) => this.waiters.push(/** @type {() => void} */ (r)));
+      try {
+        await withinSeconds(taken, this.stall);
+      } catch {
+        this.over = true;
+        this.stuck = new Error(`the Cache API took no bytes for ${this.stall} s`);
+        c.error(this.stuck);
+      }
+    }
   }
 
-  /** The file is complete and verified: finish the entry. Throws when storing failed. */
+  /** The file is complete and verified: finish the entry. Throws when storing failed (or stalled). */
   async commit() {
+    if (this.stuck) throw this.stuck;
     if (!this.over) /** @type {ReadableStreamDefaultController<Uint8Array>} */ (this.controller).close();
-    return await this.put;
+    return await withinSeconds(this.put, this.stall);
   }
 
   /** The file was bad or incomplete: no entry may stay. @param {Error} reason */
   async abort(reason) {
     if (!this.over) /** @type {ReadableStreamDefaultController<Uint8Array>} */ (this.controller).error(reason);
-    await this.put.catch(() => {});
+    await withinSeconds(this.put, this.stall).catch(() => {});
     await dropModel(this.model).catch(() => {});
   }
 }

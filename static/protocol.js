@@ -65,6 +65,9 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  *   speed; without it (or when malformed) the whole file is hashed in the worker instead. With a
  *   list, the list is what the bytes are checked against and `sha256` only names the cached copy:
  *   give both from one source (GET /models does); a sha256 pinned by a page goes without a list
+ * @property {number} [stall_s]  seconds a download (or a Cache API read) may go without a byte, or
+ *   without a response, before it counts as stalled (default 30): a stalled download resumes with
+ *   HTTP Range like one cut short, a stalled cached copy is read again from the network
  *
  * @typedef {Partial<Record<typeof SAMPLING_KEYS[number], number|boolean|null>>} SamplingSettings
  *   temperature <= 0: greedy; seed null: random; speculative: a boolean (default true)

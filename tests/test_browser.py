@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import time
 
 import pytest
@@ -38,6 +39,8 @@ pytestmark = pytest.mark.browser
 
 PHONE = {"width": 390, "height": 844}
 RANGE_STARTS: list[tuple[int, int]] = []   # (percent, first byte asked for) of the /flaky/ route's Range requests
+STALL_STARTS: list[int] = []               # first byte asked for by the /stall/ route's Range requests
+STALL_RESUMED = threading.Event()          # a Range request came: the stalled response may end
 SCREENSHOT = "/tmp/mote-phone.png"
 
 # Before any page script: record every worker event (type, stage, phase) and every text #speed shows.
@@ -49,7 +52,7 @@ const record = (d) => {
   d = d || {};
   window.__mote.events.push({ type: d.type, stage: d.stage, phase: d.phase, model: !!d.model,
                               cached: d.cached, message: d.message, budget: d.budget, timings: d.timings,
-                              early: d.early, snapshot: d.info ? d.info.runtime_snapshot : undefined,
+                              early: d.early, loaded: d.loaded, snapshot: d.info ? d.info.runtime_snapshot : undefined,
                               t: performance.now() });
 };
 const NativeWorker = window.Worker;
@@ -100,10 +103,15 @@ def load_model(page, file: str, heap: WorkerHeap | None = None, timeout_s: float
     page.evaluate("() => { window.__mote.loadStart = performance.now(); }")
     page.click("#load-btn")
     cond = f"() => window.__mote.events.slice({n}).some((e) => (e.type === 'ready' && e.model) || e.type === 'error')"
-    if heap is not None:
-        heap.wait_for(cond, timeout_s)
-    else:
-        page.wait_for_function(cond, timeout=timeout_s * 1000)
+    try:
+        if heap is not None:
+            heap.wait_for(cond, timeout_s)
+        else:
+            page.wait_for_function(cond, timeout=timeout_s * 1000)
+    except Exception as e:   # name where the load stopped: the last events the page received
+        seen = page.evaluate(f"() => window.__mote.events.slice({n}).slice(-12).map((e) => JSON.stringify("
+                             "{...e, info: undefined, model: undefined}).slice(0, 300))")
+        raise AssertionError(f"{file}: no ready or error within {timeout_s} s; last events: {seen}") from e
     return page.evaluate(f"""() => {{
         const e = window.__mote.events.slice({n}).find((e) => (e.type === 'ready' && e.model) || e.type === 'error');
         return {{ ...e, seconds: (e.t - window.__mote.loadStart) / 1000,
@@ -241,6 +249,29 @@ def site(tmp_path_factory, golden):
             yield data[:cut]
             raise ConnectionResetError("cut")       # the connection drops mid-body
         return StreamingResponse(body(), media_type=octet, headers={"Content-Length": str(len(data)), "ETag": etag})
+
+    @app.get("/stall/model.gguf")
+    def stall(range: str | None = Header(None)):
+        """A whole-file GET sends half the bytes, then nothing while the connection stays open; a
+        Range request gets the rest (and ends the stalled response)."""
+        if range:
+            start = int(range.removeprefix("bytes=").split("-")[0])
+            STALL_STARTS.append(start)
+            STALL_RESUMED.set()
+            return Response(data[start:], status_code=206, media_type=octet,
+                            headers={"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
+        STALL_RESUMED.clear()
+
+        def body():
+            yield data[: len(data) // 2]
+            STALL_RESUMED.wait(60)
+            raise ConnectionResetError("the stalled response ends")
+        return StreamingResponse(body(), media_type=octet, headers={"Content-Length": str(len(data))})
+
+    @app.get("/silent/model.gguf")
+    def silent():          # accepts the request and answers only after 20 s
+        time.sleep(20)
+        return Response(data, media_type=octet)
 
     @app.get("/broken/wrong-bytes.gguf")
     def wrong_bytes():     # full length, one byte changed: only the sha256 can tell
@@ -810,6 +841,35 @@ def test_downloads_cut_short_resume_with_range(browser, site, golden, workers):
         assert {p for p, _ in RANGE_STARTS} == {10, 50, 99}
         assert all(0 <= start <= len(data) * p // 100 for p, start in RANGE_STARTS)
         assert any(start > 0 for _, start in RANGE_STARTS), RANGE_STARTS
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stalled_download_resumes_and_a_silent_server_is_an_error(browser, site, golden, workers):
+    """A server that stops sending without closing, or never answers: after the model's stall_s
+    (here 2 s) the first resumes with Range from the bytes received, the second is an error that
+    says so; neither load waits for ever."""
+    base_url, data = site
+    page, context = tab_listing(browser, workers, lambda good: [
+        {**good, "name": "stalled", "file": "stalled.gguf", "url": "/stall/model.gguf"},
+        {**good, "name": "silent", "file": "silent.gguf", "url": "/silent/model.gguf"}])
+    try:
+        open_page(page, base_url, "?minParallelBytes=0&stallSeconds=2")
+        page.evaluate("() => caches.delete('mote-models-v1')")
+        error = load_model(page, "silent.gguf", timeout_s=30)
+        assert error["type"] == "error" and "/silent/model.gguf: no response for 2 s" in error["message"], error
+        assert cached_model(page) is None
+
+        STALL_STARTS.clear()
+        open_page(page, base_url, "?minParallelBytes=0&stallSeconds=2")   # fresh workers after the error
+        ready = load_model(page, "stalled.gguf", timeout_s=30)
+        assert ready["type"] == "ready" and ready["cached"] is False, ready
+        assert "resume" in ready["phases"], ready["phases"]
+        assert STALL_STARTS == [len(data) // 2]          # every byte sent before the stall was kept
+        assert page.evaluate("() => window.moteApp.state.model.workers ?? 1") == workers
+        assert chat(page, golden["messages"][0]["content"], 4)["token_ids"] == golden["tokens"][:4]
+        assert cached_model(page) == stored_entry(base_url, data)
     finally:
         context.close()
 
