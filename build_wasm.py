@@ -13,12 +13,14 @@ Every input is pinned by a hash written below and checked every time it is used,
                                           speedups (markupsafe falls back to its pure-Python _native)
     this checkout's engine/ ............ mote_engine wheel, py3-none-any, numpy its only dependency
                                           (the runtime only: the CPython tools live in mote/)
+    Pyodide itself (Node) .............. bytecode.zip: the numpy and engine modules a worker imports,
+                                          compiled to checked-hash .pyc files
 
 Output (git-ignored):
     static/pyodide/        pyodide.js .mjs .asm.js .asm.wasm, python_stdlib.zip, pyodide-lock.json,
                            and the numpy wheel (beside the lock, so Pyodide's loadPackage("numpy")
                            checks it against the lock's sha256 itself)
-    static/wheels/         mote_engine, jinja2, markupsafe wheels
+    static/wheels/         mote_engine, jinja2, markupsafe wheels; bytecode.zip
     static/build-manifest.json   file names, sizes, sha256 for the worker and the service worker
 
 Downloads go to .cache/wasm/ through the registries' own clients (npm pack, pip download). The
@@ -48,6 +50,7 @@ from pathlib import Path
 # Pinned inputs. Change a version only together with its hash.
 # ---------------------------------------------------------------------------------------------
 PYODIDE_VERSION = "0.27.7"
+BYTECODE_ZIP = "bytecode.zip"  # static/wheels/: .pyc files for numpy and the engine (build_bytecode_zip)
 PYODIDE_NPM_INTEGRITY = (  # `npm view pyodide@0.27.7 dist.integrity`
     "sha512-RUSVJlhQdfWfgO9hVHCiXoG+nVZQRS5D9FzgpLJ/VcgGBLSAKoPL8kTiOikxbHQm1kRISeWUBdulEgO26qpSRA=="
 )
@@ -233,6 +236,74 @@ def build_engine_wheel(dest_dir: Path) -> Path:
     return write_wheel(dest_dir, name.replace("-", "_"), version, files, metadata)
 
 
+# Run by Node with Pyodide from the staged runtime: numpy and the engine wheel in, the modules a
+# worker imports compiled to .pyc (checked-hash: Python uses one only while its source's hash
+# matches, so a stale file is ignored, never wrong), written under argv[5] by their absolute path
+# in Pyodide's file system (numpy in site-packages, the engine where unpackArchive puts a wheel).
+_BYTECODE_SCRIPT = r"""
+import { loadPyodide } from "PYODIDE_MJS";
+import fs from "node:fs";
+import path from "node:path";
+const [runtime, numpyWheel, engineWheel, out] = process.argv.slice(2);
+const py = await loadPyodide({ indexURL: runtime + "/", stdout: () => {}, stderr: (s) => console.error(s) });
+await py.loadPackage(numpyWheel, { messageCallback: () => {} });
+py.unpackArchive(new Uint8Array(fs.readFileSync(engineWheel)), "wheel");
+const compiled = py.runPython(`
+import importlib, os, pathlib, py_compile, sys, sysconfig
+importlib.invalidate_caches()
+import numpy, engine.bridge, engine.shard
+roots = [os.path.dirname(numpy.__file__) + "/", os.path.dirname(engine.__file__) + "/"]
+files = {f for m in list(sys.modules.values()) if (f := getattr(m, "__file__", None) or "").endswith(".py")
+         and any(f.startswith(r) for r in roots)}
+files |= {str(p) for p in pathlib.Path(roots[1]).rglob("*.py")}
+out = []
+for f in sorted(files):
+    c = py_compile.compile(f, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    out.append((c, c.lstrip("/")))
+out
+`).toJs();
+for (const [file, rel] of compiled) {
+  fs.mkdirSync(path.join(out, path.dirname(rel)), { recursive: true });
+  fs.writeFileSync(path.join(out, rel), py.FS.readFile(file));
+}
+console.log(compiled.length);
+"""
+
+
+def build_bytecode_zip(runtime: Path, wheels: Path, dest_dir: Path) -> Path | None:
+    """The numpy and engine modules a worker imports, as .pyc files compiled by this Pyodide (in
+    Node), in a zip unpacked at "/" after the wheels: neither Pyodide's numpy wheel nor ours carries
+    bytecode, so each worker start compiled ~60 modules from source (~0.3 s in Pyodide). They are
+    checked-hash pycs: Python reads the source and uses a pyc only while the source's hash matches.
+    None, with a note, where Node is not on PATH: the page then compiles at import, as before."""
+    node = shutil.which("node")
+    if node is None:
+        print("   (node not found: no bytecode; workers compile numpy and the engine at import)", flush=True)
+        return None
+    numpy_whl = next(runtime.glob("numpy-*.whl"))
+    engine_whl = next(wheels.glob("mote_engine-*.whl"))
+    with tempfile.TemporaryDirectory(prefix=".bytecode-", dir=dest_dir.parent) as tmp:
+        script = Path(tmp) / "compile.mjs"
+        script.write_text(_BYTECODE_SCRIPT.replace("PYODIDE_MJS", (runtime / "pyodide.mjs").as_uri()))
+        out = Path(tmp) / "out"
+        out.mkdir()
+        done = subprocess.run([node, str(script), str(runtime), str(numpy_whl), str(engine_whl), str(out)],
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise BuildError(f"compiling bytecode with Pyodide in Node failed:\n{done.stderr[-2000:]}")
+        files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.pyc"))}
+    if not files:
+        raise BuildError("compiling bytecode with Pyodide in Node gave no .pyc files")
+    path = dest_dir / BYTECODE_ZIP
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zi = zipfile.ZipInfo(name, WHEEL_EPOCH)
+            zi.external_attr = 0o644 << 16
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(zi, data)
+    return path
+
+
 def build_markupsafe_wheel(sdist: Path, dest_dir: Path) -> Path:
     """Repack markupsafe's sdist as a pure wheel: its .py files, without _speedups.c.
 
@@ -363,9 +434,15 @@ def build(static: Path = STATIC_DIR, cache: Path = CACHE_DIR, pyodide_cdn: str |
 
         print("4. engine wheel ...", flush=True)
         build_engine_wheel(wheels)
+        if pyodide_cdn is None:
+            print("4b. bytecode (Pyodide in Node) ...", flush=True)
+            build_bytecode_zip(staged / "pyodide", wheels, wheels)
 
         print("5. build-manifest.json ...", flush=True)
         manifest["wheels"] = [manifest_entry(p, staged) for p in sorted(wheels.iterdir())]
+        for entry in manifest["wheels"]:            # unpacked at the root of Pyodide's file system
+            if entry["file"].endswith(BYTECODE_ZIP):
+                entry["extract_dir"] = "/"
         (staged / "build-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
         print("6. swap into static/ ...", flush=True)

@@ -157,7 +157,33 @@ def chat_check() -> Any:
         "jinja2": _version("jinja2") if jinja_available() else None,
         "chat_check": ChatTemplate.create(None, "gemma3", bos_token="<bos>").render(
             [{"role": "user", "content": "Hi <b>&</b>"}]),
+        "bytecode": _bytecode_check(),
     })
+
+
+def _bytecode_check() -> dict:
+    """Of the numpy and engine modules imported, how many have a .pyc beside their source that
+    Python accepts: a checked-hash pyc of this interpreter whose hash is the source's (in the
+    browser, build_wasm.py's bytecode.zip; natively, whatever __pycache__ holds)."""
+    import importlib.util
+
+    modules = accepted = 0
+    for m in list(sys.modules.values()):
+        src, cached = getattr(m, "__file__", None), getattr(m, "__cached__", None)
+        if getattr(m, "__name__", "").split(".")[0] not in ("numpy", "engine") or not (src or "").endswith(".py"):
+            continue
+        modules += 1
+        try:
+            with open(cached, "rb") as f:
+                head = f.read(16)
+            with open(src, "rb") as f:
+                source = f.read()
+        except (OSError, TypeError):
+            continue
+        if (head[:4] == importlib.util.MAGIC_NUMBER and int.from_bytes(head[4:8], "little") == 0b11
+                and head[8:16] == importlib.util.source_hash(source)):
+            accepted += 1
+    return {"modules": modules, "with_bytecode": accepted}
 
 
 def template_guard() -> Any:

@@ -61,6 +61,10 @@ def test_page_boots_runtime_numpy_engine(base_url):
         expected = ChatTemplate.create(None, "gemma3", bos_token="<bos>").render(
             [{"role": "user", "content": "Hi <b>&</b>"}], engine="jinja")
         assert info["chat_check"] == expected
+        # every numpy and engine module imported came from build_wasm.py's bytecode.zip, not compiled
+        # at import (a pyc misplaced, stale or of another Python would not count)
+        assert info["bytecode"]["modules"] > 60, info["bytecode"]
+        assert info["bytecode"]["with_bytecode"] == info["bytecode"]["modules"], info["bytecode"]
         # the chat-template bounds hold in Pyodide too: each hostile template ends in a clear error
         size, steps, depth = info["template_guard"]
         assert "builds a repeated string or list of 2000000000 items" in size

@@ -172,7 +172,14 @@ def test_full_build_from_cache(tmp_path, old_static):
     lock = json.loads((old_static / "pyodide" / "pyodide-lock.json").read_text())
     numpy = old_static / "pyodide" / lock["packages"]["numpy"]["file_name"]
     assert hashlib.sha256(numpy.read_bytes()).hexdigest() == lock["packages"]["numpy"]["sha256"]
-    assert {Path(w["file"]).name.split("-")[0] for w in manifest["wheels"]} == {"jinja2", "markupsafe", "mote_engine"}
+    assert {Path(w["file"]).name.split("-")[0] for w in manifest["wheels"]} == {"jinja2", "markupsafe", "mote_engine",
+                                                                                 "bytecode.zip"}
+    bytecode = next(w for w in manifest["wheels"] if w["file"].endswith(bw.BYTECODE_ZIP))
+    assert bytecode["extract_dir"] == "/"
+    with zipfile.ZipFile(old_static / bytecode["file"]) as zf:
+        names = zf.namelist()
+    assert "home/pyodide/engine/__pycache__/bridge.cpython-312.pyc" in names
+    assert "lib/python3.12/site-packages/numpy/__pycache__/__init__.cpython-312.pyc" in names
 
 
 def test_cdn_build_references_the_cdn_and_the_server_allows_it(tmp_path):
