@@ -11,8 +11,9 @@
  * numpy comes through Pyodide's loadPackage with checkIntegrity (pyodide-lock.json's sha256); each
  * of our wheels (engine, jinja2, markupsafe) is fetched, its sha256 compared with the manifest's,
  * and only then unpacked; so is bytecode.zip, the checked-hash .pyc files of numpy and the engine
- * (Python uses one only while its source's hash matches: ~0.3 s less compiling per start). Every URL is resolved against `base` (this script's folder), so a worker
- * imported cross-origin from a blob: wrapper (docs/EMBED.md) boots from the Mote server.
+ * (Python uses one only while its source's hash matches: ~0.3 s less compiling per start). Every
+ * URL is resolved against `base` (this script's folder), so a worker imported cross-origin from a
+ * blob: wrapper (docs/EMBED.md) boots from the Mote server.
  */
 import { Ev, RUNTIME_CACHE } from "./protocol.js";
 
@@ -43,6 +44,15 @@ export async function bootPython(base, module, onStage = () => {}) {
     onStage(stage, "done", (performance.now() - t0) / 1000);
     return out;
   };
+  // Our wheels' bytes are fetched and checked against the manifest while the runtime starts. (numpy
+  // goes through loadPackage, which compiles its extension modules asynchronously: unpacking its
+  // wheel like ours and compiling the 3 modules `import numpy` needs at import was no faster in
+  // Chromium, and its code decoded ~20 % slower at first.)
+  const bytes = new Map(manifest.wheels.map((/** @type {any} */ e) => {
+    const got = verifiedBytes(new URL(e.file, base), e);
+    got.catch(() => {});                                 // awaited (and reported) below
+    return [e.file, got];
+  }));
   /** @type {"restored"|"stored"|null} */ let snapshot = null;
   const py = await timed("runtime", async () => {
     const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
@@ -68,19 +78,28 @@ export async function bootPython(base, module, onStage = () => {}) {
   await timed("numpy", () => py.loadPackage(manifest.packages, { checkIntegrity: true, messageCallback: () => {} }));
   const mod = await timed("engine", async () => {
     for (const whl of manifest.wheels) {
-      const w = await fetch(new URL(whl.file, base));
-      if (!w.ok) throw new Error(`${whl.file}: HTTP ${w.status}`);
-      const bytes = new Uint8Array(await w.arrayBuffer());
-      const got = await sha256Hex(bytes);
-      if (got !== whl.sha256) throw new Error(`${whl.file}: sha256 ${got} does not match build-manifest.json (${whl.sha256})`);
+      const data = await bytes.get(whl.file);
       // bytecode.zip (build_wasm.py): .pyc files for numpy and the engine, by absolute path
-      if (whl.extract_dir) py.unpackArchive(bytes, "zip", { extractDir: whl.extract_dir });
-      else py.unpackArchive(bytes, "wheel");
+      if (whl.extract_dir) py.unpackArchive(data, "zip", { extractDir: whl.extract_dir });
+      else py.unpackArchive(data, "wheel");
     }
     py.runPython("import importlib; importlib.invalidate_caches()");
     return py.pyimport(module);
   });
   return { py, mod, snapshot };
+}
+
+/**
+ * The bytes at `url`, once their sha256 is the manifest entry's; throws naming the file otherwise.
+ * @param {URL} url @param {{file: string, sha256: string}} entry @returns {Promise<Uint8Array>}
+ */
+async function verifiedBytes(url, entry) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${entry.file}: HTTP ${r.status}`);
+  const data = new Uint8Array(await r.arrayBuffer());
+  const got = await sha256Hex(data);
+  if (got !== entry.sha256) throw new Error(`${entry.file}: sha256 ${got} does not match build-manifest.json (${entry.sha256})`);
+  return data;
 }
 
 // ---- the runtime's memory snapshot ------------------------------------------------------------------
