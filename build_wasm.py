@@ -203,7 +203,11 @@ def write_wheel(dest_dir: Path, dist: str, version: str, files: dict[str, bytes]
     writer.writerow([f"{info}/RECORD", "", ""])
     members[f"{info}/RECORD"] = record.getvalue().encode()
 
-    path = dest_dir / f"{dist}-{version}-py3-none-any.whl"
+    return write_zip(dest_dir / f"{dist}-{version}-py3-none-any.whl", members)
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    """A zip of `members` (archive path -> bytes) in their order, with fixed timestamps and modes."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
             zi = zipfile.ZipInfo(name, WHEEL_EPOCH)
@@ -273,7 +277,7 @@ console.log(compiled.length);
 def build_bytecode_zip(runtime: Path, wheels: Path, dest_dir: Path) -> Path | None:
     """The numpy and engine modules a worker imports, as .pyc files compiled by this Pyodide (in
     Node), in a zip unpacked at "/" after the wheels: neither Pyodide's numpy wheel nor ours carries
-    bytecode, so each worker start compiled ~60 modules from source (~0.3 s in Pyodide). They are
+    bytecode, so each worker start compiled ~90 modules from source (~0.3 s in Pyodide). They are
     checked-hash pycs: Python reads the source and uses a pyc only while the source's hash matches.
     None, with a note, where Node is not on PATH: the page then compiles at import, as before."""
     node = shutil.which("node")
@@ -287,21 +291,17 @@ def build_bytecode_zip(runtime: Path, wheels: Path, dest_dir: Path) -> Path | No
         script.write_text(_BYTECODE_SCRIPT.replace("PYODIDE_MJS", (runtime / "pyodide.mjs").as_uri()))
         out = Path(tmp) / "out"
         out.mkdir()
-        done = subprocess.run([node, str(script), str(runtime), str(numpy_whl), str(engine_whl), str(out)],
-                              capture_output=True, text=True, timeout=300)
+        try:
+            done = subprocess.run([node, str(script), str(runtime), str(numpy_whl), str(engine_whl), str(out)],
+                                  capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            raise BuildError("compiling bytecode with Pyodide in Node took over 300 s") from None
         if done.returncode != 0:
             raise BuildError(f"compiling bytecode with Pyodide in Node failed:\n{done.stderr[-2000:]}")
         files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.pyc"))}
     if not files:
         raise BuildError("compiling bytecode with Pyodide in Node gave no .pyc files")
-    path = dest_dir / BYTECODE_ZIP
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zi = zipfile.ZipInfo(name, WHEEL_EPOCH)
-            zi.external_attr = 0o644 << 16
-            zi.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(zi, data)
-    return path
+    return write_zip(dest_dir / BYTECODE_ZIP, files)
 
 
 def build_markupsafe_wheel(sdist: Path, dest_dir: Path) -> Path:

@@ -198,3 +198,11 @@ def test_cdn_build_references_the_cdn_and_the_server_allows_it(tmp_path):
     client = TestClient(create_app(Settings(models_dir=tmp_path, static_dir=static)), base_url="http://127.0.0.1")
     csp = client.get("/").headers["content-security-policy"]
     assert "script-src 'self' 'wasm-unsafe-eval' https://cdn.jsdelivr.net;" in csp
+
+
+def test_bytecode_without_node_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):
+    """No Node on PATH: no bytecode.zip (workers then compile at import), and the build says so."""
+    monkeypatch.setattr(bw.shutil, "which", lambda name: None)
+    assert bw.build_bytecode_zip(tmp_path, tmp_path, tmp_path) is None
+    assert "node not found" in capsys.readouterr().out
+    assert not (tmp_path / bw.BYTECODE_ZIP).exists()
