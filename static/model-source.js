@@ -255,8 +255,15 @@ export async function prefetch(model, progress) {
   }
 }
 
-/** @param {import("./protocol.js").ModelRef} model @returns {number} seconds a read may wait */
-const stallSeconds = (model) => (Number.isFinite(model.stall_s) && /** @type {number} */ (model.stall_s) > 0 ? /** @type {number} */ (model.stall_s) : STALL_S);
+/**
+ * Seconds a read may wait: ModelRef.stall_s when it is a positive number (at most an hour: a timer
+ * past 2**31 ms would fire at once), else STALL_S.
+ * @param {import("./protocol.js").ModelRef} model @returns {number}
+ */
+const stallSeconds = (model) => {
+  const s = Number(model.stall_s);
+  return Number.isFinite(s) && s > 0 ? Math.min(s, 3600) : STALL_S;
+};
 
 /** Times a download cut short is resumed (HTTP Range from the bytes already received) before giving up. */
 const RESUMES = 3;
