@@ -253,7 +253,7 @@ const py = await loadPyodide({ indexURL: runtime + "/", stdout: () => {}, stderr
 await py.loadPackage(numpyWheel, { messageCallback: () => {} });
 py.unpackArchive(new Uint8Array(fs.readFileSync(engineWheel)), "wheel");
 const compiled = py.runPython(`
-import importlib, os, pathlib, py_compile, sys, sysconfig
+import importlib, os, pathlib, py_compile, sys
 importlib.invalidate_caches()
 import numpy, engine.bridge, engine.shard
 roots = [os.path.dirname(numpy.__file__) + "/", os.path.dirname(engine.__file__) + "/"]
@@ -270,7 +270,6 @@ for (const [file, rel] of compiled) {
   fs.mkdirSync(path.join(out, path.dirname(rel)), { recursive: true });
   fs.writeFileSync(path.join(out, rel), py.FS.readFile(file));
 }
-console.log(compiled.length);
 """
 
 

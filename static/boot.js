@@ -45,9 +45,8 @@ export async function bootPython(base, module, onStage = () => {}) {
     return out;
   };
   // Our wheels' bytes are fetched and checked against the manifest while the runtime starts. (numpy
-  // goes through loadPackage, which compiles its extension modules asynchronously: unpacking its
-  // wheel like ours and compiling the 3 modules `import numpy` needs at import was no faster in
-  // Chromium, and its code decoded ~20 % slower at first.)
+  // stays on loadPackage: unpacking its wheel like ours, so that only the 3 extension modules
+  // `import numpy` needs are compiled, was tried and was no faster in Chromium.)
   const bytes = new Map(manifest.wheels.map((/** @type {any} */ e) => {
     const got = verifiedBytes(new URL(e.file, base), e);
     got.catch(() => {});                                 // awaited (and reported) below

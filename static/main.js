@@ -55,15 +55,18 @@ const state = {
 };
 
 const WORKERS_KEY = "mote.workers";
+/** The page's ?name=N as a number (NaN when absent or not a number): settings for tests. */
+const queryNumber = (/** @type {string} */ name) => Number(new URLSearchParams(location.search).get(name) ?? NaN);
+
 /** Files under this decode on one worker (MIN_PARALLEL_BYTES; ?minParallelBytes=N for tests). */
 const MIN_BYTES = (() => {
-  const v = Number(new URLSearchParams(location.search).get("minParallelBytes") ?? NaN);
+  const v = queryNumber("minParallelBytes");
   return Number.isFinite(v) && v >= 0 ? v : MIN_PARALLEL_BYTES;
 })();
 
-/** Seconds a model download may go without a byte before it resumes (?stallSeconds=N, for tests). */
+/** Seconds a model read may go without a byte before it counts as stalled (?stallSeconds=N, for tests). */
 const STALL = (() => {
-  const v = Number(new URLSearchParams(location.search).get("stallSeconds") ?? NaN);
+  const v = queryNumber("stallSeconds");
   return Number.isFinite(v) && v > 0 ? { stall_s: v } : {};
 })();
 

@@ -61,8 +61,18 @@ const PROGRESS_MS = 100;
 const CHUNK_MIN = 1 << 16, CHUNK_MAX = 1 << 26;
 /** Chunk digests computing at once (crypto.subtle copies each chunk when asked). */
 const DIGESTS_IN_FLIGHT = 4;
-/** Seconds a read may wait for its first byte before the body counts as stalled (ModelRef.stall_s). */
+/** Seconds one read (or a request's response) may take before it counts as stalled (ModelRef.stall_s). */
 const STALL_S = 30;
+
+/**
+ * Seconds a read may wait: ModelRef.stall_s when it is a positive number (at most an hour: a timer
+ * past 2**31 ms would fire at once), else STALL_S.
+ * @param {import("./protocol.js").ModelRef} model @returns {number}
+ */
+const stallSeconds = (model) => {
+  const s = Number(model.stall_s);
+  return Number.isFinite(s) && s > 0 ? Math.min(s, 3600) : STALL_S;
+};
 
 /**
  * `read`, or a failure once `seconds` pass without it settling: a connection (or a cache read) that
@@ -254,16 +264,6 @@ export async function prefetch(model, progress) {
     return null;
   }
 }
-
-/**
- * Seconds a read may wait: ModelRef.stall_s when it is a positive number (at most an hour: a timer
- * past 2**31 ms would fire at once), else STALL_S.
- * @param {import("./protocol.js").ModelRef} model @returns {number}
- */
-const stallSeconds = (model) => {
-  const s = Number(model.stall_s);
-  return Number.isFinite(s) && s > 0 ? Math.min(s, 3600) : STALL_S;
-};
 
 /** Times a download cut short is resumed (HTTP Range from the bytes already received) before giving up. */
 const RESUMES = 3;
