@@ -429,17 +429,48 @@ async function dropModel(model) {
 
 /**
  * Store a complete copy of `model` whose sha256 the caller has checked. Throws when the store fails
- * (e.g. a full quota); false when there is no cache to store into.
+ * (e.g. a full quota), or when the cache asks for no bytes for the model's stall seconds (a stuck
+ * store ends, it never holds a load: the time spent waiting for `body` itself does not count);
+ * false when there is no cache to store into.
  * @param {import("./protocol.js").ModelRef} model
  * @param {ReadableStream<Uint8Array>} body  a stream lets the caller hand out views, not copies
  */
 export async function storeModel(model, body) {
   const cache = await openCache();
   if (!cache) return false;
-  await cache.put(cacheKey(model.sha256), new Response(body, {
+  const seconds = stallSeconds(model);
+  const reader = body.getReader();
+  /** @type {number|null} */ let idleSince = performance.now();   // null: the cache asked, `body` is supplying
+  const watched = new ReadableStream({
+    async pull(controller) {
+      idleSince = null;
+      const { value, done } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+      idleSince = performance.now();
+    },
+    cancel: (reason) => reader.cancel(reason),
+  }, { highWaterMark: 0 });                             // pulled only when the cache reads
+  /** @type {(e: Error) => void} */ let stuck = () => {};
+  const stalled = new Promise((_, reject) => { stuck = reject; });
+  const watchdog = setInterval(() => {
+    if (idleSince !== null && performance.now() - idleSince > seconds * 1000) {
+      stuck(new Error(`the Cache API took no bytes for ${seconds} s`));
+    }
+  }, 1000);
+  const put = cache.put(cacheKey(model.sha256), new Response(watched, {
     headers: { "Content-Type": "application/octet-stream", "X-Mote-Sha256": model.sha256,
                "X-Mote-Size": String(model.size) },
   }));
+  put.catch(() => {});                                  // a put still pending when the store stalled
+  try {
+    await Promise.race([put, stalled]);
+  } catch (e) {
+    reader.cancel(e).catch(() => {});
+    throw e;
+  } finally {
+    clearInterval(watchdog);
+  }
   return true;
 }
 
@@ -512,8 +543,6 @@ class CacheWriter {
   /** @param {import("./protocol.js").ModelRef} model */
   constructor(model) {
     this.model = model;
-    this.stall = stallSeconds(model);
-    /** @type {Error|null} */ this.stuck = null;         // the cache stopped taking bytes (write)
     this.over = false;                                   // put settled before commit: writes are dropped
     /** @type {(() => void)[]} */ this.waiters = [];
     /** @type {ReadableStreamDefaultController<Uint8Array>|null} */ this.controller = null;
@@ -534,36 +563,25 @@ class CacheWriter {
 
   /**
    * Queue a chunk (not copied: the caller must not modify or transfer it); waits while the queue is
-   * full. A cache that takes nothing for the model's stall seconds is given up on (the download goes
-   * on; commit() then throws), so a stuck store never stops a load.
+   * full. A cache that stops taking bytes ends the put (storeModel), and writes are dropped from then.
    */
   async write(/** @type {Uint8Array} */ chunk) {
     if (this.over) return;
     const c = /** @type {ReadableStreamDefaultController<Uint8Array>} */ (this.controller);
     c.enqueue(chunk);
-    while (!this.over && (c.desiredSize ?? 1) <= 0) {
-      const taken = new Promise((r) => this.waiters.push(/** @type {() => void} */ (r)));
-      try {
-        await withinSeconds(taken, this.stall);
-      } catch {
-        this.over = true;
-        this.stuck = new Error(`the Cache API took no bytes for ${this.stall} s`);
-        c.error(this.stuck);
-      }
-    }
+    while (!this.over && (c.desiredSize ?? 1) <= 0) await new Promise((r) => this.waiters.push(/** @type {() => void} */ (r)));
   }
 
   /** The file is complete and verified: finish the entry. Throws when storing failed (or stalled). */
   async commit() {
-    if (this.stuck) throw this.stuck;
     if (!this.over) /** @type {ReadableStreamDefaultController<Uint8Array>} */ (this.controller).close();
-    return await withinSeconds(this.put, this.stall);
+    return await this.put;
   }
 
   /** The file was bad or incomplete: no entry may stay. @param {Error} reason */
   async abort(reason) {
     if (!this.over) /** @type {ReadableStreamDefaultController<Uint8Array>} */ (this.controller).error(reason);
-    await withinSeconds(this.put, this.stall).catch(() => {});
+    await this.put.catch(() => {});
     await dropModel(this.model).catch(() => {});
   }
 }
