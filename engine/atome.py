@@ -43,9 +43,12 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from . import quants
+from .matmul import _einsum, dense_matmul, dense_matvec
 from .config import AtomeConfig, ConfigError
 from .model import layernorm, softmax
 
+# count_nonzero without np.count_nonzero's Python wrapper (a token calls it once per layer)
+_count_nonzero = getattr(getattr(np, "_core", None), "_multiarray_umath", np).count_nonzero
 N_PATHWAYS = 3  # local conv, SSM, sparse attention (the order of the router's rows)
 # The C engine divides by (sum + 1e-10): in float32 a no-op, since the sum is >= 1 (the largest
 # term is exp(0)), so model.softmax computes the same numbers; _step's float64 sums keep it.
@@ -255,6 +258,7 @@ class _Prepared(NamedTuple):
     fused: np.ndarray  # (2dh+d+3, d) f32 trits: rows q | k | v | router
     row_scale: np.ndarray  # (2dh+d+3,) f32 per-tensor scales per row, 1/sqrt(dh) folded into q
     conv_rev: np.ndarray  # (kernel, d) f32 trits, reversed: row j taps h_{t-(K-1)+j}
+    conv_ring: np.ndarray  # (kernel, kernel, d) f32: [t % K][r] is the tap for window row r at position t
     conv_scale: float
     decay: np.ndarray  # (d,) f32 tanh(ssm_a)
     ssm_b: np.ndarray  # (d,) f32
@@ -301,6 +305,7 @@ class AtomeModel:
                     fused=np.concatenate([m.trits for m in mats]).astype(np.float32),
                     row_scale=row_scale,
                     conv_rev=L.conv.trits[::-1].astype(np.float32),
+                    conv_ring=_ring_taps(L.conv.trits),
                     conv_scale=float(L.conv.scale),
                     decay=np.tanh(L.ssm_a),
                     ssm_b=L.ssm_b,
@@ -316,6 +321,7 @@ class AtomeModel:
         self._h = np.empty(d, np.float32)  # (d,) normed
         self._tmp = np.empty(d, np.float32)  # (d,)
         self._proj = np.empty(2 * dh + d + N_PATHWAYS, np.float32)  # (2dh+d+3,)
+        self._pq, self._pk, self._pv, self._pr = (self._proj[p] for p in (self._q, self._k, self._v, self._r))
         self._conv_tmp = np.empty((cfg.kernel, d), np.float32)  # (kernel, d)
         self._paths = np.empty((N_PATHWAYS, d), np.float32)  # (3, d) local, state, sparse outputs
         self._mix = np.empty(N_PATHWAYS, np.float32)  # (3,) router weights
@@ -328,7 +334,8 @@ class AtomeModel:
         """Forget all tokens: zero the conv windows and SSM states, empty the K/V cache."""
         cfg = self.config
         self.pos = 0
-        self._window = np.zeros((cfg.n_layers, cfg.kernel, cfg.d_model), np.float32)  # last K normed h, oldest first
+        # the last K normed h per layer, a ring: position p's row is p % K (rows of positions < 0 are 0)
+        self._window = np.zeros((cfg.n_layers, cfg.kernel, cfg.d_model), np.float32)
         self._ssm = np.zeros((cfg.n_layers, cfg.d_model), np.float32)  # (n_layers, d) SSM state u
         if self._cap == 0:
             self._grow(min(self.n_ctx, 256))
@@ -336,6 +343,7 @@ class AtomeModel:
     def _grow(self, cap: int) -> None:
         """Reallocate the K/V cache for `cap` positions, keeping the first `pos` rows."""
         cfg = self.config
+        self._scores = np.empty(cap, np.float32)  # (cap,) _step's attention scores
         k_cache = np.zeros((cfg.n_layers, cap, cfg.d_head), np.float32)  # (n_layers, cap, d_head)
         v_cache = np.zeros((cfg.n_layers, cap, cfg.d_model), np.float32)  # (n_layers, cap, d)
         if self._cap:
@@ -366,16 +374,16 @@ class AtomeModel:
         future = np.arange(p0 + n)[None, :] > np.arange(p0, p0 + n)[:, None]  # (n, p0+n) keys after the query
         for L, win, u, kc, vc in zip(self._layers, self._window, self._ssm, self._kc, self._vc):
             h = layernorm(x, L.norm_w, L.norm_b, cfg.norm_eps)  # (n, d)
-            proj = (h @ L.fused.T) * L.row_scale  # (n, 2dh+d+3)
+            proj = dense_matmul(h, L.fused) * L.row_scale  # (n, 2dh+d+3)
             r = softmax(proj[:, self._r])  # (n, 3)
 
-            # local: the window's last K-1 rows are the positions before this chunk
-            hist = np.concatenate([win[1:], h])  # (K-1+n, d)
+            # local: the ring's rows for positions p0-K+1 .. p0-1, oldest first, then the chunk
+            hist = np.concatenate([np.roll(win, -(p0 % K), axis=0)[1:], h])  # (K-1+n, d)
             local = np.zeros_like(h)  # (n, d)
             for j in range(K):
                 local += L.conv_rev[j] * hist[j : j + n]
             local *= np.float32(L.conv_scale)
-            win[:] = hist[-K:]
+            win[:] = np.roll(hist[-K:], (p0 + n) % K, axis=0)
 
             # state: sequential in t, u carried over from the previous chunk
             state = np.empty_like(h)  # (n, d)
@@ -397,31 +405,29 @@ class AtomeModel:
             x = x + (r[:, 0:1] * local + r[:, 1:2] * state + r[:, 2:3] * sparse)  # (n, d)
         self.pos += n
         h = layernorm(x, self.weights.output_norm_w, self.weights.output_norm_b, cfg.norm_eps)  # (n, d)
-        return (h @ self._out.T) * self._out_scale  # (n, vocab)
+        return dense_matmul(h, self._out) * self._out_scale  # (n, vocab)
 
     def _step(self, token: int) -> np.ndarray:
         """One token at position pos: the decode kernel. Returns the reused (vocab,) logits buffer."""
         cfg, t = self.config, self.pos
-        n, top_k, eps, inv_d = t + 1, cfg.top_k, cfg.norm_eps, 1.0 / cfg.d_model
+        n, top_k, eps, inv_d, ring = t + 1, cfg.top_k, cfg.norm_eps, 1.0 / cfg.d_model, t % cfg.kernel
         x, h, tmp, proj, paths, mix = self._x, self._h, self._tmp, self._proj, self._paths, self._mix
-        qs, ks, vs, rs, conv_tmp = self._q, self._k, self._v, self._r, self._conv_tmp
+        pq, pk, pv, pr, scores = self._pq, self._pk, self._pv, self._pr, self._scores[:n]
         np.multiply(self._embd[token], self._embd_scale, out=x)  # (d,) embedding row
         for L, win, u, kc, vc in zip(self._layers, self._window, self._ssm, self._kc, self._vc):
             _layer_norm_1d(x, L.norm_w, L.norm_b, eps, inv_d, h, tmp)
-            np.dot(L.fused, h, out=proj)  # (2dh+d+3,) q | k | v | router, before scales
+            dense_matvec(L.fused, h, out=proj)  # (2dh+d+3,) q | k | v | router, before scales
             proj *= L.row_scale
 
             # router: softmax of three logits
-            r0, r1, r2 = proj[rs].tolist()
+            r0, r1, r2 = pr.tolist()
             top = max(r0, r1, r2)
             e0, e1, e2 = math.exp(r0 - top), math.exp(r1 - top), math.exp(r2 - top)
             z = e0 + e1 + e2 + SOFTMAX_EPS
 
-            # local: shift the window by one row, weight it with the reversed taps
-            win[:-1] = win[1:]  # (K, d) oldest first
-            win[-1] = h
-            np.multiply(L.conv_rev, win, out=conv_tmp)
-            np.add.reduce(conv_tmp, axis=0, out=paths[0])
+            # local: h into the ring, each row weighted by its tap at this position
+            win[ring] = h
+            _einsum("kd,kd->d", L.conv_ring[ring], win, out=paths[0])
 
             # state: u = tanh(a) * u + b * h ; out = c * u
             u *= L.decay
@@ -430,32 +436,39 @@ class AtomeModel:
             np.multiply(L.ssm_c, u, out=paths[1])
 
             # sparse: cache k, v; score the n keys; softmax over the top-k
-            kc[t] = proj[ks]
-            vc[t] = proj[vs]
-            scores = kc[:n] @ proj[qs]  # (n,)
+            kc[t] = pk
+            vc[t] = pv
+            _einsum("nd,d->n", kc[:n], pq, out=scores)  # (n,)
             if n <= top_k:
                 keep = slice(0, n)
             else:
                 keep = scores.argpartition(n - top_k)[n - top_k :]  # (top_k,) in no order
             s = scores[keep].tolist()
-            if n > top_k and np.count_nonzero(scores >= min(s)) > top_k:  # tie at the cut: earliest wins
+            if n > top_k and _count_nonzero(scores >= min(s)) > top_k:  # tie at the cut: earliest wins
                 keep = top_k_earliest(scores, top_k)
                 s = scores[keep].tolist()
             top_s = max(s)
             e = [math.exp(v - top_s) for v in s]
-            np.dot(np.array(e, np.float32), vc[keep], out=paths[2])  # (d,) unnormalised
+            _einsum("k,kd->d", np.array(e, np.float32), vc[keep], out=paths[2])  # (d,) unnormalised
 
             # mix: router weights, with the conv scale and the attention normaliser folded in
             mix[0] = e0 / z * L.conv_scale
             mix[1] = e1 / z
             mix[2] = e2 / z / (sum(e) + SOFTMAX_EPS)
-            np.dot(mix, paths, out=tmp)  # (d,)
+            _einsum("k,kd->d", mix, paths, out=tmp)  # (d,)
             x += tmp
         self.pos += 1
         _layer_norm_1d(x, self.weights.output_norm_w, self.weights.output_norm_b, eps, inv_d, h, tmp)
-        np.dot(self._out, h, out=self._logits)  # (vocab,)
+        dense_matvec(self._out, h, out=self._logits)  # (vocab,)
         self._logits *= self._out_scale
         return self._logits
+
+
+def _ring_taps(trits: np.ndarray) -> np.ndarray:
+    """(K, d) conv taps -> (K, K, d) f32: [m][r] is the tap for the ring row r when the current
+    position's row is m, i.e. for the token (m - r) mod K positions back."""
+    K = trits.shape[0]
+    return np.stack([trits[[(m - r) % K for r in range(K)]] for m in range(K)]).astype(np.float32)
 
 
 def _layer_norm_1d(x, w, b, eps, inv_d, out, tmp) -> None:
