@@ -255,8 +255,7 @@ class _Prepared(NamedTuple):
 
     norm_w: np.ndarray  # (d,) f32
     norm_b: np.ndarray  # (d,) f32
-    fused: np.ndarray  # (2dh+d+3, d) f32 trits: rows q | k | v | router
-    row_scale: np.ndarray  # (2dh+d+3,) f32 per-tensor scales per row, 1/sqrt(dh) folded into q
+    fused: np.ndarray  # (2dh+d+3, d) f32 rows q | k | v | router: trits times their tensor's scale (q's also / sqrt(dh))
     conv_rev: np.ndarray  # (kernel, d) f32 trits, reversed: row j taps h_{t-(K-1)+j}
     conv_ring: np.ndarray  # (kernel, kernel, d) f32: [t % K][r] is the tap for window row r at position t
     conv_scale: float
@@ -274,13 +273,15 @@ class AtomeModel:
 
     Speed notes (this class is the clever part of the module):
     - per layer the four products of h (q, k, v, router) are fused into one (2*d_head + d + 3, d)
-      matrix of trits stored as f32 -1/0/+1, with the per-tensor scales as a per-row vector, so a
-      layer costs one f32 matrix-vector product. This float copy (3.4 MB for the 944K model,
+      f32 matrix of trits times their tensor's scale (each entry exactly -s, 0 or +s), so a layer
+      costs one f32 matrix-vector product (einsum in Pyodide). This float copy (3.4 MB for the 944K model,
       against 0.24 MB packed) buys the decode speed: numpy would otherwise convert int8 -> f32 on
       every product. `reference_forward` is the ternary-only path it is tested against.
     - `_step` allocates almost nothing: scratch vectors are made once and written with `out=`;
       the 3-way router and the top-k softmax run on Python floats, cheaper than numpy at n <= 4.
     - top-k uses argpartition and falls back to a stable sort only when the k-th score is tied.
+    - the conv window is a ring (position p in row p % K) with the taps reordered per phase, so
+      a step writes one row and runs one einsum instead of shifting the window.
     """
 
     can_rewind = False  # the conv window and SSM state hold the whole past: pos cannot be cut back
@@ -298,12 +299,12 @@ class AtomeModel:
             mats = (L.attn_q, L.attn_k, L.attn_v, L.router)
             row_scale = np.concatenate([np.full(m.trits.shape[0], m.scale, np.float32) for m in mats])
             row_scale[self._q] *= np.float32(1.0 / math.sqrt(dh))  # attention score scale
+            fused = np.concatenate([m.trits for m in mats]).astype(np.float32) * row_scale[:, None]
             self._layers.append(
                 _Prepared(
                     norm_w=L.norm_w,
                     norm_b=L.norm_b,
-                    fused=np.concatenate([m.trits for m in mats]).astype(np.float32),
-                    row_scale=row_scale,
+                    fused=fused,
                     conv_rev=L.conv.trits[::-1].astype(np.float32),
                     conv_ring=_ring_taps(L.conv.trits),
                     conv_scale=float(L.conv.scale),
@@ -314,8 +315,7 @@ class AtomeModel:
             )
         self._embd = weights.token_embd.trits  # (vocab, d) int8, one row converted per token
         self._embd_scale = np.float32(weights.token_embd.scale)
-        self._out = weights.output.trits.astype(np.float32)  # (vocab, d) f32 trits
-        self._out_scale = np.float32(weights.output.scale)
+        self._out = weights.output.trits.astype(np.float32) * np.float32(weights.output.scale)  # (vocab, d) f32
         # decode scratch, reused by every _step
         self._x = np.empty(d, np.float32)  # (d,) residual
         self._h = np.empty(d, np.float32)  # (d,) normed
@@ -374,7 +374,7 @@ class AtomeModel:
         future = np.arange(p0 + n)[None, :] > np.arange(p0, p0 + n)[:, None]  # (n, p0+n) keys after the query
         for L, win, u, kc, vc in zip(self._layers, self._window, self._ssm, self._kc, self._vc):
             h = layernorm(x, L.norm_w, L.norm_b, cfg.norm_eps)  # (n, d)
-            proj = dense_matmul(h, L.fused) * L.row_scale  # (n, 2dh+d+3)
+            proj = dense_matmul(h, L.fused)  # (n, 2dh+d+3)
             r = softmax(proj[:, self._r])  # (n, 3)
 
             # local: the ring's rows for positions p0-K+1 .. p0-1, oldest first, then the chunk
@@ -405,7 +405,7 @@ class AtomeModel:
             x = x + (r[:, 0:1] * local + r[:, 1:2] * state + r[:, 2:3] * sparse)  # (n, d)
         self.pos += n
         h = layernorm(x, self.weights.output_norm_w, self.weights.output_norm_b, cfg.norm_eps)  # (n, d)
-        return dense_matmul(h, self._out) * self._out_scale  # (n, vocab)
+        return dense_matmul(h, self._out)  # (n, vocab)
 
     def _step(self, token: int) -> np.ndarray:
         """One token at position pos: the decode kernel. Returns the reused (vocab,) logits buffer."""
@@ -416,8 +416,7 @@ class AtomeModel:
         np.multiply(self._embd[token], self._embd_scale, out=x)  # (d,) embedding row
         for L, win, u, kc, vc in zip(self._layers, self._window, self._ssm, self._kc, self._vc):
             _layer_norm_1d(x, L.norm_w, L.norm_b, eps, inv_d, h, tmp)
-            dense_matvec(L.fused, h, out=proj)  # (2dh+d+3,) q | k | v | router, before scales
-            proj *= L.row_scale
+            dense_matvec(L.fused, h, out=proj)  # (2dh+d+3,) q | k | v | router
 
             # router: softmax of three logits
             r0, r1, r2 = pr.tolist()
@@ -460,7 +459,6 @@ class AtomeModel:
         self.pos += 1
         _layer_norm_1d(x, self.weights.output_norm_w, self.weights.output_norm_b, eps, inv_d, h, tmp)
         dense_matvec(self._out, h, out=self._logits)  # (vocab,)
-        self._logits *= self._out_scale
         return self._logits
 
 
@@ -474,10 +472,9 @@ def _ring_taps(trits: np.ndarray) -> np.ndarray:
 def _layer_norm_1d(x, w, b, eps, inv_d, out, tmp) -> None:
     """LayerNorm of one (d,) vector into `out` without allocating (tmp is (d,) scratch)."""
     np.subtract(x, float(np.add.reduce(x)) * inv_d, out=tmp)  # (d,) centred
-    inv_std = 1.0 / math.sqrt(float(np.dot(tmp, tmp)) * inv_d + eps)
+    np.multiply(tmp, 1.0 / math.sqrt(float(np.dot(tmp, tmp)) * inv_d + eps), out=tmp)
     np.multiply(tmp, w, out=out)
-    out *= inv_std
-    out += b
+    np.add(out, b, out=out)
 
 
 def load_model(gguf, n_ctx: int | None = None) -> AtomeModel:
