@@ -47,8 +47,6 @@ from .matmul import _einsum, dense_matmul, dense_matvec
 from .config import AtomeConfig, ConfigError
 from .model import layernorm, softmax
 
-# count_nonzero without np.count_nonzero's Python wrapper (a token calls it once per layer)
-_count_nonzero = getattr(getattr(np, "_core", None), "_multiarray_umath", np).count_nonzero
 N_PATHWAYS = 3  # local conv, SSM, sparse attention (the order of the router's rows)
 # The C engine divides by (sum + 1e-10): in float32 a no-op, since the sum is >= 1 (the largest
 # term is exp(0)), so model.softmax computes the same numbers; _step's float64 sums keep it.
@@ -279,7 +277,8 @@ class AtomeModel:
       every product. `reference_forward` is the ternary-only path it is tested against.
     - `_step` allocates almost nothing: scratch vectors are made once and written with `out=`;
       the 3-way router and the top-k softmax run on Python floats, cheaper than numpy at n <= 4.
-    - top-k uses argpartition and falls back to a stable sort only when the k-th score is tied.
+    - top-k uses argpartition (placing the k-th largest score and the one below it) and falls back
+      to a stable sort only when those two are equal.
     - the conv window is a ring (position p in row p % K) with the taps reordered per phase, so
       a step writes one row and runs one einsum instead of shifting the window.
     """
@@ -440,12 +439,14 @@ class AtomeModel:
             _einsum("nd,d->n", kc[:n], pq, out=scores)  # (n,)
             if n <= top_k:
                 keep = slice(0, n)
-            else:
-                keep = scores.argpartition(n - top_k)[n - top_k :]  # (top_k,) in no order
-            s = scores[keep].tolist()
-            if n > top_k and _count_nonzero(scores >= min(s)) > top_k:  # tie at the cut: earliest wins
-                keep = top_k_earliest(scores, top_k)
+                s = scores.tolist()
+            else:  # the largest score left out and the smallest kept, both put in place
+                order = scores.argpartition((n - top_k - 1, n - top_k))
+                keep = order[n - top_k :]  # (top_k,) in no order
                 s = scores[keep].tolist()
+                if scores[order[n - top_k - 1]] == scores[order[n - top_k]]:  # tie at the cut: earliest wins
+                    keep = top_k_earliest(scores, top_k)
+                    s = scores[keep].tolist()
             top_s = max(s)
             e = [math.exp(v - top_s) for v in s]
             _einsum("k,kd->d", np.array(e, np.float32), vc[keep], out=paths[2])  # (d,) unnormalised
