@@ -3,7 +3,8 @@
     GGUF bytes, chunk by chunk -> ModelBuffer (in WASM memory, sha256 as it fills)
         -> load_model() -> Session -> start_generation() -> Generation.step() -> one message dict per token
 
-This is the only module that touches Pyodide's `js`/`pyodide` modules, and only behind
+This module and engine/buffer.py (ModelBuffer, standard library only, so the worker can fill one
+before numpy is loaded) are the only ones that touch Pyodide's `js`/`pyodide` modules, and only behind
 `sys.platform == "emscripten"`; in CPython every function takes and returns plain Python values,
 which is how tests/test_bridge*.py drive it. The worker owns the loop: it calls `step()` once per
 token and awaits its event loop between calls, so an `abort` message lands within one token and
@@ -23,7 +24,6 @@ Worker usage (JavaScript, see static/worker.js):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 import time
 from typing import Any
@@ -31,7 +31,8 @@ from typing import Any
 from .model import LoadPolicy
 from .session import PARAM_TYPES, Generation, Session  # noqa: F401  (PARAM_TYPES: the page's sampling keys)
 
-IN_PYODIDE = sys.platform == "emscripten"
+from .buffer import IN_PYODIDE, ModelBuffer
+
 if IN_PYODIDE:  # pragma: no cover - only inside the browser
     import js  # type: ignore[import-not-found]
     from pyodide.ffi import JsProxy, to_js  # type: ignore[import-not-found]
@@ -56,58 +57,6 @@ def _js(value: dict | list | None) -> Any:
     if IN_PYODIDE and value is not None:  # pragma: no cover
         return to_js(value, dict_converter=js.Object.fromEntries)
     return value
-
-
-class ModelBuffer:
-    """The GGUF file's bytes in WASM memory, filled chunk by chunk as they arrive, hashed on the way.
-
-    Why: a model fetched into a JS ArrayBuffer and then copied into WASM memory costs the file's
-    size twice at the peak (253 MB extra for Gemma 3 270M). Here the worker allocates the one
-    buffer up front and copies each network (or Cache API) chunk straight into it; sha256 runs
-    over the bytes as they land, so verification needs no second pass. The worker stores the
-    verified file in the Cache API through views of `data` (PyProxy.getBuffer), not copies.
-
-    With hash=False the worker checks the bytes itself (a chunk list, at the browser's native speed:
-    static/model-source.js), and sha256() is refused.
-
-    >>> b = ModelBuffer(5)
-    >>> b.write(b"abc"), b.write(b"de"), b.complete, b.sha256()[:8]
-    (3, 5, True, '36bbe50e')
-    """
-
-    def __init__(self, size: int, hash: bool = True):
-        if not isinstance(size, int) or size <= 0:
-            raise ValueError(f"model size {size!r} must be a positive number of bytes")
-        self.size = size
-        self.data = bytearray(size)  # (size,) uint8, the only copy of the file
-        self.filled = 0              # bytes written so far
-        self._sha = hashlib.sha256() if hash else None
-
-    def write(self, chunk: Any) -> int:
-        """Append one chunk (a JS Uint8Array in the browser, bytes-like in CPython); returns bytes filled."""
-        is_js = IN_PYODIDE and isinstance(chunk, JsProxy)
-        n = int(chunk.byteLength) if is_js else len(chunk)
-        if self.filled + n > self.size:
-            raise ValueError(f"received {self.filled + n} bytes, more than the expected {self.size}")
-        view = memoryview(self.data)[self.filled : self.filled + n]  # (n,) where this chunk goes
-        if is_js:  # pragma: no cover - browser only
-            chunk.assign_to(view)  # one memcpy from the JS chunk into WASM memory
-        else:
-            view[:] = chunk
-        if self._sha is not None:
-            self._sha.update(view)
-        self.filled += n
-        return self.filled
-
-    @property
-    def complete(self) -> bool:
-        return self.filled == self.size
-
-    def sha256(self) -> str:
-        """Hex sha256 of the bytes written so far (the whole file once complete)."""
-        if self._sha is None:
-            raise RuntimeError("this buffer was made with hash=False: its bytes are checked by the worker")
-        return self._sha.hexdigest()
 
 
 def _buffer(data: Any) -> bytes | bytearray | memoryview:
@@ -244,9 +193,10 @@ def header_budget(prefix: Any, size: int, n_ctx: int | None = None, layout: str 
                   device_memory_gb: float | None = None) -> Any:
     """Before the download: what this worker will need for the model (engine/budget.py).
 
-    prefix: the file's first bytes (a JS Uint8Array or bytes). Returns None while they do not
-    hold the whole header, else {"budget": {...} or None (an architecture without an estimate),
-    "refusal": a sentence or None}. device_memory_gb: navigator.deviceMemory where reported.
+    prefix: the file's first bytes (a JS Uint8Array or bytes), or a ModelBuffer (a worker that
+    read the file while the engine was loading asks once it is up; nothing is copied). Returns None
+    while they do not hold the whole header, else {"budget": {...} or None (an architecture without
+    an estimate), "refusal": a sentence or None}. device_memory_gb: navigator.deviceMemory where reported.
     """
     from . import budget
     from .config import ConfigError
@@ -255,14 +205,17 @@ def header_budget(prefix: Any, size: int, n_ctx: int | None = None, layout: str 
     from .gguf import GGUFError
 
     global _header
-    data = prefix.to_bytes() if IN_PYODIDE and isinstance(prefix, JsProxy) else bytes(prefix)
+    if isinstance(prefix, ModelBuffer):
+        data = memoryview(prefix.data)[: prefix.filled]  # (filled,) view of the file
+    else:
+        data = prefix.to_bytes() if IN_PYODIDE and isinstance(prefix, JsProxy) else bytes(prefix)
     try:
         head = ShardFile(data, size)  # parsed once (header_length parsed it, then ShardFile again)
     except GGUFError:  # too short to tell (None), or a damaged header: no estimate; the load names it
         if len(data) < size:
             return None
         return _js({"budget": None, "refusal": None, "layout": layout})
-    _header = (data[: head.data_offset], head)  # load_model reuses the parse if the file starts so
+    _header = (bytes(data[: head.data_offset]), head)  # load_model reuses the parse if the file starts so
     device = int(device_memory_gb * 2**30) if device_memory_gb else None
     try:
         return _js(choose_layout(head, n_ctx, 1, layout, device))

@@ -4,7 +4,7 @@
  * (each shard): booting Python, reading its memory, and relaying a generation to the page.
  *
  *   const { py, mod } = await bootPython(BASE, "engine.bridge", (stage, phase, seconds) => ...);
- *   // stages in order: runtime, numpy, engine (the wheels, then importing `module`)
+ *   // stages in order: runtime, numpy, engine (the wheels, unpacked before numpy, then importing `module`)
  *   await relayGeneration({ id, gen, post, aborted: () => abortRequested });
  *
  * Booting: Pyodide -> numpy -> our wheels, everything named and checked by build-manifest.json.
@@ -27,11 +27,13 @@ export async function sha256Hex(data) {
  * @param {URL} base  the folder holding build-manifest.json
  * @param {string} module  the Python module to import once the wheels are in (e.g. "engine.bridge")
  * @param {(stage: string, phase: "start"|"done", seconds?: number) => void} [onStage]
+ * @param {(py: any) => void} [beforeNumpy]  called once Python runs and our wheels are unpacked, before
+ *   numpy loads: the standard-library parts of the engine (engine.buffer) can be used from then on
  * @returns {Promise<{py: any, mod: any, snapshot: "restored"|"stored"|null}>} the Pyodide instance, the
  *   imported module (PyProxy), and whether Python started from a saved snapshot ("restored") or saved one
  *   for the next start ("stored"; null: neither, e.g. no Cache API)
  */
-export async function bootPython(base, module, onStage = () => {}) {
+export async function bootPython(base, module, onStage = () => {}, beforeNumpy = () => {}) {
   const r = await fetch(new URL("build-manifest.json", base));
   if (!r.ok) throw new Error(`build-manifest.json: HTTP ${r.status} (run python build_wasm.py to build the browser assets)`);
   const manifest = await r.json();
@@ -74,17 +76,24 @@ export async function bootPython(base, module, onStage = () => {}) {
     }
     return fresh;
   });
+  // Our wheels go in first (pure Python, unpacked in a few ms; their time counts as the engine
+  // stage's), so that the caller can use engine.buffer while numpy loads.
+  const unpack0 = performance.now();
+  for (const whl of manifest.wheels) {
+    const data = await bytes.get(whl.file);
+    // bytecode.zip (build_wasm.py): .pyc files for numpy and the engine, by absolute path
+    if (whl.extract_dir) py.unpackArchive(data, "zip", { extractDir: whl.extract_dir });
+    else py.unpackArchive(data, "wheel");
+  }
+  py.runPython("import importlib; importlib.invalidate_caches()");
+  const unpackSeconds = (performance.now() - unpack0) / 1000;
+  beforeNumpy(py);
   await timed("numpy", () => py.loadPackage(manifest.packages, { checkIntegrity: true, messageCallback: () => {} }));
-  const mod = await timed("engine", async () => {
-    for (const whl of manifest.wheels) {
-      const data = await bytes.get(whl.file);
-      // bytecode.zip (build_wasm.py): .pyc files for numpy and the engine, by absolute path
-      if (whl.extract_dir) py.unpackArchive(data, "zip", { extractDir: whl.extract_dir });
-      else py.unpackArchive(data, "wheel");
-    }
-    py.runPython("import importlib; importlib.invalidate_caches()");
-    return py.pyimport(module);
-  });
+  onStage("engine", "start");
+  const import0 = performance.now();
+  py.runPython("import importlib; importlib.invalidate_caches()");
+  const mod = py.pyimport(module);
+  onStage("engine", "done", unpackSeconds + (performance.now() - import0) / 1000);
   return { py, mod, snapshot };
 }
 

@@ -169,10 +169,13 @@ const hex = (digest) => Array.from(new Uint8Array(digest), (b) => b.toString(16)
  * The model's bytes into `sink`, verified; cached first, else downloaded (and stored). Returns
  * whether they came from the cache and, with a chunk list, the seconds spent waiting for chunk
  * digests (hashWait), and for a download the seconds spent storing it (storeSeconds); throws with a message that names the source otherwise.
+ * With cacheOnly (a worker reading while its engine still loads) only a cached copy is read: null
+ * when there is none, or when it was bad (then it is dropped, and the next load downloads).
  * @param {import("./protocol.js").ModelRef} model @param {Sink} sink
  * @param {(p: {phase: string, loaded?: number, total?: number, message?: string}) => void} progress
+ * @param {{cacheOnly?: boolean}} [options]
  */
-export async function loadVerified(model, sink, progress) {
+export async function loadVerified(model, sink, progress, { cacheOnly = false } = {}) {
   const size = model.size;
   const list = chunkList(model);
   const cached = await cachedModel(model);
@@ -192,6 +195,7 @@ export async function loadVerified(model, sink, progress) {
     await dropModel(model);
     progress({ phase: "cache-corrupt", loaded: 0, total: size });
   }
+  if (cacheOnly) return null;
   const { body, etag } = await fetchModel(model);
   const canStore = typeof caches !== "undefined";
   const tee = canStore && !sink.store ? new CacheWriter(model) : null;

@@ -6,7 +6,8 @@
  *            -> engine (our wheels, each checked against build-manifest.json's sha256, then unpacked)
  *            -> weights (static/model-source.js: the Cache API copy or a download, verified, stored;
  *               with a chunk list the download goes into the Cache API while the runtime boots,
- *               by static/prefetch-worker.js)
+ *               by static/prefetch-worker.js; a cached copy of a model up to EARLY_MAX_BYTES is read
+ *               into WASM memory while numpy and the engine load, its budget checked after)
  *               -> ready. The file's bytes go chunk by chunk into one engine.bridge.ModelBuffer in
  *               WASM memory: no whole-file copy on the JS side, ever. They are checked as they pass,
  *               against the model's chunk list (native SHA-256), else hashed in the buffer.
@@ -24,6 +25,7 @@ const BASE = new URL(".", import.meta.url);            // .../static/
 /** @type {any} */ let pyodide = null;                  // the Pyodide instance, once booted
 /** @type {any} */ let bridge = null;                   // the engine.bridge module (PyProxy)
 /** @type {Promise<any>|null} */ let booting = null;
+/** @type {Promise<any>|null} */ let pythonUp = null;   // the Pyodide instance once Python runs (before numpy), or null
 /** @type {string|null} */ let loadedSha = null;        // sha256 of the model in memory
 let abortRequested = false;
 let generating = false;
@@ -42,10 +44,12 @@ function progress(stage, extra) {
 // ---- boot: runtime, numpy, engine (static/boot.js) ---------------------------------------------
 
 async function boot() {
+  /** @type {(py: any) => void} */ let up = () => {};
+  pythonUp = new Promise((r) => { up = r; });
   const { py, mod, snapshot } = await bootPython(BASE, "engine.bridge", (stage, phase, seconds) => {
     if (phase === "done") timings[stage] = /** @type {number} */ (seconds);
     progress(stage, phase === "done" ? { phase, seconds } : { phase });
-  });
+  }, up).finally(() => up(null));                      // a failed boot: nobody waits for Python forever
   pyodide = py;
   bridge = mod;
   runtimeSnapshot = snapshot;
@@ -68,9 +72,11 @@ function deviceMemory() {
 /**
  * The sink: a fresh ModelBuffer per source (the cached copy, else the download), filled and hashed
  * in WASM memory; stores a verified copy straight out of it. `buf` is the caller's once loaded.
- * @param {import("./protocol.js").ModelRef} model
+ * With `early` (engine.buffer, while numpy and the engine still load) the buffer is made at once,
+ * and the memory budget is checked by settle() once the engine is up.
+ * @param {import("./protocol.js").ModelRef} model @param {any} [early]  the engine.buffer module (PyProxy)
  */
-function bufferSink(model, msg) {
+function bufferSink(model, msg, early = null) {
   return {
     /** @type {any} */ buf: null,                        // engine.bridge.ModelBuffer (PyProxy)
     /** @type {Uint8Array[]} */ head: [],                 // the first bytes, until they hold the GGUF header
@@ -82,6 +88,15 @@ function bufferSink(model, msg) {
     begin(/** @type {{hash: boolean}} */ { hash }) {
       this.discard();
       this.head = []; this.headBytes = 0; this.nextTry = HEADER_TRY; this.hash = hash;
+      if (early) this.buf = allocate(model.size, () => early.ModelBuffer(model.size, hash));
+    },
+    /** After an early read, once the engine is up: the budget from the header in the buffer. */
+    settle() {
+      const verdict = bridge.header_budget(this.buf, model.size, msg.n_ctx ?? undefined, msg.layout ?? undefined, deviceMemory());
+      if (verdict?.refusal) throw Object.assign(new Error(verdict.refusal), { fatal: true, budget: verdict.budget });
+      this.budget = verdict?.budget ?? null;
+      this.layout = verdict?.layout ?? null;
+      if (this.budget) bridge.reserve(this.budget.total_bytes, memory(pyodide).wasm_bytes);
     },
     /** The memory this model will need, from its header, before the rest is read (engine/budget.py). */
     check(/** @type {boolean} */ last) {
@@ -93,13 +108,10 @@ function bufferSink(model, msg) {
       if (verdict?.refusal) throw Object.assign(new Error(verdict.refusal), { fatal: true, budget: verdict.budget });
       this.budget = verdict?.budget ?? null;
       this.layout = verdict?.layout ?? null;              // the default layout may fall back to "compact" to fit
-      try {
+      this.buf = allocate(model.size, () => {
         if (this.budget) bridge.reserve(this.budget.total_bytes, memory(pyodide).wasm_bytes);  // the heap's final size at once
-        this.buf = bridge.ModelBuffer(model.size, this.hash);   // (size,) bytes in WASM memory
-      } catch (e) {                                      // e.g. MemoryError: not the source's fault
-        throw Object.assign(new Error(`cannot hold ${model.size} bytes in WASM memory: ${/** @type {any} */ (e)?.message || e}`),
-                            { fatal: true });
-      }
+        return bridge.ModelBuffer(model.size, this.hash);   // (size,) bytes in WASM memory
+      });
       this.buf.write(prefix);
       this.head = [];
     },
@@ -116,6 +128,16 @@ function bufferSink(model, msg) {
     discard() { this.head = []; if (this.buf) { this.buf.destroy(); this.buf = null; } },  // frees the WASM copy now
     store(/** @type {import("./protocol.js").ModelRef} */ m) { return store(m, this.buf); },
   };
+}
+
+/** The model's buffer from make(); failing (e.g. MemoryError) is not the source's fault.
+ *  @param {number} size @param {() => any} make */
+function allocate(size, make) {
+  try {
+    return make();
+  } catch (e) {
+    throw Object.assign(new Error(`cannot hold ${size} bytes in WASM memory: ${/** @type {any} */ (e)?.message || e}`), { fatal: true });
+  }
 }
 
 /**
@@ -156,17 +178,34 @@ async function store(model, buf) {
 async function handleLoad(msg) {
   booting = booting || boot();
   // While the runtime boots, the model's bytes go into the Cache API (model-source.js prefetch);
-  // once booted, loadWeights reads them from there into WASM memory.
-  const early = msg.model && !pyodide && !loadingModel ? startPrefetch(msg.model) : null;
+  // once Python runs, the cached copy is read into WASM memory while numpy and the engine load
+  // (readWhileBooting); otherwise loadWeights reads them after the boot.
+  const first = Boolean(msg.model) && !pyodide && !loadingModel;
+  if (first) loadingModel = true;                    // this load's weights may come in during the boot
+  try {
+    await loadAfterBoot(msg, first);
+  } finally {
+    if (first) loadingModel = false;
+  }
+}
+
+/** @param {import("./protocol.js").LoadRequest} msg @param {boolean} first  the load that started the boot */
+async function loadAfterBoot(msg, first) {
+  const early = first ? startPrefetch(msg.model) : null;
+  const earlyRead = first ? readWhileBooting(msg, msg.model, early) : null;
   let runtimeInfo;
   try {
     runtimeInfo = await booting;
   } catch (e) {
     booting = null;                                  // allow a retry after e.g. a network error
+    earlyRead?.then((r) => r?.sink.discard());
     throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "runtime" });
   }
   /** @type {{error: unknown, result: string|null}|null} */
   const fetched = early && await early;
+  const booted = performance.now();
+  const read = earlyRead && await earlyRead;
+  if (read) read.afterBoot = Math.max(0, read.done - booted) / 1000;   // the part of it the boot did not hide
   if (fetched?.error) {                              // a bad download is this load's error
     throw Object.assign(new Error(String(/** @type {any} */ (fetched.error)?.message || fetched.error)), { stage: "weights" });
   }
@@ -187,12 +226,46 @@ async function handleLoad(msg) {
     post({ type: Ev.READY, info, model: { sha256: model.sha256, reused: true }, timings: { ...timings }, cached: true });
     return;
   }
-  if (loadingModel) throw new Error("a model is already loading: wait for its ready or error event");
-  loadingModel = true;
+  if (!first) {
+    if (loadingModel) throw new Error("a model is already loading: wait for its ready or error event");
+    loadingModel = true;
+  }
   try {
-    await loadWeights(msg, model, info, fetched?.result === "stored");
+    await loadWeights(msg, model, info, fetched?.result === "stored", read);
   } finally {
-    loadingModel = false;
+    if (!first) loadingModel = false;
+  }
+}
+
+/** Largest model whose cached copy is read while numpy and the engine load. The memory budget
+ *  can only be checked once the engine is up: a larger file is only read after its budget passed. */
+const EARLY_MAX_BYTES = 640 << 20;
+
+/**
+ * The cached copy of `model` into a ModelBuffer while numpy and the engine load (after the
+ * prefetch, if one runs): resolves with the filled, verified sink, or null where this does not
+ * apply (no cached copy, a bad one, a large model, a failed boot); loadWeights then reads as usual.
+ * @param {import("./protocol.js").LoadRequest} msg @param {import("./protocol.js").ModelRef} model
+ * @param {Promise<{error: unknown, result: string|null}>|null} prefetched
+ * @returns {Promise<{sink: any, cached: boolean, hashWait: number|null, seconds: number, done: number, afterBoot?: number}|null>}
+ */
+async function readWhileBooting(msg, model, prefetched) {
+  if (!(model.size <= EARLY_MAX_BYTES) || typeof caches === "undefined") return null;
+  const py = await pythonUp;
+  if (!py || (prefetched && (await prefetched).error)) return null;
+  const buffers = py.pyimport("engine.buffer");
+  const sink = bufferSink(model, msg, buffers);
+  const t0 = performance.now();
+  try {
+    const got = await loadVerified(model, sink, (p) => progress("weights", { ...p, early: true }), { cacheOnly: true });
+    if (!got) return null;
+    const done = performance.now();
+    return { sink, cached: got.cached, hashWait: got.hashWait, seconds: (done - t0) / 1000, done };
+  } catch {
+    sink.discard();                                  // e.g. no room: the load after the boot says so
+    return null;
+  } finally {
+    buffers.destroy();
   }
 }
 
@@ -231,19 +304,29 @@ function startPrefetch(model) {
  * @param {import("./protocol.js").LoadRequest} msg @param {import("./protocol.js").ModelRef} model
  * @param {Object} info  the runtime info for the ready event
  * @param {boolean} [downloaded]  prefetched into the Cache API by this load: not "cached" for the page
+ * @param {{sink: any, cached: boolean, hashWait: number|null, seconds: number, afterBoot?: number}|null} [early]
+ *   the weights already read by readWhileBooting
  */
-async function loadWeights(msg, model, info, downloaded = false) {
+async function loadWeights(msg, model, info, downloaded = false, early = null) {
   loadedSha = null;                                 // from here on generate is refused (see store)
   const t0 = performance.now();
-  const sink = bufferSink(model, msg);
+  const sink = early ? early.sink : bufferSink(model, msg);
   let cached, hashWait, storeSeconds;
   try {
-    ({ cached, hashWait, storeSeconds } = await loadVerified(model, sink, (p) => progress("weights", p)));
+    if (early) {                                     // read during the boot: now the budget
+      ({ cached, hashWait } = early);
+      sink.settle();
+    } else {
+      ({ cached, hashWait, storeSeconds } = await loadVerified(model, sink, (p) => progress("weights", p)));
+    }
   } catch (e) {
     sink.discard();
     throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "weights" });
   }
-  timings.weights = (performance.now() - t0) / 1000;
+  // after the boot; an early read counts only the part of it that outlasted the boot (weights_early: all of it)
+  timings.weights = (early?.afterBoot ?? 0) + (performance.now() - t0) / 1000;
+  if (early) timings.weights_early = early.seconds;
+  else delete timings.weights_early;
   if (hashWait !== null) timings.hash_wait = hashWait;   // chunk digests the stream waited for (native SHA-256)
   else delete timings.hash_wait;
   if (storeSeconds !== undefined) timings.store = storeSeconds;   // the verified download into the Cache API

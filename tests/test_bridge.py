@@ -220,3 +220,25 @@ def test_load_model_reuses_the_header_budget_parsed(tmp_path, monkeypatch):
     parses.clear()
     bridge.load_model(data)                                           # nothing kept from before
     assert parses == ["GGUFFile"]
+
+
+def test_header_budget_of_a_filled_model_buffer(tmp_path, monkeypatch):
+    """A worker that read the file into a ModelBuffer before the engine was up asks with the buffer
+    itself: the same verdict as for the first bytes, no copy of the file, and load_model of that
+    buffer reuses the parse."""
+    path = tmp_path / "a.gguf"
+    write_tiny(path, "llama", seed=3)
+    data = path.read_bytes()
+    buf = bridge.ModelBuffer(len(data), hash=False)
+    for at in range(0, len(data), 4096):
+        buf.write(data[at : at + 4096])
+    want = bridge.header_budget(data[: len(data) // 2 + 1], len(data))
+    parses = []
+    real = GGUFFile._parse
+    monkeypatch.setattr(GGUFFile, "_parse", lambda self: parses.append(type(self).__name__) or real(self))
+    assert bridge.header_budget(buf, len(data)) == want and want["budget"] is not None
+    bridge.load_model(buf)
+    assert parses == ["ShardFile"]                                    # the buffer's header parse, reused
+    half = bridge.ModelBuffer(len(data), hash=False)
+    half.write(data[:40])
+    assert bridge.header_budget(half, len(data)) is None              # not the whole header yet

@@ -518,6 +518,61 @@ def test_reload_reads_the_cached_model(tab, site, golden):
     metrics(tiny_cached_boot_s=round(boot_s, 2), tiny_cached_model_s=round(ready["seconds"], 3))
 
 
+def load_during_boot(page, file: str, golden: dict) -> dict:
+    """A fresh worker asked for `file` at once (as the embed API and the benchmark page ask), then for
+    the golden chat: the ready event, its progress phases and which of them were early, the tokens."""
+    return page.evaluate("""async ([file, golden]) => {
+        const m = window.moteApp.state.models.find((x) => x.file === file);
+        const model = { url: m.url, sha256: m.sha256, size: m.size, name: m.name, ...(m.chunks ? { chunks: m.chunks } : {}) };
+        const main = document.querySelector('script[src$="/main.js"]').src;   // the page's own (versioned) folder
+        const w = new Worker(new URL('worker.js', main), { type: 'module' });
+        const events = [];
+        const next = (want) => new Promise((resolve, reject) => {
+            w.onmessage = (e) => {
+                const d = e.data;
+                events.push({ type: d.type, stage: d.stage, phase: d.phase, early: !!d.early });
+                if (d.type === 'error') reject(new Error(d.message));
+                else if (d.type === want && (want !== 'ready' || d.model)) resolve(d);
+            };
+        });
+        try {
+            let got = next('ready');
+            w.postMessage({ type: 'load', model });
+            const ready = await got;
+            got = next('done');
+            w.postMessage({ type: 'generate', id: 1, messages: golden.messages,
+                            params: { temperature: 0, max_tokens: golden.max_tokens } });
+            const done = await got;
+            const weights = events.filter((e) => e.type === 'progress' && e.stage === 'weights');
+            return { cached: ready.cached, timings: ready.timings, budget: ready.budget, tokens: done.token_ids,
+                     phases: weights.map((e) => e.phase), early: weights.filter((e) => e.early).map((e) => e.phase) };
+        } finally {
+            w.terminate();
+        }
+    }""", [file, golden])
+
+
+def test_a_load_sent_during_the_boot_reads_the_cached_copy_meanwhile(tab, site, golden):
+    """A load that arrives while the worker boots reads the cached copy into WASM memory while numpy
+    and the engine load (static/worker.js readWhileBooting), checks its memory budget once the engine
+    is up, and answers the golden tokens; a damaged cached copy found then is dropped, and the load
+    downloads the model after the boot as before."""
+    page, _, _ = tab
+    open_page(page, site[0])
+    got = load_during_boot(page, tg.FILE_NAME, golden)
+    assert got["tokens"] == golden["tokens"]
+    assert got["cached"] is True and "weights_early" in got["timings"], got
+    assert "cache" in got["early"] and "download" not in got["phases"], got
+    assert got["budget"] and got["budget"]["total_bytes"] > 0, got
+    corrupt_cached_model(page)
+    got = load_during_boot(page, tg.FILE_NAME, golden)
+    assert got["tokens"] == golden["tokens"]
+    assert got["cached"] is False and "weights_early" not in got["timings"], got
+    assert "cache-corrupt" in got["early"], got                        # found during the boot, dropped
+    assert "download" in got["phases"] and "download" not in got["early"], got   # downloaded after it
+    assert cached_model(page) == stored_entry(*site)                    # the good copy stored again
+
+
 def runtime_snapshots(page) -> list[dict]:
     """The runtime cache's entries (static/boot.js): key, stored sha256, and the sha256 of the bytes."""
     return page.evaluate("""async () => {

@@ -17,9 +17,9 @@ import pytest
 
 ENGINE = Path(__file__).resolve().parent.parent / "engine"
 ALLOWED = {"engine", "numpy"} | set(sys.stdlib_module_names)
-BROWSER_ONLY = {"js", "pyodide"}      # allowed in BRIDGE under an `if`
+BROWSER_ONLY = {"js", "pyodide"}      # allowed in the BRIDGE modules under an `if`
 OPTIONAL = {"jinja2"}                 # allowed inside `try: ... except ImportError`
-BRIDGE = "bridge.py"
+BRIDGE = ("bridge.py", "buffer.py")  # the worker's side of the boundary (buffer: its stdlib-only part)
 
 
 def _catches_import_error(node: ast.Try) -> bool:

@@ -480,9 +480,10 @@ def markdown(report: dict) -> str:
 STAGE_NOTES = {  # what each of the page's load timings covers (static/worker.js, static/parallel.js)
     "runtime": "Pyodide fetched, WASM compiled, Python started (N workers: all booting at once)",
     "boot_per_worker": "the slowest worker's whole boot",
-    "numpy": "numpy wheel loaded and imported", "engine": "engine wheel loaded and imported",
+    "numpy": "numpy wheel loaded (Pyodide loadPackage)", "engine": "our wheels unpacked, numpy and the engine imported",
     "prefetch": "download into the Cache API, chunks checked, while the runtime boots (overlaps the stages above)",
     "weights": "model bytes in after boot: Cache API or download, into WASM memory, checked",
+    "weights_early": "of weights: a cached copy read while numpy and the engine loaded (overlaps them)",
     "hash_wait": "of weights: waiting for chunk digests (the browser's SHA-256)",
     "store": "of weights: the verified download into the Cache API (when not prefetched)",
     "hash": "sha256 of the file (shard 0, Python hashlib; only without a chunk list)",
