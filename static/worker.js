@@ -206,6 +206,21 @@ async function loadAfterBoot(msg, first) {
   const booted = performance.now();
   const read = earlyRead && await earlyRead;
   if (read) read.afterBoot = Math.max(0, read.done - booted) / 1000;   // the part of it the boot did not hide
+  try {
+    await loadBooted(msg, first, runtimeInfo, fetched, read);
+  } catch (e) {
+    read?.sink.discard();                            // not taken by loadWeights (which frees its own): free it now
+    throw e;
+  }
+}
+
+/**
+ * The rest of a load once booted: the ready event without a model, for a model already in memory,
+ * or loadWeights.
+ * @param {import("./protocol.js").LoadRequest} msg @param {boolean} first @param {any} runtimeInfo
+ * @param {{error: unknown, result: string|null}|null} fetched @param {any} read  readWhileBooting's result
+ */
+async function loadBooted(msg, first, runtimeInfo, fetched, read) {
   if (fetched?.error) {                              // a bad download is this load's error
     throw Object.assign(new Error(String(/** @type {any} */ (fetched.error)?.message || fetched.error)), { stage: "weights" });
   }
@@ -238,8 +253,11 @@ async function loadAfterBoot(msg, first) {
 }
 
 /** Largest model whose cached copy is read while numpy and the engine load. The memory budget
- *  can only be checked once the engine is up: a larger file is only read after its budget passed. */
-const EARLY_MAX_BYTES = 640 << 20;
+ *  can only be checked once the engine is up: a larger file is only read after its budget passed.
+ *  Measured (paired, docs/bench/startup-2026-12-04.md): Gemma's 253 MB reach ready 0.92x cold, 0.94x
+ *  warm; Qwen2.5-Coder 0.5B's 491 MB gained nothing (1.00-1.04x cold, 0.97-1.20x warm): on two cores
+ *  a long read only slows numpy's loading while it runs. */
+const EARLY_MAX_BYTES = 320 << 20;
 
 /**
  * The cached copy of `model` into a ModelBuffer while numpy and the engine load (after the
