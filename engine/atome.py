@@ -43,8 +43,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from . import quants
-from .matmul import _einsum, dense_matmul, dense_matvec
 from .config import AtomeConfig, ConfigError
+from .matmul import _einsum, dense_matmul, dense_matvec
 from .model import layernorm, softmax
 
 N_PATHWAYS = 3  # local conv, SSM, sparse attention (the order of the router's rows)
@@ -321,7 +321,6 @@ class AtomeModel:
         self._tmp = np.empty(d, np.float32)  # (d,)
         self._proj = np.empty(2 * dh + d + N_PATHWAYS, np.float32)  # (2dh+d+3,)
         self._pq, self._pk, self._pv, self._pr = (self._proj[p] for p in (self._q, self._k, self._v, self._r))
-        self._conv_tmp = np.empty((cfg.kernel, d), np.float32)  # (kernel, d)
         self._paths = np.empty((N_PATHWAYS, d), np.float32)  # (3, d) local, state, sparse outputs
         self._mix = np.empty(N_PATHWAYS, np.float32)  # (3,) router weights
         self._logits = np.empty(cfg.vocab_size, np.float32)  # (vocab,)

@@ -28,10 +28,9 @@ import sys
 import time
 from typing import Any
 
+from .buffer import IN_PYODIDE, ModelBuffer
 from .model import LoadPolicy
 from .session import PARAM_TYPES, Generation, Session  # noqa: F401  (PARAM_TYPES: the page's sampling keys)
-
-from .buffer import IN_PYODIDE, ModelBuffer
 
 if IN_PYODIDE:  # pragma: no cover - only inside the browser
     import js  # type: ignore[import-not-found]

@@ -7,7 +7,7 @@
  *   // stages in order: runtime, numpy, engine (the wheels, unpacked before numpy, then importing `module`)
  *   await relayGeneration({ id, gen, post, aborted: () => abortRequested });
  *
- * Booting: Pyodide -> numpy -> our wheels, everything named and checked by build-manifest.json.
+ * Booting: Pyodide -> our wheels -> numpy -> import, everything named and checked by build-manifest.json.
  * numpy comes through Pyodide's loadPackage with checkIntegrity (pyodide-lock.json's sha256); each
  * of our wheels (engine, jinja2, markupsafe) is fetched, its sha256 compared with the manifest's,
  * and only then unpacked; so is bytecode.zip, the checked-hash .pyc files of numpy and the engine
@@ -76,8 +76,8 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
     }
     return fresh;
   });
-  // Our wheels go in first (pure Python, unpacked in a few ms; their time counts as the engine
-  // stage's), so that the caller can use engine.buffer while numpy loads.
+  // Our wheels (and the .pyc files) go in first, their time counted as the engine stage's, so that
+  // the caller can use engine.buffer while numpy loads.
   const unpack0 = performance.now();
   for (const whl of manifest.wheels) {
     const data = await bytes.get(whl.file);
