@@ -90,26 +90,34 @@ function bufferSink(model, msg, early = null) {
       this.head = []; this.headBytes = 0; this.nextTry = HEADER_TRY; this.hash = hash;
       if (early) this.buf = allocate(model.size, () => early.ModelBuffer(model.size, hash));
     },
-    /** After an early read, once the engine is up: the budget from the header in the buffer. */
-    settle() {
-      const verdict = bridge.header_budget(this.buf, model.size, msg.n_ctx ?? undefined, msg.layout ?? undefined, deviceMemory());
+    /** The memory this model will need (engine/budget.py), from `header`: the file's first bytes, or
+     *  the filled ModelBuffer. False while they do not hold the whole header; throws a refusal. */
+    adopt(/** @type {any} */ header) {
+      const verdict = bridge.header_budget(header, model.size, msg.n_ctx ?? undefined, msg.layout ?? undefined, deviceMemory());
+      if (verdict === undefined) return false;
       if (verdict?.refusal) throw Object.assign(new Error(verdict.refusal), { fatal: true, budget: verdict.budget });
       this.budget = verdict?.budget ?? null;
-      this.layout = verdict?.layout ?? null;
-      if (this.budget) bridge.reserve(this.budget.total_bytes, memory(pyodide).wasm_bytes);
+      this.layout = verdict?.layout ?? null;              // the default layout may fall back to "compact" to fit
+      return true;
     },
-    /** The memory this model will need, from its header, before the rest is read (engine/budget.py). */
+    /** The heap's final size at once (before the model's buffer, where the budget comes first). */
+    reserve() { if (this.budget) bridge.reserve(this.budget.total_bytes, memory(pyodide).wasm_bytes); },
+    /** After an early read, once the engine is up: the budget from the header in the buffer. */
+    settle() {
+      this.adopt(this.buf);
+      allocate(model.size, () => this.reserve());
+    },
+    /** The budget from the first bytes, before the rest is read; then the buffer. */
     check(/** @type {boolean} */ last) {
       const prefix = new Uint8Array(this.headBytes);
       let at = 0;
       for (const c of this.head) { prefix.set(c, at); at += c.byteLength; }
-      const verdict = bridge.header_budget(prefix, model.size, msg.n_ctx ?? undefined, msg.layout ?? undefined, deviceMemory());
-      if (verdict === undefined && !last) { this.nextTry = 2 * this.headBytes; return; }   // header not complete yet
-      if (verdict?.refusal) throw Object.assign(new Error(verdict.refusal), { fatal: true, budget: verdict.budget });
-      this.budget = verdict?.budget ?? null;
-      this.layout = verdict?.layout ?? null;              // the default layout may fall back to "compact" to fit
+      if (!this.adopt(prefix)) {
+        if (!last) { this.nextTry = 2 * this.headBytes; return; }   // header not complete yet
+        this.budget = null; this.layout = null;          // never complete: the parser names the fault
+      }
       this.buf = allocate(model.size, () => {
-        if (this.budget) bridge.reserve(this.budget.total_bytes, memory(pyodide).wasm_bytes);  // the heap's final size at once
+        this.reserve();
         return bridge.ModelBuffer(model.size, this.hash);   // (size,) bytes in WASM memory
       });
       this.buf.write(prefix);
