@@ -4,7 +4,8 @@
  * (each shard): booting Python, reading its memory, and relaying a generation to the page.
  *
  *   const { py, mod } = await bootPython(BASE, "engine.bridge", (stage, phase, seconds) => ...);
- *   // stages in order: runtime, numpy, engine (the wheels, unpacked before numpy, then importing `module`)
+ *   // stages in order: runtime, numpy, engine (the wheels, unpacked before numpy, then importing `module`);
+ *   // from a saved snapshot: runtime (Python's memory), numpy (its modules loaded back), engine (~0)
  *   await relayGeneration({ id, gen, post, aborted: () => abortRequested });
  *
  * Booting: Pyodide -> our wheels -> numpy -> import, everything named and checked by build-manifest.json.
@@ -16,6 +17,7 @@
  * blob: wrapper (docs/EMBED.md) boots from the Mote server.
  */
 import { Ev, RUNTIME_CACHE } from "./protocol.js";
+import { parseSnapshot, reattach, recordLibraries, takeSnapshot } from "./snapshot.js";
 
 /** @param {BufferSource} data @returns {Promise<string>} hex sha256 */
 export async function sha256Hex(data) {
@@ -28,10 +30,12 @@ export async function sha256Hex(data) {
  * @param {string} module  the Python module to import once the wheels are in (e.g. "engine.bridge")
  * @param {(stage: string, phase: "start"|"done", seconds?: number) => void} [onStage]
  * @param {(py: any) => void} [beforeNumpy]  called once Python runs and our wheels are unpacked, before
- *   numpy loads: the standard-library parts of the engine (engine.buffer) can be used from then on
- * @returns {Promise<{py: any, mod: any, snapshot: "restored"|"stored"|null}>} the Pyodide instance, the
- *   imported module (PyProxy), and whether Python started from a saved snapshot ("restored") or saved one
- *   for the next start ("stored"; null: neither, e.g. no Cache API)
+ *   numpy loads: the standard-library parts of the engine (engine.buffer) can be used from then on. On a
+ *   start that saves a snapshot, only once it is taken (after the import); on a restored one, at once.
+ * @returns {Promise<{py: any, mod: any, snapshot: "restored"|"stored"|null, snapshotRead: number|null}>} the
+ *   Pyodide instance, the imported module (PyProxy), whether Python started from a saved snapshot
+ *   ("restored") or saved one for the next start ("stored"; null: neither, e.g. no Cache API), and the
+ *   seconds of the runtime stage spent reading and checking a saved snapshot (null: none was found)
  */
 export async function bootPython(base, module, onStage = () => {}, beforeNumpy = () => {}) {
   const r = await fetch(new URL("build-manifest.json", base));
@@ -46,6 +50,33 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
     onStage(stage, "done", (performance.now() - t0) / 1000);
     return out;
   };
+  /** @type {"restored"|"stored"|null} */ let snapshot = null;
+  const runtime0 = performance.now();
+  const runtimeDone = () => onStage("runtime", "done", (performance.now() - runtime0) / 1000);
+  onStage("runtime", "start");
+  const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
+  const key = await snapshotKey(manifest, runtimeBase);
+  const hit = await findSnapshot(key);
+  const saved = hit && await verifiedSnapshot(/** @type {string} */ (key), hit).catch(() => null);
+  /** @type {number|null} */ const snapshotRead = saved ? (performance.now() - runtime0) / 1000 : null;
+  if (saved) {
+    // A later visit: Python, numpy and the engine as the first visit left them (static/snapshot.js).
+    // (Passing loadPyodide the read as a promise, so that Pyodide's script loads meanwhile, was tried in
+    // one run: the read took 0.39 s instead of 0.27 s beside the script load, and the stage was no shorter.)
+    /** @type {any} */ let started = null;
+    try {
+      started = await loadPyodide({ indexURL: runtimeBase, _loadSnapshot: saved.memory });
+    } catch { /* another build's, or not ours: start afresh */ }
+    if (started) {
+      runtimeDone();
+      if (await timed("numpy", () => reattach(started, saved).then(() => true, () => false))) {
+        beforeNumpy(started);
+        const mod = await timed("engine", async () => started.pyimport(module));
+        return { py: started, mod, snapshot: "restored", snapshotRead };
+      }
+    }
+    await dropSnapshot(key);
+  }
   // Our wheels' bytes are fetched and checked against the manifest while the runtime starts. (numpy
   // stays on loadPackage: unpacking its wheel like ours, so that only the 3 extension modules
   // `import numpy` needs are compiled, was tried and was no faster in Chromium.)
@@ -54,28 +85,9 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
     got.catch(() => {});                                 // awaited (and reported) below
     return [e.file, got];
   }));
-  /** @type {"restored"|"stored"|null} */ let snapshot = null;
-  const py = await timed("runtime", async () => {
-    const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
-    const key = await snapshotKey(manifest, runtimeBase);
-    const saved = await readSnapshot(key);
-    if (saved) {
-      try {
-        const restored = await loadPyodide({ indexURL: runtimeBase, _loadSnapshot: saved });
-        snapshot = "restored";
-        return restored;
-      } catch {                                          // another build's, or damaged: start afresh
-        await dropSnapshot(key);
-      }
-    }
-    const fresh = await loadPyodide({ indexURL: runtimeBase, _makeSnapshot: key !== null });
-    fresh.runPython(`import ${SNAPSHOT_IMPORTS}`);
-    if (key !== null) {
-      storeSnapshot(key, fresh.makeMemorySnapshot());  // in the background: the next visit starts from it
-      snapshot = "stored";
-    }
-    return fresh;
-  });
+  const py = await loadPyodide({ indexURL: runtimeBase, _makeSnapshot: key !== null });
+  py.runPython(`import ${SNAPSHOT_IMPORTS}`);
+  runtimeDone();
   // Our wheels (and the .pyc files) go in first, their time counted as the engine stage's, so that
   // the caller can use engine.buffer while numpy loads.
   const unpack0 = performance.now();
@@ -87,14 +99,26 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
   }
   py.runPython("import importlib; importlib.invalidate_caches()");
   const unpackSeconds = (performance.now() - unpack0) / 1000;
-  beforeNumpy(py);
-  await timed("numpy", () => py.loadPackage(manifest.packages, { checkIntegrity: true, messageCallback: () => {} }));
+  // A snapshot is taken once the engine is imported, so nothing may be read into memory before then.
+  if (key === null) beforeNumpy(py);
+  const recorder = key === null ? null : recordLibraries(py);
+  try {
+    await timed("numpy", () => py.loadPackage(manifest.packages, { checkIntegrity: true, messageCallback: () => {} }));
+  } finally { recorder?.stop(); }
   onStage("engine", "start");
   const import0 = performance.now();
   py.runPython("import importlib; importlib.invalidate_caches()");
   const mod = py.pyimport(module);
+  if (recorder) {
+    py.runPython(`import ${SNAPSHOT_LATE_IMPORTS}`);
+    try {
+      storeSnapshot(/** @type {string} */ (key), takeSnapshot(py, recorder));   // stored in the background
+      snapshot = "stored";
+    } catch (e) { console.warn("runtime snapshot not taken:", e); }
+    beforeNumpy(py);
+  }
   onStage("engine", "done", unpackSeconds + (performance.now() - import0) / 1000);
-  return { py, mod, snapshot };
+  return { py, mod, snapshot, snapshotRead };
 }
 
 /**
@@ -112,43 +136,56 @@ async function verifiedBytes(url, entry) {
 
 // ---- the runtime's memory snapshot ------------------------------------------------------------------
 //
-// Pyodide 0.27 can save its WASM memory once Python has started (loadPyodide's _makeSnapshot and
-// makeMemorySnapshot) and start from those bytes instead (_loadSnapshot): no interpreter start-up, no
-// standard-library imports. A first visit saves one into the Cache API after its own start (about
-// 20 MB); later visits start from it in ~0.25 s instead of ~1.2-2.4 s. The snapshot must be taken
-// before any compiled extension (numpy) loads: their function tables are not in it, so numpy and
-// our wheels load after the restore as before. Pyodide checks the snapshot's build id on restore;
-// the key also names the runtime files' sha256 and the imports below, and the bytes are checked
-// against the sha256 stored beside them. Anything wrong with a saved snapshot (missing, damaged,
-// another build, no Cache API) only means a normal start.
-// A restored runtime starts with the same state every time, including Python's str hash seed:
-// nothing here depends on it being random (the sampler has its own seeded generator).
+// A first visit saves Python's memory into the Cache API once numpy and the engine are imported
+// (static/snapshot.js: the memory, where numpy's extension modules were placed, and the files);
+// later visits start from it instead of starting Python, loading numpy and importing: the modules
+// Python had imported are loaded again at their recorded places and nothing is imported again.
+// Nothing is read into memory before the snapshot is taken (the early read of a cached model waits
+// for it on the visit that saves one). Pyodide checks the snapshot's build id on restore; the key
+// also names the runtime files', numpy's and our wheels' sha256 and the imports below,
+// and the bytes are checked against the sha256 stored beside them. Anything wrong with a saved
+// snapshot (missing, damaged, another build, no Cache API, a module that does not load back) only
+// means a normal start.
+// A restored runtime starts with the same state every time, including Python's str hash seed and
+// numpy's global random state: nothing here depends on them (the sampler seeds its own generator
+// from the OS, or from the request's seed, when a generation starts).
 
-/** Standard-library modules that numpy and the engine import: imported before the snapshot is taken. */
+/** Standard-library modules that numpy and the engine import: imported before numpy loads. */
 const SNAPSHOT_IMPORTS = "ast, bisect, codecs, collections, collections.abc, contextvars, copy, ctypes, dataclasses, "
   + "datetime, dis, enum, functools, hashlib, heapq, inspect, json, linecache, math, numbers, operator, os, pickle, "
   + "platform, re, struct, sys, textwrap, threading, time, token, tokenize, typing, unicodedata, weakref";
 
-/** The snapshot's Cache API key for this runtime (its files' sha256 and the imports), or null without a Cache API.
+/** Imported after `module`, before the snapshot is taken: what a generation imports on first use, and
+ *  both kinds of worker's modules, so that static/worker.js and each shard start from one snapshot. */
+const SNAPSHOT_LATE_IMPORTS = "numpy.random, engine.bridge, engine.shard";
+
+/** The snapshot's Cache API key for this build, or null without a Cache API.
  *  @param {any} manifest @param {string} runtimeBase @returns {Promise<string|null>} */
 async function snapshotKey(manifest, runtimeBase) {
   if (typeof caches === "undefined") return null;      // e.g. an insecure origin
-  const id = manifest.runtime.files.map((/** @type {any} */ f) => `${f.file}:${f.sha256}`).join(",") + "|" + SNAPSHOT_IMPORTS;
+  const files = [...manifest.runtime.files, ...manifest.wheels].map((/** @type {any} */ f) => `${f.file}:${f.sha256}`);
+  const id = [files.join(","), SNAPSHOT_IMPORTS, SNAPSHOT_LATE_IMPORTS].join("|");
   return `${runtimeBase}snapshot-${(await sha256Hex(new TextEncoder().encode(id))).slice(0, 24)}.bin`;
 }
 
-/** @param {string|null} key @returns {Promise<Uint8Array|null>} the saved snapshot, if present and intact */
-async function readSnapshot(key) {
+/** The saved snapshot's entry, if there is one. @param {string|null} key @returns {Promise<Response|null>} */
+async function findSnapshot(key) {
   if (key === null) return null;
+  try { return (await (await caches.open(RUNTIME_CACHE)).match(key)) ?? null; } catch { return null; }
+}
+
+/** The entry's bytes, once their sha256 is the one stored beside them, split (static/snapshot.js
+ *  parseSnapshot); throws otherwise, after deleting the entry (the fresh start saves a new one).
+ *  @param {string} key @param {Response} hit */
+async function verifiedSnapshot(key, hit) {
   try {
-    const cache = await caches.open(RUNTIME_CACHE);
-    const hit = await cache.match(key);
-    if (!hit) return null;
     const bytes = new Uint8Array(await hit.arrayBuffer());
-    if (await sha256Hex(bytes) === hit.headers.get(SNAPSHOT_SHA_HEADER)) return bytes;
-    await cache.delete(key);                             // damaged: a fresh start saves a new one
-  } catch { /* no usable cache: start afresh */ }
-  return null;
+    if (await sha256Hex(bytes) !== hit.headers.get(SNAPSHOT_SHA_HEADER)) throw new Error("snapshot: sha256 mismatch");
+    return parseSnapshot(bytes);
+  } catch (e) {
+    await dropSnapshot(key);
+    throw e;
+  }
 }
 
 /** Save `bytes` under `key`, replacing any other runtime's snapshot. Failure is harmless (the next start

@@ -28,7 +28,7 @@ const SHELL_PREFIX = "mote-shell-";
 const VERSIONS_KEY = "/__mote_shell_versions__";      // in PAGES_CACHE: the versions kept, oldest first
 const KEEP = 2;
 /** The page's files under static/ (tests/test_protocol.py checks this against static/). */
-const SHELL = ["main.js", "worker.js", "protocol.js", "model-source.js", "boot.js", "worker-count.js",
+const SHELL = ["main.js", "worker.js", "protocol.js", "model-source.js", "boot.js", "snapshot.js", "worker-count.js",
                "parallel.js", "parallel-worker.js", "prefetch-worker.js", "markdown.js", "style.css"];
 
 /** The shell version in a URL path /static/v/<version>/..., or null. @param {string} path */

@@ -46,13 +46,14 @@ function progress(stage, extra) {
 async function boot() {
   /** @type {(py: any) => void} */ let up = () => {};
   pythonUp = new Promise((r) => { up = r; });
-  const { py, mod, snapshot } = await bootPython(BASE, "engine.bridge", (stage, phase, seconds) => {
+  const { py, mod, snapshot, snapshotRead } = await bootPython(BASE, "engine.bridge", (stage, phase, seconds) => {
     if (phase === "done") timings[stage] = /** @type {number} */ (seconds);
     progress(stage, phase === "done" ? { phase, seconds } : { phase });
   }, up).finally(() => up(null));                      // a failed boot: nobody waits for Python forever
   pyodide = py;
   bridge = mod;
   runtimeSnapshot = snapshot;
+  if (snapshotRead !== null) timings.snapshot_read = snapshotRead;
   return mod.runtime_info();
 }
 

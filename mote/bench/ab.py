@@ -9,7 +9,7 @@ a pair. Each checkout runs its own code with this interpreter (its folder first 
 CLI wherever that checkout keeps it). Reported per row (engine and worker count): decode tok/s of
 each run, the new / base ratio per round with its median and range, whether the greedy tokens
 of both checkouts are the same, and (browser, where the checkout reports it) the seconds to ready
-with their paired ratio. Browser assets must be built in both checkouts (build_wasm.py).
+and to the first token, from navigation, with their paired ratios. Browser assets must be built in both checkouts (build_wasm.py).
 """
 
 from __future__ import annotations
@@ -50,9 +50,14 @@ def run_once(checkout: Path, bench_args: list[str]) -> dict:
     for row in report["rows"]:
         run = row["runs"][0] if row.get("runs") else {}
         rows[row["engine"]] = {"decode_tok_s": run.get("decode_tok_s"), "tokens": run.get("token_ids"),
-                               "ready_s": run.get("ready_s"), "timings": run.get("timings"),
+                               "ready_s": run.get("ready_s"), "first_token_s": run.get("first_token_s"),
+                               "timings": run.get("timings"),
                                "wasm_mb": run.get("wasm_mb"), "peak_rss_mb": run.get("peak_rss_mb")}
     return rows
+
+
+# The browser rows' seconds compared pair by pair: ready, and the first token (both from navigation).
+SECONDS = {"ready_s": "ready", "first_token_s": "first token"}
 
 
 def _range(xs: list[float]) -> dict | None:
@@ -94,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_min": min(ratios, default=None), "ratio_max": max(ratios, default=None),
             "same_tokens": all(b["tokens"] == n["tokens"] for b, n in pairs),
             "base_wasm_mb": [b.get("wasm_mb") for b, _ in pairs], "new_wasm_mb": [n.get("wasm_mb") for _, n in pairs],
-            "base_ready_s": [b.get("ready_s") for b, _ in pairs], "new_ready_s": [n.get("ready_s") for _, n in pairs],
             "base_timings": [b.get("timings") for b, _ in pairs], "new_timings": [n.get("timings") for _, n in pairs],
         }
-        ready = [n["ready_s"] / b["ready_s"] for b, n in pairs if b.get("ready_s") and n.get("ready_s")]
-        table[label]["ready_ratio"] = _range(ready)
+        for key in SECONDS:
+            table[label][f"base_{key}"] = [b.get(key) for b, _ in pairs]
+            table[label][f"new_{key}"] = [n.get(key) for _, n in pairs]
+            ratios = [n[key] / b[key] for b, n in pairs if b.get(key) and n.get(key)]
+            table[label][f"{key.removesuffix('_s')}_ratio"] = _range(ratios)
     report = {"bench_args": bench_args, "rounds": args.rounds, "rows": table}
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
@@ -108,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{t['ratio_median']:.3f} ({t['ratio_min']:.3f}-{t['ratio_max']:.3f})"
         print(f"{label:24} base [{fmt(t['base_decode_tok_s'])}] new [{fmt(t['new_decode_tok_s'])}] tok/s; "
               f"new/base {ratio}; same greedy tokens: {t['same_tokens']}")
-        if t["ready_ratio"]:
-            r = t["ready_ratio"]
-            print(f"{'':24} ready s: base [{fmt(t['base_ready_s'])}] new [{fmt(t['new_ready_s'])}]; "
-                  f"new/base {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f})")
+        for key, name in SECONDS.items():
+            if r := t[f"{key.removesuffix('_s')}_ratio"]:
+                print(f"{'':24} {name} s: base [{fmt(t[f'base_{key}'])}] new [{fmt(t[f'new_{key}'])}]; "
+                      f"new/base {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f})")
     return 0
 
 

@@ -478,9 +478,13 @@ def markdown(report: dict) -> str:
 
 
 STAGE_NOTES = {  # what each of the page's load timings covers (static/worker.js, static/parallel.js)
-    "runtime": "Pyodide fetched, WASM compiled, Python started (N workers: all booting at once)",
+    "runtime": "Pyodide fetched, WASM compiled, Python started or restored from the saved snapshot "
+               "(N workers: all booting at once)",
+    "snapshot_read": "of runtime: the saved snapshot read from the Cache API and checked (a later visit)",
     "boot_per_worker": "the slowest worker's whole boot",
-    "numpy": "numpy wheel loaded (Pyodide loadPackage)", "engine": "our wheels unpacked, numpy and the engine imported",
+    "numpy": "numpy wheel loaded (Pyodide loadPackage); from a snapshot: its modules loaded back in place",
+    "engine": "our wheels unpacked, numpy and the engine imported (a first visit: and the snapshot taken); "
+              "from a snapshot: nothing left to do",
     "prefetch": "download into the Cache API, chunks checked, while the runtime boots (overlaps the stages above)",
     "weights": "model bytes in after boot: Cache API or download, into WASM memory, checked",
     "weights_early": "of weights: a cached copy read while numpy and the engine loaded (overlaps them)",

@@ -1,0 +1,199 @@
+// @ts-check
+/**
+ * Python's memory after numpy and the engine are imported, saved once and started from later.
+ *
+ * Pyodide 0.27 saves its WASM memory (loadPyodide's `_makeSnapshot`, `makeMemorySnapshot`) and starts
+ * from those bytes (`_loadSnapshot`), but only the memory: numpy's extension modules are WebAssembly
+ * modules of their own, whose code and function-table entries live outside it, and the files Python
+ * reads live in Emscripten's JS-side file system. A snapshot taken after `import numpy` therefore
+ * keeps three things beside the memory:
+ *
+ *   libs    each extension module Pyodide loaded: its path and where the dynamic linker placed it
+ *           (memory base and size, table base and size). Recorded by passing the linker a handle
+ *           of our own, the struct in which Emscripten's dlopen keeps those four numbers.
+ *   slots   the function-table entries the linker added outside the modules' own ranges (exported
+ *           functions whose address was taken: PyInit_*, numpy.random's C API), by module and name.
+ *   files   the site-packages and home folders: numpy's and the engine's Python files and .so files.
+ *
+ * A restore starts Python from the memory, writes the files back, and loads each needed module again
+ * through the same linker call with a handle that names the recorded bases: Emscripten then reuses
+ * them instead of allocating, so every pointer to the module's data and every table index held in the
+ * memory stays valid. Instantiating a module re-initialises its data segment and runs its
+ * constructors, so the module's memory range is saved before and written back after: it holds the
+ * state numpy had when the snapshot was taken. The table slots are given the same numbers as before
+ * (their GOT entries are created with the recorded index before the module loads, so the linker does
+ * not hand out new ones), and the table is grown to its recorded length first, so nothing else lands
+ * on them. Anything that does not match what was recorded throws: the caller starts normally.
+ *
+ * The saved bytes, one buffer: [Pyodide's snapshot][files, concatenated][meta JSON][u32 LE meta length].
+ * Pyodide's snapshot comes first so that its own header check (magic number, build id) sees byte 0.
+ */
+
+/** Folders whose files a snapshot carries (numpy in site-packages, our wheels in the home folder). */
+const FILE_DIRS = ["/lib/python3.12/site-packages", "/home/pyodide"];
+
+/** The layout of Emscripten's `struct dso` that its dynamic linker reads (library_dylink.js). */
+const DSO = { size: 64, loaded: 8, memoryBase: 12, memorySize: 16, tableBase: 20, tableSize: 24 };
+
+const FORMAT = 1;
+
+/**
+ * Record where Pyodide's linker places every library it loads from now on (until `stop()`).
+ * @param {any} py a Pyodide instance started with `_makeSnapshot`
+ * @returns {{stop: () => void, libs: {name: string, handle: number, global: boolean}[], tableBefore: number}}
+ */
+export function recordLibraries(py) {
+  const M = py._module;
+  const original = M.loadDynamicLibrary;
+  /** @type {{name: string, handle: number, global: boolean}[]} */ const libs = [];
+  M.loadDynamicLibrary = function (/** @type {string} */ name, /** @type {any} */ flags, /** @type {any} */ scope, /** @type {number} */ handle) {
+    if (!handle && !M.LDSO.loadedLibsByName[name]) {
+      handle = M._calloc(DSO.size, 1);                   // the linker writes the bases it chose into it
+      libs.push({ name, handle, global: Boolean(flags && flags.global) });
+    }
+    return original.call(this, name, flags, scope, handle);
+  };
+  return { libs, tableBefore: M.wasmTable.length, stop: () => { M.loadDynamicLibrary = original; } };
+}
+
+/**
+ * The snapshot bytes of `py` now (see the file's comment), or throws when it cannot be taken.
+ * @param {any} py  started with `_makeSnapshot`, libraries loaded under `recorder`
+ * @param {ReturnType<typeof recordLibraries>} recorder  already stopped
+ * @returns {Uint8Array}
+ */
+export function takeSnapshot(py, recorder) {
+  const M = py._module;
+  const loaded = recorder.libs.map(({ name, handle, global }) => {
+    if (!M.HEAP8[handle + DSO.loaded]) throw new Error(`snapshot: ${name} has no recorded placement`);
+    return { name, global, memoryBase: M.HEAPU32[(handle + DSO.memoryBase) >> 2], memorySize: M.HEAP32[(handle + DSO.memorySize) >> 2],
+             tableBase: M.HEAPU32[(handle + DSO.tableBase) >> 2], tableSize: M.HEAP32[(handle + DSO.tableSize) >> 2] };
+  });
+  // Only the modules Python imported are loaded again on a restore; the rest load normally if imported later.
+  const modules = loaded.map((l) => moduleName(l.name));
+  const imported = new Set(py.runPython(`import sys; [m for m in ${JSON.stringify(modules)} if m in sys.modules]`).toJs());
+  const libs = loaded.filter((l, i) => imported.has(modules[i]));
+  const tableAfter = M.wasmTable.length;
+  /** @type {Map<Function, [string, string]>} */ const owner = new Map();
+  for (const l of loaded) {
+    for (const [sym, f] of Object.entries(M.LDSO.loadedLibsByName[l.name].exports)) if (typeof f === "function" && !owner.has(f)) owner.set(f, [l.name, sym]);
+  }
+  /** @type {[number, string, string][]} */ const slots = [];
+  for (let i = recorder.tableBefore; i < tableAfter; i++) {
+    if (loaded.some((l) => i >= l.tableBase && i < l.tableBase + l.tableSize)) continue;
+    const f = M.wasmTable.get(i);
+    if (!f) continue;
+    const who = owner.get(f);
+    if (!who) throw new Error(`snapshot: table slot ${i} holds a function of no recorded library`);
+    slots.push([i, ...who]);
+  }
+  // Pyodide checks that its own JS-side state is as after a start; the packages list is ours to restore.
+  const packages = Object.assign({}, py.loadedPackages);
+  for (const k of Object.keys(packages)) delete py.loadedPackages[k];
+  let memory;
+  try { memory = py.makeMemorySnapshot(); } finally { Object.assign(py.loadedPackages, packages); }
+  const { index, blob } = packFiles(M.FS);
+  const meta = new TextEncoder().encode(JSON.stringify({ format: FORMAT, memory: memory.length, files: index, libs, slots,
+                                                         tableBefore: recorder.tableBefore, tableAfter, packages }));
+  const out = new Uint8Array(memory.length + blob.length + meta.length + 4);
+  out.set(memory, 0);
+  out.set(blob, memory.length);
+  out.set(meta, memory.length + blob.length);
+  new DataView(out.buffer).setUint32(out.length - 4, meta.length, true);
+  return out;
+}
+
+/**
+ * Split saved bytes into Pyodide's part (for `loadPyodide({_loadSnapshot})`) and ours; throws if they are not ours.
+ * @param {Uint8Array} bytes @returns {{memory: Uint8Array, meta: any, files: Uint8Array}}
+ */
+export function parseSnapshot(bytes) {
+  if (bytes.byteOffset % 4 !== 0 || bytes.length < 8) throw new Error("snapshot: too short");
+  const metaLength = new DataView(bytes.buffer, bytes.byteOffset, bytes.length).getUint32(bytes.length - 4, true);
+  if (metaLength > bytes.length - 4) throw new Error("snapshot: bad meta length");
+  const meta = JSON.parse(new TextDecoder().decode(bytes.subarray(bytes.length - 4 - metaLength, bytes.length - 4)));
+  const filesEnd = bytes.length - 4 - metaLength;
+  if (meta.format !== FORMAT || !(meta.memory > 0 && meta.memory <= filesEnd)) throw new Error("snapshot: another format");
+  return { memory: bytes.subarray(0, meta.memory), meta, files: bytes.subarray(meta.memory, filesEnd) };
+}
+
+/**
+ * After `loadPyodide({_loadSnapshot: parsed.memory})`: the files written back and numpy's modules
+ * loaded again where they were. Throws on anything unexpected (the instance is then unusable).
+ * @param {any} py @param {{meta: any, files: Uint8Array}} parsed
+ */
+export async function reattach(py, { meta, files }) {
+  const M = py._module;
+  /** @type {Map<string, Uint8Array>} */ const byPath = new Map();
+  let at = 0;
+  for (const [path, size] of meta.files) {
+    if (at + size > files.length) throw new Error("snapshot: files cut short");
+    const data = files.subarray(at, at + size);
+    at += size;
+    byPath.set(path, data);
+    M.FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
+    M.FS.writeFile(path, data);
+  }
+  if (M.wasmTable.length > meta.tableBefore) throw new Error("snapshot: the function table is not as recorded");
+  M.wasmTable.grow(meta.tableAfter - M.wasmTable.length);
+  const needed = new Set(meta.libs.map((/** @type {any} */ l) => l.name));
+  const slots = meta.slots.filter((/** @type {any} */ [, lib]) => needed.has(lib));
+  for (const [index, , sym] of slots) {
+    const got = M.GOT[sym];
+    if (!got) M.GOT[sym] = new WebAssembly.Global({ value: "i32", mutable: true }, index);
+    else if (got.value === 0) got.value = index;
+    else if (got.value !== index) throw new Error(`snapshot: ${sym} is already at another table slot`);
+  }
+  const fs = { findObject: (/** @type {string} */ p) => (byPath.has(p) ? {} : null), readFile: (/** @type {string} */ p) => byPath.get(p) };
+  for (const lib of meta.libs) {
+    if (!byPath.has(lib.name)) throw new Error(`snapshot: ${lib.name} is not among its files`);
+    const state = M.HEAPU8.slice(lib.memoryBase, lib.memoryBase + lib.memorySize);
+    const handle = M._calloc(DSO.size, 1);
+    M.HEAP8[handle + DSO.loaded] = 1;
+    M.HEAPU32[(handle + DSO.memoryBase) >> 2] = lib.memoryBase;
+    M.HEAP32[(handle + DSO.memorySize) >> 2] = lib.memorySize;
+    M.HEAPU32[(handle + DSO.tableBase) >> 2] = lib.tableBase;
+    M.HEAP32[(handle + DSO.tableSize) >> 2] = lib.tableSize;
+    await M.loadDynamicLibrary(lib.name, { loadAsync: true, nodelete: true, allowUndefined: true, global: lib.global, fs },
+                               lib.global ? null : {}, handle);
+    M.HEAPU8.set(state, lib.memoryBase);                // numpy's state as it was, not as initialised
+    const base = lib.name.slice(lib.name.lastIndexOf("/") + 1);
+    M.LDSO.loadedLibsByName[base] ||= M.LDSO.loadedLibsByName[lib.name];   // as Pyodide's loadDynlib does
+  }
+  if (M.wasmTable.length !== meta.tableAfter) throw new Error("snapshot: the function table grew while loading");
+  for (const [index, lib, sym] of slots) {
+    const f = M.LDSO.loadedLibsByName[lib].exports[sym];
+    if (typeof f !== "function") throw new Error(`snapshot: ${sym} not exported by ${lib}`);
+    M.wasmTable.set(index, f);
+  }
+  M.reportUndefinedSymbols();
+  Object.assign(py.loadedPackages, meta.packages);
+}
+
+/** "…/site-packages/numpy/_core/_multiarray_umath.cpython-312-wasm32-emscripten.so" -> "numpy._core._multiarray_umath"
+ *  @param {string} path */
+function moduleName(path) {
+  const rel = path.replace(/^.*\/site-packages\//, "");
+  return rel.replace(/\.cpython-[^/]*\.so$/, "").replace(/\.so$/, "").split("/").join(".");
+}
+
+/** Every file under FILE_DIRS: [[path, size], ...] and their bytes end to end. @param {any} FS */
+function packFiles(FS) {
+  /** @type {[string, number][]} */ const index = [];
+  /** @type {Uint8Array[]} */ const parts = [];
+  /** @param {string} dir */
+  const walk = (dir) => {
+    for (const name of FS.readdir(dir)) {
+      if (name === "." || name === "..") continue;
+      const path = `${dir}/${name}`;
+      const mode = FS.lstat(path).mode;
+      if (FS.isDir(mode)) walk(path);
+      else if (FS.isFile(mode)) { const data = FS.readFile(path); index.push([path, data.length]); parts.push(data); }
+    }
+  };
+  for (const dir of FILE_DIRS) if (FS.analyzePath(dir).exists) walk(dir);
+  const blob = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { blob.set(p, at); at += p.length; }
+  return { index, blob };
+}

@@ -1,0 +1,62 @@
+"""static/snapshot.js in Node with the real Pyodide and numpy: a snapshot taken after numpy and the
+engine are imported, restored in another process, answers the tiny golden conversation with the
+golden tokens and computes with numpy's modules as the process that took it does (the modules the
+snapshot loads back, and one it does not: numpy.fft, imported afresh after the restore). A snapshot
+whose function table does not match the runtime is refused.
+
+The browser side (the Cache API, the fallbacks, the early read) is in tests/test_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from tests import tiny_golden as tg
+from tests.browser_util import ensure_static_built
+from tests.paths import ROOT
+
+SCRIPT = ROOT / "tests" / "snapshot_roundtrip.mjs"
+
+
+def run(mode: str, static, snapshot, model_dir) -> dict:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (scripts/setup.sh expects Node 20)")
+    out = subprocess.run([node, str(SCRIPT), mode, str(static), str(snapshot), str(model_dir)],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def taken(tmp_path_factory):
+    static = ensure_static_built()
+    folder = tmp_path_factory.mktemp("snapshot")
+    golden = tg.load_golden()
+    tg.write_model(folder / "tiny-golden.gguf", golden)
+    (folder / "golden.json").write_text(json.dumps(golden), encoding="utf-8")
+    snapshot = folder / "snapshot.bin"
+    return static, snapshot, folder, golden, run("take", static, snapshot, folder)
+
+
+def test_a_restored_snapshot_answers_as_the_process_that_took_it(taken):
+    static, snapshot, folder, golden, took = taken
+    assert took["answer"]["tokens"] == golden["tokens"]
+    # numpy's core and linalg modules are reloaded in place; the test modules Pyodide also loads are not
+    libs = [name.rsplit("/", 1)[-1].split(".")[0] for name in took["libs"]]
+    assert "_multiarray_umath" in libs and "_umath_linalg" in libs and "_generator" in libs, libs
+    assert "_rational_tests" not in libs and len(libs) < took["recorded"], libs
+    assert took["slots"] > 0 and took["files"] > 100
+    restored = run("restore", static, snapshot, folder)
+    assert restored["imported"] is True
+    assert restored["answer"] == took["answer"]
+
+
+def test_a_snapshot_of_another_function_table_is_refused(taken):
+    static, snapshot, folder, _, _ = taken
+    got = run("mismatch", static, snapshot, folder)
+    assert got["error"] and "function table" in got["error"], got
