@@ -255,7 +255,7 @@ py.unpackArchive(new Uint8Array(fs.readFileSync(engineWheel)), "wheel");
 const compiled = py.runPython(`
 import importlib, os, pathlib, py_compile, sys
 importlib.invalidate_caches()
-import numpy, engine.bridge, engine.shard
+import numpy, numpy.random, engine.bridge, engine.shard   # and static/boot.js SNAPSHOT_LATE_IMPORTS
 roots = [os.path.dirname(numpy.__file__) + "/", os.path.dirname(engine.__file__) + "/"]
 files = {f for m in list(sys.modules.values()) if (f := getattr(m, "__file__", None) or "").endswith(".py")
          and any(f.startswith(r) for r in roots)}

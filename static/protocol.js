@@ -168,5 +168,5 @@ export function moduleWorker(url, name) {
 /** Cache API names used by the model cache (static/model-source.js) and the service worker (app shell + runtime). */
 export const MODEL_CACHE = "mote-models-v1";
 export const SHELL_CACHE_PREFIX = "mote-shell-";
-/** Pyodide's memory snapshot after start-up (static/boot.js), one entry per runtime build. */
+/** Python's memory with numpy and the engine loaded (static/boot.js, static/snapshot.js), one entry per build. */
 export const RUNTIME_CACHE = "mote-runtime-v1";
