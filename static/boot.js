@@ -35,9 +35,11 @@ export async function sha256Hex(data) {
  * @returns {Promise<{py: any, mod: any, snapshot: "restored"|"stored"|null, snapshotRead: number|null}>} the
  *   Pyodide instance, the imported module (PyProxy), whether Python started from a saved snapshot
  *   ("restored") or saved one for the next start ("stored"; null: neither, e.g. no Cache API), and the
- *   seconds of the runtime stage spent reading and checking a saved snapshot (null: none was found)
+ *   seconds of the runtime stage spent reading a saved snapshot from the Cache API (null: none was used)
+ * @param {{saveSnapshot?: boolean}} [options]  saveSnapshot: false starts normally without saving one when
+ *   none is saved (another worker booting beside this one saves it)
  */
-export async function bootPython(base, module, onStage = () => {}, beforeNumpy = () => {}) {
+export async function bootPython(base, module, onStage = () => {}, beforeNumpy = () => {}, { saveSnapshot = true } = {}) {
   const r = await fetch(new URL("build-manifest.json", base));
   if (!r.ok) throw new Error(`build-manifest.json: HTTP ${r.status} (run python build_wasm.py to build the browser assets)`);
   const manifest = await r.json();
@@ -57,22 +59,26 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
   const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
   const key = await snapshotKey(manifest, runtimeBase);
   const hit = await findSnapshot(key);
-  const saved = hit && await verifiedSnapshot(/** @type {string} */ (key), hit).catch(() => null);
-  /** @type {number|null} */ const snapshotRead = saved ? (performance.now() - runtime0) / 1000 : null;
-  if (saved) {
+  const read = hit && await readSnapshot(/** @type {string} */ (key), hit);
+  if (read) {
     // A later visit: Python, numpy and the engine as the first visit left them (static/snapshot.js).
-    // (Passing loadPyodide the read as a promise, so that Pyodide's script loads meanwhile, was tried in
-    // one run: the read took 0.39 s instead of 0.27 s beside the script load, and the stage was no shorter.)
+    // Its sha256 is checked while Pyodide loads its own script (loadPyodide waits for the bytes only
+    // before it starts the WASM module): a snapshot that fails the check fails loadPyodide. (Reading the
+    // bytes meanwhile too was tried in one run: the read took 0.39 s instead of 0.27 s beside the script
+    // load, both on this worker's thread, and the stage was no shorter.)
+    const memory = read.checked.then((parsed) => parsed.memory);
+    memory.catch(() => {});                              // a failed check is loadPyodide's failure below
     /** @type {any} */ let started = null;
     try {
-      started = await loadPyodide({ indexURL: runtimeBase, _loadSnapshot: saved.memory });
-    } catch { /* another build's, or not ours: start afresh */ }
+      started = await loadPyodide({ indexURL: runtimeBase, _loadSnapshot: memory });
+    } catch { /* damaged, another build's or not ours: start afresh */ }
     if (started) {
       runtimeDone();
+      const saved = await read.checked;
       if (await timed("numpy", () => reattach(started, saved).then(() => true, () => false))) {
         beforeNumpy(started);
         const mod = await timed("engine", async () => started.pyimport(module));
-        return { py: started, mod, snapshot: "restored", snapshotRead };
+        return { py: started, mod, snapshot: "restored", snapshotRead: read.seconds };
       }
     }
     await dropSnapshot(key);
@@ -85,7 +91,8 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
     got.catch(() => {});                                 // awaited (and reported) below
     return [e.file, got];
   }));
-  const py = await loadPyodide({ indexURL: runtimeBase, _makeSnapshot: key !== null });
+  const save = key !== null && saveSnapshot;
+  const py = await loadPyodide({ indexURL: runtimeBase, _makeSnapshot: save });
   py.runPython(`import ${SNAPSHOT_IMPORTS}`);
   runtimeDone();
   // Our wheels (and the .pyc files) go in first, their time counted as the engine stage's, so that
@@ -100,8 +107,8 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
   py.runPython("import importlib; importlib.invalidate_caches()");
   const unpackSeconds = (performance.now() - unpack0) / 1000;
   // A snapshot is taken once the engine is imported, so nothing may be read into memory before then.
-  if (key === null) beforeNumpy(py);
-  const recorder = key === null ? null : recordLibraries(py);
+  if (!save) beforeNumpy(py);
+  const recorder = save ? recordLibraries(py) : null;
   try {
     await timed("numpy", () => py.loadPackage(manifest.packages, { checkIntegrity: true, messageCallback: () => {} }));
   } finally { recorder?.stop(); }
@@ -118,7 +125,7 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
     beforeNumpy(py);
   }
   onStage("engine", "done", unpackSeconds + (performance.now() - import0) / 1000);
-  return { py, mod, snapshot, snapshotRead };
+  return { py, mod, snapshot, snapshotRead: null };
 }
 
 /**
@@ -174,18 +181,21 @@ async function findSnapshot(key) {
   try { return (await (await caches.open(RUNTIME_CACHE)).match(key)) ?? null; } catch { return null; }
 }
 
-/** The entry's bytes, once their sha256 is the one stored beside them, split (static/snapshot.js
- *  parseSnapshot); throws otherwise, after deleting the entry (the fresh start saves a new one).
- *  @param {string} key @param {Response} hit */
-async function verifiedSnapshot(key, hit) {
-  try {
-    const bytes = new Uint8Array(await hit.arrayBuffer());
-    if (await sha256Hex(bytes) !== hit.headers.get(SNAPSHOT_SHA_HEADER)) throw new Error("snapshot: sha256 mismatch");
+/** The entry's bytes, and (`checked`) the same split (static/snapshot.js parseSnapshot) once their sha256
+ *  is the one stored beside them; `checked` rejects otherwise, after deleting the entry (the fresh start
+ *  saves a new one). null when the entry cannot be read. `seconds`: the read.
+ *  @param {string} key @param {Response} hit
+ *  @returns {Promise<{seconds: number, checked: Promise<ReturnType<typeof parseSnapshot>>}|null>} */
+async function readSnapshot(key, hit) {
+  const t0 = performance.now();
+  let bytes;
+  try { bytes = new Uint8Array(await hit.arrayBuffer()); } catch { await dropSnapshot(key); return null; }
+  const seconds = (performance.now() - t0) / 1000;
+  const checked = sha256Hex(bytes).then(async (sha) => {
+    if (sha !== hit.headers.get(SNAPSHOT_SHA_HEADER)) throw new Error("snapshot: sha256 mismatch");
     return parseSnapshot(bytes);
-  } catch (e) {
-    await dropSnapshot(key);
-    throw e;
-  }
+  }).catch(async (e) => { await dropSnapshot(key); throw e; });
+  return { seconds, checked };
 }
 
 /** Save `bytes` under `key`, replacing any other runtime's snapshot. Failure is harmless (the next start

@@ -51,9 +51,10 @@ const post = (msg) => self.postMessage(msg);
 
 // ---- boot (static/boot.js, as static/worker.js boots) ------------------------------------------------
 
-async function boot() {
+/** @param {boolean} saveSnapshot  take and store a runtime snapshot when none is saved (static/boot.js) */
+async function boot(saveSnapshot) {
   const t0 = performance.now();
-  const { py, mod, snapshot } = await bootPython(BASE, "engine.shard");
+  const { py, mod, snapshot } = await bootPython(BASE, "engine.shard", undefined, undefined, { saveSnapshot });
   shardMod = mod;
   pyodide = py;
   return { seconds: (performance.now() - t0) / 1000, snapshot };
@@ -298,7 +299,7 @@ self.addEventListener("message", async (event) => {
   const msg = event.data || {};
   try {
     switch (msg.type) {
-      case Shard.BOOT: post({ type: Shard.BOOTED, ...await boot() }); break;
+      case Shard.BOOT: post({ type: Shard.BOOTED, ...await boot(msg.save_snapshot !== false) }); break;
       case Shard.PORTS:
         index = msg.index; nShards = msg.n; transfer = msg.transfer !== false;
         peers = msg.ports;

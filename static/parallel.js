@@ -120,7 +120,12 @@ export class ParallelWorker extends EventTarget {
       w.addEventListener("message", (e) => this.fromWorker(w, e.data));
       w.addEventListener("error", (e) => this.emit({ type: Ev.ERROR, message: `worker: ${e.message}` }));
     }
-    const booted = await Promise.all(this.workers.map((w) => { const p = next(w, Shard.BOOTED); w.postMessage({ type: Shard.BOOT }); return p; }));
+    // Only the first shard saves a runtime snapshot (they are the same); every shard starts from it later.
+    const booted = await Promise.all(this.workers.map((w, i) => {
+      const p = next(w, Shard.BOOTED);
+      w.postMessage({ type: Shard.BOOT, save_snapshot: i === 0 });
+      return p;
+    }));
     this.timings.runtime = (performance.now() - t0) / 1000;
     this.timings.boot_per_worker = Math.max(...booted.map((b) => b.seconds));
     /** @type {(MessagePort|null)[][]} */

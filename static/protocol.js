@@ -112,7 +112,8 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
 
 /**
  * Coordinator <-> shard worker messages (field `type`). Requests, then the reply each gets:
- *   boot -> booted{seconds, snapshot}     Pyodide + numpy + the engine in the shard (snapshot: see boot.js)
+ *   boot{save_snapshot} -> booted{seconds, snapshot}  Pyodide + numpy + the engine in the shard (snapshot:
+ *                                         see boot.js; save_snapshot: false for all but the first shard)
  *   ports{index, n, ports, transfer}      a MessagePort to every other shard (no reply)
  *   header{prefix, size, n_ctx, split_attention, hash} -> header{more} | header{ranges} | header{refused}
  *   write{parts} -> wrote{n}              file bytes [start, ArrayBuffer] (flow control: the ack)
