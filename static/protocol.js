@@ -169,5 +169,6 @@ export function moduleWorker(url, name) {
 /** Cache API names used by the model cache (static/model-source.js) and the service worker (app shell + runtime). */
 export const MODEL_CACHE = "mote-models-v1";
 export const SHELL_CACHE_PREFIX = "mote-shell-";
-/** Python's memory with numpy and the engine loaded (static/boot.js, static/snapshot.js), one entry per build. */
-export const RUNTIME_CACHE = "mote-runtime-v1";
+/** The origin private file system's folder of the runtime snapshot: Python's memory with numpy and the
+ *  engine loaded (static/boot.js, static/snapshot.js), one file per build. */
+export const RUNTIME_DIR = "mote-runtime";

@@ -574,36 +574,40 @@ def test_a_load_sent_during_the_boot_reads_the_cached_copy_meanwhile(tab, site, 
 
 
 def runtime_snapshots(page) -> list[dict]:
-    """The runtime cache's entries (static/boot.js): key, stored sha256, and the sha256 of the bytes."""
+    """The runtime snapshot folder's files (static/boot.js, OPFS): name, the key and sha256 the name
+    gives ("<key>.<sha256>"; none for any other name), and the sha256 of the bytes."""
     return page.evaluate("""async () => {
-        const cache = await caches.open('mote-runtime-v1');
+        const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('mote-runtime', { create: true });
+        const hex = (d) => Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, '0')).join('');
         const out = [];
-        for (const key of await cache.keys()) {
-            const r = await cache.match(key);
-            const digest = await crypto.subtle.digest('SHA-256', await r.arrayBuffer());
-            out.push({ key: key.url, sha256: r.headers.get('X-Mote-Sha256'),
-                       bytes_sha256: Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('') });
+        for await (const [name, handle] of dir.entries()) {
+            const m = name.match(/^(.+)\\.([0-9a-f]{64})$/);
+            const bytes = await (await handle.getFile()).arrayBuffer();
+            out.push({ name, key: m ? m[1] : null, sha256: m ? m[2] : null,
+                       bytes_sha256: hex(await crypto.subtle.digest('SHA-256', bytes)) });
         }
         return out;
     }""")
 
 
 def damage_runtime_snapshot(page, how: str) -> None:
-    """'flip': one byte changed, the stored sha256 kept (the check must catch it); 'rehash': the bytes
-    of another snapshot format (Pyodide's restore must refuse them) under a matching sha256."""
+    """'flip': one byte changed, the name's sha256 kept (the check must catch it); 'rehash': the bytes
+    of another snapshot format (Pyodide's restore must refuse them) under a name with their sha256."""
     page.evaluate("""async (how) => {
-        const cache = await caches.open('mote-runtime-v1');
-        const [key] = await cache.keys();
-        const r = await cache.match(key);
-        const bytes = new Uint8Array(await r.arrayBuffer());
-        let sha = r.headers.get('X-Mote-Sha256');
+        const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('mote-runtime');
+        const [[name, handle]] = await Array.fromAsync(dir.entries());
+        const bytes = new Uint8Array(await (await handle.getFile()).arrayBuffer());
+        let target = name;
         if (how === 'flip') bytes[bytes.length >> 1] ^= 0xff;
         else {
             bytes.fill(0x5a, 0, 64);                      // magic number and build id gone
             const d = await crypto.subtle.digest('SHA-256', bytes);
-            sha = Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, '0')).join('');
+            target = name.replace(/[0-9a-f]{64}$/, Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, '0')).join(''));
+            await dir.removeEntry(name);
         }
-        await cache.put(key, new Response(bytes, { headers: { 'X-Mote-Sha256': sha } }));
+        const out = await (await dir.getFileHandle(target, { create: true })).createWritable();
+        await out.write(bytes);
+        await out.close();
     }""", how)
 
 
@@ -620,7 +624,8 @@ def test_a_damaged_runtime_snapshot_means_a_normal_start(tab, site, golden, how)
     assert ready["type"] == "ready" and ready["snapshot"] == "stored", ready
     assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
     deadline = time.monotonic() + 20                        # saved in the background: wait for it
-    while not ((now := runtime_snapshots(page)) and now[0]["sha256"] == now[0]["bytes_sha256"]) and time.monotonic() < deadline:
+    good = lambda files: len(files) == 1 and files[0]["sha256"] == files[0]["bytes_sha256"]
+    while not good(now := runtime_snapshots(page)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(now) == 1 and now[0]["key"] == saved["key"] and now[0]["sha256"] == now[0]["bytes_sha256"], now
 

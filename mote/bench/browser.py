@@ -480,8 +480,8 @@ def markdown(report: dict) -> str:
 STAGE_NOTES = {  # what each of the page's load timings covers (static/worker.js, static/parallel.js)
     "runtime": "Pyodide fetched, WASM compiled, Python started or restored from the saved snapshot "
                "(N workers: all booting at once)",
-    "snapshot_read": "of runtime: the saved snapshot read from the Cache API (a later visit; its sha256 is "
-                     "checked while Pyodide's script loads)",
+    "snapshot_read": "of runtime: the saved snapshot read from the origin private file system (a later visit; "
+                     "its sha256 is checked while Pyodide's script loads)",
     "boot_per_worker": "the slowest worker's whole boot",
     "numpy": "numpy wheel loaded (Pyodide loadPackage); from a snapshot: its modules loaded back in place",
     "engine": "our wheels unpacked, numpy and the engine imported (a first visit: and the snapshot taken); "
