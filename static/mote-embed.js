@@ -41,11 +41,26 @@
   /** .../static/ on the Mote server: where this script, worker.js and protocol.js live */
   const BASE = new URL(".", script && script.src ? script.src : location.href).href;
 
+  /** @type {Promise<string>|null} */ let shellBase = null;
+  /**
+   * BASE under the Mote server's current version, .../static/v/<version>/ (web/app.py): there the
+   * modules, the workers, the build manifest and the runtime are cached for good, so a later visit
+   * starts without revalidating them one round trip after another. Asked once per page, beside the
+   * model's HEAD; BASE itself where the host does not say (a static host serving static/ as files).
+   * @returns {Promise<string>}
+   */
+  const base = () => shellBase ??= fetch(BASE + "shell.json", { cache: "no-store" })
+    .then((r) => (r.ok ? r.json() : null))
+    .then((j) => (typeof j?.version === "string" && /^[0-9a-f]{1,64}$/.test(j.version) ? `${BASE}v/${j.version}/` : BASE))
+    .catch(() => BASE);
   /** A module of the Mote server; a module import is a CORS request, so a failure says what to allow. */
-  const importFromMote = (/** @type {string} */ file) => import(BASE + file).catch((e) => {
-    throw new Error(`Mote: cannot load ${BASE}${file} (${e && e.message || e}); the Mote server must allow `
-      + `this page's origin: mote serve --cors-origin ${location.origin}`);
-  });
+  const importFromMote = async (/** @type {string} */ file) => {
+    const from = await base();
+    return import(from + file).catch((e) => {
+      throw new Error(`Mote: cannot load ${from}${file} (${e && e.message || e}); the Mote server must allow `
+        + `this page's origin: mote serve --cors-origin ${location.origin}`);
+    });
+  };
   /** @type {Map<string, Promise<any>>} */ const modules = new Map();
   /** A module of the Mote server, imported once (a failed import is tried again by a later call). */
   const moteModule = (/** @type {string} */ file) => {
@@ -148,8 +163,9 @@
     /**
      * @param {typeof import("./protocol.js")} P @param {typeof import("./parallel.js")|null} par  (workers > 1)
      * @param {import("./protocol.js").ModelRef} ref @param {number} workers  1: worker.js; more: a ParallelWorker
+     * @param {string} from  where worker.js is (base())
      */
-    constructor(P, par, ref, workers) {
+    constructor(P, par, ref, workers, from) {
       this.P = P;
       this.ref = ref;
       this.model = ref.name;                 // OpenAI's `model` field
@@ -165,12 +181,12 @@
       this._tail = Promise.resolve();        // request queue
       this.workers = workers;                // how many decode this model (each boots its own Python)
       const worker = par && workers > 1 ? new par.ParallelWorker({ workers })
-                                 : P.moduleWorker(new URL("worker.js", BASE), "mote");
+                                 : P.moduleWorker(new URL("worker.js", from), "mote");
       /** @type {Worker|import("./parallel.js").ParallelWorker} */ this.worker = worker;
       this._startError = null;
       worker.addEventListener("message", (event) => this._route(/** @type {MessageEvent} */ (event).data));
       worker.addEventListener("error", (/** @type {any} */ e) => {
-        const why = `Mote: the worker failed (${e.message || "could not load " + new URL("worker.js", BASE).href}). `
+        const why = `Mote: the worker failed (${e.message || "could not load " + new URL("worker.js", from).href}). `
           + `Cross-origin use needs the Mote server to allow ${location.origin} (mote serve --cors-origin ${location.origin}) `
           + `and this page's CSP to allow worker-src blob: and script-src ${new URL(BASE).origin} 'wasm-unsafe-eval'.`;
         this._fail(why);
@@ -532,10 +548,10 @@ button:disabled { opacity: .45; cursor: default; }
      *          workers?: number, layout?: "packed"|"compact"|"int8"}} [opts]
      */
     async load(model, opts = {}) {
-      const [P, wc, ref] = await Promise.all([protocol(), workerCount(), resolveModel(model, opts)]);
+      const [P, wc, ref, from] = await Promise.all([protocol(), workerCount(), resolveModel(model, opts), base()]);
       let workers = chooseWorkers(wc, ref, opts.workers);
       for (;;) {
-        const m = new MoteModel(P, workers > 1 ? await parallel() : null, ref, workers);
+        const m = new MoteModel(P, workers > 1 ? await parallel() : null, ref, workers, from);
         try {
           return await m._load(opts.onProgress, opts.n_ctx, opts.layout);
         } catch (e) {

@@ -94,7 +94,7 @@ class WorkerHeap:
     def _attach(self) -> bool:
         if self.session is None:
             workers = [t for t in self.cdp.send("Target.getTargets")["targetInfos"]
-                       if t["type"] == "worker" and t["url"].endswith("/static/worker.js")]
+                       if t["type"] == "worker" and t["url"].endswith("/worker.js")]   # /static/[v/<version>/]worker.js
             if not workers:
                 return False
             self.session = self.cdp.send("Target.attachToTarget",

@@ -516,6 +516,8 @@ def test_versioned_static_serves_one_version_at_a_time(tmp_path):
     page = client.get("/")
     old = page.headers["x-mote-shell"]
     assert f'src="/static/v/{old}/main.js"' in page.text
+    shell = client.get("/static/shell.json")       # what mote-embed.js asks, its own URL carrying no version
+    assert shell.json() == {"version": old} and shell.headers["cache-control"] == "no-store"
     r = client.get(f"/static/v/{old}/main.js")
     assert r.text == "// one" and "immutable" in r.headers["cache-control"]
     (static / "pyodide" / "pyodide.js").write_text("// runtime, same size")  # the runtime is not versioned
@@ -525,6 +527,7 @@ def test_versioned_static_serves_one_version_at_a_time(tmp_path):
     os.utime(static / "main.js", ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime, whatever the clock
     new = client.get("/").headers["x-mote-shell"]
     assert new != old and client.get(f"/static/v/{new}/main.js").text == "// two"
+    assert client.get("/static/shell.json").json() == {"version": new}
     gone = client.get(f"/static/v/{old}/main.js")
     assert gone.status_code == 404 and "reload the page" in gone.text and "no-store" in gone.headers["cache-control"]
     assert client.get(f"/static/v/{old}/pyodide/pyodide.js").status_code == 200

@@ -10,6 +10,8 @@ Routes
     GET /static/v/{version}/...  the same files under the page's shell version (ShellVersion): the page
                               loads its scripts, manifest and wheels from there, so a page never runs
                               a mix of two deployments (another version: 404 "reload the page")
+    GET /static/shell.json    {"version": the current shell version}, for mote-embed.js, whose own URL
+                              carries none
     GET /models               JSON list: name, file, url, size, sha256, architecture, quantization, licence,
                               kind (chat | completion, for files mote pull knows), default (offered first)
     GET|HEAD /models/{file}   one .gguf file: single Range -> 206, Accept-Ranges, strong ETag (the sha256),
@@ -467,6 +469,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if inm is not None and _etag_matches(inm, etag):
             return Response(status_code=304, headers=headers)
         return JSONResponse({"sha256": facts["sha256"], "chunks": facts["chunks"]}, headers=headers)
+
+    @app.get("/static/shell.json", include_in_schema=False)
+    async def shell_version():
+        # mote-embed.js asks once per page, beside the model's HEAD, and then loads everything from
+        # /static/v/{version}/ (cached for good) instead of revalidating each file on every visit
+        return JSONResponse({"version": shell.current()}, headers={"Cache-Control": "no-store"})
 
     static_files = StaticFiles(directory=settings.static_dir, check_dir=False)
     app.mount("/static/v/{version}", VersionedStatic(static_files, shell), name="static-versioned")
