@@ -16,7 +16,7 @@
  * URL is resolved against `base` (this script's folder), so a worker imported cross-origin from a
  * blob: wrapper (docs/EMBED.md) boots from the Mote server.
  */
-import { Ev, RUNTIME_DIR } from "./protocol.js";
+import { Ev, RUNTIME_DIR, moduleWorker } from "./protocol.js";
 import { parseSnapshot, reattach, recordLibraries, takeSnapshot } from "./snapshot.js";
 
 /** @param {BufferSource} data @returns {Promise<string>} hex sha256 */
@@ -231,21 +231,32 @@ async function readFile(file) {
   return new Uint8Array(await (await file.getFile()).arrayBuffer());
 }
 
-/** Write `bytes` as the whole of `file`: in one call through a sync access handle (workers), else through
- *  a writable stream. Written through the stream (which Chromium writes to a swap file and copies on
- *  close), the store slowed a cold start's first answer: Atome's decode 0.86x (0.71-0.86) paired, against
- *  0.99x (0.97-1.03) through the handle (docs/bench/startup-opfs-2026-12-05/).
+/** Write `bytes` as the whole of `file`, in static/file-writer.js (a worker of its own) where one can
+ *  start, else through a writable stream. The store runs beside a cold start's first answer, so it must
+ *  neither hold this thread nor cost much CPU (measured on Atome, docs/bench/startup-opfs-2026-12-05/):
+ *  through a writable stream (Chromium writes a swap file and copies it on close) decode was 0.86x
+ *  (0.71-0.86) paired; through a sync access handle on this thread in one call, decode was 0.99x but
+ *  the call stalled the tokens' trip to the page (70-73 % of the engine's rate in 3 of 10 cold runs);
+ *  in 2 MB calls with a turn of the event loop between them, a test of downloads resumed after a cut
+ *  lost its timing in 3 of 4 runs. `bytes` is transferred (unusable here afterwards).
  *  @param {any} file @param {Uint8Array} bytes */
 async function writeFile(file, bytes) {
-  if (file.createSyncAccessHandle) {
-    const handle = await file.createSyncAccessHandle();
+  const written = await new Promise((resolve) => {
+    /** @type {Worker|null} */ let writer = null;
     try {
-      handle.truncate(0);
-      if (handle.write(bytes, { at: 0 }) !== bytes.length) throw new Error("snapshot: short write");
-      handle.flush();
-    } finally { handle.close(); }
-    return;
-  }
+      writer = moduleWorker(new URL("./file-writer.js", import.meta.url), "mote-file-writer");
+    } catch {
+      resolve(false);
+      return;
+    }
+    const done = (/** @type {boolean} */ ok) => { writer?.terminate(); resolve(ok); };
+    writer.addEventListener("message", (e) => done(e.data?.ok === true));
+    writer.addEventListener("error", () => done(false));
+    const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+    writer.postMessage({ file, bytes: whole }, [whole.buffer]);
+  });
+  if (written) return;
+  if (bytes.byteLength === 0) throw new Error("snapshot: its bytes went to a writer that failed");
   const out = await file.createWritable();
   await out.write(bytes);
   await out.close();

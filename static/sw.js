@@ -29,7 +29,7 @@ const VERSIONS_KEY = "/__mote_shell_versions__";      // in PAGES_CACHE: the ver
 const KEEP = 2;
 /** The page's files under static/ (tests/test_protocol.py checks this against static/). */
 const SHELL = ["main.js", "worker.js", "protocol.js", "model-source.js", "boot.js", "snapshot.js", "worker-count.js",
-               "parallel.js", "parallel-worker.js", "prefetch-worker.js", "markdown.js", "style.css"];
+               "parallel.js", "parallel-worker.js", "prefetch-worker.js", "file-writer.js", "markdown.js", "style.css"];
 
 /** The shell version in a URL path /static/v/<version>/..., or null. @param {string} path */
 const versionOf = (path) => (path.match(/^\/static\/v\/([0-9a-f]{1,64})\//) || [])[1] || null;

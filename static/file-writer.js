@@ -1,0 +1,25 @@
+// @ts-check
+/**
+ * Writes one file of the origin private file system off the thread that asks (static/boot.js: the
+ * runtime snapshot, ~52 MB, saved while a cold start's first answer streams, which a write on the
+ * booting worker's own thread would stall). In: {file: FileSystemFileHandle, bytes: Uint8Array}
+ * (the bytes transferred); written whole through a sync access handle. Out: {ok: true} or
+ * {ok: false, message}. A dedicated worker: only the worker that started it can post to it.
+ */
+self.addEventListener("message", async (event) => {
+  const { file, bytes } = event.data ?? {};
+  /** @type {any} */ let handle = null;
+  let reply;
+  try {
+    handle = await file.createSyncAccessHandle();
+    handle.truncate(0);
+    if (handle.write(bytes, { at: 0 }) !== bytes.length) throw new Error("short write");
+    handle.flush();
+    reply = { ok: true };
+  } catch (e) {
+    reply = { ok: false, message: String(/** @type {any} */ (e)?.message || e) };
+  } finally {
+    handle?.close();                                     // before the reply: the file is moved next, and
+  }                                                      // an open handle would lock it
+  self.postMessage(reply);
+});
