@@ -250,10 +250,13 @@ async function writeFile(file, bytes) {
       return;
     }
     const done = (/** @type {boolean} */ ok) => { writer?.terminate(); resolve(ok); };
-    writer.addEventListener("message", (e) => done(e.data?.ok === true));
+    writer.addEventListener("message", (e) => {
+      if (e.data?.ready !== true) { done(e.data?.ok === true); return; }
+      // the writer runs: the bytes go over now (not before, so that a writer that cannot start leaves them here)
+      const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+      writer?.postMessage({ file, bytes: whole }, [whole.buffer]);
+    });
     writer.addEventListener("error", () => done(false));
-    const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
-    writer.postMessage({ file, bytes: whole }, [whole.buffer]);
   });
   if (written) return;
   if (bytes.byteLength === 0) throw new Error("snapshot: its bytes went to a writer that failed");

@@ -2,9 +2,10 @@
 /**
  * Writes one file of the origin private file system off the thread that asks (static/boot.js: the
  * runtime snapshot, ~52 MB, saved while a cold start's first answer streams, which a write on the
- * booting worker's own thread would stall). In: {file: FileSystemFileHandle, bytes: Uint8Array}
- * (the bytes transferred); written whole through a sync access handle. Out: {ok: true} or
- * {ok: false, message}. A dedicated worker: only the worker that started it can post to it.
+ * booting worker's own thread would stall). Out first: {ready: true}, once it runs. In:
+ * {file: FileSystemFileHandle, bytes: Uint8Array} (the bytes transferred); written whole through a
+ * sync access handle. Out: {ok: true} or {ok: false, message}. A dedicated worker: only the worker
+ * that started it can post to it.
  */
 self.addEventListener("message", async (event) => {
   const { file, bytes } = event.data ?? {};
@@ -23,3 +24,5 @@ self.addEventListener("message", async (event) => {
   }                                                      // an open handle would lock it
   self.postMessage(reply);
 });
+
+self.postMessage({ ready: true });
