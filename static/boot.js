@@ -17,7 +17,7 @@
  * blob: wrapper (docs/EMBED.md) boots from the Mote server.
  */
 import { Ev, RUNTIME_DIR, moduleWorker } from "./protocol.js";
-import { parseSnapshot, reattach, recordLibraries, takeSnapshot } from "./snapshot.js";
+import { checksum, parseSnapshot, reattach, recordLibraries, takeSnapshot } from "./snapshot.js";
 
 /** @param {BufferSource} data @returns {Promise<string>} hex sha256 */
 export async function sha256Hex(data) {
@@ -62,8 +62,8 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
   const read = hit && await readSnapshot(/** @type {string} */ (key), hit);
   if (read) {
     // A later visit: Python, numpy and the engine as the first visit left them (static/snapshot.js).
-    // Its sha256 is checked while Pyodide loads its own script (loadPyodide waits for the bytes only
-    // before it starts the WASM module): a snapshot that fails the check fails loadPyodide. (Reading the
+    // Its checksum is checked once loadPyodide has started loading its own script (it waits for the
+    // bytes only before it starts the WASM module): a snapshot that fails the check fails loadPyodide. (Reading the
     // bytes meanwhile too was tried in one run: the read took 0.39 s instead of 0.27 s beside the script
     // load, both on this worker's thread, and the stage was no shorter.)
     const memory = read.checked.then((parsed) => parsed.memory);
@@ -150,8 +150,8 @@ async function verifiedBytes(url, entry) {
 // Nothing is read into memory before the snapshot is taken (the early read of a cached model waits
 // for it on the visit that saves one). Pyodide checks the snapshot's build id on restore; the key
 // also names the runtime files', numpy's and our wheels' sha256 and the imports below,
-// and the bytes are checked against the sha256 in the file's name. Anything wrong with a saved
-// snapshot (missing, damaged, another build, no private file system, a module that does not load back) only
+// and the bytes are checked against the checksum in the file's name (static/snapshot.js checksum).
+// Anything wrong with a saved snapshot (missing, damaged, another build, no private file system, a module that does not load back) only
 // means a normal start.
 // A restored runtime starts with the same state every time, including Python's str hash seed and
 // numpy's global random state: nothing here depends on them (the sampler seeds its own generator
@@ -176,7 +176,7 @@ async function snapshotKey(manifest, runtimeBase) {
 }
 
 // Where snapshots are kept: the origin private file system (OPFS), folder RUNTIME_DIR, one file per
-// key named "<key>.<sha256 of its bytes>". Read there with a read-only sync access handle: in Chromium
+// key named "<key>.<checksum of its bytes>". Read there with a read-only sync access handle: in Chromium
 // 0.03-0.05 s for 52 MB, where the Cache API took 0.13-0.16 s (the A/B in docs/bench/startup-opfs-2026-12-05/).
 // A file is written under a temporary name and moved to its own when complete, so a reader never
 // sees half of one.
@@ -184,31 +184,31 @@ async function snapshotKey(manifest, runtimeBase) {
 /** @returns {Promise<any>} the snapshots' folder */
 const snapshotDir = async () => (await navigator.storage.getDirectory()).getDirectoryHandle(RUNTIME_DIR, { create: true });
 
-/** The saved snapshot's file and the sha256 its name gives, if there is one.
- *  @param {string|null} key @returns {Promise<{file: any, sha256: string}|null>} */
+/** The saved snapshot's file and the checksum its name gives, if there is one.
+ *  @param {string|null} key @returns {Promise<{file: any, checksum: string}|null>} */
 async function findSnapshot(key) {
   if (key === null) return null;
   try {
     for await (const [name, handle] of (await snapshotDir()).entries()) {
-      const m = name.match(/^(.+)\.([0-9a-f]{64})$/);
-      if (m && m[1] === key && handle.kind === "file") return { file: handle, sha256: m[2] };
+      const m = name.match(/^(.+)\.([0-9a-f]{32})$/);
+      if (m && m[1] === key && handle.kind === "file") return { file: handle, checksum: m[2] };
     }
   } catch { /* no usable storage: start afresh */ }
   return null;
 }
 
-/** The file's bytes, and (`checked`) the same split (static/snapshot.js parseSnapshot) once their sha256
+/** The file's bytes, and (`checked`) the same split (static/snapshot.js parseSnapshot) once their checksum
  *  is the one its name gives; `checked` rejects otherwise, after deleting the file (the fresh start
  *  saves a new one). null when the file cannot be read. `seconds`: the read.
- *  @param {string} key @param {{file: any, sha256: string}} hit
+ *  @param {string} key @param {{file: any, checksum: string}} hit
  *  @returns {Promise<{seconds: number, checked: Promise<ReturnType<typeof parseSnapshot>>}|null>} */
 async function readSnapshot(key, hit) {
   const t0 = performance.now();
   let bytes;
   try { bytes = await readFile(hit.file); } catch { await dropSnapshot(key); return null; }
   const seconds = (performance.now() - t0) / 1000;
-  const checked = sha256Hex(bytes).then(async (sha) => {
-    if (sha !== hit.sha256) throw new Error("snapshot: sha256 mismatch");
+  const checked = Promise.resolve().then(() => {
+    if (checksum(bytes) !== hit.checksum) throw new Error("snapshot: checksum mismatch");
     return parseSnapshot(bytes);
   }).catch(async (e) => { await dropSnapshot(key); throw e; });
   return { seconds, checked };
@@ -269,7 +269,7 @@ async function writeFile(file, bytes) {
  *  is a normal one), so nothing waits for it. @param {string} key @param {Uint8Array} bytes */
 async function storeSnapshot(key, bytes) {
   try {
-    const name = `${key}.${await sha256Hex(bytes)}`;
+    const name = `${key}.${checksum(bytes)}`;
     const dir = await snapshotDir();
     const partial = await dir.getFileHandle(`${name}.partial-${Math.random().toString(16).slice(2)}`, { create: true });
     await writeFile(partial, bytes);

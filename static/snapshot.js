@@ -104,6 +104,36 @@ export function takeSnapshot(py, recorder) {
 }
 
 /**
+ * The 128-bit checksum that names saved bytes (32 hex digits): four lanes, each taking every fourth
+ * 32-bit word as h = (h ^ word) * P + C (mod 2^32), then the last bytes and the length. Each step is
+ * one-to-one in h and in the word, so one changed word always changes the result; several changes
+ * cancel out only by chance (2^-32 per lane). It finds a damaged or cut-short file, not a forged one:
+ * the file is in this origin's own storage. 23-29 ms for 52 MB in V8, where SHA-256 (crypto.subtle,
+ * which holds the calling thread) took 75 ms on the booting worker's way to Python.
+ * @param {Uint8Array} bytes @returns {string}
+ */
+export function checksum(bytes) {
+  const n = bytes.length;
+  const whole = n >> 2;
+  const words = bytes.byteOffset % 4 === 0 ? new Int32Array(bytes.buffer, bytes.byteOffset, whole)
+    : new Int32Array(bytes.slice(0, whole * 4).buffer);
+  const P = 0x01000193, C = 0x7f4a7c15;
+  let a = 0x6a09e667 | 0, b = 0xbb67ae85 | 0, c = 0x3c6ef372 | 0, d = 0xa54ff53a | 0;
+  const lanes = whole & ~3;
+  for (let i = 0; i < lanes; i += 4) {
+    a = (Math.imul(a ^ words[i], P) + C) | 0;
+    b = (Math.imul(b ^ words[i + 1], P) + C) | 0;
+    c = (Math.imul(c ^ words[i + 2], P) + C) | 0;
+    d = (Math.imul(d ^ words[i + 3], P) + C) | 0;
+  }
+  for (let i = lanes; i < whole; i++) a = (Math.imul(a ^ words[i], P) + C) | 0;
+  for (let i = whole * 4; i < n; i++) b = (Math.imul(b ^ bytes[i], P) + C) | 0;
+  c = (Math.imul(c ^ (n % 0x100000000), P) + C) | 0;
+  d = (Math.imul(d ^ Math.floor(n / 0x100000000), P) + C) | 0;
+  return [a, b, c, d].map((x) => (x >>> 0).toString(16).padStart(8, "0")).join("");
+}
+
+/**
  * Split saved bytes into Pyodide's part (for `loadPyodide({_loadSnapshot})`) and ours; throws if they are not ours.
  * @param {Uint8Array} bytes @returns {{memory: Uint8Array, meta: any, files: Uint8Array}}
  */
@@ -125,13 +155,17 @@ export function parseSnapshot(bytes) {
 export async function reattach(py, { meta, files }) {
   const M = py._module;
   /** @type {Map<string, Uint8Array>} */ const byPath = new Map();
+  // Each folder is made once: mkdirTree tries every level of the path and catches the error each
+  // existing one raises (for ~500 files, 10 of the 30 ms this loop took in Chromium).
+  const made = new Set();
   let at = 0;
   for (const [path, size] of meta.files) {
     if (at + size > files.length) throw new Error("snapshot: files cut short");
     const data = files.subarray(at, at + size);
     at += size;
     byPath.set(path, data);
-    M.FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
+    const dir = path.slice(0, path.lastIndexOf("/"));
+    if (!made.has(dir)) { M.FS.mkdirTree(dir); made.add(dir); }
     M.FS.writeFile(path, data);
   }
   if (M.wasmTable.length > meta.tableBefore) throw new Error("snapshot: the function table is not as recorded");

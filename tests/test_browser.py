@@ -574,26 +574,27 @@ def test_a_load_sent_during_the_boot_reads_the_cached_copy_meanwhile(tab, site, 
 
 
 def runtime_snapshots(page) -> list[dict]:
-    """The runtime snapshot folder's files (static/boot.js, OPFS): name, the key and sha256 the name
-    gives ("<key>.<sha256>"; none for any other name), and the sha256 of the bytes."""
+    """The runtime snapshot folder's files (static/boot.js, OPFS): name, the key and checksum the name
+    gives ("<key>.<checksum>"; none for any other name), and the checksum of the bytes
+    (static/snapshot.js checksum)."""
     return page.evaluate("""async () => {
+        const { checksum } = await import('/static/snapshot.js');
         const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('mote-runtime', { create: true });
-        const hex = (d) => Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, '0')).join('');
         const out = [];
         for await (const [name, handle] of dir.entries()) {
-            const m = name.match(/^(.+)\\.([0-9a-f]{64})$/);
-            const bytes = await (await handle.getFile()).arrayBuffer();
-            out.push({ name, key: m ? m[1] : null, sha256: m ? m[2] : null,
-                       bytes_sha256: hex(await crypto.subtle.digest('SHA-256', bytes)) });
+            const m = name.match(/^(.+)\\.([0-9a-f]{32})$/);
+            const bytes = new Uint8Array(await (await handle.getFile()).arrayBuffer());
+            out.push({ name, key: m ? m[1] : null, checksum: m ? m[2] : null, bytes_checksum: checksum(bytes) });
         }
         return out;
     }""")
 
 
 def damage_runtime_snapshot(page, how: str) -> None:
-    """'flip': one byte changed, the name's sha256 kept (the check must catch it); 'rehash': the bytes
-    of another snapshot format (Pyodide's restore must refuse them) under a name with their sha256."""
+    """'flip': one byte changed, the name's checksum kept (the check must catch it); 'rehash': the bytes
+    of another snapshot format (Pyodide's restore must refuse them) under a name with their checksum."""
     page.evaluate("""async (how) => {
+        const { checksum } = await import('/static/snapshot.js');
         const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('mote-runtime');
         const [[name, handle]] = await Array.fromAsync(dir.entries());
         const bytes = new Uint8Array(await (await handle.getFile()).arrayBuffer());
@@ -601,8 +602,7 @@ def damage_runtime_snapshot(page, how: str) -> None:
         if (how === 'flip') bytes[bytes.length >> 1] ^= 0xff;
         else {
             bytes.fill(0x5a, 0, 64);                      // magic number and build id gone
-            const d = await crypto.subtle.digest('SHA-256', bytes);
-            target = name.replace(/[0-9a-f]{64}$/, Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, '0')).join(''));
+            target = name.replace(/[0-9a-f]{32}$/, checksum(bytes));
             await dir.removeEntry(name);
         }
         const out = await (await dir.getFileHandle(target, { create: true })).createWritable();
@@ -617,17 +617,17 @@ def test_a_damaged_runtime_snapshot_means_a_normal_start(tab, site, golden, how)
     good snapshot replaces the bad one."""
     page, _, _ = tab
     [saved] = runtime_snapshots(page)
-    assert saved["sha256"] == saved["bytes_sha256"]
+    assert saved["checksum"] == saved["bytes_checksum"]
     damage_runtime_snapshot(page, how)
     open_page(page, site[0])
     ready = load_model(page, tg.FILE_NAME)
     assert ready["type"] == "ready" and ready["snapshot"] == "stored", ready
     assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
     deadline = time.monotonic() + 20                        # saved in the background: wait for it
-    good = lambda files: len(files) == 1 and files[0]["sha256"] == files[0]["bytes_sha256"]
+    good = lambda files: len(files) == 1 and files[0]["checksum"] == files[0]["bytes_checksum"]
     while not good(now := runtime_snapshots(page)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert len(now) == 1 and now[0]["key"] == saved["key"] and now[0]["sha256"] == now[0]["bytes_sha256"], now
+    assert len(now) == 1 and now[0]["key"] == saved["key"] and now[0]["checksum"] == now[0]["bytes_checksum"], now
 
 
 def test_corrupted_cached_model_is_downloaded_again(tab, site, golden):

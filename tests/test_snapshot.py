@@ -60,3 +60,34 @@ def test_a_snapshot_of_another_function_table_is_refused(taken):
     static, snapshot, folder, _, _ = taken
     got = run("mismatch", static, snapshot, folder)
     assert got["error"] and "function table" in got["error"], got
+
+
+CHECKSUM = """
+const { checksum } = await import(process.argv[1]);
+const rnd = (n, seed) => { const b = new Uint8Array(n); let x = seed; for (let i = 0; i < n; i++) { x = (Math.imul(x, 1103515245) + 12345) | 0; b[i] = x >>> 16; } return b; };
+const base = rnd(4099, 7);                         // 1024 words, 3 tail bytes
+const out = { hex: checksum(base), same: checksum(base.slice()) };
+out.flips = [0, 1, 5, 2047, 4095, 4096, 4098].map((i) => { const b = base.slice(); b[i] ^= 1; return checksum(b); });
+out.cut = [checksum(base.subarray(0, 4098)), checksum(base.subarray(0, 4096)), checksum(new Uint8Array(0))];
+out.zeros = [checksum(new Uint8Array(16)), checksum(new Uint8Array(20))];
+const padded = new Uint8Array(4100); padded.set(base, 1);
+out.unaligned = checksum(padded.subarray(1));    // a view whose offset is not a multiple of 4
+console.log(JSON.stringify(out));
+"""
+
+
+def test_the_snapshot_checksum_sees_any_changed_byte_and_the_length():
+    """static/snapshot.js checksum, which names a saved snapshot: every single-bit change (in a lane's
+    words, the last words, the tail bytes) and every cut gives another value; an unaligned view of
+    the same bytes gives the same one."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (scripts/setup.sh expects Node 20)")
+    out = subprocess.run([node, "--input-type=module", "-e", CHECKSUM, str(ROOT / "static" / "snapshot.js")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    assert len(got["hex"]) == 32 and int(got["hex"], 16) >= 0
+    assert got["same"] == got["hex"] and got["unaligned"] == got["hex"]
+    values = [got["hex"], *got["flips"], *got["cut"], *got["zeros"]]
+    assert len(set(values)) == len(values), values
