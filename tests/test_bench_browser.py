@@ -275,3 +275,24 @@ def test_history_keeps_every_run_and_warns_outside_the_recorded_range(tiny, tmp_
     assert [next(r for r in rec["rows"] if r["engine"] == "mote ×2 workers")["paired"]["mote"]["median"]
             for rec in records] == [1.5, 1.6, 1.55, 1.1]
     assert {"date", "machine", "browser", "mote", "wllama", "n_predict"} <= set(records[0])
+
+
+def test_latency_delays_every_response_and_is_recorded(tiny, tmp_path, monkeypatch, capsys):
+    """--latency MS: the benchmark's server answers each request MS milliseconds late (a page, a
+    model's HEAD), and the report says which latency it ran with."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    import mote.bench.browser as bench
+
+    model, _ = tiny
+    client = TestClient(bench.bench_app(model.parent, latency_ms=300), base_url="http://127.0.0.1:8000")
+    for method, path in (("GET", "/static/shell.json"), ("HEAD", f"/models/{model.name}")):
+        t0 = time.monotonic()
+        assert client.request(method, path).status_code == 200
+        assert time.monotonic() - t0 >= 0.3, (method, path)
+    want = _engine_tokens(model, PROMPT, 6)
+    monkeypatch.setattr(bench, "browser_run", lambda *a, **k: _fake_out(3.0, want))
+    assert bench.main(args(model, tmp_path, "--latency", "40")) == 0
+    assert json.loads((tmp_path / "bench.json").read_text())["meta"]["latency_ms"] == 40

@@ -115,6 +115,9 @@ def add_browser_args(parser: argparse.ArgumentParser) -> None:
     add("--chromium", default=os.environ.get("MOTE_CHROMIUM", "/usr/bin/chromium"),
         help="Chromium executable (default /usr/bin/chromium or $MOTE_CHROMIUM)")
     add("--run-timeout", type=float, default=600.0, help="seconds allowed for one browser run")
+    add("--latency", type=whole_number(0), default=0, metavar="MS",
+        help="with --browser: the server answers every request MS milliseconds late, as over a network "
+             "(loopback has none); the same for every engine")
     add("-n", "--n-predict", type=whole_number(1), default=32, help="tokens to generate per prompt")
     add("--repeat", type=whole_number(1), default=3, help="runs per model and engine")
     add("--ctx", type=int, default=None, help="KV cache length (default: the engine's)")
@@ -146,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---- the server and the browser ------------------------------------------------------------------
 
-def bench_app(models_dir: Path, with_wllama: bool = False):
+def bench_app(models_dir: Path, with_wllama: bool = False, latency_ms: int = 0):
     """The dev server app (web.app.create_app) plus the benchmark's page at /__bench__/
-    (mote/bench/pages/) and, for --compare wllama, wllama's ESM and wasm at /wllama/."""
+    (mote/bench/pages/) and, for --compare wllama, wllama's ESM and wasm at /wllama/. latency_ms:
+    every response starts that much later (a round trip over a network, which loopback lacks)."""
     from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
 
@@ -164,6 +168,13 @@ def bench_app(models_dir: Path, with_wllama: bool = False):
         return FileResponse(PAGES / "index.html", headers={"Content-Security-Policy": csp, "Cache-Control": "no-store"})
 
     app.mount("/__bench__", StaticFiles(directory=PAGES), name="bench")
+    if latency_ms:
+        import asyncio
+
+        @app.middleware("http")
+        async def late(request, call_next):
+            await asyncio.sleep(latency_ms / 1000)
+            return await call_next(request)
     if with_wllama:
         app.mount("/wllama", StaticFiles(directory=WLLAMA_DIR), name="wllama")
     return app
@@ -603,7 +614,7 @@ def _run(args) -> int:
             name = f"{i}-{re.sub(r'[^A-Za-z0-9._-]', '_', path.stem)[:120]}.gguf"
             os.symlink(path, served / name)
             names.append(name)
-        with serve_in_thread(bench_app(served, "wllama" in compare)) as base:
+        with serve_in_thread(bench_app(served, "wllama" in compare, getattr(args, "latency", 0))) as base:
             for path, name in zip(paths, names):
                 label, quant = _model_facts(path)
                 print(f"[bench] {label} {quant or ''}: CPython reference ...", file=sys.stderr, flush=True)
@@ -644,7 +655,7 @@ def _run(args) -> int:
                     rows.append(_row(label, quant, path, "cpython", cpython_runs(path, prompts, n, repeat, n_ctx), reference))
 
     report = {
-        "meta": {"prompts": prompts, "n_predict": n, "repeat": repeat, "n_ctx": n_ctx,
+        "meta": {"prompts": prompts, "n_predict": n, "repeat": repeat, "n_ctx": n_ctx, "latency_ms": getattr(args, "latency", 0),
                  "browser": _browser_version(chromium), "platform": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                  f"Python {platform.python_version()}", "time": time.strftime("%Y-%m-%d %H:%M:%S")},
         "rows": summarize(rows),
