@@ -158,14 +158,41 @@
 
   let nextModelId = 1;
 
+  /** What the page is told when worker.js cannot start. @param {any} e an error event @param {string} from */
+  const workerFailed = (e, from) => `Mote: the worker failed (${e.message || "could not load " + new URL("worker.js", from).href}). `
+    + `Cross-origin use needs the Mote server to allow ${location.origin} (mote serve --cors-origin ${location.origin}) `
+    + `and this page's CSP to allow worker-src blob: and script-src ${new URL(BASE).origin} 'wasm-unsafe-eval'.`;
+
+  /**
+   * worker.js, booting at once (a load request without a model), its messages kept until a MoteModel
+   * takes it over: `stop()` hands them over and stops keeping them; `failed` is set if the worker
+   * could not start.
+   * @param {typeof import("./protocol.js")} P @param {string} from
+   */
+  function startWorker(P, from) {
+    const worker = P.moduleWorker(new URL("worker.js", from), "mote");
+    /** @type {any[]} */ const kept = [];
+    const keep = (/** @type {MessageEvent} */ e) => { kept.push(e.data); };
+    const out = {
+      worker, /** @type {string|null} */ failed: null,
+      stop() { worker.removeEventListener("message", keep); worker.removeEventListener("error", fail); return kept; },
+    };
+    const fail = (/** @type {any} */ e) => { out.failed = workerFailed(e, from); };
+    worker.addEventListener("message", keep);
+    worker.addEventListener("error", fail);
+    worker.postMessage({ type: P.Req.LOAD });
+    return out;
+  }
+
   /** One loaded model in its own worker(s). Requests run one at a time, in call order. */
   class MoteModel {
     /**
      * @param {typeof import("./protocol.js")} P @param {typeof import("./parallel.js")|null} par  (workers > 1)
      * @param {import("./protocol.js").ModelRef} ref @param {number} workers  1: worker.js; more: a ParallelWorker
      * @param {string} from  where worker.js is (base())
+     * @param {ReturnType<typeof startWorker>|null} [started]  a worker.js already booting (Mote.load), for one worker
      */
-    constructor(P, par, ref, workers, from) {
+    constructor(P, par, ref, workers, from, started = null) {
       this.P = P;
       this.ref = ref;
       this.model = ref.name;                 // OpenAI's `model` field
@@ -181,17 +208,17 @@
       this._tail = Promise.resolve();        // request queue
       this.workers = workers;                // how many decode this model (each boots its own Python)
       const worker = par && workers > 1 ? new par.ParallelWorker({ workers })
-                                 : P.moduleWorker(new URL("worker.js", from), "mote");
+                                 : started ? started.worker : P.moduleWorker(new URL("worker.js", from), "mote");
       /** @type {Worker|import("./parallel.js").ParallelWorker} */ this.worker = worker;
       this._startError = null;
       worker.addEventListener("message", (event) => this._route(/** @type {MessageEvent} */ (event).data));
-      worker.addEventListener("error", (/** @type {any} */ e) => {
-        const why = `Mote: the worker failed (${e.message || "could not load " + new URL("worker.js", from).href}). `
-          + `Cross-origin use needs the Mote server to allow ${location.origin} (mote serve --cors-origin ${location.origin}) `
-          + `and this page's CSP to allow worker-src blob: and script-src ${new URL(BASE).origin} 'wasm-unsafe-eval'.`;
-        this._fail(why);
-      });
+      worker.addEventListener("error", (/** @type {any} */ e) => this._fail(workerFailed(e, from)));
       this.chat = { completions: { create: (/** @type {any} */ req) => this._createCompletion(req) } };
+      /** @type {any[]} */ this._early = [];       // what the started worker said before this model listened
+      if (started) {
+        this._early = started.stop();
+        if (started.failed) this._fail(started.failed);
+      }
     }
 
     /** @param {any} data */
@@ -217,6 +244,7 @@
       return new Promise((resolve, reject) => {
         this._loadRoute = (ev) => {
           if (ev.type === this.P.Ev.PROGRESS) { if (onProgress) try { onProgress(ev); } catch (e) { console.error(e); } return; }
+          if (ev.type === this.P.Ev.READY && !ev.model) return;   // the boot's own (Mote.load started it early)
           this._loadRoute = null;
           if (ev.type === this.P.Ev.ERROR) {
             const err = new Error(ev.stage ? `${ev.stage}: ${ev.message}` : ev.message);
@@ -228,6 +256,8 @@
           if (ev.model && ev.model.name) this.model = ev.model.name;
           resolve(this);
         };
+        for (const ev of this._early.splice(0)) this._route(ev);
+        if (this._startError) { this._fail(this._startError); return; }
         this.worker.postMessage({ type: this.P.Req.LOAD, model: this.ref, ...(n_ctx ? { n_ctx } : {}), ...(layout ? { layout } : {}) });
       });
     }
@@ -548,10 +578,26 @@ button:disabled { opacity: .45; cursor: default; }
      *          workers?: number, layout?: "packed"|"compact"|"int8"}} [opts]
      */
     async load(model, opts = {}) {
-      const [P, wc, ref, from] = await Promise.all([protocol(), workerCount(), resolveModel(model, opts), base()]);
+      const resolving = resolveModel(model, opts);
+      resolving.catch(() => {});                       // awaited below
+      const [P, wc, from] = await Promise.all([protocol(), workerCount(), base()]);
+      // When one worker is the answer whatever the model turns out to be (one asked for, or the
+      // default here, or a size given that is too small to split), it starts booting Python now,
+      // while the model's HEAD and chunk list are fetched, as the chat page boots its worker at open.
+      const given = typeof model === "object" && model !== null ? model.size ?? opts.size : opts.size;
+      let started = chooseWorkers(wc, { size: given ?? Infinity }, opts.workers) === 1 ? startWorker(P, from) : null;
+      let ref;
+      try {
+        ref = await resolving;
+      } catch (e) {
+        started?.worker.terminate();
+        throw e;
+      }
       let workers = chooseWorkers(wc, ref, opts.workers);
       for (;;) {
-        const m = new MoteModel(P, workers > 1 ? await parallel() : null, ref, workers, from);
+        const m = new MoteModel(P, workers > 1 ? await parallel() : null, ref, workers, from, workers === 1 ? started : null);
+        if (workers > 1) started?.worker.terminate();
+        started = null;
         try {
           return await m._load(opts.onProgress, opts.n_ctx, opts.layout);
         } catch (e) {

@@ -66,8 +66,21 @@ def host_app(state: dict):
 <body><p id="p">API only</p><script src="{mote}/static/mote-embed.js"></script></body></html>"""
         return HTMLResponse(html, headers={"Content-Security-Policy": state["csp"]})
 
+    async def slow_model(request):  # the host's own copy of a model, whose HEAD takes a second
+        import asyncio
+
+        from starlette.responses import FileResponse
+
+        path = state["slow_model"]
+        if request.method == "HEAD":
+            await asyncio.sleep(1.0)
+            data = path.read_bytes()
+            return Response(headers={"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "Content-Length": str(len(data))})
+        return FileResponse(path)
+
     return Starlette(routes=[
         Route("/", page), Route("/api", api_page),
+        Route("/slow-model.gguf", slow_model, methods=["GET", "HEAD"]),
         Route("/host.css", lambda r: Response(HOST_CSS, media_type="text/css")),
         Route("/host.js", lambda r: Response(HOST_JS, media_type="text/javascript")),
     ])
@@ -309,6 +322,56 @@ def test_cross_origin_refused_without_cors(sites, browser):
         finally:
             state.update(saved)
     assert err is not None and f"--cors-origin {sites['host']}" in err, err
+
+
+# Before any page script: every message the page posts to a worker, with when it was posted.
+POSTED = """
+window.__posted = [];
+const post = Worker.prototype.postMessage;
+Worker.prototype.postMessage = function (msg, ...rest) {
+  window.__posted.push({ type: msg && msg.type, model: !!(msg && msg.model), t: performance.now() });
+  return post.call(this, msg, ...rest);
+};
+"""
+
+
+def test_one_worker_boots_while_the_model_is_resolved(sites, browser):
+    """Mote.load(url, {workers: 1}): the worker is asked to boot before the model's HEAD has answered
+    (a host whose HEAD takes a second), and the model follows once resolved: ready, the CPython
+    tokens. With the worker count left to the default (4 cores here), the count depends on the file
+    size, so nothing starts before the HEAD."""
+    state = sites["state"]
+    saved = dict(state)
+    state.update(slow_model=sites["path"], csp=saved["csp"].replace("connect-src ", "connect-src 'self' "))
+    try:
+        got = {}
+        for case, opts in (("one", "{workers: 1}"), ("default", "{}")):
+            logs: list[str] = []
+            page = new_page(browser, logs)
+            page.add_init_script(CORES_4)
+            page.add_init_script(POSTED)
+            page.goto(sites["host"] + "/api")
+            got[case] = page.evaluate(f"""async ([url, prompt, n]) => {{
+                const mote = await Mote.load(url, {opts});
+                let text = "";
+                for await (const piece of mote.generate(prompt, {{temperature: 0, max_tokens: n}})) text += piece;
+                const head = performance.getEntriesByName(url).find((e) => e.initiatorType === "fetch");
+                return {{posted: window.__posted.filter((m) => m.type === "load"), headEnd: head.responseEnd,
+                         ids: mote.last.token_ids, workers: mote.workers}};
+            }}""", [sites["host"] + "/slow-model.gguf", PROMPT, N])
+            assert not [m for m in logs if m.startswith("pageerror")], logs
+            page.close()
+    finally:
+        state.clear()
+        state.update(saved)
+    want = cpython_greedy(sites["path"], PROMPT, N)
+    one, default = got["one"], got["default"]
+    assert one["ids"] == want and default["ids"] == want and one["workers"] == default["workers"] == 1, got
+    boot, load = one["posted"]
+    assert not boot["model"] and boot["t"] < one["headEnd"] - 500, one      # the boot asked for at once
+    assert load["model"] and load["t"] >= one["headEnd"], one                # the model once resolved
+    [load] = default["posted"]
+    assert load["model"] and load["t"] >= default["headEnd"], default
 
 
 # ---- several workers ------------------------------------------------------------------------------
