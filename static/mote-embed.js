@@ -87,6 +87,13 @@
     if (!sha256 || size === undefined) {
       // The Mote server's strong ETag is the file's sha256, and Content-Length its size (both readable
       // cross-origin: the server exposes ETag). Other static hosts: pass {sha256, size} (data-sha256/-size).
+      // A model of the Mote server this script came from has its chunk list at <url>/chunks (web/app.py):
+      // asked for beside the HEAD, not one round trip after it, and used only if the HEAD names it.
+      const pinned = Boolean(given.sha256 || opts.sha256);
+      const at = new URL(url);
+      const guess = !chunks && !pinned && at.origin === new URL(BASE).origin && /^\/models\/[^/]+$/.test(at.pathname)
+        ? `${url}/chunks` : null;
+      const early = guess ? fetchJson(guess) : null;
       let r;
       try {
         r = await fetch(url, { method: "HEAD", cache: "no-store" });
@@ -105,7 +112,8 @@
       // A Mote server: the file's chunk list, when the sha256 is the server's word too (a sha256 the
       // page pinned is checked against the whole file, not against anything the server says)
       const listed = r.headers.get("X-Mote-Chunks");
-      if (!chunks && listed && !(given.sha256 || opts.sha256)) chunks = await chunkList(new URL(listed, url).href, String(sha256));
+      const where = listed ? new URL(listed, url).href : null;
+      if (!chunks && where && !pinned) chunks = await chunkList(where === guess ? early : fetchJson(where), String(sha256));
     }
     if (!/^[0-9a-f]{64}$/.test(String(sha256))) throw new Error(`Mote: sha256 must be 64 hex digits, got ${sha256}`);
     return { url, sha256: String(sha256), size: Number(size), name, ...(chunks ? { chunks } : {}) };
@@ -115,17 +123,17 @@
    * A Mote server's chunk list for the file whose sha256 is `sha256` (the worker then checks the file
    * chunk by chunk at the browser's native speed, model-source.js), or undefined: any failure only
    * costs that speed, as the whole file is hashed instead.
-   * @param {string} url @param {string} sha256
+   * @param {Promise<any>} got  the chunk list's JSON (fetchJson) @param {string} sha256
    */
-  async function chunkList(url, sha256) {
-    try {
-      const r = await fetch(url, { cache: "no-store" });
-      const body = r.ok ? await r.json() : null;
-      return body?.sha256 === sha256 ? body.chunks : undefined;
-    } catch {
-      return undefined;
-    }
+  async function chunkList(got, sha256) {
+    const body = await got;
+    return body?.sha256 === sha256 ? body.chunks : undefined;
   }
+
+  /** The JSON at `url` (uncached), or null. @param {string} url @returns {Promise<any>} */
+  const fetchJson = (url) => fetch(url, { cache: "no-store" })
+    .then((r) => (r.ok ? r.json() : null))
+    .catch(() => null);
 
   // ---- the worker(s) ---------------------------------------------------------------------------
 

@@ -232,11 +232,17 @@ def test_api_streams_cpython_greedy_tokens(sites, browser):
         for await (const piece of mote.generate(prompt, {temperature: 0, max_tokens: n})) again += piece;
         return {pieces, last: mote.last, stages: [...new Set(stages)], error, abortedN: aborted.n_generated,
                 abortedReason: aborted.reason, again, visible: document.body.children.length, workers: mote.workers,
-                timings: mote.timings, fetched: performance.getEntriesByType('resource').map((e) => e.name)};
+                timings: mote.timings, fetched: performance.getEntriesByType('resource').map((e) => e.name),
+                head: performance.getEntriesByName(url)[0].toJSON(),
+                chunks: performance.getEntriesByName(url + '/chunks')[0].toJSON()};
     }""", [sites["mote"] + "/models/tiny-llama.gguf", PROMPT, N])
     # the Mote server's modules came from its current version's immutable URLs (static/shell.json)
     version = page.evaluate("(u) => fetch(u).then((r) => r.json())", sites["mote"] + "/static/shell.json")["version"]
     assert sites["mote"] + f"/static/v/{version}/protocol.js" in got["fetched"], got["fetched"]
+    # the chunk list (at <model>/chunks on the Mote server) was asked for beside the model's HEAD,
+    # not one round trip after it
+    head, listed = got["head"], got["chunks"]
+    assert listed["startTime"] <= head["startTime"] < head["responseEnd"], got
     assert got["workers"] == 1  # 4 cores, but the default keeps a file under 50 MB on one worker
     # the download went into the Cache API while the runtime booted (static/prefetch-worker.js, a
     # nested worker started from this cross-origin page): weights progress comes before numpy's
