@@ -63,9 +63,9 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
   if (read) {
     // A later visit: Python, numpy and the engine as the first visit left them (static/snapshot.js).
     // Its checksum is checked once loadPyodide has started loading its own script (it waits for the
-    // bytes only before it starts the WASM module): a snapshot that fails the check fails loadPyodide. (Reading the
-    // bytes meanwhile too was tried in one run: the read took 0.39 s instead of 0.27 s beside the script
-    // load, both on this worker's thread, and the stage was no shorter.)
+    // bytes only before it starts the WASM module): a snapshot that fails the check fails loadPyodide.
+    // (Reading the bytes meanwhile too was tried in one run: the read took 0.39 s instead of 0.27 s
+    // beside the script load, both on this worker's thread, and the stage was no shorter.)
     const memory = read.checked.then((parsed) => parsed.memory);
     memory.catch(() => {});                              // a failed check is loadPyodide's failure below
     /** @type {any} */ let started = null;
@@ -151,8 +151,8 @@ async function verifiedBytes(url, entry) {
 // for it on the visit that saves one). Pyodide checks the snapshot's build id on restore; the key
 // also names the runtime files', numpy's and our wheels' sha256 and the imports below,
 // and the bytes are checked against the checksum in the file's name (static/snapshot.js checksum).
-// Anything wrong with a saved snapshot (missing, damaged, another build, no private file system, a module that does not load back) only
-// means a normal start.
+// Anything wrong with a saved snapshot (missing, damaged, another build, no private file system, a
+// module that does not load back) only means a normal start.
 // A restored runtime starts with the same state every time, including Python's str hash seed and
 // numpy's global random state: nothing here depends on them (the sampler seeds its own generator
 // from the OS, or from the request's seed, when a generation starts).

@@ -222,11 +222,8 @@
       worker.addEventListener("message", (event) => this._route(/** @type {MessageEvent} */ (event).data));
       worker.addEventListener("error", (/** @type {any} */ e) => this._fail(workerFailed(e, from)));
       this.chat = { completions: { create: (/** @type {any} */ req) => this._createCompletion(req) } };
-      /** @type {any[]} */ this._early = [];       // what the started worker said before this model listened
-      if (started) {
-        this._early = started.stop();
-        if (started.failed) this._fail(started.failed);
-      }
+      /** @type {any[]} */ this._early = started ? started.stop() : [];   // what it said before this model listened
+      if (started?.failed) this._startError = started.failed;             // _load reports it
     }
 
     /** @param {any} data */
