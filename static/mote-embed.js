@@ -600,8 +600,8 @@ button:disabled { opacity: .45; cursor: default; }
       }
       let workers = chooseWorkers(wc, ref, opts.workers);
       for (;;) {
-        const m = new MoteModel(P, workers > 1 ? await parallel() : null, ref, workers, from, workers === 1 ? started : null);
-        if (workers > 1) started?.worker.terminate();
+        // (started only where one worker was certain, so it is never beside a ParallelWorker)
+        const m = new MoteModel(P, workers > 1 ? await parallel() : null, ref, workers, from, started);
         started = null;
         try {
           return await m._load(opts.onProgress, opts.n_ctx, opts.layout);
