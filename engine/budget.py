@@ -11,7 +11,8 @@ A worker's WebAssembly memory only grows (its size is its peak), and a wasm32 he
                 row-parallel matrices a shard copies out of them
     side        what the layout keeps beside the blocks: float32 scales of Q8_0 matrices and Q4_K's
                 d/dmin (packed), or int8 values + float32 scales of every other block matrix (int8)
-    kv          the KV cache for n_ctx tokens (float32 keys and values of this shard's kv heads)
+    kv          the KV cache for n_ctx tokens (float32 keys and values of this shard's kv heads; a
+                sliding-window layer keeps a ring of its window + KV_REWIND positions, engine/model.py)
     vocabulary  the parsed metadata and the tokenizer: Python strings and dicts per vocabulary entry
                 (and per BPE merge), on the worker that tokenizes
 
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 
 from . import quants
 from .config import ModelConfig
+from . import model
 from .model import ROW_PARALLEL, LoadPolicy, ShardPlan, column_ranges, plan_for, row_ranges
 
 MIB = 1 << 20
@@ -123,7 +125,8 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
             held += sum(n_rows * (b1 - b0) for _, _, _, b0, b1, n_rows in column_cuts(gguf, plan))
             kv_heads = plan.kv_heads[1] - plan.kv_heads[0]
             cuts = _dense_cut_bytes(gguf, cfg, plan)
-        kv = cfg.n_layers * n_ctx * kv_heads * (cfg.head_dim + cfg.v_head_dim) * 4
+        kv_rows = sum(cfg.kv_rows(layer, n_ctx, model.KV_REWIND) for layer in range(cfg.n_layers))
+        kv = kv_rows * kv_heads * (cfg.head_dim + cfg.v_head_dim) * 4
         side = _side_bytes(gguf, cfg, plan, layout)
         tokenizes = plan is None or i == 0
         voc = vocab if tokenizes else _metadata_entries(gguf) * METADATA_ENTRY_BYTES

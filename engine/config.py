@@ -120,6 +120,20 @@ class ModelConfig:
         """gemma3: five local (sliding-window) layers, then one global, repeating (llama.cpp's swa pattern 6)."""
         return self.architecture == "gemma3" and self.sliding_window is not None and (layer + 1) % 6 != 0
 
+    def kv_rows(self, layer: int, n_ctx: int, rewind: int) -> int:
+        """Positions the KV cache keeps for a layer: n_ctx, or for a sliding-window layer a ring of its
+        window plus `rewind` (how far the cache may be cut back: lookup's drafts, an edited turn)."""
+        if self.is_sliding(layer):
+            return min(n_ctx, self.sliding_window - 1 + rewind)
+        return n_ctx
+
+    def max_cut(self, n_ctx: int, rewind: int) -> int | None:
+        """How many positions below the highest one written the cache can be cut back to (the
+        position set lower, then a forward from there); None: any, every layer keeps n_ctx."""
+        cuts = [self.kv_rows(i, n_ctx, rewind) - self.sliding_window + 1
+                for i in range(self.n_layers) if self.kv_rows(i, n_ctx, rewind) < n_ctx]
+        return min(cuts, default=None)
+
     def layer_rope_base(self, layer: int) -> float:
         if self.is_sliding(layer):
             return self.rope_base_local if self.rope_base_local is not None else 10000.0

@@ -10,8 +10,9 @@ differences are switches on `ModelConfig` (norm kind, RoPE layout, biases, gatin
     gpt2    LayerNorm with bias, learned positions, fused QKV with bias, GELU MLP
 
 Weights keep their GGUF names (`blk.{i}.attn_q`, `ffn_gate`, `token_embd`, ...). Prefill is one
-batched pass over the prompt; decoding feeds one token at a time. The KV cache is allocated once
-for the context length.
+batched pass over the prompt; decoding feeds one token at a time. The KV cache is allocated once:
+n_ctx positions per layer, except a sliding-window layer's, which is a ring of its window plus
+KV_REWIND positions (position p in row p % rows; Gemma 3 270M at 2048 tokens: 36 MB, not 75).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from .matmul import BlockLinear, DenseLinear, Embedding, prepare_linear
 from .packed import PackedLinear
 
 DEFAULT_CTX = 2048  # KV cache length unless asked otherwise (Gemma's 32k would need 1.2 GB)
+KV_REWIND = 256    # positions a sliding-window layer's ring keeps beyond its window: how far the cache
+                   # can be cut back (lookup's drafts, MAX_DRAFT = 8; an edited or regenerated turn)
 
 
 @dataclass(frozen=True)
@@ -156,17 +159,20 @@ class Model:
         cfg = config
         (h0, h1), (k0, k1) = plan.heads, plan.kv_heads
         self.n_heads, self.n_kv = h1 - h0, k1 - k0  # this shard's query and kv heads
-        kv_shape = (cfg.n_layers, n_ctx, max(1, self.n_kv), cfg.head_dim)
-        need = 4 * math.prod(kv_shape[:3]) * (cfg.head_dim + cfg.v_head_dim)  # bytes of both caches
+        kv = max(1, self.n_kv)
+        rows = [cfg.kv_rows(layer, n_ctx, KV_REWIND) for layer in range(cfg.n_layers)]
+        need = 4 * sum(rows) * kv * (cfg.head_dim + cfg.v_head_dim)  # bytes of both caches
         too_big = f"a KV cache of {n_ctx} tokens needs {need / 2**30:.2f} GiB"
         if need > memory_limit():
             raise ConfigError(f"{too_big}, more than the {memory_limit() / 2**30:.1f} GiB this machine has "
                               "(ask for a shorter context)")
         try:
-            self.k_cache = np.zeros(kv_shape, dtype=np.float32)  # (L, n_ctx, n_kv, hd)
-            self.v_cache = np.zeros(kv_shape[:3] + (cfg.v_head_dim,), dtype=np.float32)  # (L, n_ctx, n_kv, hd_v)
+            self.k_cache = [np.zeros((r, kv, cfg.head_dim), np.float32) for r in rows]  # per layer (rows, n_kv, hd)
+            self.v_cache = [np.zeros((r, kv, cfg.v_head_dim), np.float32) for r in rows]  # per layer (rows, n_kv, hd_v)
         except MemoryError:
             raise ConfigError(f"{too_big} and that much memory is not free (ask for a shorter context)") from None
+        self.max_cut = cfg.max_cut(n_ctx, KV_REWIND)  # None: the cache can be cut back anywhere
+        self._high = 0  # one past the highest position written since the cache was last filled from 0
         self.pos = 0
         rope_dim = cfg.rope_dim or cfg.head_dim
         self._inv_freq = {}
@@ -176,6 +182,11 @@ class Model:
 
     def reset(self) -> None:
         self.pos = 0
+
+    def cut_floor(self) -> int:
+        """The lowest position the cache can be cut back to (`pos` set lower, then a forward): below
+        it a sliding-window ring has overwritten keys the next position needs. 0: anywhere."""
+        return 0 if self.max_cut is None else max(0, self._high - self.max_cut)
 
     can_verify = True  # forward(..., exact=True) exists and the cache can be cut back (engine/lookup.py)
 
@@ -215,6 +226,13 @@ class Model:
         if self.pos + n > self.n_ctx:
             raise ValueError(f"context full: {self.pos} + {n} tokens > n_ctx {self.n_ctx}")
         start, end = self.pos, self.pos + n
+        if start == 0:
+            self._high = 0  # a fresh fill: nothing written before matters
+        elif start < self.cut_floor():
+            raise ValueError(f"cannot cut the KV cache back to position {start}: its sliding-window layers "
+                             f"keep {self.max_cut} positions past their window (lowest now {self.cut_floor()}; "
+                             "start again from position 0)")
+        self._high = max(self._high, end)
         positions = np.arange(start, end)  # (n,)
 
         # embedding: the rows of this shard's vocabulary slice, zeros elsewhere; the SUM assembles them
@@ -306,12 +324,22 @@ class Model:
             q = rope(q, cos, sin, cfg.rope_neox)
             k = rope(k, cos, sin, cfg.rope_neox)
         start, end = int(positions[0]), int(positions[-1]) + 1
-        self.k_cache[layer, start:end] = k
-        self.v_cache[layer, start:end] = v
-        if exact and end - start > 1:
-            return np.concatenate([self._attend(layer, q[j : j + 1], start + j, start + j + 1)
-                                   for j in range(end - start)])  # (n, H * hd_v)
-        return self._attend(layer, q, start, end)  # (n, H * hd_v)
+        n = end - start
+        kc, vc = self.k_cache[layer], self.v_cache[layer]
+        rows = len(kc)
+        window = cfg.sliding_window if cfg.is_sliding(layer) else None
+        if window is not None and end > rows and n > rows - window + 1:
+            # more new positions than the ring holds beside the window (a long prompt): attend over
+            # the window's past and the batch, then keep the batch's last `rows` positions
+            lo = max(0, start - window + 1)
+            past = np.arange(lo, start) % rows
+            keys, vals = np.concatenate([kc[past], k]), np.concatenate([vc[past], v])  # (T, KV, hd)
+            _store(kc, vc, k[-rows:], v[-rows:], end - min(n, rows), end)
+            return self._attend(q, keys, vals, np.arange(lo, end), start, window)
+        _store(kc, vc, k, v, start, end)
+        if exact and n > 1:  # each row as decoding would see the cache at its position
+            return np.concatenate([self._attend_cache(layer, q[j : j + 1], start + j) for j in range(n)])
+        return self._attend_cache(layer, q, start)  # (n, H * hd_v)
 
     def _rope_angles(self, layer: int, positions: np.ndarray):
         cfg = self.config
@@ -327,22 +355,33 @@ class Model:
             sin = np.concatenate([sin, np.zeros(sin.shape[:2] + (pad,), np.float32)], axis=-1)
         return cos, sin
 
-    def _attend(self, layer: int, q: np.ndarray, start: int, end: int) -> np.ndarray:
-        """Causal (and, for sliding layers, windowed) attention over the cache. q: (n, H, hd)."""
+    def _attend_cache(self, layer: int, q: np.ndarray, start: int) -> np.ndarray:
+        """Attention of the queries at positions start.. over this layer's cache. The rows read
+        depend on the positions alone (not on what was written and cut back), so a position's
+        logits are the same bits in a verify pass as in plain decoding. q: (n, H, hd) -> (n, H * hd_v)."""
+        kc, vc = self.k_cache[layer], self.v_cache[layer]
+        rows, end = len(kc), start + q.shape[0]
+        window = self.config.sliding_window if self.config.is_sliding(layer) else None
+        if end <= rows:  # row p holds position p (rows that a cut-back draft overwrote hold positions
+            # below `lo`: cut_floor keeps a cut within KV_REWIND of the highest position written)
+            lo = 0 if window is None else max(0, start - window + 1)  # oldest key any of these queries may see
+            return self._attend(q, kc[lo:end], vc[lo:end], np.arange(lo, end), start, window)
+        # a ring that has wrapped: row r holds the latest position <= end - 1 that is r modulo rows
+        # (older or later ones fall outside the window or in the future, and are masked)
+        kpos = end - 1 - (end - 1 - np.arange(rows)) % rows  # (rows,)
+        return self._attend(q, kc, vc, kpos, start, window)
+
+    def _attend(self, q: np.ndarray, keys: np.ndarray, vals: np.ndarray, kpos: np.ndarray, start: int,
+                window: int | None) -> np.ndarray:
+        """Causal (and, for sliding layers, windowed) attention. q: (n, H, hd) at positions start..;
+        keys, vals: (T, KV, hd) at positions kpos (T,)."""
         cfg = self.config
         n, n_heads, hd = q.shape
         kv, group = self.n_kv, n_heads // self.n_kv
-        lo = 0
-        window = cfg.sliding_window if cfg.is_sliding(layer) else None
-        if window is not None:
-            lo = max(0, start - window + 1)  # oldest key any of these queries may see
-        keys = self.k_cache[layer, lo:end]  # (T, KV, hd)
-        vals = self.v_cache[layer, lo:end]  # (T, KV, hd_v)
         qg = q.reshape(n, kv, group, hd).transpose(1, 2, 0, 3)  # (KV, G, n, hd)
         scores = qg @ keys.transpose(1, 2, 0)[:, None]  # (KV, G, n, T)
         scores *= np.float32(cfg.attn_scale)
-        qpos = np.arange(start, end)[:, None]  # (n, 1)
-        kpos = np.arange(lo, end)[None, :]  # (1, T)
+        qpos = np.arange(start, start + n)[:, None]  # (n, 1)
         masked = kpos > qpos  # causal
         if window is not None:
             masked |= qpos - kpos >= window  # sliding window: only the last `window` positions
@@ -365,6 +404,16 @@ class Model:
 
 
 _ACTIVATIONS = {"silu": silu, "gelu_tanh": gelu_tanh, "gelu_erf": gelu_erf}
+
+
+def _store(kc: np.ndarray, vc: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, end: int) -> None:
+    """Write positions start..end-1 into a layer's cache: row p, or p % rows in a ring."""
+    rows = len(kc)
+    if end <= rows:
+        kc[start:end], vc[start:end] = k, v
+    else:
+        at = np.arange(start, end) % rows  # (n,)
+        kc[at], vc[at] = k, v
 
 
 def _mul(lin, x: np.ndarray) -> np.ndarray:
@@ -653,7 +702,7 @@ def _columns(gguf: GGUFFile, name: str, c0: int, c1: int, dense: bool, policy: L
 
 def resident_bytes(model: Model) -> int:
     """Bytes held by prepared weights and the KV cache (not counting the mapped file)."""
-    total = model.k_cache.nbytes + model.v_cache.nbytes
+    total = sum(c.nbytes for c in model.k_cache + model.v_cache)
     for b in model.w["blk"] + [model.w]:
         for v in b.values():
             if isinstance(v, (DenseLinear, BlockLinear, PackedLinear)):

@@ -44,14 +44,20 @@ class LookaheadModel:
     computed_outside = True  # generate() announces each forward pass with a 'forward' event
     can_verify = True        # the shards run exact verify passes (ShardRunner.begin(..., verify))
 
-    def __init__(self, n_ctx: int):
+    def __init__(self, n_ctx: int, max_cut: int | None = None):
         self.n_ctx = n_ctx
+        self.max_cut = max_cut  # the shards' Model.max_cut: how far their caches can be cut back
         self.pos = 0
+        self._high = 0          # as Model._high: one past the highest position the shards wrote
         self.last_seconds: float | None = None  # how long the shards took for the last forward
         self._ready: tuple[list[int], np.ndarray] | None = None
 
     def reset(self) -> None:
         self.pos = 0
+
+    def cut_floor(self) -> int:
+        """The shards' Model.cut_floor, followed from the forwards they were asked for."""
+        return 0 if self.max_cut is None else max(0, self._high - self.max_cut)
 
     def provide(self, tokens: list[int], logits: np.ndarray, seconds: float | None = None) -> None:
         self._ready = (list(tokens), logits)
@@ -63,6 +69,7 @@ class LookaheadModel:
             raise RuntimeError(f"forward({list(tokens)}) but the shards computed {have}")
         logits = self._ready[1]
         self._ready = None
+        self._high = max(self._high if self.pos else 0, self.pos + len(tokens))
         self.pos += len(tokens)
         return logits
 
@@ -124,7 +131,8 @@ class Session:
             raise ValueError(f"the prompt is {len(tokens)} tokens but the context holds {n_ctx}, answer "
                              "included: shorten the conversation or load the model with a larger n_ctx")
         rewind = getattr(self.model, "can_rewind", True)
-        return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos, rewind), params)
+        floor = self.model.cut_floor() if hasattr(self.model, "cut_floor") else 0
+        return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos, rewind, floor), params)
 
 
     def forget(self) -> None:
@@ -232,13 +240,14 @@ def _rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else 0.0
 
 
-def reusable_prefix(cached: list[int], tokens: list[int], pos: int, rewind: bool = True) -> int:
+def reusable_prefix(cached: list[int], tokens: list[int], pos: int, rewind: bool = True, floor: int = 0) -> int:
     """How many leading prompt tokens the KV cache already holds, so only the rest is computed.
 
     The common prefix of what the cache holds and the new prompt: a chat's next turn extends it, an
     edited or regenerated turn shares everything before that turn. At most len(tokens) - 1: the last
     prompt token must run to give the next token's logits. Models whose state cannot be cut back
-    (rewind=False: atome's conv window and SSM state) reuse an exact extension only.
+    (rewind=False: atome's conv window and SSM state) reuse an exact extension only, and a cache
+    cut back below `floor` (Model.cut_floor: a sliding-window ring has moved on) reuses nothing.
 
     >>> reusable_prefix([5, 6, 7], [5, 6, 7, 8], 3), reusable_prefix([5, 6, 7], [5, 6, 9], 3)
     (3, 2)
@@ -251,7 +260,7 @@ def reusable_prefix(cached: list[int], tokens: list[int], pos: int, rewind: bool
             break
         n += 1
     n = min(n, len(tokens) - 1)
-    if not rewind and n < len(cached):
+    if not rewind and n < len(cached) or n < floor:
         return 0
     return max(n, 0)
 

@@ -481,7 +481,10 @@ class ShardLoader:
 
     def leader_session(self, n_ctx: int) -> Session:
         """The leader's tokenizer, chat template and generation loop, over logits the shards compute."""
-        return Session(self.file(), LookaheadModel(n_ctx))
+        from . import model  # its KV_REWIND read now, as Model does
+
+        gf = self.file()
+        return Session(gf, LookaheadModel(n_ctx, ModelConfig.from_gguf(gf).max_cut(n_ctx, model.KV_REWIND)))
 
     def held_bytes(self) -> int:
         return len(self.header) + sum(len(b) for _, b in self._pieces) + sum(c[-1].nbytes for c in self._cuts)

@@ -133,6 +133,8 @@ def test_reusable_prefix_rules():
     assert reusable_prefix([1, 2, 3], [1, 2, 3, 4], 2) == 0         # the cache holds something else
     assert reusable_prefix([1, 2, 3], [1, 9], 3, rewind=False) == 0  # atome: extensions only
     assert reusable_prefix([1, 2, 3], [1, 2, 3, 4], 3, rewind=False) == 3
+    assert reusable_prefix([1, 2, 3], [1, 2, 9], 3, floor=2) == 2    # a ring's floor: cut back to it
+    assert reusable_prefix([1, 2, 3], [1, 9], 3, floor=2) == 0       # below it: compute everything
 
 def test_events_count_reused_tokens_and_reset_forgets_the_conversation(tiny_bytes):
     """prefill and done say how much of the prompt came from the KV cache; after reset() ("New

@@ -53,7 +53,7 @@ def test_one_worker_estimate_equals_what_a_load_holds(request, which, layout):
     vectors = sum(v.nbytes for b in model.w["blk"] for k, v in b.items() if isinstance(v, np.ndarray))
     vectors += sum(v.nbytes for k, v in model.w.items() if isinstance(v, np.ndarray))
     assert _engine_bytes(est.workers[0]) == held - vectors  # norms (a few KB) are not estimated
-    assert est.workers[0].kv == model.k_cache.nbytes + model.v_cache.nbytes
+    assert est.workers[0].kv == sum(c.nbytes for c in model.k_cache + model.v_cache)
 
 
 def test_packed_estimate_is_about_the_file_and_int8_much_more(q4k):
@@ -84,7 +84,7 @@ def test_shard_estimates_equal_their_byte_ranges_and_cuts(q4k, n):
             m = b.get("ffn_down")
             if isinstance(m, PackedLinear) and m.n_in < 512:
                 assert any(np.shares_memory(m.rows_u8, c[-1]) for c in loader._cuts)
-        assert w.kv == model.k_cache.nbytes + model.v_cache.nbytes
+        assert w.kv == sum(c.nbytes for c in model.k_cache + model.v_cache)
         assert (w.vocabulary > est.workers[-1].vocabulary) == (i == 0)  # the leader tokenizes
     assert loader.budget()["budget"]["workers"][n - 1]["total_bytes"] == est.per_worker[n - 1]
 

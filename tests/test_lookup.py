@@ -88,6 +88,25 @@ def test_verify_pass_equals_one_token_at_a_time(tiny, arch, qtype, policy):
         np.testing.assert_array_equal(verified[j], one_by_one[j])
 
 
+@pytest.mark.parametrize("before", [12, 14, 30], ids=["reaching-the-wrap", "across-the-wrap", "wrapped"])
+def test_verify_pass_equals_one_token_at_a_time_in_a_sliding_window_ring(tmp_path, monkeypatch, before):
+    """gemma3's window of 8 in a ring of 16 rows (KV_REWIND 9): each verified row attends over the
+    cache as decoding at its position would (the same rows, the same masked ones), bit for bit."""
+    import engine.model
+
+    monkeypatch.setattr(engine.model, "KV_REWIND", 9)
+    path = write_tiny(tmp_path / "gemma6.gguf", "gemma3", qtype="Q8_0", n_layers=6)
+    model = load_model(_open(path), n_ctx=64, policy=BLOCKS)
+    assert [len(c) for c in model.k_cache] == [16] * 5 + [64]
+    toks = [int(t) for t in np.random.default_rng(8).integers(3, 259, before + 5)]
+    model.forward(toks[:before])
+    one_by_one = [model.forward([t]) for t in toks[before:]]  # (vocab,) each
+    model.pos = before
+    verified = model.forward(toks[before:], all_logits=True, exact=True)  # (5, vocab)
+    for j in range(5):
+        np.testing.assert_array_equal(verified[j], one_by_one[j])
+
+
 def test_sharded_verify_pass_equals_one_token_at_a_time(tiny):
     gf = _open(tiny("qwen2", "Q8_0"))
     shards = [load_model(gf, n_ctx=64, policy=BLOCKS, plan=p) for p in plan_for(gf, 2)]
@@ -163,12 +182,19 @@ def _run(model, tok, prompt, params, history=None):
     return [e.token_id for e in evs if e.kind == "token"], evs[-1]
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_generation_with_lookup_gives_plain_tokens(tiny, arch):
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gemma3-ring"])
+def test_generation_with_lookup_gives_plain_tokens(tiny, arch, tmp_path, monkeypatch):
     """A random tiny model rarely repeats its prompt, so the drafts come from a history holding
     its own plain continuation with every 5th token changed: kept drafts, refused drafts, cache
-    cut-backs, all must leave the tokens exactly as plain decoding gives them."""
-    gf = _open(tiny(arch, "Q8_0"))
+    cut-backs, all must leave the tokens exactly as plain decoding gives them. gemma3-ring: six
+    layers, the five sliding ones in rings of 16 rows that wrap several times (KV_REWIND 9)."""
+    if arch == "gemma3-ring":
+        import engine.model
+
+        monkeypatch.setattr(engine.model, "KV_REWIND", 9)
+        gf = _open(write_tiny(tmp_path / "gemma6.gguf", "gemma3", qtype="Q8_0", n_layers=6))
+    else:
+        gf = _open(tiny(arch, "Q8_0"))
     model, tok = load_model(gf, n_ctx=128, policy=BLOCKS), Tokenizer.from_metadata(gf.metadata)
     prompt = _code_prompt(tok)
     drafted = accepted = 0

@@ -95,6 +95,109 @@ def test_sliding_window_changes_logits_only_past_the_window(tiny):
     assert not np.allclose(a[1], b[1])  # inside the window: the first token is seen
 
 
+@pytest.fixture(scope="module")
+def gemma6(tmp_path_factory):
+    """gemma3 with six layers: five sliding (window 8), then a global one."""
+    return open_gguf(write_tiny(tmp_path_factory.mktemp("tiny") / "gemma6.gguf", "gemma3", n_layers=6))
+
+
+def _ring(monkeypatch, g, rewind, n_ctx=64, policy=DENSE):
+    """A model whose sliding-window layers keep a ring of window - 1 + `rewind` positions."""
+    import engine.model
+
+    monkeypatch.setattr(engine.model, "KV_REWIND", rewind)
+    return load_model(g, n_ctx=n_ctx, policy=policy)
+
+
+def test_sliding_window_ring_gives_the_full_cache_logits(gemma6, monkeypatch):
+    """gemma3's window of 8 in a ring of 16 rows (KV_REWIND 9), against a cache of every position
+    (KV_REWIND 64: 71 rows, more than n_ctx): one token at a time past several wraps, a prompt wider
+    than the ring, and a batch in the middle wider than the ring's room beside the window."""
+    g = gemma6
+    full = _ring(monkeypatch, g, 64)
+    assert [len(c) for c in full.k_cache] == [64] * 6 and full.max_cut is None
+    toks = _tokens(50, seed=5)
+    ref = full.forward(toks, all_logits=True)  # (50, vocab)
+    ring = _ring(monkeypatch, g, 9)
+    assert [len(c) for c in ring.k_cache] == [16] * 5 + [64] and ring.max_cut == 9  # layer 5 is global
+    steps = np.stack([ring.forward([t]) for t in toks])
+    np.testing.assert_allclose(steps, ref, rtol=1e-5, atol=1e-5)
+    ring.reset()
+    np.testing.assert_allclose(ring.forward(toks, all_logits=True), ref, rtol=1e-5, atol=1e-5)  # 50 > 16 rows
+    ring.reset()
+    parts = [ring.forward(toks[:20], all_logits=True), ring.forward(toks[20:45], all_logits=True),
+             np.stack([ring.forward([t]) for t in toks[45:]])]
+    np.testing.assert_allclose(np.concatenate(parts), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_sliding_window_ring_is_cut_back_at_most_its_room(gemma6, monkeypatch):
+    """Cut back within KV_REWIND of the highest position written, the ring still holds the window
+    the next position needs; further back is refused by name, and position 0 starts afresh."""
+    g = gemma6
+    toks, other = _tokens(40, seed=6), _tokens(40, seed=7)
+    ref = _ring(monkeypatch, g, 64).forward(toks[:31] + other[31:36], all_logits=True)[31:]
+    ring = _ring(monkeypatch, g, 9)
+    ring.forward(toks)  # positions 0..39 written
+    assert ring.cut_floor() == 31
+    ring.pos = 31
+    np.testing.assert_allclose(ring.forward(other[31:36], all_logits=True), ref, rtol=1e-5, atol=1e-5)
+    ring.pos = 30
+    with pytest.raises(ValueError, match="cannot cut the KV cache back to position 30.*lowest now 31"):
+        ring.forward([5])
+    ring.pos = 0
+    np.testing.assert_allclose(ring.forward(toks[:3], all_logits=True),
+                               _ring(monkeypatch, g, 64).forward(toks[:3], all_logits=True), rtol=1e-5, atol=1e-5)
+    assert ring.cut_floor() == 0
+
+
+def test_a_session_reuses_the_cache_only_above_the_rings_floor(gemma6, monkeypatch):
+    """A next turn that extends the conversation reuses the ring; an edit further back than it can
+    be cut computes the prompt again, and answers as a fresh session does. The leader of a
+    sharded session (LookaheadModel) follows the same floor from the forwards it asks for."""
+    from engine.sampler import SamplingParams
+    from engine.session import LookaheadModel, Session
+
+    def answer(session, prompt, n=12):
+        gen = session.start({"prompt": prompt}, SamplingParams(temperature=0, max_tokens=n, speculative=False))
+        events = list(iter(gen.step, None))
+        return gen.reused, [e["token_id"] for e in events if e["type"] == "token"]
+
+    _ring(monkeypatch, gemma6, 9)  # KV_REWIND 9 for the sessions below
+    session = Session(gemma6, load_model(gemma6, n_ctx=128, policy=DENSE))
+    first = "the quick brown fox jumps over the lazy dog"
+    answer(session, first)
+    assert session.model.cut_floor() > 3
+    edited = first[:3] + "X" + first[4:]  # an edit at the 4th character
+    reused, tokens = answer(session, edited, n=5)
+    fresh = Session(gemma6, load_model(gemma6, n_ctx=128, policy=DENSE))
+    assert reused == 0 and tokens == answer(fresh, edited, n=5)[1]
+    n_prompt = len(session.prompt_tokens({"prompt": edited}))
+    reused, tokens = answer(session, edited + " and")  # within 9 of the answer's end: the ring is kept
+    again = Session(gemma6, load_model(gemma6, n_ctx=128, policy=DENSE))
+    assert reused == n_prompt and tokens == answer(again, edited + " and")[1]
+
+    lead, model = LookaheadModel(64, session.model.max_cut), load_model(gemma6, n_ctx=64, policy=DENSE)
+    for pos, n in ((0, 30), (30, 1), (31, 9), (33, 4), (0, 5), (5, 20)):  # a prompt, steps, a draft cut back, a new fill
+        for m in (lead, model):
+            m.pos = pos
+        lead.provide(list(range(3, 3 + n)), None)
+        lead.forward(list(range(3, 3 + n)))
+        model.forward(list(range(3, 3 + n)))
+        assert lead.cut_floor() == model.cut_floor()
+
+
+def test_kv_cache_size_follows_the_ring(gemma6, monkeypatch):
+    """Budget and model agree on the rows: gemma3's sliding layers hold window - 1 + KV_REWIND."""
+    from engine import budget
+
+    g = gemma6
+    ring = _ring(monkeypatch, g, 9)
+    est = budget.estimate(g, n_ctx=64)
+    assert est.workers[0].kv == sum(c.nbytes for c in ring.k_cache + ring.v_cache)
+    hd = ring.config.head_dim
+    assert est.workers[0].kv == (5 * 16 + 64) * ring.n_kv * 2 * hd * 4
+
+
 def test_context_full_is_an_error(tiny):
     m = load_model(open_gguf(tiny("llama")), n_ctx=8, policy=DENSE)
     m.forward(_tokens(8))
