@@ -325,14 +325,14 @@ class Model:
             k = rope(k, cos, sin, cfg.rope_neox)
         start, end = int(positions[0]), int(positions[-1]) + 1
         n = end - start
-        kc, vc = self.k_cache[layer], self.v_cache[layer]
+        kc, vc = self.k_cache[layer], self.v_cache[layer]  # (rows, KV, hd), (rows, KV, hd_v)
         rows = len(kc)
         window = cfg.sliding_window if cfg.is_sliding(layer) else None
         if window is not None and end > rows and n > rows - window + 1:
             # more new positions than the ring holds beside the window (a long prompt): attend over
             # the window's past and the batch, then keep the batch's last `rows` positions
             lo = max(0, start - window + 1)
-            past = np.arange(lo, start) % rows
+            past = np.arange(lo, start) % rows  # (start - lo,) rows of the window's past
             keys, vals = np.concatenate([kc[past], k]), np.concatenate([vc[past], v])  # (T, KV, hd)
             _store(kc, vc, k[-rows:], v[-rows:], end - min(n, rows), end)
             return self._attend(q, keys, vals, np.arange(lo, end), start, window)
@@ -359,7 +359,7 @@ class Model:
         """Attention of the queries at positions start.. over this layer's cache. The rows read
         depend on the positions alone (not on what was written and cut back), so a position's
         logits are the same bits in a verify pass as in plain decoding. q: (n, H, hd) -> (n, H * hd_v)."""
-        kc, vc = self.k_cache[layer], self.v_cache[layer]
+        kc, vc = self.k_cache[layer], self.v_cache[layer]  # (rows, KV, hd), (rows, KV, hd_v)
         rows, end = len(kc), start + q.shape[0]
         window = self.config.sliding_window if self.config.is_sliding(layer) else None
         if end <= rows:  # row p holds position p (rows that a cut-back draft overwrote hold positions
