@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+from .strtable import StringTable
+
 Message = Mapping[str, object]   # {"role": "system" | "user" | "assistant", "content": str | parts}
 
 
@@ -547,7 +549,7 @@ class ChatTemplate:
     def from_metadata(cls, metadata: Mapping[str, object]) -> "ChatTemplate":
         """From GGUF metadata: tokenizer.chat_template, general.architecture, the vocabulary."""
         tokens = metadata.get("tokenizer.ggml.tokens", [])
-        vocab = tokens if isinstance(tokens, (list, tuple)) else []
+        vocab = tokens if isinstance(tokens, (list, tuple, StringTable)) else []
 
         def tok(key: str) -> str:
             try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .strtable import StringTable
+
 # Transformer families: ModelConfig, the forward pass in engine/model.py.
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3", "gpt2")  # (engine/model.py ARCHITECTURES adds atome)
 
@@ -163,7 +165,7 @@ class ModelConfig:
                     raise ConfigError(f"GGUF metadata key {key} is missing (needed by {arch})")
                 continue
             value = metadata[key]
-            if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0):
+            if isinstance(value, (list, tuple, StringTable)) or getattr(value, "ndim", 0):
                 raise ConfigError(f"GGUF metadata key {key} is an array (per-layer values are not supported)")
             values[name] = value if isinstance(value, str) else _number(key, value)
         if "vocab_size" not in values:

@@ -55,12 +55,14 @@ from __future__ import annotations
 import enum
 import os
 import struct
+from array import array
 from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 
 from .quants import TYPES, row_nbytes  # ggml type id -> (block_size, type_size)
+from .strtable import StringTable
 
 __all__ = ["GGUFError", "ValueType", "TensorInfo", "GGUFFile", "open_gguf", "write_gguf"]
 
@@ -71,6 +73,7 @@ MAX_NAME_BYTES = 63  # ggml GGML_MAX_NAME = 64 including the terminating NUL
 MAX_KEY_BYTES = 65535  # spec limit on metadata key length
 MAX_DIMS = 4  # ggml GGML_MAX_DIMS
 INT64_MAX = 2**63 - 1  # ggml stores ne as int64: element counts and dims must fit
+_GATHER_CHUNK = 32768  # strings gathered per step of a string array's parse
 
 
 class GGUFError(ValueError):
@@ -195,6 +198,25 @@ def _lenient_utf8(key: str) -> bool:
     return key.startswith("tokenizer.ggml.")
 
 
+def _check_utf8(blob: bytes, offsets: array, key: str) -> None:
+    """Every string of a strict key is valid UTF-8: the whole blob decodes and no non-empty string
+    starts inside a character (then each string lies between character boundaries, so each decodes)."""
+    data = np.frombuffer(blob, np.uint8)                        # (len(blob),)
+    o = np.frombuffer(offsets, np.int64)                        # (n + 1,)
+    starts = o[:-1][o[1:] > o[:-1]]                             # (n_nonempty,)
+    try:
+        str(blob, "utf-8")
+        if not np.any((data[starts] & 0xC0) == 0x80):
+            return
+    except UnicodeDecodeError:
+        pass
+    for i in range(len(o) - 1):                                 # the error path: name the string
+        try:
+            str(blob[o[i]:o[i + 1]], "utf-8")
+        except UnicodeDecodeError as e:
+            raise GGUFError(f"metadata key {key!r}: string #{i} is not valid UTF-8 (byte {e.start})") from None
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Where one tensor lives in the buffer and how to read it."""
@@ -268,7 +290,7 @@ class GGUFFile:
     version: int
     alignment: int
     data_offset: int  # absolute offset of the data section (TensorInfo.offset already includes it)
-    metadata: dict[str, object]  # str | int | float | bool | list[str] | np.ndarray (numeric arrays)
+    metadata: dict[str, object]  # str | int | float | bool | StringTable (string arrays) | np.ndarray (numeric arrays)
     value_types: dict[str, tuple[ValueType, ValueType | None]]  # key -> (type, array element type)
     tensors: dict[str, TensorInfo]  # in file order
 
@@ -479,27 +501,46 @@ class GGUFFile:
         # copied so the metadata is aligned, writable and does not pin the caller's buffer
         return etype, arr.view(dtype).copy()  # (n,)
 
-    def _read_string_array(self, cur: _Cursor, key: str, n: int) -> list[str]:
-        # The hot loop of the header (Gemma: 262144 tokens): locals only, one bounds check per item.
+    def _read_string_array(self, cur: _Cursor, key: str, n: int) -> StringTable:
+        # The hot loop of the header (Gemma: 262144 tokens): lengths only, locals, one bounds check
+        # per item; the bytes are then gathered and checked in one vectorised pass.
         mv, pos, end = cur.mv, cur.pos, cur.end
         unpack = _U64.unpack_from
-        errors = "surrogateescape" if _lenient_utf8(key) else "strict"
-        out = [""] * n  # n <= bytes left / 8, so this list is bounded by the file size
-        try:
-            for i in range(n):
-                if end - pos < 8:
-                    raise GGUFError(f"metadata key {key!r}: string #{i} of {n} runs past the end of the file")
-                (length,) = unpack(mv, pos)
-                pos += 8
-                if length > end - pos:
-                    raise GGUFError(f"metadata key {key!r}: string #{i} has length {length} but only "
-                                    f"{end - pos} bytes are left")
-                out[i] = str(mv[pos:pos + length], "utf-8", errors)
-                pos += length
-        except UnicodeDecodeError as e:
-            raise GGUFError(f"metadata key {key!r}: string #{i} is not valid UTF-8 (byte {e.start})") from None
+        first = pos
+        offsets = array("q", bytes(8 * (n + 1)))  # n <= bytes left / 8: bounded by the file size
+        total = 0
+        for i in range(n):
+            if end - pos < 8:
+                raise GGUFError(f"metadata key {key!r}: string #{i} of {n} runs past the end of the file")
+            (length,) = unpack(mv, pos)
+            pos += 8
+            if length > end - pos:
+                raise GGUFError(f"metadata key {key!r}: string #{i} has length {length} but only "
+                                f"{end - pos} bytes are left")
+            pos += length
+            total += length
+            offsets[i + 1] = total
         cur.pos = pos
-        return out
+        # the region is n x (8-byte length + string): gather the strings, dropping each length's
+        # 8 bytes, a chunk of strings at a time (the mask stays small)
+        blob = bytearray(total)
+        out = np.frombuffer(blob, np.uint8)                                  # (total,)
+        o = np.frombuffer(offsets, np.int64)                                 # (n + 1,)
+        for c0 in range(0, n, _GATHER_CHUNK):
+            c1 = min(n, c0 + _GATHER_CHUNK)
+            a = first + 8 * c0 + int(o[c0])                                  # string c0's length field
+            b = first + 8 * c1 + int(o[c1])
+            region = np.frombuffer(mv, np.uint8, count=b - a, offset=a)      # (b - a,)
+            keep = np.ones(b - a, bool)                                      # (b - a,)
+            fields = o[c0:c1] - o[c0] + 8 * np.arange(c1 - c0, dtype=np.int64)  # (c1 - c0,) in region
+            for k in range(8):
+                keep[fields + k] = False
+            np.compress(keep, region, out=out[o[c0]:o[c1]])
+        del out
+        errors = "surrogateescape" if _lenient_utf8(key) else "strict"
+        if errors == "strict":
+            _check_utf8(blob, offsets, key)
+        return StringTable(blob, offsets, errors)
 
     def _check_key_types(self) -> None:
         """Reject known keys stored with the wrong value type (type confusion, K12/K13)."""
@@ -644,7 +685,10 @@ def _pack_array(etype: ValueType, values, key: str) -> bytes:
     if etype == ValueType.STRING:
         errors = "surrogateescape" if _lenient_utf8(key) else "strict"
         parts = [_U32.pack(etype), _U64.pack(len(values))]
-        parts += [_pack_string(s, key, errors) for s in values]
+        if isinstance(values, StringTable):                 # read from a GGUF: its bytes as they were
+            parts += [_pack_string(values.raw(i), key) for i in range(len(values))]
+        else:
+            parts += [_pack_string(s, key, errors) for s in values]
         return b"".join(parts)
     _, _, dtype = _FIXED[etype]
     name = etype.name.lower()

@@ -98,6 +98,22 @@ def test_from_metadata_without_template():
     assert t.stop == ("<end_of_turn>",)
 
 
+def test_from_parsed_gguf_probes_its_vocabulary():
+    """A parsed file's token list (a StringTable, engine/strtable.py) is probed like a list: a
+    llama-arch fine-tune with Llama 3's header tokens and no template gets the llama3 format."""
+    import io
+
+    from engine.gguf import GGUFFile, ValueType as V, write_gguf
+
+    tokens = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "a"]
+    buf = io.BytesIO()
+    write_gguf(buf, {"general.architecture": (V.STRING, "llama"),
+                     "tokenizer.ggml.tokens": (V.ARRAY, (V.STRING, tokens)),
+                     "tokenizer.ggml.bos_token_id": (V.UINT32, 0)}, [])
+    t = ChatTemplate.from_metadata(GGUFFile(buf.getvalue()).metadata)
+    assert (t.family, t.bos_token) == ("llama3", "<|begin_of_text|>")
+
+
 HF_STYLE = (
     "{%- set ns = namespace(n=0) -%}"
     "{{ bos_token }}"

@@ -23,6 +23,7 @@ import pytest
 from tests import gguf_craft as c
 from engine.gguf import GGUFError, GGUFFile, TensorInfo, ValueType, open_gguf, write_gguf
 from engine.quants import BY_NAME, row_nbytes
+from engine.strtable import StringTable
 
 GEMMA = Path(os.environ.get("MOTE_GEMMA_PATH", "/tmp/gemma/gemma-3-270m-q4_k_m.gguf"))
 needs_gemma = pytest.mark.skipif(not GEMMA.is_file(), reason=f"Gemma 3 270M GGUF not found at {GEMMA} "
@@ -67,6 +68,8 @@ def assert_matches_reference(ours: GGUFFile, path: Path, check_bytes: bool = Tru
             assert mine.tobytes() == theirs.tobytes(), key  # bit-exact, NaNs included
         elif isinstance(mine, float):
             assert mine == float(theirs) or (math.isnan(mine) and math.isnan(float(theirs))), key
+        elif isinstance(mine, StringTable):  # string arrays: one bytes blob (engine/strtable.py)
+            assert isinstance(theirs, list) and list(mine) == theirs, key
         else:
             assert mine == theirs and type(mine) is type(theirs), key
     assert list(ours.tensors) == [t.name for t in ref.tensors]
@@ -150,6 +153,8 @@ def test_write_read_roundtrip_every_value_type(tmp_path):
         if isinstance(got, np.ndarray):
             assert got.dtype.isnative and got.flags.writeable and got.flags.aligned
             np.testing.assert_array_equal(got, np.array(value[1], dtype=got.dtype), err_msg=key)
+        elif etype == V.STRING:  # string arrays are held as one bytes blob (engine/strtable.py)
+            assert isinstance(got, StringTable) and list(got) == expected_value(vtype, value), key
         else:
             assert got == expected_value(vtype, value) and type(got) is type(expected_value(vtype, value)), key
     for name, ggml_type, shape, data in tensors:

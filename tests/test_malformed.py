@@ -119,6 +119,11 @@ REJECT = [
      header(n_kv=1) + c.kv_array("a.b", c.STRING, [c.string("abcdefghijklmnop")], count=3), "'a.b': string #1"),
     ("K8-string-array-invalid-utf8", with_kv(c.kv_array("general.tags", c.STRING, [c.string("ok"), c.string(b"\xff")])),
      "'general.tags': string #1 is not valid UTF-8"),
+    # one character split over two strings: the bytes together are valid UTF-8, each string is not
+    ("K8-string-array-split-character", with_kv(c.kv_array("general.tags", c.STRING, [c.string(b"a\xc3"), c.string(b"\xa9b")])),
+     "'general.tags': string #0 is not valid UTF-8"),
+    ("K8-string-array-starts-mid-character", with_kv(c.kv_array("general.tags", c.STRING, [c.string(""), c.string(b"\xa9")])),
+     "'general.tags': string #1 is not valid UTF-8"),
     ("K9-nested-array", with_kv(c.kv_array("a.b", c.ARRAY, [c.u32(c.UINT8) + c.u64(1) + c.u8(1)])), "nested arrays"),
     ("K9-nested-depth-5000", header(n_kv=1) + c.string("a.b") + c.u32(c.ARRAY) + (c.u32(c.ARRAY) + c.u64(1)) * 5000,
      "nested arrays"),
