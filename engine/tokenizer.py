@@ -49,9 +49,12 @@ import codecs
 import heapq
 import re
 import unicodedata
-from typing import Iterable
+from array import array
+from typing import Iterable, Sequence
 
 import numpy as np
+
+from .strtable import StringTable
 
 __all__ = ["Tokenizer", "StreamDecoder", "TokenizerError"]
 
@@ -244,14 +247,21 @@ class Tokenizer:
 
     Attributes: kind ("llama" | "gpt2" | "bytes"), vocab_size, bos_id, eos_id, unk_id (None when
     the model has none), add_bos / add_eos (what encode() does by default), add_space_prefix,
-    stop_ids (ids that end generation), tokens (token texts), token_types (np.int32 array).
+    stop_ids (ids that end generation), tokens (token texts, a StringTable), token_types (np.int32
+    array).
+
+    The vocabulary stays as the file's bytes (engine/strtable.py): text -> id and merge -> rank are
+    lookups in the token and merge tables, scores an array('f'). No Python object per entry.
     """
 
-    def __init__(self, kind: str, tokens: list[str], token_types: np.ndarray,
-                 scores: list[float] | None = None, merges: list[str] | None = None,
+    def __init__(self, kind: str, tokens: Sequence[str], token_types: np.ndarray,
+                 scores: Sequence[float] | np.ndarray | None = None,
+                 merges: Sequence[str] | None = None,
                  pre: str = "default", bos_id: int | None = None, eos_id: int | None = None,
                  unk_id: int | None = None, eot_id: int | None = None, eom_id: int | None = None,
                  add_bos: bool = False, add_eos: bool = False, add_space_prefix: bool = False):
+        if not isinstance(tokens, StringTable):
+            tokens = StringTable.from_strings(tokens, "surrogateescape")
         n = len(tokens)
         if kind not in ("llama", "gpt2", "bytes"):
             raise TokenizerError(f"tokenizer.ggml.model {kind!r} not supported "
@@ -280,24 +290,25 @@ class Tokenizer:
         if self.add_bos and self.bos_id is None:
             raise TokenizerError("tokenizer.ggml.add_bos_token is true but there is no BOS token id")
 
-        # text -> id; a repeated text maps to its last id, and an empty text gets a placeholder
-        # that no input can produce (both as llama.cpp does)
-        if "" in tokens:
-            tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
-        self._ids: dict[str, int] = dict(zip(tokens, range(n)))
+        # text -> id (`_id`); a repeated text maps to its last id, and an empty text gets a
+        # placeholder that no input can produce (both as llama.cpp does)
+        empty = np.flatnonzero(tokens.lengths() == 0).tolist()
+        self._empty = {f"[EMPTY_{i}]": i for i in empty}
+        self._id = tokens.find if not empty else self._id_with_placeholders
+        text = self._text
 
         # end of generation: every token with an end-of-generation text (forced to control
         # type), then eos, eot and eom; then llama.cpp's two exceptions
         eot_id = valid(eot_id, "tokenizer.ggml.eot_token_id")
         if eot_id is None:
-            eot_id = next((self._ids[t] for t in _EOT_TEXTS if t in self._ids), None)
-        stop = {self._ids[t] for t in _EOG_TEXTS if t in self._ids}
+            eot_id = next((i for i in map(self._id, _EOT_TEXTS) if i is not None), None)
+        stop = {i for i in map(self._id, _EOG_TEXTS) if i is not None}
         if kind != "bytes":
             types[list(stop)] = CONTROL
-            types[[self._ids[t] for t in _ALWAYS_SHOWN if t in self._ids]] = USER_DEFINED
+            types[[i for i in map(self._id, _ALWAYS_SHOWN) if i is not None]] = USER_DEFINED
         stop |= {i for i in (self.eos_id, eot_id, valid(eom_id, "tokenizer.ggml.eom_token_id"))
                  if i is not None}
-        names = {tokens[i]: i for i in stop}
+        names = {text(i): i for i in stop}
         has = names.__contains__
         if has("<|end|>") and (has("<|call|>") or has("<|calls|>")) and (
                 has("<|return|>") or has("<|flush|>")):           # gpt-oss / solar-open: a turn end
@@ -313,7 +324,7 @@ class Tokenizer:
         # special tokens split out before tokenizing: (text, id, needs parse_special), longest
         # UTF-8 text first (ties by id; llama.cpp's std::sort leaves tie order unspecified)
         special = np.nonzero((types == CONTROL) | (types == USER_DEFINED) | (types == UNKNOWN))[0]
-        self._special = sorted(((tokens[i], int(i), bool(types[i] != USER_DEFINED))
+        self._special = sorted(((text(i), int(i), bool(types[i] != USER_DEFINED))
                                 for i in special.tolist()),
                                key=lambda s: -len(s[0].encode("utf-8", "surrogateescape")))
 
@@ -323,25 +334,44 @@ class Tokenizer:
                 scores = [0.0] * n
             if len(scores) != n:
                 raise TokenizerError(f"tokenizer.ggml.scores has {len(scores)} entries (expected {n})")
-            self._scores = scores
+            self._scores = array("f", np.asarray(scores, np.float32).tobytes())   # (n,) [i] -> float
             # byte fallback: "<0xNN>" tokens, else the one-byte text (llama.cpp byte_to_token)
-            self._byte_ids = [self._ids.get(f"<0x{b:02X}>", self._ids.get(chr(b))) if b < 128
-                              else self._ids.get(f"<0x{b:02X}>") for b in range(256)]
+            self._byte_ids = [self._first_id(f"<0x{b:02X}>", chr(b)) if b < 128
+                              else self._id(f"<0x{b:02X}>") for b in range(256)]
         elif kind == "gpt2":
             if pre not in _PRE_TOKENIZERS:
                 raise TokenizerError(f"tokenizer.ggml.pre {pre!r} not supported (expected one of "
                                      f"{', '.join(sorted(p for p in _PRE_TOKENIZERS if p))})")
             patterns, self._ignore_merges, _ = _PRE_TOKENIZERS[pre]
             self._split = [_pattern(p) for p in patterns]
-            # "left right" -> rank; the first occurrence of a pair wins (llama.cpp's emplace)
-            self._ranks: dict[tuple[str, str], int] = {}
-            for rank, line in enumerate(merges or ()):
-                cut = line.find(" ", 1)
-                if cut > 0:
-                    self._ranks.setdefault((line[:cut], line[cut + 1:]), rank)
-            self._byte_ids = [self._ids.get(c) for c in _BYTE_TO_CHAR]
+            # merge rules "left right"; a pair's rank is the line's index, the first occurrence
+            # winning (llama.cpp's emplace), see `_rank`
+            if not isinstance(merges, StringTable):
+                merges = StringTable.from_strings(merges or (), "surrogateescape")
+            self._merges = merges
+            self._byte_ids = [self._id(c) for c in _BYTE_TO_CHAR]
             self._word_cache: dict[str, list[int]] = {}
         self.pre = pre
+
+    def _text(self, i: int) -> str:
+        """Token i's text as the lookups see it (an empty text's placeholder)."""
+        return self.tokens[i] or f"[EMPTY_{i}]"
+
+    def _id_with_placeholders(self, text: str) -> int | None:
+        """`_id` of a vocabulary with empty texts: the last of the real ids and placeholders."""
+        i = self.tokens.find(text) if text else None
+        j = self._empty.get(text)
+        return i if j is None or (i is not None and i > j) else j
+
+    def _first_id(self, text: str, fallback: str) -> int | None:
+        i = self._id(text)
+        return self._id(fallback) if i is None else i
+
+    def _rank(self, left: str, right: str) -> int | None:
+        """Rank of the merge "left right". The old (left, right) split of a line was at its first
+        space after position 0; byte-level symbols hold no space (it is "Ġ"), so the line
+        left + " " + right is the same test."""
+        return self._merges.find(f"{left} {right}", last=False)
 
     # ---------------------------------------------------------------------------------------
     # construction from GGUF metadata
@@ -363,12 +393,10 @@ class Tokenizer:
         if tokens is None:
             raise TokenizerError("tokenizer.ggml.tokens is missing (a vocabulary is needed for "
                                  f"tokenizer.ggml.model {model!r})")
-        tokens = tokens if isinstance(tokens, list) else list(tokens)   # engine.gguf gives a list
         n = len(tokens)
         types = g("token_type")
         types = np.full(n, NORMAL, np.int32) if types is None else np.asarray(types)
         scores = g("scores")
-        scores = None if scores is None else np.asarray(scores, np.float32).tolist()
         pre = g("pre", "default") or "default"
         if model == "llama":
             # llama.cpp's SPM defaults: BOS 1, EOS 2, UNK 0, add BOS, add a space prefix
@@ -477,14 +505,14 @@ class Tokenizer:
         """
         if not text:
             return
-        ids, scores = self._ids, self._scores
+        find, scores = self._id, self._scores
         sym = list(text)                                   # symbol texts; "" once merged away
         n = len(sym)
         nxt = list(range(1, n)) + [-1]                     # linked list over live symbols
         prv = list(range(-1, n - 1))
         heap: list[tuple[float, int, int, int]] = []       # (-score, left, right, merged length)
         for i in range(n - 1):
-            t = ids.get(sym[i] + sym[i + 1])
+            t = find(sym[i] + sym[i + 1])
             if t is not None:
                 heap.append((-scores[t], i, i + 1, 2))
         heapq.heapify(heap)
@@ -500,12 +528,12 @@ class Tokenizer:
             for l, r in ((prv[left], left), (left, nxt[left])):   # the two new neighbours
                 if l >= 0 and r >= 0:
                     merged = sym[l] + sym[r]
-                    t = ids.get(merged)
+                    t = find(merged)
                     if t is not None:
                         heapq.heappush(heap, (-scores[t], l, r, len(merged)))
         i = 0
         while i >= 0:
-            t = ids.get(sym[i])
+            t = find(sym[i])
             if t is not None:
                 out.append(t)
             else:
@@ -538,16 +566,18 @@ class Tokenizer:
         Pieces left that are not tokens fall back to their single-byte tokens (dropped when the
         vocabulary lacks one, as llama.cpp does).
         """
-        ids, ranks = self._ids, self._ranks
-        if self._ignore_merges and word in ids:
-            return [ids[word]]
+        find, rank_of = self._id, self._rank
+        if self._ignore_merges:
+            t = find(word)
+            if t is not None:
+                return [t]
         sym = list(word)
         n = len(sym)
         nxt = list(range(1, n)) + [-1]
         prv = list(range(-1, n - 1))
         heap: list[tuple[int, int, int, str]] = []         # (rank, left, right, merged text)
         for i in range(n - 1):
-            r = ranks.get((sym[i], sym[i + 1]))
+            r = rank_of(sym[i], sym[i + 1])
             if r is not None:
                 heap.append((r, i, i + 1, sym[i] + sym[i + 1]))
         heapq.heapify(heap)
@@ -562,13 +592,13 @@ class Tokenizer:
                 prv[nxt[right]] = left
             for l, r in ((prv[left], left), (left, nxt[left])):
                 if l >= 0 and r >= 0:
-                    rank = ranks.get((sym[l], sym[r]))
+                    rank = rank_of(sym[l], sym[r])
                     if rank is not None:
                         heapq.heappush(heap, (rank, l, r, sym[l] + sym[r]))
         result = []
         i = 0
         while i >= 0:
-            t = ids.get(sym[i])
+            t = find(sym[i])
             if t is not None:
                 result.append(t)
             else:
