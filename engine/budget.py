@@ -13,8 +13,8 @@ A worker's WebAssembly memory only grows (its size is its peak), and a wasm32 he
                 d/dmin (packed), or int8 values + float32 scales of every other block matrix (int8)
     kv          the KV cache for n_ctx tokens (float32 keys and values of this shard's kv heads; a
                 sliding-window layer keeps a ring of its window + KV_REWIND positions, engine/model.py)
-    vocabulary  the parsed metadata and the tokenizer: Python strings and dicts per vocabulary entry
-                (and per BPE merge), on the worker that tokenizes
+    vocabulary  the parsed metadata and the tokenizer: bytes, offsets and a hash table per vocabulary
+                entry (and per BPE merge), on the worker that tokenizes
 
 and `Budget.refusal(limit)` says, in words, which worker would not fit and what to change. The
 constants below were measured in Pyodide 0.27.7 (tests/test_budget.py checks the estimate against
@@ -40,10 +40,12 @@ WASM_LIMIT = 4 << 30           # a wasm32 heap's ceiling (Pyodide's maximum memo
 BOOT_BYTES = 35 * MIB          # Pyodide + numpy + engine imported, before any model (measured 34.6 MiB)
 RUNTIME_BYTES = BOOT_BYTES + 9 * MIB  # + the kernels' scratch buffers (packed.CHUNK_BYTES of float32 and their bytes)
 LOGITS_BYTES = 16              # per vocabulary entry: logits and the sampler's float arrays during a generation
-VOCAB_ENTRY_BYTES = 160        # metadata strings + tokenizer dicts per vocabulary entry, at their peak
-                               # (Pyodide tracemalloc: Gemma 3's 262144 -> 28 MiB live, 41 MiB peak)
-MERGE_BYTES = 140              # per BPE merge rule (Qwen2.5's 151387 merges: ~20 MiB)
-METADATA_ENTRY_BYTES = 50      # a shard that does not tokenize still parses the token and merge lists
+VOCAB_ENTRY_BYTES = 68         # per vocabulary entry, parsed metadata + tokenizer at their peak: the
+                               # text's bytes, offsets, type, score, hash slots (engine/strtable.py)
+                               # (scripts/vocab_memory.mjs, Pyodide: Gemma 3's 262144 -> 16.4 MiB peak)
+MERGE_BYTES = 32               # per BPE merge rule (Qwen2.5's 151936 tokens + 151387 merges: 13.8 MiB peak)
+METADATA_ENTRY_BYTES = 32      # a shard that does not tokenize still parses the token and merge lists
+                               # (Gemma 3: 6.7 MiB peak, Qwen2.5: 8.7 MiB)
 DEVICE_SHARE = 0.5             # of navigator.deviceMemory, for all of a tab's workers together
 
 
