@@ -11,7 +11,7 @@ A worker's WebAssembly memory only grows (its size is its peak), and a wasm32 he
                 row-parallel matrices a shard copies out of them
     side        what the layout keeps beside the blocks: float32 scales of Q8_0 matrices and Q4_K's
                 d/dmin (packed), or int8 values + float32 scales of every other block matrix (int8)
-    kv          the KV cache for n_ctx tokens (float32 keys and values of this shard's kv heads; a
+    kv          the KV cache for n_ctx tokens (a worker's float16 keys and values of this shard's kv heads; a
                 sliding-window layer keeps a ring of its window + KV_REWIND positions, engine/model.py)
     vocabulary  the parsed metadata and the tokenizer: bytes, offsets and a hash table per vocabulary
                 entry (and per BPE merge), on the worker that tokenizes
@@ -107,7 +107,7 @@ class Budget:
 
 
 def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "packed",
-             split_attention: bool = True, default_ctx: int = 2048) -> Budget:
+             split_attention: bool = True, default_ctx: int = 2048, kv_dtype: str = "float16") -> Budget:
     """The budget of loading `gguf` (a GGUFFile or a ShardFile holding only the header) on
     n_workers workers with n_ctx tokens of KV cache, as engine.bridge / engine.shard load it."""
     from .shard import column_cuts, shard_ranges
@@ -128,7 +128,7 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
             kv_heads = plan.kv_heads[1] - plan.kv_heads[0]
             cuts = _dense_cut_bytes(gguf, cfg, plan)
         kv_rows = sum(cfg.kv_rows(layer, n_ctx, model.KV_REWIND) for layer in range(cfg.n_layers))
-        kv = kv_rows * kv_heads * (cfg.head_dim + cfg.v_head_dim) * 4
+        kv = kv_rows * kv_heads * (cfg.head_dim + cfg.v_head_dim) * model.KV_DTYPES[kv_dtype].itemsize
         side = _side_bytes(gguf, cfg, plan, layout)
         tokenizes = plan is None or i == 0
         voc = vocab if tokenizes else _metadata_entries(gguf) * METADATA_ENTRY_BYTES

@@ -12,7 +12,9 @@ differences are switches on `ModelConfig` (norm kind, RoPE layout, biases, gatin
 Weights keep their GGUF names (`blk.{i}.attn_q`, `ffn_gate`, `token_embd`, ...). Prefill is one
 batched pass over the prompt; decoding feeds one token at a time. The KV cache is allocated once:
 n_ctx positions per layer, except a sliding-window layer's, which is a ring of its window plus
-KV_REWIND positions (position p in row p % rows; Gemma 3 270M at 2048 tokens: 36 MB, not 75).
+KV_REWIND positions (position p in row p % rows; Gemma 3 270M at 2048 tokens: 36 MB, not 75). A
+browser worker stores keys and values as float16 (LoadPolicy.kv_dtype, as llama.cpp's cache does:
+18 MB) and reads them back as float32 for the attention's products.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .packed import PackedLinear
 DEFAULT_CTX = 2048  # KV cache length unless asked otherwise (Gemma's 32k would need 1.2 GB)
 KV_REWIND = 256    # positions a sliding-window layer's ring keeps beyond its window: how far the cache
                    # can be cut back (lookup's drafts, MAX_DRAFT = 8; an edited or regenerated turn)
+KV_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}  # LoadPolicy.kv_dtype
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,9 @@ class LoadPolicy:
     int8_types: block types kept as int8 values even when packed: a measured choice where the
         packed product is much slower (engine/bridge.py WORKER_POLICY), allowed only while the
         memory budget has room (engine/budget.py).
+    kv_dtype: what the KV cache stores, "float32" or "float16" (half the memory; every read is cast
+        back to float32, ~2 ns a value in Pyodide, so a key reads the same from this batch as from
+        the cache; logits move by ~1e-3, as with llama.cpp's float16 cache).
 
     The README's "Memory" section says what the defaults keep resident.
     """
@@ -63,6 +69,7 @@ class LoadPolicy:
     own_buffer: bool = False
     packed: bool = False
     int8_types: tuple[str, ...] = ()
+    kv_dtype: str = "float32"
 
     def packs(self, ggml_type: int) -> bool:
         """Whether a block matrix of this type stays packed (see `packed`, `int8_types`)."""
@@ -151,7 +158,8 @@ class Model:
     `forward_steps` yields its partial results at the sync points, see engine/shard.py.
     """
 
-    def __init__(self, config: ModelConfig, plan: "ShardPlan", weights: dict, n_ctx: int):
+    def __init__(self, config: ModelConfig, plan: "ShardPlan", weights: dict, n_ctx: int,
+                 kv_dtype: str = "float32"):
         self.config = config
         self.plan = plan
         self.w = weights
@@ -161,14 +169,17 @@ class Model:
         self.n_heads, self.n_kv = h1 - h0, k1 - k0  # this shard's query and kv heads
         kv = max(1, self.n_kv)
         rows = [cfg.kv_rows(layer, n_ctx, KV_REWIND) for layer in range(cfg.n_layers)]
-        need = 4 * sum(rows) * kv * (cfg.head_dim + cfg.v_head_dim)  # bytes of both caches
+        if kv_dtype not in KV_DTYPES:
+            raise ConfigError(f"unknown KV cache type {kv_dtype!r} (expected one of {', '.join(KV_DTYPES)})")
+        self.kv_dtype = dtype = KV_DTYPES[kv_dtype]
+        need = dtype.itemsize * sum(rows) * kv * (cfg.head_dim + cfg.v_head_dim)  # bytes of both caches
         too_big = f"a KV cache of {n_ctx} tokens needs {need / 2**30:.2f} GiB"
         if need > memory_limit():
             raise ConfigError(f"{too_big}, more than the {memory_limit() / 2**30:.1f} GiB this machine has "
                               "(ask for a shorter context)")
         try:
-            self.k_cache = [np.zeros((r, kv, cfg.head_dim), np.float32) for r in rows]  # per layer (rows, n_kv, hd)
-            self.v_cache = [np.zeros((r, kv, cfg.v_head_dim), np.float32) for r in rows]  # per layer (rows, n_kv, hd_v)
+            self.k_cache = [np.zeros((r, kv, cfg.head_dim), dtype) for r in rows]  # per layer (rows, n_kv, hd)
+            self.v_cache = [np.zeros((r, kv, cfg.v_head_dim), dtype) for r in rows]  # per layer (rows, n_kv, hd_v)
         except MemoryError:
             raise ConfigError(f"{too_big} and that much memory is not free (ask for a shorter context)") from None
         self.max_cut = cfg.max_cut(n_ctx, KV_REWIND)  # None: the cache can be cut back anywhere
@@ -333,7 +344,8 @@ class Model:
             # the window's past and the batch, then keep the batch's last `rows` positions
             lo = max(0, start - window + 1)
             past = np.arange(lo, start) % rows  # (start - lo,) rows of the window's past
-            keys, vals = np.concatenate([kc[past], k]), np.concatenate([vc[past], v])  # (T, KV, hd)
+            keys = np.concatenate([kc[past], k.astype(self.kv_dtype)])  # (T, KV, hd), as the cache holds them
+            vals = np.concatenate([vc[past], v.astype(self.kv_dtype)])  # (T, KV, hd_v)
             _store(kc, vc, k[-rows:], v[-rows:], end - min(n, rows), end)
             return self._attend(q, keys, vals, np.arange(lo, end), start, window)
         _store(kc, vc, k, v, start, end)
@@ -374,8 +386,9 @@ class Model:
     def _attend(self, q: np.ndarray, keys: np.ndarray, vals: np.ndarray, kpos: np.ndarray, start: int,
                 window: int | None) -> np.ndarray:
         """Causal (and, for sliding layers, windowed) attention. q: (n, H, hd) at positions start..;
-        keys, vals: (T, KV, hd) at positions kpos (T,)."""
+        keys, vals: (T, KV, hd) at positions kpos (T,), as the cache stores them (kv_dtype)."""
         cfg = self.config
+        keys, vals = keys.astype(np.float32, copy=False), vals.astype(np.float32, copy=False)  # (T, KV, hd)
         n, n_heads, hd = q.shape
         kv, group = self.n_kv, n_heads // self.n_kv
         qg = q.reshape(n, kv, group, hd).transpose(1, 2, 0, 3)  # (KV, G, n, hd)
@@ -649,7 +662,7 @@ def load_transformer(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolic
         n_ctx = min(n_ctx, pe.shape[0])
     if progress is not None:
         progress(total_bytes, total_bytes)
-    return Model(cfg, plan, weights, n_ctx)
+    return Model(cfg, plan, weights, n_ctx, policy.kv_dtype)
 
 
 def _check_layer(cfg: ModelConfig, i: int, tensors: dict) -> None:

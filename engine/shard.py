@@ -56,8 +56,9 @@ from .session import LookaheadModel, Session
 LEADER = 0         # the shard that samples and runs the generation loop
 MERGE_GAP = 4096   # byte ranges closer than this are fetched as one (tensors are padded to 32)
 
-# Worker-side defaults, as engine.bridge loads the single-worker model: int8 blocks, no float32 copies.
-WORKER_POLICY = LoadPolicy(dense_layers_mb=0.0)
+# Worker-side defaults, as engine.bridge loads the single-worker model: int8 blocks, no float32 copies,
+# a float16 KV cache.
+WORKER_POLICY = LoadPolicy(dense_layers_mb=0.0, kv_dtype="float16")
 
 
 # ---- the file: a header plus the byte ranges one shard needs ------------------------------------

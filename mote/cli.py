@@ -107,7 +107,7 @@ def _load(args):
     if getattr(args, "dense_mb", None) is not None:
         policy = LoadPolicy(dense_layers_mb=args.dense_mb, dense_head_mb=args.dense_mb)
     if getattr(args, "packed", False):  # the browser's layout: products from the mapped file's blocks
-        policy = LoadPolicy(dense_layers_mb=0.0, dense_head_mb=0.0, packed=True)
+        policy = LoadPolicy(dense_layers_mb=0.0, dense_head_mb=0.0, packed=True, kv_dtype="float16")
     return load(args.model, n_ctx=getattr(args, "ctx", None), policy=policy, progress="auto")
 
 

@@ -13,6 +13,7 @@ The chain of reasons, each checked here:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 
 import numpy as np
@@ -88,15 +89,17 @@ def test_verify_pass_equals_one_token_at_a_time(tiny, arch, qtype, policy):
         np.testing.assert_array_equal(verified[j], one_by_one[j])
 
 
+@pytest.mark.parametrize("kv", ["float32", "float16"])
 @pytest.mark.parametrize("before", [12, 14, 30], ids=["reaching-the-wrap", "across-the-wrap", "wrapped"])
-def test_verify_pass_equals_one_token_at_a_time_in_a_sliding_window_ring(tmp_path, monkeypatch, before):
+def test_verify_pass_equals_one_token_at_a_time_in_a_sliding_window_ring(tmp_path, monkeypatch, before, kv):
     """gemma3's window of 8 in a ring of 16 rows (KV_REWIND 9): each verified row attends over the
-    cache as decoding at its position would (the same rows, the same masked ones), bit for bit."""
+    cache as decoding at its position would (the same rows, the same masked ones), bit for bit,
+    also with the workers' float16 cache."""
     import engine.model
 
     monkeypatch.setattr(engine.model, "KV_REWIND", 9)
     path = write_tiny(tmp_path / "gemma6.gguf", "gemma3", qtype="Q8_0", n_layers=6)
-    model = load_model(_open(path), n_ctx=64, policy=BLOCKS)
+    model = load_model(_open(path), n_ctx=64, policy=dataclasses.replace(BLOCKS, kv_dtype=kv))
     assert [len(c) for c in model.k_cache] == [16] * 5 + [64]
     toks = [int(t) for t in np.random.default_rng(8).integers(3, 259, before + 5)]
     model.forward(toks[:before])

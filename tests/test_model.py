@@ -39,19 +39,22 @@ def _tokens(n, seed=1):
     return np.random.default_rng(seed).integers(3, VOCAB, size=n).tolist()
 
 
+@pytest.mark.parametrize("kv", ["float32", "float16"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_kv_cache_decoding_equals_full_recompute(tiny, arch):
+def test_kv_cache_decoding_equals_full_recompute(tiny, arch, kv):
     g = open_gguf(tiny(arch))
     toks = _tokens(20)  # crosses gemma3's sliding window of 8
-    full = load_model(g, policy=DENSE).forward(toks, all_logits=True)  # (20, vocab)
-    m = load_model(g, policy=DENSE)
+    policy = dataclasses.replace(DENSE, kv_dtype=kv)
+    full = load_model(g, policy=policy).forward(toks, all_logits=True)  # (20, vocab)
+    m = load_model(g, policy=policy)
+    tol = 1e-4 if kv == "float32" else 2e-3  # float16: a last-bit difference may round one step away
     step = [m.forward([t]) for t in toks]  # one at a time through the cache
-    np.testing.assert_allclose(np.stack(step), full, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.stack(step), full, rtol=tol, atol=tol)
     # A prefill of part of the prompt, then single steps, must agree too.
     m.reset()
     first = m.forward(toks[:7], all_logits=True)
     rest = [m.forward([t]) for t in toks[7:]]
-    np.testing.assert_allclose(np.concatenate([first, np.stack(rest)]), full, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.concatenate([first, np.stack(rest)]), full, rtol=tol, atol=tol)
     assert m.pos == 20
 
 
@@ -109,25 +112,31 @@ def _ring(monkeypatch, g, rewind, n_ctx=64, policy=DENSE):
     return load_model(g, n_ctx=n_ctx, policy=policy)
 
 
-def test_sliding_window_ring_gives_the_full_cache_logits(gemma6, monkeypatch):
+@pytest.mark.parametrize("kv", ["float32", "float16"])
+def test_sliding_window_ring_gives_the_full_cache_logits(gemma6, monkeypatch, kv):
     """gemma3's window of 8 in a ring of 16 rows (KV_REWIND 9), against a cache of every position
     (KV_REWIND 64: 71 rows, more than n_ctx): one token at a time past several wraps, a prompt wider
-    than the ring, and a batch in the middle wider than the ring's room beside the window."""
+    than the ring, and a batch in the middle wider than the ring's room beside the window (whose
+    fresh keys are rounded as the cache would round them)."""
     g = gemma6
-    full = _ring(monkeypatch, g, 64)
+    policy = dataclasses.replace(DENSE, kv_dtype=kv)
+    full = _ring(monkeypatch, g, 64, policy=policy)
     assert [len(c) for c in full.k_cache] == [64] * 6 and full.max_cut is None
     toks = _tokens(50, seed=5)
     ref = full.forward(toks, all_logits=True)  # (50, vocab)
-    ring = _ring(monkeypatch, g, 9)
+    ring = _ring(monkeypatch, g, 9, policy=policy)
     assert [len(c) for c in ring.k_cache] == [16] * 5 + [64] and ring.max_cut == 9  # layer 5 is global
+    # a key computed one token at a time differs from the batch's in its last float32 bits, which can
+    # round to a neighbouring float16: one float16 step (2^-11 relative) is the tolerance there
+    tol = 1e-5 if kv == "float32" else 2e-3
     steps = np.stack([ring.forward([t]) for t in toks])
-    np.testing.assert_allclose(steps, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(steps, ref, rtol=tol, atol=tol)
     ring.reset()
     np.testing.assert_allclose(ring.forward(toks, all_logits=True), ref, rtol=1e-5, atol=1e-5)  # 50 > 16 rows
     ring.reset()
     parts = [ring.forward(toks[:20], all_logits=True), ring.forward(toks[20:45], all_logits=True),
              np.stack([ring.forward([t]) for t in toks[45:]])]
-    np.testing.assert_allclose(np.concatenate(parts), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate(parts), ref, rtol=tol, atol=tol)
 
 
 def test_sliding_window_ring_is_cut_back_at_most_its_room(gemma6, monkeypatch):
@@ -192,10 +201,33 @@ def test_kv_cache_size_follows_the_ring(gemma6, monkeypatch):
 
     g = gemma6
     ring = _ring(monkeypatch, g, 9)
-    est = budget.estimate(g, n_ctx=64)
+    est = budget.estimate(g, n_ctx=64, kv_dtype="float32")
     assert est.workers[0].kv == sum(c.nbytes for c in ring.k_cache + ring.v_cache)
     hd = ring.config.head_dim
     assert est.workers[0].kv == (5 * 16 + 64) * ring.n_kv * 2 * hd * 4
+    assert budget.estimate(g, n_ctx=64).workers[0].kv == est.workers[0].kv // 2  # a worker's float16 cache
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_float16_cache_holds_half_and_moves_logits_by_its_rounding(tiny, arch):
+    """The workers' float16 KV cache: half the bytes of float32, and logits within what rounding
+    keys and values to 11 significant bits allows, with the same greedy token at every step."""
+    g = open_gguf(tiny(arch))
+    toks = _tokens(20)
+    f32 = load_model(g, n_ctx=32, policy=DENSE)
+    f16 = load_model(g, n_ctx=32, policy=dataclasses.replace(DENSE, kv_dtype="float16"))
+    assert {c.dtype for c in f16.k_cache + f16.v_cache} == {np.dtype(np.float16)}
+    assert sum(c.nbytes for c in f16.k_cache + f16.v_cache) * 2 == sum(c.nbytes for c in f32.k_cache + f32.v_cache)
+    a = np.stack([f32.forward([t]) for t in toks])  # (20, vocab)
+    b = np.stack([f16.forward([t]) for t in toks])
+    assert not np.array_equal(a, b)  # the cache does round
+    np.testing.assert_allclose(b, a, rtol=0, atol=2e-3 * np.abs(a).max())
+    assert (a.argmax(1) == b.argmax(1)).all()
+
+
+def test_an_unknown_kv_cache_type_is_a_clear_error(tiny):
+    with pytest.raises(ConfigError, match="unknown KV cache type 'int4'"):
+        load_model(open_gguf(tiny("llama")), policy=dataclasses.replace(DENSE, kv_dtype="int4"))
 
 
 def test_context_full_is_an_error(tiny):
