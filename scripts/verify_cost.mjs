@@ -7,30 +7,10 @@
 //
 // Prints one JSON line: {t1_ms, c_over_t1: {k: ...}}. Each figure is the median of 4 passes at the
 // same position (the cache cut back after each), after 150 tokens of context.
-import fs from "node:fs";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { bootWithModel } from "./pyodide_node.mjs";
 
 const [model, layout] = process.argv.slice(2);
-if (!model || !fs.existsSync(model)) {
-  console.error("usage: node scripts/verify_cost.mjs MODEL.gguf [packed|compact|int8]");
-  process.exit(2);
-}
-const staticDir = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "static");
-const { loadPyodide } = await import(path.join(staticDir, "pyodide", "pyodide.mjs"));
-const manifest = JSON.parse(fs.readFileSync(path.join(staticDir, "build-manifest.json"), "utf8"));
-const indexURL = path.join(staticDir, "pyodide") + "/";
-const py = await loadPyodide({ indexURL, stdout: () => {}, stderr: (s) => console.error(s) });
-for (const whl of manifest.wheels) {
-  const data = new Uint8Array(fs.readFileSync(path.join(staticDir, whl.file)));
-  if (whl.extract_dir) py.unpackArchive(data, "zip", { extractDir: whl.extract_dir });
-  else py.unpackArchive(data, "wheel");
-}
-const numpy = manifest.runtime.files.find((f) => f.file.endsWith(".whl")).file.split("/").pop();
-await py.loadPackage(indexURL + numpy, { messageCallback: () => {} });
-py.FS.mkdirTree("/model");
-py.FS.mount(py.FS.filesystems.NODEFS, { root: path.dirname(path.resolve(model)) }, "/model");
-py.globals.set("MODEL", "/model/" + path.basename(model));
+const py = await bootWithModel(model, "node scripts/verify_cost.mjs MODEL.gguf [packed|compact|int8]");
 py.globals.set("LAYOUT", layout ?? null);
 console.log(py.runPython(`
 import json, time

@@ -1,0 +1,30 @@
+// Pyodide under Node, as the page boots it: the same Pyodide 0.27.7, numpy and engine wheel
+// (static/, built by build_wasm.py), with MODEL set to the given GGUF (mounted read-only at /model).
+// Used by the measurement scripts beside it; no browser is needed.
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** Exit with `usage` unless `model` names a file; then boot Pyodide with it as MODEL. */
+export async function bootWithModel(model, usage) {
+  if (!model || !fs.existsSync(model)) {
+    console.error(`usage: ${usage}`);
+    process.exit(2);
+  }
+  const staticDir = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "static");
+  const { loadPyodide } = await import(path.join(staticDir, "pyodide", "pyodide.mjs"));
+  const manifest = JSON.parse(fs.readFileSync(path.join(staticDir, "build-manifest.json"), "utf8"));
+  const indexURL = path.join(staticDir, "pyodide") + "/";
+  const py = await loadPyodide({ indexURL, stdout: () => {}, stderr: (s) => console.error(s) });
+  for (const whl of manifest.wheels) {
+    const data = new Uint8Array(fs.readFileSync(path.join(staticDir, whl.file)));
+    if (whl.extract_dir) py.unpackArchive(data, "zip", { extractDir: whl.extract_dir });
+    else py.unpackArchive(data, "wheel");
+  }
+  const numpy = manifest.runtime.files.find((f) => f.file.endsWith(".whl")).file.split("/").pop();
+  await py.loadPackage(indexURL + numpy, { messageCallback: () => {} });
+  py.FS.mkdirTree("/model");
+  py.FS.mount(py.FS.filesystems.NODEFS, { root: path.dirname(path.resolve(model)) }, "/model");
+  py.globals.set("MODEL", "/model/" + path.basename(model));
+  return py;
+}
