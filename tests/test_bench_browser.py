@@ -60,8 +60,14 @@ def test_bench_tiny_three_outputs_and_real_correctness(tiny, tmp_path, capsys):
     assert len(want) == 6
     assert mote["runs"][0]["token_ids"] == [want] and mote["greedy_ok"] is True
     run = mote["runs"][0]
-    for key in ("download_s", "init_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "page_tok_s", "wasm_mb", "peak_rss_mb"):
+    for key in ("download_s", "init_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "wasm_mb", "peak_rss_mb"):
         assert run[key] is not None and run[key] > 0, key
+    # the rate tokens reached the page: all six counted; no rate when they came within one tick of its clock
+    assert run["page_tokens"] == 6
+    if run["page_span_s"] > 0:
+        assert run["page_tok_s"] == pytest.approx(5 / run["page_span_s"])
+    else:
+        assert run["page_tok_s"] is None
     assert run["wasm_mb"] < run["peak_rss_mb"]  # the tab holds the worker's WASM memory and more
     assert rows["cpython"]["greedy_ok"] is True and rows["cpython"]["stats"]["decode_tok_s"]["median"] > 0
     line = next(ln for ln in md.splitlines() if "| mote |" in ln)

@@ -660,15 +660,16 @@ def _run(args) -> int:
                  f"Python {platform.python_version()}", "time": time.strftime("%Y-%m-%d %H:%M:%S")},
         "rows": summarize(rows),
     }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=1))  # first: nothing after can lose the run
     history = getattr(args, "history", None)
     if history and history != "none":
         record = history_record(report)
         for warning in check_history(record, read_history(Path(history))):
             print(f"mote bench: warning: {warning}", file=sys.stderr)
+        Path(history).parent.mkdir(parents=True, exist_ok=True)
         with open(history, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench.json").write_text(json.dumps(report, indent=1))
     md = markdown(report)
     (out_dir / "bench.md").write_text(md)
     png = chart(report, out_dir / "bench.png")
@@ -688,6 +689,8 @@ def _per_prompt_summary(per: list[dict]) -> dict:
             "prefill_tok_s": mean([r["prefill_tok_s"] for r in per if r["prefill_tok_s"]]),
             "decode_tok_s": mean([r["decode_tok_s"] for r in per if r["decode_tok_s"]]),
             "page_tok_s": mean([r["page_tok_s"] for r in per if r.get("page_tok_s")]),
+            "page_tokens": sum(r.get("page_tokens") or 0 for r in per),  # token events the page saw
+            "page_span_s": sum(r.get("page_span_s") or 0 for r in per),  # first to last, summed over prompts
             "n_generated": sum(r["n_generated"] for r in per)}
 
 

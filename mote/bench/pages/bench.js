@@ -62,6 +62,8 @@ function runRecord(d, ts, seen) {
   return { ttft_s: seen.first === null ? null : (seen.first - ts) / 1000, token_ids: d.token_ids, text: d.full_text,
            first_token_s: seen.first === null ? null : seen.first / 1000,   // after the page's navigation began
            prefill_tok_s: d.prefill_tok_s, decode_tok_s: d.decode_tok_s, n_prompt: d.n_prompt, n_generated: d.n_generated,
+           page_tokens: seen.count, page_span_s: span,
+           // null when the tokens came within one tick of the page's clock (a tiny model's can)
            page_tok_s: seen.count > 1 && span > 0 ? (seen.count - 1) / span : null };
 }
 
