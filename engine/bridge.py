@@ -240,14 +240,6 @@ def choose_layout(head, n_ctx: int | None, n_workers: int, layout: str | None, d
     return {"budget": est.as_dict(), "refusal": why, "layout": layout or "packed"}
 
 
-def reserve(total_bytes: int, heap_bytes: int | None = None) -> None:
-    """Before the model's buffer: grow WASM memory once to the budget's total (engine/budget.py).
-    heap_bytes: the WASM heap's size now (the worker reads it from Pyodide's module)."""
-    from . import budget
-
-    budget.reserve_to(total_bytes, heap_bytes or budget.BOOT_BYTES)
-
-
 def load_model(data: Any, n_ctx: int | None = None, layout: str | None = None) -> Any:
     """Parse and load GGUF bytes (a ModelBuffer, or a JS Uint8Array / bytes); returns info."""
     global _session

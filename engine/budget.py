@@ -22,8 +22,10 @@ the WASM memory a worker reports, natively against resident_bytes).
 
 WebAssembly memory grows by at least 20 % of its size at a time (emscripten's geometric growth,
 up to 96 MiB), so a heap that grows step by step while a model loads ends well above what it
-holds. A worker therefore reserves the estimate up front (`reserve`): one allocation that is freed
-at once, whose pages are never touched, so the heap has its final size before the file arrives.
+holds. A worker therefore grows its heap once, before the file arrives, to exactly its estimate plus
+RESERVE_MARGIN (`heap_bytes` in `Budget.as_dict`; static/boot.js growHeap). Not by allocating and
+freeing a block from Python: malloc fills the free space already in the heap first, so that block
+lands short of the target whenever the heap holds some, and the next growth overshoots by 20 %.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ VOCAB_ENTRY_BYTES = 68         # per vocabulary entry, parsed metadata + tokeniz
 MERGE_BYTES = 32               # per BPE merge rule (Qwen2.5's 151936 tokens + 151387 merges: 13.8 MiB peak)
 METADATA_ENTRY_BYTES = 32      # a shard that does not tokenize still parses the token and merge lists
                                # (Gemma 3: 6.7 MiB peak, Qwen2.5: 8.7 MiB)
+RESERVE_MARGIN = 16 * MIB      # beyond the estimate: running short by a byte costs a whole growth step (up to 96 MiB)
 DEVICE_SHARE = 0.5             # of navigator.deviceMemory, for all of a tab's workers together
 
 
@@ -83,8 +86,9 @@ class Budget:
 
     def as_dict(self) -> dict:
         return {"n_ctx": self.n_ctx, "layout": self.layout, "total_bytes": self.total,
-                "workers": [{"total_bytes": w.total, "runtime": w.runtime, "weights": w.weights, "side": w.side,
-                             "kv": w.kv, "vocabulary": w.vocabulary} for w in self.workers]}
+                "workers": [{"total_bytes": w.total, "heap_bytes": w.total + RESERVE_MARGIN, "runtime": w.runtime,
+                             "weights": w.weights, "side": w.side, "kv": w.kv, "vocabulary": w.vocabulary}
+                            for w in self.workers]}
 
     def refusal(self, device_bytes: int | None = None, wasm_limit: int = WASM_LIMIT) -> str | None:
         """Why this does not fit, in words (None when it does): every worker under the wasm32
@@ -221,28 +225,6 @@ def _dense_cut_bytes(gguf, cfg: ModelConfig, plan: ShardPlan) -> int:
             if (c0, c1) != (0, t.shape[1]) and c1 > c0 and (c0 % bs or c1 % bs):
                 total += t.shape[0] * 4 * (c1 - c0)
     return total
-
-
-RESERVE_MARGIN = 24 * MIB  # beyond the estimate: running short by a byte costs a whole growth step (up to 96 MiB)
-
-
-def reserve_to(total_bytes: int, heap_bytes: int = BOOT_BYTES) -> None:
-    """Grow the WASM heap, now `heap_bytes` (engine.bridge.heap_bytes), at once to `total_bytes`
-    (a budget's total) plus RESERVE_MARGIN."""
-    reserve(int(total_bytes) + RESERVE_MARGIN - int(heap_bytes))
-
-
-def reserve(nbytes: int) -> None:
-    """Grow the heap to hold `nbytes` more at once, then free them for the load to use (see the
-    module docstring); untouched, so it costs address space, not resident memory."""
-    if nbytes > 0:
-        import numpy as np
-
-        try:
-            block = np.empty(int(nbytes), np.uint8)  # (nbytes,) never written
-        except MemoryError:
-            return  # the load will say what does not fit
-        del block
 
 
 def _gb(n: int) -> str:

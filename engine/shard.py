@@ -468,17 +468,7 @@ class ShardLoader:
         device = int(device_memory_gb * 2**30) if device_memory_gb else None
         verdict = choose_layout(head, self.n_ctx, self.plan.n_shards, self.layout, device, self.plan.split_attention)
         self.layout, self.policy = verdict["layout"], policy_for(verdict["layout"])  # every shard chooses alike
-        self._estimate = verdict["budget"]["workers"][self.plan.index]["total_bytes"]
         return verdict
-
-    def reserve(self, heap_bytes: int | None = None) -> None:
-        """Grow WASM memory once to this shard's estimate, before its pieces (engine/budget.py);
-        heap_bytes: the WASM heap's size now."""
-        from . import budget
-
-        if getattr(self, "_estimate", None) is None:
-            self.budget()
-        budget.reserve_to(self._estimate, heap_bytes or budget.BOOT_BYTES)
 
     def leader_session(self, n_ctx: int) -> Session:
         """The leader's tokenizer, chat template and generation loop, over logits the shards compute."""

@@ -303,6 +303,21 @@ export function memory(py) {
            js_heap_bytes: perf.memory ? perf.memory.usedJSHeapSize : null };
 }
 
+/**
+ * Grow WASM memory at once to `bytes` (a budget's heap_bytes, engine/budget.py), before the model
+ * arrives, so that the load never grows it step by step: emscripten grows by at least 20 % at a
+ * time, and a load that outgrows its heap by a byte would end ~20 % above what it holds. Pyodide's
+ * module exports emscripten's growMemory, which grows to exactly that size (and updates its views);
+ * the allocator then uses the new pages as they are needed. False where it could not.
+ * @param {any} py @param {number} bytes
+ */
+export function growHeap(py, bytes) {
+  const now = py._module.HEAP8.buffer.byteLength;
+  if (!(bytes > now)) return true;
+  if (typeof py._module.growMemory !== "function") return false;
+  return py._module.growMemory(bytes) === 1;
+}
+
 /** A macrotask turn of the worker's event loop, so queued messages (abort) run; a MessageChannel
  *  post, not setTimeout, whose nesting clamps each turn to 4 ms. */
 const turn = new MessageChannel();

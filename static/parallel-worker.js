@@ -21,7 +21,7 @@
  * address), so a sync costs one copy out, one postMessage with the buffer transferred, one copy in.
  * No SharedArrayBuffer, so no COOP/COEP headers are needed.
  */
-import { bootPython, memory, relayGeneration } from "./boot.js";
+import { bootPython, growHeap, memory, relayGeneration } from "./boot.js";
 import { Ev, Peer, Req, Shard } from "./protocol.js";
 
 const BASE = new URL(".", import.meta.url);
@@ -111,12 +111,12 @@ function header(msg) {
       throw e;
     }
     // the memory every shard will need, before the download: shard 0 refuses for all; each shard
-    // then grows its WASM memory once to its own share (engine/budget.py reserve)
+    // then grows its WASM memory once to its own share (boot.js growHeap)
     const verdict = loader.budget(deviceMemory()).toJs({ dict_converter: Object.fromEntries });
     if (verdict.refusal) {
       if (index === 0) return { over: verdict.refusal, budget: verdict.budget };
     } else {
-      loader.reserve(memory(pyodide).wasm_bytes);
+      growHeap(pyodide, verdict.budget.workers[index].heap_bytes);
     }
     loader.stream_from(prefix, !!msg.hash);
     return { ranges: loader.ranges().toJs(), ...(index === 0 ? { budget: verdict.budget } : {}) };

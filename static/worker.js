@@ -19,7 +19,7 @@
  */
 import { Req, Ev, isMessage, moduleWorker } from "./protocol.js";
 import { chunkList, loadVerified, storeModel } from "./model-source.js";
-import { bootPython, memory, relayGeneration } from "./boot.js";
+import { bootPython, growHeap, memory, relayGeneration } from "./boot.js";
 
 const BASE = new URL(".", import.meta.url);            // .../static/
 /** @type {any} */ let pyodide = null;                  // the Pyodide instance, once booted
@@ -102,7 +102,7 @@ function bufferSink(model, msg, early = null) {
       return true;
     },
     /** The heap's final size at once (before the model's buffer, where the budget comes first). */
-    reserve() { if (this.budget) bridge.reserve(this.budget.total_bytes, memory(pyodide).wasm_bytes); },
+    reserve() { if (this.budget) growHeap(pyodide, this.budget.workers[0].heap_bytes); },
     /** After an early read, once the engine is up: the budget from the header in the buffer. */
     settle() {
       this.adopt(this.buf);

@@ -1082,11 +1082,12 @@ def test_gemma_greedy_tokens_match_cpython(browser, gemma_site):
     # ArrayBuffers (CDP) are sampled peaks; the page's own heap is a few MB.
     wasm_peak = wasm["wasm_bytes"]
     assert wasm_peak is not None
-    # the budget (engine/budget.py) the worker estimated from the header and reserved (+ its margin)
-    # before the download covered the load and the answer: WASM memory did not grow past it
+    # the budget (engine/budget.py) the worker estimated from the header, its heap grown once to it
+    # (+ a margin) before the download, covered the load and the answer: WASM memory did not grow
+    # again (a growth adds at least 20 %), and it is no larger than that (one 64 KiB page of rounding)
     budget = cold["budget"]["total_bytes"]
     metrics(gemma_budget_mb=round(budget / 1e6), gemma_wasm_mb=round(wasm_peak / 1e6))
-    assert wasm_peak <= 1.02 * budget + RESERVE_MARGIN + (8 << 20), (wasm_peak, cold["budget"])
+    assert wasm_peak <= budget + RESERVE_MARGIN + (64 << 10), (wasm_peak, cold["budget"])
     assert wasm_peak + max(load_peak["total"], heap.peak["total"]) + main_heap <= MEMORY_BUDGET
 
 

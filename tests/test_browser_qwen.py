@@ -82,13 +82,14 @@ def answer_in_tab(browser, qwen_site, name: str, workers: int) -> tuple:
     done = chat(page, QUESTION, TOKENS, timeout_s=480)
     assert done["token_ids"] == expected["tokens"], (done["full_text"], expected["text"])
     assert done["n_prompt"] == len(expected["prompt_tokens"])
-    # the budget estimated from the header before the download (engine/budget.py), reserved by each
-    # worker (+ a margin), covered the load and the answer: the workers' WASM did not grow past it
+    # the budget estimated from the header before the download (engine/budget.py), each worker's heap
+    # grown once to its share (+ a margin), covered the load and the answer: no worker's WASM grew
+    # again (a growth adds at least 20 %)
     wasm = (page.evaluate("() => window.moteApp.state.memory") or {}).get("wasm_bytes")
     budget = ready["budget"]["total_bytes"]
     metrics(**{f"{name}_{workers}w_wasm_mb": round(wasm / 1e6), f"{name}_{workers}w_budget_mb": round(budget / 1e6),
                f"{name}_{workers}w_wasm_per_file": round(wasm / paths[name].stat().st_size, 2)})
-    assert wasm <= 1.02 * budget + workers * (RESERVE_MARGIN + (8 << 20)), (wasm, ready["budget"])
+    assert wasm <= budget + workers * (RESERVE_MARGIN + (64 << 10)), (wasm, ready["budget"])
     return page, context, done, ready
 
 

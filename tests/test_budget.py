@@ -86,7 +86,9 @@ def test_shard_estimates_equal_their_byte_ranges_and_cuts(q4k, n):
                 assert any(np.shares_memory(m.rows_u8, c[-1]) for c in loader._cuts)
         assert w.kv == sum(c.nbytes for c in model.k_cache + model.v_cache)
         assert (w.vocabulary > est.workers[-1].vocabulary) == (i == 0)  # the leader tokenizes
-    assert loader.budget()["budget"]["workers"][n - 1]["total_bytes"] == est.per_worker[n - 1]
+    last = loader.budget()["budget"]["workers"][n - 1]
+    assert last["total_bytes"] == est.per_worker[n - 1]
+    assert last["heap_bytes"] == last["total_bytes"] + budget.RESERVE_MARGIN  # what the worker grows its heap to
 
 
 def test_refusals_name_the_limit_the_size_and_what_to_change(q4k):
