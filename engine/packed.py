@@ -74,6 +74,8 @@ _M10 = _c64(0x1010101010101010)   # bit 4 of every byte
 _M04 = _c64(0x0404040404040404)   # bit 2 of every byte
 _B = {k: np.array([k], np.uint8) for k in (2, 3, 4, 6, 15, 0)}  # uint8 constants (masks, shifts)
 _SH = [_c64(k) for k in range(8)]  # shift counts
+_SHL = np.array([[4], [3], [2], [1], [0]], _U64)  # Q5_0: the shift that takes bit m of a byte to bit 4,
+_SHR = np.array([[1], [2], [3]], _U64)            # m = 0..4 (left) and m = 5..7 (right)
 _Z = {z: np.array([z], np.float32) for z in (4, 8, 16, 32)}  # zero points of Q3_K, Q4_0, Q5_0, Q6_K (and Q3_K's scale bias)
 
 # Planes per type: (name, bytes per block, element size). `_planes_of` fills them from the blocks.
@@ -368,18 +370,13 @@ class PackedLinear:
         d = _f32(v["d"][:, 0])  # (nb, c) block scales
         u = self._nibble_halves(v["qs64"], (2, nb, 16, c))  # weights j, 16 + j of each block
         if "hb64" in v:  # Q5_0: the fifth bit of each value byte, + 16 (see _fifth_bits)
-            g = u.reshape(-1).view(_U64).reshape(-1, 8)  # (G, 8): the 8 value words of bit word g
-            hb = _scratch_u8("pk_hb", (8, g.shape[0] * 8)).view(_U64)  # (8, G)
             bits = v["hb64"]  # (G,)
-            for m in range(8):  # bit 8k + m of word g -> bit 4 of byte k of value word 8g + m
-                if m < 4:
-                    np.left_shift(bits, _SH[4 - m], hb[m])
-                elif m == 4:
-                    hb[m] = bits
-                else:
-                    np.right_shift(bits, _SH[m - 4], hb[m])
+            val = u.reshape(-1).view(_U64).reshape(8, bits.shape[0])  # (8, G): value word mG + g
+            hb = _scratch_u8("pk_hb", (8, bits.shape[0] * 8)).view(_U64)  # (8, G)
+            np.left_shift(bits, _SHL, hb[:5])  # bit 8k + m of word g -> bit 8k + 4, for m = 0..4
+            np.right_shift(bits, _SHR, hb[5:])  # and for m = 5..7
             np.bitwise_and(hb, _M10, hb)
-            np.bitwise_or(g, hb.T, g)
+            np.bitwise_or(val, hb, val)
         w = _scratch("pk_w", (2, nb, 16, c))
         np.copyto(w, u, casting="unsafe")  # one cast for the chunk
         if dense:  # prefill: d * (q - z), as the reference
@@ -601,19 +598,20 @@ def _fifth_bits(qh: np.ndarray) -> np.ndarray:
     """Q5_0's fifth bits of a chunk, qh (c, nb, 4) bytes, as the "hb" plane (4 * nb * c bytes).
 
     The kernel unpacks nibbles into value bytes ordered (half h, block, k, row) for weight 16h + k;
-    each fifth bit must land on bit 4 of its value byte. Read as uint64, value word 8g + m takes
-    its 8 bits from bit word g: bit 8k + m of word g belongs to byte k of value word 8g + m. Then
-    one shift per m, one AND and one OR place every bit (three operations per 8 weights)."""
+    each fifth bit must land on bit 4 of its value byte. Read as uint64, the G = nb * c / 2 bit
+    words serve the 8 * G value words as 8 runs of G: bit 8k + m of bit word g belongs to byte k
+    of value word mG + g. Then one shift per m (two broadcast calls), one AND and one OR place
+    every bit, each over contiguous (8, G) arrays: three operations per 8 weights."""
     c, nb, _ = qh.shape
     if (nb * c) % 2:
         raise ValueError("Q5_0 planes need an even number of blocks per chunk")
     bits = np.unpackbits(np.ascontiguousarray(qh), axis=2, bitorder="little")  # (c, nb, 32): weight j
-    order = bits.reshape(c, nb, 2, 16).transpose(2, 1, 3, 0).reshape(-1, 8, 8)  # (G, m, k) in value order
-    return np.packbits(order.transpose(0, 2, 1), axis=2, bitorder="little").reshape(-1)  # (G * 8,) bytes
+    order = bits.reshape(c, nb, 2, 16).transpose(2, 1, 3, 0).reshape(8, -1, 8)  # (m, g, k) in value order
+    return np.packbits(order.transpose(1, 2, 0), axis=2, bitorder="little").reshape(-1)  # (G * 8,) bytes
 
 
 def _fifth_bits_inverse(plane: np.ndarray, c: int, nb: int) -> np.ndarray:
     """The "hb" plane back to qh bytes (c, nb, 4)."""
     order = np.unpackbits(plane.reshape(-1, 8, 1), axis=2, bitorder="little")  # (G, k, m)
-    bits = order.transpose(0, 2, 1).reshape(2, nb, 16, c).transpose(3, 1, 0, 2).reshape(c, nb, 32)
+    bits = order.transpose(2, 0, 1).reshape(2, nb, 16, c).transpose(3, 1, 0, 2).reshape(c, nb, 32)
     return np.packbits(bits, axis=2, bitorder="little")  # (c, nb, 4)
