@@ -1,0 +1,77 @@
+// One shard of a multi-worker load in Pyodide under Node, step by step as static/parallel-worker.js
+// does it (an 8 MiB prefix, the ShardLoader and its budget, the heap grown to the shard's
+// heap_bytes, the rest of its byte ranges in 2 MiB blocks, the model built; the leader's tokenizer
+// on shard 0), printing the WASM heap after each step beside the shard's estimate (engine/budget.py).
+// One shard per process, as each worker has its own heap. No browser needed.
+//
+//   node scripts/shard_memory.mjs MODEL.gguf INDEX N_SHARDS [--margin=MB]
+import fs from "node:fs";
+import { bootWithModel } from "./pyodide_node.mjs";
+
+const args = process.argv.slice(2);
+const marginArg = args.find((a) => a.startsWith("--margin="));  // as in load_memory.mjs
+const [model, index, nShards] = args.filter((a) => !a.startsWith("--"));
+const py = await bootWithModel(model, "node scripts/shard_memory.mjs MODEL.gguf INDEX N_SHARDS [--margin=MB]");
+const heap = () => py._module.HEAP8.buffer.byteLength;
+const mb = (n) => (n / 2 ** 20).toFixed(1);
+const rows = [["booted", heap()]];
+const shard = py.pyimport("engine.shard");
+const size = fs.statSync(model).size;
+const fd = fs.openSync(model, "r");
+const bytes = (start, n) => { const b = new Uint8Array(n); fs.readSync(fd, b, 0, n, start); return b; };
+const toPy = (u8) => {
+  const b = py.globals.get("bytearray")(u8.byteLength);
+  const view = b.getBuffer("u8");
+  try { view.data.set(u8, 0); } finally { view.release(); }
+  return b;
+};
+const prefixLen = Math.min(size, 8 << 20);
+const prefix = toPy(bytes(0, prefixLen));
+const loader = shard.ShardLoader(prefix, size, Number(nShards), Number(index), null, true, null);
+const budget = loader.budget().toJs({ dict_converter: Object.fromEntries }).budget;
+const mine = budget.workers[Number(index)];
+rows.push(["header parsed", heap()]);
+const target = marginArg ? mine.total_bytes + Number(marginArg.split("=")[1]) * 2 ** 20 : mine.heap_bytes;
+if (target > heap()) py._module.growMemory(target);
+rows.push(["grown", heap()]);
+loader.stream_from(prefix, Number(index) === 0);
+prefix.destroy();
+let scratch = null;
+// shard 0 hashes the file: it gets every byte, in order; the others only their ranges
+const wanted = Number(index) === 0 ? [[0, size]] : loader.ranges().toJs();
+for (const [start, end] of wanted) {
+  for (let at = Math.max(start, prefixLen); at < end; at += 2 << 20) {  // the prefix went in already
+    const n = Math.min(2 << 20, end - at);
+    if (!scratch) scratch = py.globals.get("bytearray")(2 << 20);
+    const view = scratch.getBuffer("u8");
+    try { view.data.set(bytes(at, n), 0); } finally { view.release(); }
+    loader.write(at, scratch, n);
+  }
+}
+rows.push(["pieces filled", heap()]);
+scratch.destroy();
+const runner = loader.runner();
+if (Number(index) === 0) loader.leader_session(runner.model.n_ctx);
+rows.push(["model built", heap()]);
+// a 32-token prefill and 8 one-token steps, this shard alone: its own partial stands in for each sum
+// and zeros for the peers' logits (the arithmetic is not the point; the buffers a forward makes are)
+py.globals.set("RUNNER", runner);
+py.runPython(`
+import numpy as np
+from engine.shard import SUM
+m = RUNNER.model
+vocab = m.config.vocab_size
+for chunk in [list(range(1000, 1032))] + [[2000 + i] for i in range(8)]:
+    g = m.forward_steps(chunk)
+    kind, part = next(g)
+    while kind == SUM:
+        kind, part = g.send(part.copy())
+    try:
+        g.send(np.zeros(part.shape[:-1] + (vocab,), np.float32))
+    except StopIteration:
+        pass
+`);
+rows.push(["40 tokens run", heap()]);
+console.log(`shard ${index} of ${nShards}: estimate ${mb(mine.total_bytes)} MiB = runtime ${mb(mine.runtime)} + weights `
+  + `${mb(mine.weights)} + side ${mb(mine.side)} + kv ${mb(mine.kv)} + vocabulary ${mb(mine.vocabulary)}`);
+for (const [what, n] of rows) console.log(`${what.padEnd(16)} WASM ${mb(n)} MiB`);
