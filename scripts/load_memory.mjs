@@ -1,21 +1,19 @@
 // A one-worker load in Pyodide under Node, step by step as static/worker.js does it (header budget,
-// reserve, the file streamed into a ModelBuffer, load_model, a few greedy tokens), printing the WASM
+// the heap grown, the file streamed into a ModelBuffer, load_model, a few greedy tokens), printing the WASM
 // heap's size after each step beside the budget's estimate (engine/budget.py). No browser needed.
 //
 //   node scripts/load_memory.mjs MODEL.gguf [layout] [--no-reserve] [--early] [--margin=MB]
+// --margin=MB grows the heap to the estimate + MB instead of heap_bytes (negative: below it), to find
+// what the load really needs: the smallest heap that does not grow again.
 import fs from "node:fs";
-import { bootWithModel } from "./pyodide_node.mjs";
+import { bootWithModel, growForLoad, heapBytes, mib, printSteps } from "./pyodide_node.mjs";
 
 const args = process.argv.slice(2);
 const noReserve = args.includes("--no-reserve");
-const early = args.includes("--early");
-// --margin=MB: grow the heap to the estimate + MB instead of heap_bytes (negative: below the estimate),
-// to find what a load really needs (the smallest margin at which the heap does not grow again)
-const marginArg = args.find((a) => a.startsWith("--margin="));  // as a cached model is read: the buffer first, the budget after
+const early = args.includes("--early");  // as a cached model is read: the buffer first, the budget after
 const [model, layout] = args.filter((a) => !a.startsWith("--"));
-const py = await bootWithModel(model, "node scripts/load_memory.mjs MODEL.gguf [packed|compact|int8] [--no-reserve]");
-const heap = () => py._module.HEAP8.buffer.byteLength;
-const mb = (n) => (n / 2 ** 20).toFixed(1);
+const py = await bootWithModel(model, "node scripts/load_memory.mjs MODEL.gguf [packed|compact|int8] [--no-reserve] [--early] [--margin=MB]");
+const heap = () => heapBytes(py);
 const rows = [["booted", heap()]];
 const bridge = py.pyimport("engine.bridge");
 const size = fs.statSync(model).size;
@@ -35,10 +33,8 @@ fs.readSync(fd, head, 0, head.length, 0);
 const verdict = bridge.header_budget(buf ?? head, size, undefined, layout ?? undefined);
 const budget = verdict.budget;
 rows.push(["header parsed", heap()]);
-// as static/boot.js growHeap (not imported here: that module starts a MessageChannel Node would wait on)
-const target = marginArg ? budget.total_bytes + Number(marginArg.split("=")[1]) * 2 ** 20 : budget.workers[0].heap_bytes;
-if (!noReserve && target > heap()) py._module.growMemory(target);
-rows.push(["reserved", heap()]);
+if (!noReserve) growForLoad(py, budget.workers[0], args);
+rows.push(["grown", heap()]);
 if (!early) { buf = bridge.ModelBuffer(size, false); fill(buf); }
 rows.push(["file in a ModelBuffer", heap()]);
 bridge.load_model(buf, undefined, verdict.layout);
@@ -50,6 +46,6 @@ while g.step().type != "done": pass
 `);
 rows.push(["8 tokens generated", heap()]);
 const w = budget.workers[0];
-console.log(`layout ${verdict.layout}; estimate ${mb(budget.total_bytes)} MiB = runtime ${mb(w.runtime)} + weights ${mb(w.weights)} `
-  + `+ side ${mb(w.side)} + kv ${mb(w.kv)} + vocabulary ${mb(w.vocabulary)}`);
-for (const [what, n] of rows) console.log(`${what.padEnd(24)} WASM ${mb(n)} MiB`);
+console.log(`layout ${verdict.layout}; estimate ${mib(budget.total_bytes)} MiB = runtime ${mib(w.runtime)} + weights ${mib(w.weights)} `
+  + `+ side ${mib(w.side)} + kv ${mib(w.kv)} + vocabulary ${mib(w.vocabulary)}`);
+printSteps(rows);

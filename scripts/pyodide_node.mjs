@@ -28,3 +28,26 @@ export async function bootWithModel(model, usage) {
   py.globals.set("MODEL", "/model/" + path.basename(model));
   return py;
 }
+
+/** The WASM heap's size now, in bytes (what static/boot.js memory() reports as wasm_bytes). */
+export const heapBytes = (py) => py._module.HEAP8.buffer.byteLength;
+
+/** Bytes as MiB, one decimal. */
+export const mib = (n) => (n / 2 ** 20).toFixed(1);
+
+/**
+ * The size the heap is grown to before a load: the worker's heap_bytes (estimate + margin), or with
+ * --margin=MB among `args`, the estimate + MB (negative: below it), to find what a load really needs
+ * (the smallest heap that does not grow again). Grows it as static/boot.js growHeap does (not
+ * imported here: that module starts a MessageChannel Node would wait on).
+ */
+export function growForLoad(py, worker, args) {
+  const margin = args.find((a) => a.startsWith("--margin="));
+  const target = margin ? worker.total_bytes + Number(margin.split("=")[1]) * 2 ** 20 : worker.heap_bytes;
+  if (target > heapBytes(py)) py._module.growMemory(target);
+}
+
+/** One line per step: what was done, the heap after it. */
+export function printSteps(rows) {
+  for (const [what, n] of rows) console.log(`${what.padEnd(24)} WASM ${mib(n)} MiB`);
+}

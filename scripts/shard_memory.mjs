@@ -6,14 +6,12 @@
 //
 //   node scripts/shard_memory.mjs MODEL.gguf INDEX N_SHARDS [--margin=MB]
 import fs from "node:fs";
-import { bootWithModel } from "./pyodide_node.mjs";
+import { bootWithModel, growForLoad, heapBytes, mib, printSteps } from "./pyodide_node.mjs";
 
 const args = process.argv.slice(2);
-const marginArg = args.find((a) => a.startsWith("--margin="));  // as in load_memory.mjs
 const [model, index, nShards] = args.filter((a) => !a.startsWith("--"));
 const py = await bootWithModel(model, "node scripts/shard_memory.mjs MODEL.gguf INDEX N_SHARDS [--margin=MB]");
-const heap = () => py._module.HEAP8.buffer.byteLength;
-const mb = (n) => (n / 2 ** 20).toFixed(1);
+const heap = () => heapBytes(py);
 const rows = [["booted", heap()]];
 const shard = py.pyimport("engine.shard");
 const size = fs.statSync(model).size;
@@ -31,8 +29,7 @@ const loader = shard.ShardLoader(prefix, size, Number(nShards), Number(index), n
 const budget = loader.budget().toJs({ dict_converter: Object.fromEntries }).budget;
 const mine = budget.workers[Number(index)];
 rows.push(["header parsed", heap()]);
-const target = marginArg ? mine.total_bytes + Number(marginArg.split("=")[1]) * 2 ** 20 : mine.heap_bytes;
-if (target > heap()) py._module.growMemory(target);
+growForLoad(py, mine, args);
 rows.push(["grown", heap()]);
 loader.stream_from(prefix, Number(index) === 0);
 prefix.destroy();
@@ -72,6 +69,6 @@ for chunk in [list(range(1000, 1032))] + [[2000 + i] for i in range(8)]:
         pass
 `);
 rows.push(["40 tokens run", heap()]);
-console.log(`shard ${index} of ${nShards}: estimate ${mb(mine.total_bytes)} MiB = runtime ${mb(mine.runtime)} + weights `
-  + `${mb(mine.weights)} + side ${mb(mine.side)} + kv ${mb(mine.kv)} + vocabulary ${mb(mine.vocabulary)}`);
-for (const [what, n] of rows) console.log(`${what.padEnd(16)} WASM ${mb(n)} MiB`);
+console.log(`shard ${index} of ${nShards}: estimate ${mib(mine.total_bytes)} MiB = runtime ${mib(mine.runtime)} + weights `
+  + `${mib(mine.weights)} + side ${mib(mine.side)} + kv ${mib(mine.kv)} + vocabulary ${mib(mine.vocabulary)}`);
+printSteps(rows);
