@@ -2,7 +2,7 @@
 // the heap grown, the file streamed into a ModelBuffer, load_model, a few greedy tokens), printing the WASM
 // heap's size after each step beside the budget's estimate (engine/budget.py). No browser needed.
 //
-//   node scripts/load_memory.mjs MODEL.gguf [layout] [--no-reserve] [--early] [--margin=MB]
+//   node scripts/load_memory.mjs MODEL.gguf [layout] [--no-reserve] [--early] [--margin=MB] [--prompt-words=N]
 // --margin=MB grows the heap to the estimate + MB instead of heap_bytes (negative: below it), to find
 // what the load really needs: the smallest heap that does not grow again.
 import fs from "node:fs";
@@ -12,7 +12,7 @@ const args = process.argv.slice(2);
 const noReserve = args.includes("--no-reserve");
 const early = args.includes("--early");  // as a cached model is read: the buffer first, the budget after
 const [model, layout] = args.filter((a) => !a.startsWith("--"));
-const py = await bootWithModel(model, "node scripts/load_memory.mjs MODEL.gguf [packed|compact|int8] [--no-reserve] [--early] [--margin=MB]");
+const py = await bootWithModel(model, "node scripts/load_memory.mjs MODEL.gguf [packed|compact|int8] [--no-reserve] [--early] [--margin=MB] [--prompt-words=N]");
 const heap = () => heapBytes(py);
 const rows = [["booted", heap()]];
 const bridge = py.pyimport("engine.bridge");
@@ -39,12 +39,17 @@ if (!early) { buf = bridge.ModelBuffer(size, false); fill(buf); }
 rows.push(["file in a ModelBuffer", heap()]);
 bridge.load_model(buf, undefined, verdict.layout);
 rows.push(["model loaded", heap()]);
-py.runPython(`
+// --prompt-words=N: a prompt of N words instead of four (a long prompt's activations are not in the budget)
+const words = Number(args.find((a) => a.startsWith("--prompt-words="))?.split("=")[1] ?? 0);
+py.globals.set("WORDS", words);
+const nPrompt = py.runPython(`
 from engine import bridge
-g = bridge.start_generation({"prompt": "Once upon a time", "params": {"temperature": 0, "max_tokens": 8}})
-while g.step().type != "done": pass
+prompt = " ".join(["story"] * WORDS) if WORDS else "Once upon a time"
+g = bridge.start_generation({"prompt": prompt, "params": {"temperature": 0, "max_tokens": 8}})
+while (ev := g.step()).type != "done": pass
+ev.n_prompt
 `);
-rows.push(["8 tokens generated", heap()]);
+rows.push([`${nPrompt}-token prompt, 8 out`, heap()]);
 const w = budget.workers[0];
 console.log(`layout ${verdict.layout}; estimate ${mib(budget.total_bytes)} MiB = runtime ${mib(w.runtime)} + weights ${mib(w.weights)} `
   + `+ side ${mib(w.side)} + kv ${mib(w.kv)} + vocabulary ${mib(w.vocabulary)}`);
