@@ -312,8 +312,7 @@ export function memory(py) {
  * @param {any} py @param {number} bytes
  */
 export function growHeap(py, bytes) {
-  const now = py._module.HEAP8.buffer.byteLength;
-  if (!(bytes > now)) return true;
+  if (!(bytes > memory(py).wasm_bytes)) return true;
   if (typeof py._module.growMemory !== "function") return false;
   return py._module.growMemory(bytes) === 1;
 }
