@@ -26,6 +26,13 @@ shares the weights' int8 -> float32 cast but not their multiply-adds). With a pe
 probability p, it yields 1 + p + ... + p^k tokens in expectation. `DraftPolicy` measures t1, c and
 p (per n-gram length, forgetting slowly) and drafts the k that maximises tokens per second, or
 nothing when no k beats plain decoding: on free writing it stops drafting after a few misses.
+
+A policy that stops drafting stops measuring, so two things keep one bad measurement from ending
+drafting for good. c is the median of the last few verify passes' per-row cost (the prior filling
+the window at first): time only ever adds noise upward (a collection, a first pass that allocates
+its buffers, another tab), and one slow pass must not outvote the rest. And after PROBE_AFTER
+declined matches in a row, one token is drafted anyway, which re-measures both c and p; on free
+writing a probe costs about c * t1 once per PROBE_AFTER tokens.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ FORGET = 0.9         # weight of the past in the acceptance and cost estimates, 
 RELAX = 0.98         # per declined draft: the acceptance estimate drifts back toward the prior
 PRIOR_HITS, PRIOR_TRIES = 1.3, 2.0   # acceptance prior: p = 0.65 (hopeful enough that drafting gets tried)
 PRIOR_ROW_COST = 0.5                 # c / t1 before any verify pass was timed
+COST_WINDOW = 3                      # verify passes whose c / t1 is kept; the estimate is their median
+PROBE_AFTER = 16                     # declined matches in a row before one token is drafted anyway
 REMEASURE_EVERY = 32                 # forwards between plain decode steps that re-time t1
 
 
@@ -82,9 +91,18 @@ class DraftPolicy:
     """How many tokens to draft, from measured costs and acceptance (see the module docstring)."""
 
     t1: float | None = None         # seconds of a one-token forward (moving average)
-    row_cost: float | None = None   # seconds each extra row adds to a verify pass
+    row_costs: list[float] = field(default_factory=lambda: [PRIOR_ROW_COST] * (COST_WINDOW - 1))
+                                    # c / t1 of the latest verify passes (the prior fills in at first)
     since_plain: int = 0            # forwards since the last plain one
+    declined: int = 0               # matches declined since the last draft
     tally: dict[int, list[float]] = field(default_factory=dict)  # n -> [accepted, tried] (decayed)
+
+    @property
+    def row_cost(self) -> float:
+        """c / t1: what each extra row adds to a verify pass, as a fraction of a decode step."""
+        costs = sorted(self.row_costs)
+        mid = len(costs) // 2
+        return costs[mid] if len(costs) % 2 else (costs[mid - 1] + costs[mid]) / 2
 
     def acceptance(self, n: int) -> float:
         hits, tries = self.tally.get(n, (0.0, 0.0))
@@ -94,17 +112,23 @@ class DraftPolicy:
         """Tokens to draft, given an n-gram match with `available` tokens after it (0: decode plainly)."""
         if available <= 0 or self.t1 is None or self.since_plain >= REMEASURE_EVERY:
             return 0
-        p = self.acceptance(n)
-        c = (self.row_cost if self.row_cost is not None else PRIOR_ROW_COST * self.t1) / self.t1
+        p, c = self.acceptance(n), self.row_cost
         best_k, best_gain, expected = 0, GAIN_MARGIN, 1.0
         for k in range(1, available + 1):
             expected += p ** k  # 1 + p + ... + p^k tokens from a pass of 1 + k rows
             gain = expected / (1.0 + k * c)
             if gain > best_gain:
                 best_k, best_gain = k, gain
-        if best_k == 0 and n in self.tally:  # declined: let the estimate drift back to try again later
+        if best_k:
+            self.declined = 0
+            return best_k
+        self.declined += 1
+        if n in self.tally:  # declined: let the estimate drift back to try again later
             self.tally[n] = [v * RELAX for v in self.tally[n]]
-        return best_k
+        if self.declined >= PROBE_AFTER:  # measure again what a draft costs and how often it is kept
+            self.declined = 0
+            return 1
+        return 0
 
     def timed(self, rows: int, seconds: float) -> None:
         """A forward of `rows` tokens (1: plain decoding, more: a verify pass) took `seconds`."""
@@ -113,9 +137,9 @@ class DraftPolicy:
             self.since_plain = 0
             return
         self.since_plain += 1
-        if self.t1 is not None:
+        if self.t1:
             per_row = max(0.0, seconds - self.t1) / (rows - 1)
-            self.row_cost = per_row if self.row_cost is None else FORGET * self.row_cost + (1 - FORGET) * per_row
+            self.row_costs = [*self.row_costs, per_row / self.t1][-COST_WINDOW:]
 
     def outcome(self, n: int, drafted: int, accepted: int) -> None:
         """A draft from an n-gram match: `accepted` of its `drafted` tokens were kept, in order."""

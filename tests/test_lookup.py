@@ -22,7 +22,7 @@ import pytest
 from engine import matmul, quants, shard
 from engine.generate import generate
 from engine.gguf import GGUFFile
-from engine.lookup import DraftPolicy, PromptLookup
+from engine.lookup import PROBE_AFTER, DraftPolicy, PromptLookup
 from engine.model import LoadPolicy, load_model, plan_for
 from engine.sampler import Sampler, SamplingParams
 from engine.tokenizer import Tokenizer
@@ -169,8 +169,29 @@ def test_policy_stops_drafting_when_drafts_miss_and_drafts_long_when_they_hit():
     for _ in range(20):
         policy.outcome(1, 2, 0)
     assert policy.length(1, 8) == 0
-    policy.row_cost = 0.100  # a row costs a whole decode step: even perfect drafts barely pay
+    policy.row_costs = [1.0]  # a row costs a whole decode step: even perfect drafts barely pay
     assert policy.length(2, 1) == 0
+
+
+def test_policy_outlasts_one_slow_verify_pass_and_probes_after_declining():
+    """One verify pass slowed 6x (its first buffers allocated, a collection) is outvoted by the prior;
+    a policy put off by misses still drafts one token now and then, and so can change its mind."""
+    policy = DraftPolicy()
+    policy.timed(1, 0.100)
+    policy.timed(2, 0.100 + 6 * 0.030)  # a row measured at 1.8 decode steps (really 0.3)
+    assert policy.length(3, 8) > 0
+    policy.timed(3, 0.100 + 2 * 0.030)
+    policy.timed(2, 0.100 + 0.030)
+    assert abs(policy.row_cost - 0.3) < 1e-9  # the slow pass has left the window
+    policy.timed(2, 0.100 + 6 * 0.030)
+    policy.timed(2, 0.100 + 6 * 0.030)  # two slow passes in three: they are the median now
+    lengths = [policy.length(3, 8) for _ in range(PROBE_AFTER)]
+    assert lengths == [0] * (PROBE_AFTER - 1) + [1]  # the probe
+    for _ in range(2):
+        policy.timed(2, 0.100 + 0.030)  # probes measured at the real cost again
+        policy.outcome(3, 1, 1)
+    assert policy.length(3, 8) > 1
+    assert DraftPolicy(t1=1.0, row_costs=[2.0]).length(3, 8) == 0
 
 
 def _code_prompt(tok: Tokenizer) -> list[int]:
@@ -179,7 +200,7 @@ def _code_prompt(tok: Tokenizer) -> list[int]:
 
 def _run(model, tok, prompt, params, history=None):
     """Generate; with `history`, prompt lookup drafts from it (any drafts must give the same tokens)."""
-    eager = DraftPolicy(t1=1.0, row_cost=0.01)  # drafts whenever there is a match: every path runs
+    eager = DraftPolicy(t1=1.0, row_costs=[0.01])  # drafts whenever there is a match: every path runs
     lookup = None if history is None else PromptLookup(history)
     evs = list(generate(model, tok, prompt, params, lookup=lookup, policy=eager))
     return [e.token_id for e in evs if e.kind == "token"], evs[-1]

@@ -207,7 +207,7 @@ def test_leader_generation_gives_engine_tokens(tiny, arch, speculative):
 
     shards = _shards_from_ranges(path, 2, policy=BLOCKS)
     session = Session(open_gguf(path), LookaheadModel(shards[0].n_ctx))
-    session.draft_policy = DraftPolicy(t1=1.0, row_cost=0.01)  # drafts whenever there is a match
+    session.draft_policy = DraftPolicy(t1=1.0, row_costs=[0.01])  # drafts whenever there is a match
     gen = Generation(session, prompt, 0, params)
     got, done = [], None
     while True:
