@@ -36,6 +36,8 @@ from .packed import PackedLinear
 DEFAULT_CTX = 2048  # KV cache length unless asked otherwise (Gemma's 32k would need 1.2 GB)
 KV_REWIND = 256    # positions a sliding-window layer's ring keeps beyond its window: how far the cache
                    # can be cut back (lookup's drafts, MAX_DRAFT = 8; an edited or regenerated turn)
+PREFILL_CHUNK = 64   # tokens a batched pass takes at most: a longer prompt runs in chunks, so its
+                     # activations (chunk x ffn, chunk x context scores) stay inside the memory budget
 KV_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}  # LoadPolicy.kv_dtype
 
 
@@ -225,9 +227,8 @@ class Model:
         exact=True (the verify pass of lookup decoding): row j's logits are bit-identical to those
         of feeding tokens[j] alone after tokens[:j]; the products run the one-token kernels per row
         (`rows`, sharing each chunk's cast) and attention runs per position. Prefill (exact=False)
-        is one batched pass, faster per token but rounded differently."""
-        cfg, w, plan = self.config, self.w, self.plan
-        mul = _mul_rows if exact else _mul
+        is batched, PREFILL_CHUNK tokens a pass, faster per token but rounded differently."""
+        cfg = self.config
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)  # (n,)
         n = len(ids)
         if n == 0:
@@ -244,6 +245,21 @@ class Model:
                              f"keep {self.max_cut} positions past their window (lowest now {self.cut_floor()}; "
                              "start again from position 0)")
         self._high = max(self._high, end)
+        if exact or all_logits or n <= PREFILL_CHUNK:
+            return (yield from self._pass_steps(ids, start, all_logits, exact))
+        for c0 in range(0, n, PREFILL_CHUNK):  # a long prompt: its activations bounded by the chunk's
+            last = c0 + PREFILL_CHUNK >= n
+            out = yield from self._pass_steps(ids[c0 : c0 + PREFILL_CHUNK], start + c0, False, False, head=last)
+        return out
+
+    def _pass_steps(self, ids: np.ndarray, start: int, all_logits: bool, exact: bool,
+                    head: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+        """forward_steps' batched pass over ids (n,) at positions start..start + n; head=False: the
+        cache filled, no logits (an earlier chunk of a long prompt), returns None."""
+        cfg, w, plan = self.config, self.w, self.plan
+        mul = _mul_rows if exact else _mul
+        n = len(ids)
+        end = start + n
         positions = np.arange(start, end)  # (n,)
 
         # embedding: the rows of this shard's vocabulary slice, zeros elsewhere; the SUM assembles them
@@ -288,6 +304,8 @@ class Model:
             x = x + f  # residual
 
         self.pos = end
+        if not head:
+            return None
         x = x if all_logits else x[-1:]  # only the last position feeds sampling
         x = self._norm(x, w, "output_norm")  # (m, d)
         logits = yield GATHER, mul(w["output"], x)  # (m, vocab_mine) -> (m, vocab) on the leader

@@ -39,6 +39,43 @@ def _tokens(n, seed=1):
     return np.random.default_rng(seed).integers(3, VOCAB, size=n).tolist()
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_long_prompt_is_prefilled_in_chunks_with_bounded_activations(tmp_path, arch):
+    """A prompt longer than PREFILL_CHUNK runs in chunks: the last token's logits agree with feeding
+    the prompt one token at a time through the cache, and the pass's working memory is that of its
+    largest chunk (the deepest full one, whose scores span the most context); whole, a 4-chunk prompt
+    would hold 4x the activations and 4x the scores. tracemalloc sees numpy's data allocations."""
+    import tracemalloc
+
+    from engine.model import PREFILL_CHUNK
+
+    g = open_gguf(write_tiny(tmp_path / f"{arch}.gguf", arch, ctx=1024, d_ff=512))
+    c = PREFILL_CHUNK
+    toks = _tokens(4 * c + 17, seed=3)  # crosses gemma3's window of 8 many times
+    m = load_model(g, policy=DENSE)
+
+    def working_memory(before, n):  # of forward(toks[before:before + n]) after toks[:before]
+        m.reset()
+        if before:
+            m.forward(toks[:before])
+        tracemalloc.start()
+        try:
+            start = tracemalloc.get_traced_memory()[0]
+            logits = m.forward(toks[before : before + n])  # (vocab,)
+            return tracemalloc.get_traced_memory()[1] - start - logits.nbytes, logits
+        finally:
+            tracemalloc.stop()
+
+    working_memory(3 * c, c)  # scratch buffers of each shape are made once
+    deepest_chunk, _ = working_memory(3 * c, c)
+    whole, got = working_memory(0, len(toks))
+    assert whole < 1.5 * deepest_chunk, (whole, deepest_chunk)
+    ref = load_model(g, policy=DENSE)
+    want = [ref.forward([t]) for t in toks][-1]  # (vocab,)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert m.pos == len(toks)
+
+
 @pytest.mark.parametrize("kv", ["float32", "float16"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_kv_cache_decoding_equals_full_recompute(tiny, arch, kv):
