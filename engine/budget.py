@@ -14,7 +14,8 @@ A worker's WebAssembly memory only grows (its size is its peak), and a wasm32 he
     kv          the KV cache for n_ctx tokens (a worker's float16 keys and values of this shard's kv heads; a
                 sliding-window layer keeps a ring of its window + KV_REWIND positions, engine/model.py)
     vocabulary  the parsed metadata and the tokenizer: bytes, offsets and a hash table per vocabulary
-                entry (and per BPE merge), on the worker that tokenizes
+                entry (and per BPE merge), on the worker that tokenizes (a shard that does not only
+                walks the string arrays, and frees the header's bytes before its pieces are made)
 
 and `Budget.refusal(limit)` says, in words, which worker would not fit and what to change. The
 constants below were measured in Pyodide 0.27.7 (tests/test_budget.py checks the estimate against
@@ -46,8 +47,6 @@ VOCAB_ENTRY_BYTES = 68         # per vocabulary entry, parsed metadata + tokeniz
                                # text's bytes, offsets, type, score, hash slots (engine/strtable.py)
                                # (scripts/vocab_memory.mjs, Pyodide: Gemma 3's 262144 -> 16.4 MiB peak)
 MERGE_BYTES = 32               # per BPE merge rule (Qwen2.5's 151936 tokens + 151387 merges: 13.8 MiB peak)
-METADATA_ENTRY_BYTES = 32      # a shard that does not tokenize still parses the token and merge lists
-                               # (Gemma 3: 6.7 MiB peak, Qwen2.5: 8.7 MiB)
 RESERVE_MARGIN = 16 * MIB      # beyond the estimate: running short by a byte costs a whole growth step (up to 96 MiB)
 DEVICE_SHARE = 0.5             # of navigator.deviceMemory, for all of a tab's workers together
 
@@ -127,7 +126,8 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
             kv_heads = cfg.kv_heads
             cuts = 0
         else:
-            held = sum(b - a for a, b in shard_ranges(gguf, plan))
+            head = gguf.data_offset  # the header's bytes are parsed, not kept (engine/shard.py ShardLoader)
+            held = sum(b - max(a, head) for a, b in shard_ranges(gguf, plan) if b > head)
             held += sum(n_rows * (b1 - b0) for _, _, _, b0, b1, n_rows in column_cuts(gguf, plan))
             kv_heads = plan.kv_heads[1] - plan.kv_heads[0]
             cuts = _dense_cut_bytes(gguf, cfg, plan)
@@ -135,9 +135,9 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
         kv = kv_rows * kv_heads * (cfg.head_dim + cfg.v_head_dim) * model.KV_DTYPES[kv_dtype].itemsize
         side = _side_bytes(gguf, cfg, plan, layout)
         tokenizes = plan is None or i == 0
-        voc = vocab if tokenizes else _metadata_entries(gguf) * METADATA_ENTRY_BYTES
-        if plan is not None:  # a shard gets the header as a prefix and keeps a copy (engine/shard.py ShardLoader)
-            voc += 2 * gguf.data_offset
+        voc = vocab if tokenizes else 0  # the others walk the string arrays without keeping them
+        if plan is not None:  # measured, not explained part by part: a shard's peak holds about two
+            voc += 2 * gguf.data_offset  # header sizes beyond its parts (scripts/shard_memory.mjs --margin)
         runtime = RUNTIME_BYTES + (cfg.vocab_size * LOGITS_BYTES if tokenizes else 0)
         budget.workers.append(WorkerBudget(i, runtime, held + cuts, side, kv, voc))
     return budget
@@ -148,11 +148,6 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
 
 def _file_size(gguf) -> int:
     return getattr(gguf, "file_size", None) or gguf.nbytes
-
-
-def _metadata_entries(gguf) -> int:
-    md = gguf.metadata
-    return sum(len(md.get(k) or ()) for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"))
 
 
 def _vocabulary_bytes(gguf) -> int:

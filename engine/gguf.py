@@ -62,7 +62,7 @@ from typing import Iterable
 import numpy as np
 
 from .quants import TYPES, row_nbytes  # ggml type id -> (block_size, type_size)
-from .strtable import StringTable
+from .strtable import SkippedStrings, StringTable
 
 __all__ = ["GGUFError", "ValueType", "TensorInfo", "GGUFFile", "open_gguf", "write_gguf"]
 
@@ -294,7 +294,9 @@ class GGUFFile:
     value_types: dict[str, tuple[ValueType, ValueType | None]]  # key -> (type, array element type)
     tensors: dict[str, TensorInfo]  # in file order
 
-    def __init__(self, buffer):
+    def __init__(self, buffer, keep_strings: bool = True):
+        """keep_strings False: string arrays (the vocabulary) are bounds-checked and skipped, kept as
+        their length only (strtable.SkippedStrings), for a reader that never tokenizes."""
         try:
             mv = memoryview(buffer)
         except TypeError:
@@ -306,6 +308,7 @@ class GGUFFile:
         self.metadata = {}
         self.value_types = {}
         self.tensors = {}
+        self._keep_strings = keep_strings
         self._parse()
 
     @classmethod
@@ -489,6 +492,8 @@ class GGUFFile:
             if n > cur.left() // 8:
                 raise GGUFError(f"metadata key {key!r}: array of {n} strings cannot fit in the "
                                 f"{cur.left()} bytes left")
+            if not self._keep_strings:
+                return etype, self._skip_string_array(cur, key, n)
             return etype, self._read_string_array(cur, key, n)
         _, size, dtype = _FIXED[etype]
         if n > cur.left() // size:
@@ -500,6 +505,23 @@ class GGUFFile:
             raise GGUFError(f"metadata key {key!r}: bool array holds a value other than 0 or 1")
         # copied so the metadata is aligned, writable and does not pin the caller's buffer
         return etype, arr.view(dtype).copy()  # (n,)
+
+    @staticmethod
+    def _skip_string_array(cur: _Cursor, key: str, n: int) -> SkippedStrings:
+        """The bounds checks of _read_string_array, nothing kept (no UTF-8 check: never decoded)."""
+        mv, pos, end = cur.mv, cur.pos, cur.end
+        unpack = _U64.unpack_from
+        for i in range(n):
+            if end - pos < 8:
+                raise GGUFError(f"metadata key {key!r}: string #{i} of {n} runs past the end of the file")
+            (length,) = unpack(mv, pos)
+            pos += 8
+            if length > end - pos:
+                raise GGUFError(f"metadata key {key!r}: string #{i} has length {length} but only "
+                                f"{end - pos} bytes are left")
+            pos += length
+        cur.pos = pos
+        return SkippedStrings(n)
 
     def _read_string_array(self, cur: _Cursor, key: str, n: int) -> StringTable:
         # The hot loop of the header (Gemma: 262144 tokens): lengths only, locals, one bounds check

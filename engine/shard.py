@@ -73,19 +73,33 @@ class ShardFile(GGUFFile):
     views into the piece that holds them, and name the tensor when no piece does.
     """
 
-    def __init__(self, header, file_size: int, pieces: Sequence[tuple[int, object]] = (), cuts: dict | None = None):
+    def __init__(self, header, file_size: int, pieces: Sequence[tuple[int, object]] = (), cuts: dict | None = None,
+                 keep_strings: bool = True):
         if not isinstance(file_size, int) or file_size <= 0:
             raise ValueError(f"file size {file_size!r} must be a positive number of bytes")
         self.file_size = file_size
-        super().__init__(header)  # parses the metadata and tensor infos
+        super().__init__(header, keep_strings)  # parses the metadata and tensor infos
+        # Tensor bytes come from the pieces only: the header's bytes are not kept once parsed (the
+        # metadata holds copies), so the caller's prefix can be freed before the pieces are made.
+        self._buffer, self._mv = None, memoryview(b"")
         self.pieces = []          # (start, end, uint8 array) sorted by start
+        self.cuts = {}            # name -> (b0, b1, (rows, b1 - b0) uint8): row-parallel column cuts held apart
+        self.attach(pieces, cuts)
+
+    def attach(self, pieces: Sequence[tuple[int, object]], cuts: dict | None = None) -> "ShardFile":
+        """Add tensor data: (file offset, bytes-like) pieces, and column cuts by tensor name."""
         for start, data in pieces:
             arr = np.frombuffer(data, dtype=np.uint8)  # (n,) view, no copy
-            if start < 0 or start + len(arr) > file_size:
-                raise ValueError(f"piece [{start}, {start + len(arr)}) lies outside the {file_size}-byte file")
+            if start < 0 or start + len(arr) > self.file_size:
+                raise ValueError(f"piece [{start}, {start + len(arr)}) lies outside the {self.file_size}-byte file")
             self.pieces.append((start, start + len(arr), arr))
         self.pieces.sort(key=lambda p: p[0])
-        self.cuts = cuts or {}    # name -> (b0, b1, (rows, b1 - b0) uint8): row-parallel column cuts held apart
+        self.cuts.update(cuts or {})
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        return self.file_size
 
     def columns(self, name: str, b0: int, b1: int) -> np.ndarray:
         cut = self.cuts.get(name)
@@ -97,7 +111,7 @@ class ShardFile(GGUFFile):
     def header_length(cls, prefix, file_size: int) -> int:
         """Bytes the header takes (the data section's offset), or 0 if `prefix` is too short to tell."""
         try:
-            return cls(prefix, file_size).data_offset
+            return cls(prefix, file_size, keep_strings=False).data_offset
         except GGUFError:
             if len(memoryview(prefix)) >= file_size:
                 raise  # the whole file is there: a real defect
@@ -335,25 +349,27 @@ class ShardLoader:
 
     static/parallel-worker.js, fed by static/parallel.js as the file streams in (nobody holds the
     whole file; shard 0 also hashes every byte, so the file is verified before anything is built):
-        loader = ShardLoader(prefix, file_size, n_shards, index, n_ctx)   # prefix: >= header_length bytes
-        at = loader.stream_from(prefix, hash_all=index == 0)  # pieces made; prefix bytes copied in
-        loader.write(start, chunk, n)                         # later bytes, each byte once
+        loader = ShardLoader(prefix, file_size, n_shards, index, n_ctx)   # prefix: >= header_length bytes, parsed
+        del prefix; loader.stream_from(hash_all=index == 0)   # pieces made (the prefix freed first)
+        loader.write(start, chunk, n)                         # the file's bytes from 0 (the prefix's too), each once
         loader.sha256() == expected                           # (shard 0) checked by the coordinator
         runner = loader.runner(); session = loader.leader_session()       # the latter on shard 0
     """
 
     def __init__(self, prefix, file_size: int, n_shards: int, index: int, n_ctx: int | None = None,
                  split_attention: bool = True, layout: str | None = None):
-        n_header = ShardFile.header_length(prefix, file_size)
-        if n_header == 0:
-            raise ValueError(f"{len(memoryview(prefix))} bytes do not hold the whole GGUF header")
-        self.header = bytes(memoryview(prefix)[:n_header])
+        try:  # parsed once; only the tokenizing shard (0) keeps the vocabulary
+            head = self._head = ShardFile(prefix, file_size, keep_strings=index == 0)
+        except GGUFError:
+            if len(memoryview(prefix)) >= file_size:
+                raise
+            raise ValueError(f"{len(memoryview(prefix))} bytes do not hold the whole GGUF header") from None
+        self.n_header = n_header = head.data_offset
         self.file_size, self.n_ctx = file_size, n_ctx
         from .bridge import policy_for
 
         self.policy = policy_for(layout)  # "packed" (default) or "int8"
         self.layout = layout or "packed"
-        head = self._head = ShardFile(self.header, file_size)
         plans = plan_for(head, n_shards, split_attention)
         if not 0 <= index < n_shards:
             raise ValueError(f"shard index {index} out of range 0..{n_shards - 1}")
@@ -374,7 +390,7 @@ class ShardLoader:
     def ranges(self) -> list[list[int]]:
         """[start, end) byte ranges of the file still needed (the header is already here): what
         the pieces hold, and the whole of each matrix of which only a column cut is kept."""
-        return [[max(a, len(self.header)), b] for a, b in self._sent]
+        return [[max(a, self.n_header), b] for a, b in self._sent]
 
     def piece(self, start: int, end: int) -> bytearray:
         """A buffer for bytes [start, end) of the file, for the caller to fill."""
@@ -383,16 +399,16 @@ class ShardLoader:
         self._starts.append(start)
         return buf
 
-    def stream_from(self, prefix, hash_all: bool = False) -> int:
-        """Make a piece for every range and copy in what `prefix` (the file's first bytes) holds of
-        them; with hash_all, sha256 every byte of the file from byte 0 (prefix included), so later
+    def stream_from(self, prefix=b"", hash_all: bool = False) -> int:
+        """Make a piece for every range and copy in what `prefix` (the file's first bytes; may be
+        empty, the caller then writes from byte 0) holds of them; with hash_all, sha256 every byte of the file from byte 0 (prefix included), so later
         writes must come in file order, every byte of the file. Returns len(prefix): where the
         stream goes on."""
         if self._pieces:
             raise ValueError("stream_from called twice, or after piece()")
         self._streamed = True
         for start, end in self._ranges:
-            self.piece(max(start, len(self.header)), end)
+            self.piece(max(start, self.n_header), end)
         for _, offset, rb, b0, b1, n_rows in self._cut_specs:
             self._cuts.append((offset, rb, b0, b1, n_rows, np.empty((n_rows, b1 - b0), np.uint8)))
         self._sha = hashlib.sha256() if hash_all else None
@@ -446,13 +462,12 @@ class ShardLoader:
     def file(self) -> ShardFile:
         if self._file is None:
             cuts = {name: (b0, b1, c[-1]) for (name, _, _, b0, b1, _), c in zip(self._cut_specs, self._cuts)}
-            self._file = ShardFile(self.header, self.file_size, self._pieces, cuts)
+            self._file = self._head.attach(self._pieces, cuts)
         return self._file
 
     def runner(self) -> ShardRunner:
         """The shard's model over its pieces, which it owns: Q8_0 matrices are compacted in them.
         Call it only once the file is verified (the coordinator checks the hashing shard's sha256)."""
-        self._head = None  # the header's own parse: the model's file parses it again (the peak holds one)
         need = sum(len(b) for _, b in self._pieces) + sum(c[-1].nbytes for c in self._cuts)
         if self._streamed and self._written != need:  # every byte of every piece must have come
             raise ValueError(f"shard {self.plan.index} got {self._written} of its {need} bytes")
@@ -464,7 +479,7 @@ class ShardLoader:
         the coordinator (static/parallel.js) before the rest of the file is downloaded."""
         from .bridge import choose_layout, policy_for
 
-        head = self._head or ShardFile(self.header, self.file_size)
+        head = self._head
         device = int(device_memory_gb * 2**30) if device_memory_gb else None
         verdict = choose_layout(head, self.n_ctx, self.plan.n_shards, self.layout, device, self.plan.split_attention)
         self.layout, self.policy = verdict["layout"], policy_for(verdict["layout"])  # every shard chooses alike
@@ -478,4 +493,4 @@ class ShardLoader:
         return Session(gf, LookaheadModel(n_ctx, ModelConfig.from_gguf(gf).max_cut(n_ctx, model.KV_REWIND)))
 
     def held_bytes(self) -> int:
-        return len(self.header) + sum(len(b) for _, b in self._pieces) + sum(c[-1].nbytes for c in self._cuts)
+        return sum(len(b) for _, b in self._pieces) + sum(c[-1].nbytes for c in self._cuts)

@@ -23,21 +23,21 @@ const toPy = (u8) => {
   try { view.data.set(u8, 0); } finally { view.release(); }
   return b;
 };
-const prefixLen = Math.min(size, 8 << 20);
+const prefixLen = Math.min(size, Number(process.env.PREFIX_MB ?? 8) * 2 ** 20);
 const prefix = toPy(bytes(0, prefixLen));
 const loader = shard.ShardLoader(prefix, size, Number(nShards), Number(index), null, true, null);
 const budget = loader.budget().toJs({ dict_converter: Object.fromEntries }).budget;
 const mine = budget.workers[Number(index)];
 rows.push(["header parsed", heap()]);
+prefix.destroy();  // as parallel-worker.js: freed before the pieces are made
 growForLoad(py, mine, args);
 rows.push(["grown", heap()]);
-loader.stream_from(prefix, Number(index) === 0);
-prefix.destroy();
+loader.stream_from.callKwargs({ hash_all: Number(index) === 0 });
 let scratch = null;
 // shard 0 hashes the file: it gets every byte, in order; the others only their ranges
-const wanted = Number(index) === 0 ? [[0, size]] : loader.ranges().toJs();
+const wanted = Number(index) === 0 ? [[0, size]] : [[0, prefixLen], ...loader.ranges().toJs()];
 for (const [start, end] of wanted) {
-  for (let at = Math.max(start, prefixLen); at < end; at += 2 << 20) {  // the prefix went in already
+  for (let at = start; at < end; at += 2 << 20) {  // the prefix's bytes first, as the worker writes them
     const n = Math.min(2 << 20, end - at);
     if (!scratch) scratch = py.globals.get("bytearray")(2 << 20);
     const view = scratch.getBuffer("u8");

@@ -65,6 +65,7 @@ async function boot(saveSnapshot) {
 /** @type {any} */ let loader = null;                   // ShardLoader while loading (PyProxy)
 /** @type {any} */ let scratch = null;                  // bytearray each chunk is copied into (WASM memory)
 let loadStart = 0;
+const PREFIX_BLOCK = 2 << 20;                            // the prefix goes in as blocks of the size later ones come in (parallel.js BLOCK)
 const loadStats = { write_ms: 0, bytes: 0 };
 
 /** A Python bytearray of at least n bytes holding `chunk` at its start (one memcpy into WASM memory). */
@@ -98,7 +99,8 @@ function header(msg) {
   drop();
   loadStart = performance.now();
   loadStats.write_ms = 0; loadStats.bytes = msg.prefix.byteLength;
-  const prefix = pyodide.globals.get("bytearray")(msg.prefix.byteLength);
+  let prefix = pyodide.globals.get("bytearray")(msg.prefix.byteLength);
+  let verdict;
   try {
     const view = prefix.getBuffer("u8");
     try { view.data.set(new Uint8Array(msg.prefix), 0); } finally { view.release(); }
@@ -110,19 +112,22 @@ function header(msg) {
       if (/** @type {any} */ (e)?.type === "ConfigError") return { refused: String(/** @type {any} */ (e).message).trim().split("\n").pop() || "" };
       throw e;
     }
-    // the memory every shard will need, before the download: shard 0 refuses for all; each shard
-    // then grows its WASM memory once to its own share (boot.js growHeap)
-    const verdict = loader.budget(deviceMemory()).toJs({ dict_converter: Object.fromEntries });
-    if (verdict.refusal) {
-      if (index === 0) return { over: verdict.refusal, budget: verdict.budget };
-    } else {
-      growHeap(pyodide, verdict.budget.workers[index].heap_bytes);
-    }
-    loader.stream_from(prefix, !!msg.hash);
-    return { ranges: loader.ranges().toJs(), ...(index === 0 ? { budget: verdict.budget } : {}) };
+    // the memory every shard will need, before the download: shard 0 refuses for all
+    verdict = loader.budget(deviceMemory()).toJs({ dict_converter: Object.fromEntries });
+    if (verdict.refusal && index === 0) return { over: verdict.refusal, budget: verdict.budget };
   } finally {
-    prefix.destroy();
+    prefix.destroy();  // freed before the pieces are made: the load's peak holds no copy of it
+    prefix = null;
   }
+  // each shard grows its WASM memory once to its own share (boot.js growHeap), then makes its
+  // pieces and takes the prefix's bytes as it takes every later block (2 MiB at a time)
+  if (!verdict.refusal) growHeap(pyodide, verdict.budget.workers[index].heap_bytes);
+  loader.stream_from.callKwargs({ hash_all: !!msg.hash });
+  for (let at = 0; at < msg.prefix.byteLength; at += PREFIX_BLOCK) {
+    const part = msg.prefix.slice(at, Math.min(msg.prefix.byteLength, at + PREFIX_BLOCK));
+    loader.write(at, intoScratch(part), part.byteLength);
+  }
+  return { ranges: loader.ranges().toJs(), ...(index === 0 ? { budget: verdict.budget } : {}) };
 }
 
 /** navigator.deviceMemory (GB, coarse) where the browser reports it, else null. */

@@ -244,6 +244,15 @@ def test_rejected(buf, expected):
     assert peak < (1 << 20) + 2 * len(buf), f"peak allocation {peak} bytes for a {len(buf)}-byte file"
 
 
+@pytest.mark.parametrize("buf, expected", [pytest.param(b, e, id=i) for i, b, e in REJECT if "UTF-8" not in e])
+def test_rejected_when_string_arrays_are_skipped(buf, expected):
+    """A shard that does not tokenize walks the string arrays without keeping them (engine/shard.py):
+    the same bounds checks, the same errors (UTF-8 is checked where strings are decoded, on shard 0)."""
+    with pytest.raises(GGUFError) as err:
+        GGUFFile(buf, keep_strings=False)
+    assert expected in str(err.value), str(err.value)
+
+
 def test_case_ids_unique():
     ids = [i for i, _, _ in REJECT]
     assert len(ids) == len(set(ids))

@@ -25,10 +25,11 @@ import pytest
 
 from engine import shard
 from engine.generate import SamplingParams, generate
-from engine.gguf import open_gguf
+from engine.gguf import GGUFFile, open_gguf
 from engine.lookup import DraftPolicy
 from engine.model import ROW_PARALLEL, LoadPolicy, load_model
 from engine.session import Generation, LookaheadModel, Session
+from engine.strtable import SkippedStrings
 from mote.loader import load
 from tests.paths import gemma_path
 from tests.tiny_models import VOCAB, write_tiny
@@ -287,6 +288,35 @@ def test_streamed_loader_refuses_gaps_and_missing_bytes(tiny):
         other.runner()
     with pytest.raises(ValueError, match="run past the file"):
         other.write(len(data) - 2, b"abcd")
+
+
+def test_loaders_keep_no_header_bytes_and_only_the_leader_the_vocabulary(tiny):
+    """The prefix can be freed as soon as the loader is made (nothing views it), the header's bytes
+    are not among what a shard holds, and only shard 0, which tokenizes, keeps the string arrays;
+    the others know their lengths (the budget needs them), and the file runs the same."""
+    path = tiny("llama", "Q8_0")
+    data = path.read_bytes()
+    prefix = bytearray(data[:1 << 16])
+    loaders = [shard.ShardLoader(prefix, len(data), 2, i) for i in range(2)]
+    prefix.clear()  # a BufferError if a loader's parse still viewed it
+    full = GGUFFile(data)
+    tokens = full.metadata["tokenizer.ggml.tokens"]
+    for i, ld in enumerate(loaders):
+        ld.stream_from(hash_all=i == 0)
+        ld.write(0, data)
+        kept = ld.file().metadata["tokenizer.ggml.tokens"]
+        assert len(kept) == len(tokens)
+        if i == 0:
+            assert list(kept) == list(tokens)
+        else:
+            assert isinstance(kept, SkippedStrings)
+            with pytest.raises(LookupError, match="not kept"):
+                kept[0]
+        with pytest.raises(KeyError, match="not among this shard's pieces"):
+            ld.file()._span("the header", 0, ld.n_header)
+    assert loaders[0].sha256() == hashlib.sha256(data).hexdigest()
+    model = load_model(open_gguf(path), n_ctx=32, policy=shard.WORKER_POLICY)
+    assert _compare([ld.runner().model for ld in loaders], model, _tokens(6, seed=3), split=3) < 1e-4
 
 
 @pytest.mark.slow
