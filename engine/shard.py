@@ -344,6 +344,10 @@ class ShardRunner:
         return -flat.size
 
 
+class ShortPrefix(ValueError):
+    """The first bytes given to a ShardLoader end inside the header: send more of them."""
+
+
 class ShardLoader:
     """A worker's load steps: header -> plan -> byte ranges -> pieces -> ShardRunner.
 
@@ -363,7 +367,7 @@ class ShardLoader:
         except GGUFError:
             if len(memoryview(prefix)) >= file_size:
                 raise
-            raise ValueError(f"{len(memoryview(prefix))} bytes do not hold the whole GGUF header") from None
+            raise ShortPrefix(f"{len(memoryview(prefix))} bytes do not hold the whole GGUF header") from None
         self.n_header = n_header = head.data_offset
         self.file_size, self.n_ctx = file_size, n_ctx
         from .bridge import policy_for
@@ -401,9 +405,9 @@ class ShardLoader:
 
     def stream_from(self, prefix=b"", hash_all: bool = False) -> int:
         """Make a piece for every range and copy in what `prefix` (the file's first bytes; may be
-        empty, the caller then writes from byte 0) holds of them; with hash_all, sha256 every byte of the file from byte 0 (prefix included), so later
-        writes must come in file order, every byte of the file. Returns len(prefix): where the
-        stream goes on."""
+        empty, the caller then writes from byte 0) holds of them; with hash_all, sha256 every byte
+        of the file from byte 0 (prefix included), so later writes must come in file order, every
+        byte of the file. Returns len(prefix): where the stream goes on."""
         if self._pieces:
             raise ValueError("stream_from called twice, or after piece()")
         self._streamed = True
