@@ -348,6 +348,18 @@ class ShortPrefix(ValueError):
     """The first bytes given to a ShardLoader end inside the header: send more of them."""
 
 
+def open_loader(prefix, file_size: int, n_shards: int, index: int, n_ctx: int | None = None,
+                split_attention: bool = True, layout: str | None = None) -> "ShardLoader | None":
+    """A ShardLoader, or None while `prefix` ends inside the header (send more bytes). The worker's
+    entry point: ShortPrefix is caught here, in Python, because an exception that reaches JavaScript
+    stays referenced by Pyodide (sys.last_value), and its traceback with the prefix and the partial
+    parse (4.6 MiB of Qwen2.5's header) would stay in the heap for the whole load."""
+    try:
+        return ShardLoader(prefix, file_size, n_shards, index, n_ctx, split_attention, layout)
+    except ShortPrefix:
+        return None
+
+
 class ShardLoader:
     """A worker's load steps: header -> plan -> byte ranges -> pieces -> ShardRunner.
 

@@ -104,11 +104,11 @@ function header(msg) {
   try {
     const view = prefix.getBuffer("u8");
     try { view.data.set(new Uint8Array(msg.prefix), 0); } finally { view.release(); }
-    try {  // the header parsed once, here (a prefix that ends inside it: ShortPrefix)
-      loader = shardMod.ShardLoader(prefix, msg.size, nShards, index, msg.n_ctx ?? null, msg.split_attention !== false,
-                                    msg.layout ?? null);
+    try {  // the header parsed once, here (null: the prefix ends inside it)
+      loader = shardMod.open_loader(prefix, msg.size, nShards, index, msg.n_ctx ?? null, msg.split_attention !== false,
+                                    msg.layout ?? null) ?? null;
+      if (loader === null) return { more: true };
     } catch (e) {
-      if (/** @type {any} */ (e)?.type === "ShortPrefix") return { more: true };
       if (/** @type {any} */ (e)?.type === "ConfigError") return { refused: String(/** @type {any} */ (e).message).trim().split("\n").pop() || "" };
       throw e;
     }

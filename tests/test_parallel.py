@@ -166,7 +166,8 @@ def test_shard_file_holds_only_its_ranges(tiny):
     assert all(s < 0.8 * len(data) for s in sizes)
     assert shard.ShardFile.header_length(data[:100], len(data)) == 0  # too short to tell
     with pytest.raises(shard.ShortPrefix, match="100 bytes do not hold the whole GGUF header"):
-        shard.ShardLoader(data[:100], len(data), 2, 0)  # the worker asks for a longer prefix
+        shard.ShardLoader(data[:100], len(data), 2, 0)
+    assert shard.open_loader(data[:100], len(data), 2, 0) is None  # the worker asks for a longer prefix
     gf = shard.ShardFile(header, len(data), [(len(header), bytearray(16))])
     with pytest.raises(KeyError, match="token_embd.weight"):
         gf.raw("token_embd.weight")
