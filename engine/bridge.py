@@ -24,6 +24,7 @@ Worker usage (JavaScript, see static/worker.js):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
 import time
 from typing import Any
@@ -169,7 +170,7 @@ def _version(dist: str) -> str | None:
 
 # ---- the worker's entry points (module-level, one model per worker) ----------------------------
 _session: Session | None = None
-_header: tuple | None = None  # (header bytes, ShardFile) of the last header_budget, for load_model
+_header: tuple | None = None  # (sha256 of the header bytes, ShardFile) of the last header_budget, for load_model
 
 
 LAYOUTS = ("packed", "compact", "int8")  # how a worker holds block weights (LoadRequest.layout)
@@ -216,7 +217,9 @@ def header_budget(prefix: Any, size: int, n_ctx: int | None = None, layout: str 
         if len(data) < size:
             return None
         return _js({"budget": None, "refusal": None, "layout": layout})
-    _header = (bytes(data[: head.data_offset]), head)  # load_model reuses the parse if the file starts so
+    # load_model reuses the parse if the file starts with the same bytes; their digest is kept, not a
+    # copy (a 151,936-token vocabulary makes a 5.7 MiB header, more than the budget allows for)
+    _header = (hashlib.sha256(data[: head.data_offset]).digest(), head)
     device = int(device_memory_gb * 2**30) if device_memory_gb else None
     try:
         return _js(choose_layout(head, n_ctx, 1, layout, device))
@@ -249,7 +252,7 @@ def load_model(data: Any, n_ctx: int | None = None, layout: str | None = None) -
     buffer = _buffer(data)
     cached, _header = _header, None
     if cached is not None and len(buffer) == cached[1].file_size and \
-            memoryview(buffer)[: len(cached[0])] == cached[0]:  # the same header bytes: same parse
+            hashlib.sha256(memoryview(buffer)[: cached[1].data_offset]).digest() == cached[0]:  # same parse
         from .gguf import GGUFFile
 
         buffer = GGUFFile.with_header(buffer, cached[1])
