@@ -32,6 +32,13 @@ export async function bootWithModel(model, usage) {
 /** The WASM heap's size now, in bytes (what static/boot.js memory() reports as wasm_bytes). */
 export const heapBytes = (py) => py._module.HEAP8.buffer.byteLength;
 
+/** The most of the heap the load has used so far: where malloc's space starts (the program's data and
+ *  stack below it) plus dlmalloc's largest footprint. A heap of this size would not have grown. */
+export function peakBytes(py) {
+  const m = py._module;
+  return m._sbrk(0) - m._malloc_footprint() + m._malloc_max_footprint();
+}
+
 /** Bytes as MiB, one decimal. */
 export const mib = (n) => (n / 2 ** 20).toFixed(1);
 
@@ -49,5 +56,5 @@ export function growForLoad(py, worker, args) {
 
 /** One line per step: what was done, the heap after it. */
 export function printSteps(rows) {
-  for (const [what, n] of rows) console.log(`${what.padEnd(24)} WASM ${mib(n)} MiB`);
+  for (const [what, n, peak] of rows) console.log(`${what.padEnd(24)} WASM ${mib(n)} MiB` + (peak ? `  peak ${mib(peak)} MiB` : ""));
 }

@@ -6,12 +6,13 @@
 //
 //   node scripts/shard_memory.mjs MODEL.gguf INDEX N_SHARDS [--margin=MB]   (PREFIX_MB=8: the first bytes sent, as parallel.js HEADER_PREFIX doubled)
 import fs from "node:fs";
-import { bootWithModel, growForLoad, heapBytes, mib, printSteps } from "./pyodide_node.mjs";
+import { bootWithModel, growForLoad, heapBytes, mib, peakBytes, printSteps } from "./pyodide_node.mjs";
 
 const args = process.argv.slice(2);
 const [model, index, nShards] = args.filter((a) => !a.startsWith("--"));
 const py = await bootWithModel(model, "node scripts/shard_memory.mjs MODEL.gguf INDEX N_SHARDS [--margin=MB]");
 const heap = () => heapBytes(py);
+const peak = () => peakBytes(py);
 const rows = [["booted", heap()]];
 const shard = py.pyimport("engine.shard");
 const size = fs.statSync(model).size;
@@ -25,13 +26,13 @@ const toPy = (u8) => {
 };
 const prefixLen = Math.min(size, Number(process.env.PREFIX_MB ?? 8) * 2 ** 20);
 const prefix = toPy(bytes(0, prefixLen));
-const loader = shard.ShardLoader(prefix, size, Number(nShards), Number(index), null, true, null);
+const loader = shard.open_loader(prefix, size, Number(nShards), Number(index), null, true, null);  // null: PREFIX_MB too short
 const budget = loader.budget().toJs({ dict_converter: Object.fromEntries }).budget;
 const mine = budget.workers[Number(index)];
-rows.push(["header parsed", heap()]);
+rows.push(["header parsed", heap(), peak()]);
 prefix.destroy();  // as parallel-worker.js: freed before the pieces are made
 growForLoad(py, mine, args);
-rows.push(["grown", heap()]);
+rows.push(["grown", heap(), peak()]);
 loader.stream_from.callKwargs({ hash_all: Number(index) === 0 });
 let scratch = null;
 // shard 0 hashes the file: it gets every byte, in order; the others only their ranges
@@ -45,11 +46,11 @@ for (const [start, end] of wanted) {
     loader.write(at, scratch, n);
   }
 }
-rows.push(["pieces filled", heap()]);
+rows.push(["pieces filled", heap(), peak()]);
 scratch.destroy();
 const runner = loader.runner();
 if (Number(index) === 0) loader.leader_session(runner.model.n_ctx);
-rows.push(["model built", heap()]);
+rows.push(["model built", heap(), peak()]);
 // a 32-token prefill and 8 one-token steps, this shard alone: its own partial stands in for each sum
 // and zeros for the peers' logits (the arithmetic is not the point; the buffers a forward makes are)
 py.globals.set("RUNNER", runner);
@@ -68,7 +69,7 @@ for chunk in [list(range(1000, 1032))] + [[2000 + i] for i in range(8)]:
     except StopIteration:
         pass
 `);
-rows.push(["40 tokens run", heap()]);
+rows.push(["40 tokens run", heap(), peak()]);
 console.log(`shard ${index} of ${nShards}: estimate ${mib(mine.total_bytes)} MiB = runtime ${mib(mine.runtime)} + weights `
   + `${mib(mine.weights)} + side ${mib(mine.side)} + kv ${mib(mine.kv)} + vocabulary ${mib(mine.vocabulary)}`);
 printSteps(rows);

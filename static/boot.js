@@ -294,12 +294,18 @@ async function dropSnapshot(key) {
 const OLD_RUNTIME_CACHE = "mote-runtime-v1";
 
 /**
- * WASM linear memory (grows, never shrinks: its size is the peak) and, in Chromium, the JS heap.
+ * WASM linear memory (grows, never shrinks: its size is the peak), the most of it ever in use, and,
+ * in Chromium, the JS heap. peak_bytes: where malloc's space starts (the program's data and stack
+ * below it) plus dlmalloc's largest footprint, i.e. the smallest heap that would never have grown;
+ * what engine/budget.py estimates, so tests compare the two.
  * @param {any} py  the Pyodide instance (null before boot) @returns {import("./protocol.js").MemoryStats}
  */
 export function memory(py) {
   const perf = /** @type {any} */ (performance);
-  return { wasm_bytes: py?._module?.HEAP8?.buffer?.byteLength ?? null,
+  const m = py?._module;
+  const peak = typeof m?._malloc_max_footprint === "function"
+    ? m._sbrk(0) - m._malloc_footprint() + m._malloc_max_footprint() : null;
+  return { wasm_bytes: m?.HEAP8?.buffer?.byteLength ?? null, peak_bytes: peak,
            js_heap_bytes: perf.memory ? perf.memory.usedJSHeapSize : null };
 }
 

@@ -368,7 +368,9 @@ export class ParallelWorker extends EventTarget {
       this.timings.leader_write = shards[0].write_seconds;   // copying every block in + hashing it
       this.loadedSha = model.sha256;
       const memory = { wasm_bytes: shards.reduce((s, x) => s + (x.memory.wasm_bytes || 0), 0), js_heap_bytes: null,
-                       per_worker: shards.map((x) => x.memory.wasm_bytes), coordinator_peak_bytes: this.peakHeld };
+                       peak_bytes: shards.reduce((s, x) => s + (x.memory.peak_bytes || 0), 0),
+                       per_worker: shards.map((x) => x.memory.wasm_bytes), per_worker_peak: shards.map((x) => x.memory.peak_bytes),
+                       coordinator_peak_bytes: this.peakHeld };
       this.emit({ type: Ev.READY, info, cached: cached && !downloaded, timings: { ...this.timings }, memory, budget: this.budget ?? null,
                   model: { sha256: model.sha256, workers: this.n, shards: shards.map((x) => x.info), n_ctx: shards[0].info.n_ctx } });
     } catch (e) {

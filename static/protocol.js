@@ -93,7 +93,7 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  *   phase for weights: "cache" (reading the Cache API), "download", "resume" (a download cut short,
  *   continued with HTTP Range from `loaded`), "verify", "cache-corrupt",
  *   "store", "store-failed", "parse"
- * @typedef {{wasm_bytes: number|null, js_heap_bytes: number|null}} MemoryStats
+ * @typedef {{wasm_bytes: number|null, peak_bytes?: number|null, js_heap_bytes: number|null}} MemoryStats
  * @typedef {{type: "ready", info: Object, model?: Object, timings: Object<string, number>,
  *            cached?: boolean, memory?: MemoryStats}} ReadyEvent
  *   info.runtime_snapshot: "restored" (Python started from the runtime snapshot a first visit saved

@@ -79,6 +79,28 @@ def metrics(**values) -> None:
     print("\nbrowser-metrics:", json.dumps(values, sort_keys=True))
 
 
+def worker_memory(page, ready: dict, label: str) -> list[dict]:
+    """Each worker's memory after a load and an answer beside its budget (engine/budget.py, estimated
+    from the header before the download), checked: the most the worker ever used (peak_bytes,
+    static/boot.js memory) is within RESERVE_MARGIN of the estimate (above it: the margin covers it;
+    below it by more than twice the margin: the estimate asks for memory it does not use), and its
+    heap, grown once to estimate + margin, never grew again (a growth adds at least 20 %; one 64 KiB
+    page of rounding). Prints the figures."""
+    if page.evaluate("() => typeof window.moteApp.worker.stats === 'function'"):  # several workers
+        got = [s["memory"] for s in page.evaluate("async () => await window.moteApp.worker.stats()")]
+    else:
+        got = [page.evaluate("() => window.moteApp.state.memory")]  # the worker's own report at done
+    plans = ready["budget"]["workers"]
+    assert len(got) == len(plans), (got, plans)
+    rows = [{"wasm": m["wasm_bytes"], "peak": m["peak_bytes"], "estimate": w["total_bytes"], "heap": w["heap_bytes"]}
+            for m, w in zip(got, plans)]
+    metrics(**{f"{label}_memory_mib": [{k: round(v / 2**20, 1) for k, v in r.items()} for r in rows]})
+    for r in rows:
+        assert r["estimate"] - 2 * RESERVE_MARGIN <= r["peak"] <= r["estimate"] + RESERVE_MARGIN, rows
+        assert r["wasm"] <= r["heap"] + (64 << 10), rows
+    return rows
+
+
 # ---- page driving --------------------------------------------------------------------------------
 
 def open_page(page, base_url: str, query: str = "") -> float:
@@ -1064,6 +1086,7 @@ def test_gemma_greedy_tokens_match_cpython(browser, gemma_site):
     load_peak = dict(heap.peak)
     rss = renderer_peak_rss()
     wasm = page.evaluate("() => window.moteApp.state.memory")   # the worker's own report at done
+    worker_memory(page, cold, "gemma_one_worker")
 
     cached_boot = open_page(page, base_url)   # reload: runtime from the HTTP/SW cache, model from the Cache API
     heap = WorkerHeap(browser, page)
@@ -1108,6 +1131,7 @@ def test_gemma_two_workers_by_default_match_cpython(browser, gemma_site):
         done = chat(page, GEMMA_MESSAGES[0]["content"], GEMMA_TOKENS, timeout_s=240)
         assert done["token_ids"] == reference["tokens"]
         assert done["full_text"] == reference["text"]
+        worker_memory(page, ready, "gemma_two_workers")
         open_page(page, base_url)
         cached = load_model(page, gemma.name, timeout_s=240)
         assert cached["type"] == "ready" and cached["cached"] is True, cached
