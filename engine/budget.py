@@ -5,7 +5,8 @@ the rest of the file is downloaded).
 A worker's WebAssembly memory only grows (its size is its peak), and a wasm32 heap cannot pass
 4 GiB; a phone may give a tab far less. So the page asks before it downloads: `estimate` adds up
 
-    runtime     Pyodide, numpy and the engine imported, plus the kernels' scratch buffers
+    runtime     Pyodide, numpy and the engine imported, plus the kernels' scratch buffers (on a shard
+                also its exchange buffers: the rows of a SUM, and the logits of a verify pass)
     weights     the bytes of the file this worker holds (the whole file on one worker; on a shard
                 its byte ranges, engine/shard.py shard_ranges), plus the column cuts of the
                 row-parallel matrices a shard copies out of them
@@ -113,7 +114,7 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
              split_attention: bool = True, default_ctx: int = 2048, kv_dtype: str = "float16") -> Budget:
     """The budget of loading `gguf` (a GGUFFile or a ShardFile holding only the header) on
     n_workers workers with n_ctx tokens of KV cache, as engine.bridge / engine.shard load it."""
-    from .shard import column_cuts, shard_ranges
+    from .shard import buffer_floats, column_cuts, shard_ranges
 
     cfg = ModelConfig.from_gguf(gguf)
     n_ctx = min(n_ctx or default_ctx, cfg.context_length)
@@ -136,9 +137,11 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
         side = _side_bytes(gguf, cfg, plan, layout)
         tokenizes = plan is None or i == 0
         voc = vocab if tokenizes else 0  # the others walk the string arrays without keeping them
-        if plan is not None:  # measured, not explained part by part: a shard's peak holds about two
-            voc += 2 * gguf.data_offset  # header sizes beyond its parts (scripts/shard_memory.mjs --margin)
         runtime = RUNTIME_BYTES + (cfg.vocab_size * LOGITS_BYTES if tokenizes else 0)
+        if plan is not None:  # the exchange buffers (engine/shard.py buffer_floats, made at their largest)
+            runtime += 4 * sum(buffer_floats(cfg, plan, n_ctx))
+            # measured, not explained part by part: a shard's peak holds about two header sizes beyond
+            voc += 2 * gguf.data_offset  # its parts (scripts/shard_memory.mjs --margin)
         budget.workers.append(WorkerBudget(i, runtime, held + cuts, side, kv, voc))
     return budget
 

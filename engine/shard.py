@@ -50,7 +50,9 @@ import numpy as np
 from . import quants
 from .config import ModelConfig
 from .gguf import GGUFError, GGUFFile, TensorInfo
-from .model import SUM, LoadPolicy, Model, ShardPlan, column_ranges, load_model, plan_for, plan_shards, row_ranges
+from .lookup import MAX_DRAFT
+from .model import (PREFILL_CHUNK, SUM, LoadPolicy, Model, ShardPlan, column_ranges, load_model, plan_for,
+                    plan_shards, row_ranges)
 from .session import LookaheadModel, Session
 
 LEADER = 0         # the shard that samples and runs the generation loop
@@ -245,15 +247,35 @@ def run_lockstep(shards: Sequence[Model], tokens: Sequence[int], all_logits: boo
     return out
 
 
+def buffer_floats(cfg: ModelConfig, plan: ShardPlan, n_ctx: int) -> tuple[int, int]:
+    """Floats of a ShardRunner's two exchange buffers, at their largest: the mailbox (the shards'
+    rows of a SUM of up to PREFILL_CHUNK tokens; elsewhere than on the leader also this shard's
+    logits of a verify pass of MAX_DRAFT + 1 rows) and the leader's logits (that pass's rows of
+    the whole vocabulary; nothing elsewhere). engine/budget.py counts them."""
+    rows = MAX_DRAFT + 1
+    summed = plan.n_shards * min(max(PREFILL_CHUNK, rows), n_ctx) * cfg.d_model
+    if plan.index == LEADER:
+        return summed, rows * cfg.vocab_size
+    return max(summed, rows * (plan.vocab[1] - plan.vocab[0])), 0
+
+
 class ShardRunner:
     """One shard's forward pass, driven one sync point at a time by a browser worker.
 
-    The worker exchanges float32 arrays through `mailbox`, an (n_shards, capacity) array whose row
-    j holds shard j's partial: this shard writes its own row, the worker writes the peers' rows
-    (straight into WASM memory at `mailbox_address()`), then `resume()` sums the rows in shard
-    order. On the leader, `logits` receives the peers' slices of the last GATHER: shard j's
-    (gather_rows, its vocabulary slice) block at float offset gather_rows * vocab_starts()[j]
-    (gather_rows is 1 except in the verify pass of lookup decoding, which gathers every row).
+    The worker exchanges float32 arrays through `mailbox`, an (n_shards, capacity) view whose row
+    j holds shard j's partial at a SUM: this shard writes its own row, the worker writes the peers'
+    rows (straight into WASM memory at `mailbox_address()`), then `resume()` sums the rows in shard
+    order. At a GATHER a shard other than the leader puts its (gather_rows, its vocabulary slice)
+    logits at the start of the mailbox's memory (`outbox(n)`), and the leader's `logits` buffer, a
+    (gather_rows, vocab) array in row order, receives each peer's block row by row: row r of shard
+    j's block at float offset r * vocab_size + vocab_starts()[j] (gather_rows is 1 except in the
+    verify pass of lookup decoding, which gathers every row). The leader hands out that buffer as
+    the logits, without a copy.
+
+    Sizes are bounded whatever the prompt: a SUM carries at most PREFILL_CHUNK tokens' rows (a longer
+    prompt is summed chunk by chunk, Model.forward_steps), and both buffers are made at their largest
+    (`buffer_bytes`: a verify pass of MAX_DRAFT + 1 rows) when the runner is, so they never grow
+    (a grown buffer is a new block beside the old one, in a heap that never shrinks).
 
     begin(tokens, start) and resume() return the next sync point as one int:
         n > 0   SUM: exchange the first n floats of my mailbox row with every peer
@@ -265,9 +287,12 @@ class ShardRunner:
         self.model = model
         self.index = model.plan.index
         self.n_shards = model.plan.n_shards
+        self.vocab_size = model.config.vocab_size
+        box, logits = buffer_floats(model.config, model.plan, model.n_ctx)
+        self._box = np.zeros(box, np.float32)      # (box,) the mailbox's memory
+        self.logits = np.zeros(logits, np.float32)  # (rows * vocab,) the leader's gather target (empty elsewhere)
         self.capacity = model.config.d_model
-        self.mailbox = np.zeros((self.n_shards, self.capacity), np.float32)  # (N, capacity)
-        self.logits = np.zeros(model.config.vocab_size, np.float32)  # (rows * vocab,) the leader's gather target
+        self.mailbox = self._rows(self.capacity)    # (N, capacity) view of _box
         self.gather_rows = 1        # rows of logits the current forward gathers
         self._vocab_starts = [p.vocab[0] for p in plan_shards(model.config, self.n_shards, split_attention=False)]
         self._steps = None
@@ -285,7 +310,17 @@ class ShardRunner:
 
     def mailbox_address(self) -> int:
         """Byte address of the mailbox (in Pyodide: an offset into WASM memory)."""
-        return self.mailbox.__array_interface__["data"][0]
+        return self._box.__array_interface__["data"][0]
+
+    def outbox(self, n: int) -> np.ndarray:
+        """(n,) where this shard's part of a GATHER is put: the start of the mailbox's memory."""
+        return self._box[:n]
+
+    def _rows(self, capacity: int) -> np.ndarray:
+        """The mailbox as (N, capacity), a view of its memory (grown only past buffer_floats' sizes)."""
+        if self._box.size < self.n_shards * capacity:
+            self._box = np.zeros(self.n_shards * capacity, np.float32)
+        return self._box[: self.n_shards * capacity].reshape(self.n_shards, capacity)
 
     def logits_address(self) -> int:
         return self.logits.__array_interface__["data"][0]
@@ -295,13 +330,15 @@ class ShardRunner:
         the exact pass of lookup decoding, logits for every token (Model.forward_steps exact)."""
         n_tokens = len(tokens)
         self.gather_rows = n_tokens if verify else 1
+        summed = n_tokens if verify else min(n_tokens, PREFILL_CHUNK)  # rows of the largest SUM
+        self.capacity = summed * self.model.config.d_model  # the worker re-reads it and the address
+        self.mailbox = self._rows(self.capacity)
         vocab_mine = self.model.plan.vocab[1] - self.model.plan.vocab[0]
-        need = max(n_tokens * self.model.config.d_model, self.gather_rows * vocab_mine)
-        if need > self.capacity:  # grows only for longer prompts: the worker re-reads the address
-            self.capacity = need
-            self.mailbox = np.zeros((self.n_shards, need), np.float32)
-        if self.logits.size < self.gather_rows * self.model.config.vocab_size:
-            self.logits = np.zeros(self.gather_rows * self.model.config.vocab_size, np.float32)
+        if self._box.size < self.gather_rows * vocab_mine:
+            self._box = np.zeros(self.gather_rows * vocab_mine, np.float32)
+            self.mailbox = self._rows(self.capacity)
+        if self.index == LEADER and self.logits.size < self.gather_rows * self.vocab_size:
+            self.logits = np.zeros(self.gather_rows * self.vocab_size, np.float32)
         self.model.pos = int(start)
         self.started = time.perf_counter()
         self.syncs = 0
@@ -324,10 +361,9 @@ class ShardRunner:
             return 0
 
     def _gathered(self) -> np.ndarray:
-        """The leader's logits of the last GATHER: (gather_rows, vocab), each shard's block in place."""
-        m, starts = self.gather_rows, self.vocab_starts() + [self.model.config.vocab_size]
-        return np.concatenate([self.logits[m * a : m * b].reshape(m, b - a)
-                               for a, b in zip(starts, starts[1:])], axis=1)  # (m, vocab)
+        """The leader's logits of the last GATHER: (gather_rows, vocab), a view of its buffer (valid
+        until the next forward's GATHER; generate() samples from them before it asks for one)."""
+        return self.logits[: self.gather_rows * self.vocab_size].reshape(self.gather_rows, self.vocab_size)
 
     def _post(self, msg: tuple[str, np.ndarray]) -> int:
         kind, part = msg
@@ -337,10 +373,11 @@ class ShardRunner:
         if kind == SUM:
             self.mailbox[self.index, : flat.size] = flat
             return flat.size
-        v0 = self.model.plan.vocab[0]
-        self.mailbox[self.index, : flat.size] = flat
-        if self.index == LEADER:
-            self.logits[self.gather_rows * v0 : self.gather_rows * v0 + flat.size] = flat
+        if self.index == LEADER:  # its own block in place; the peers' arrive row by row
+            v0, v1 = self.model.plan.vocab
+            self._gathered()[:, v0:v1] = part.reshape(self.gather_rows, v1 - v0)
+        else:
+            self._box[: flat.size] = flat
         return -flat.size
 
 

@@ -36,6 +36,7 @@ let transfer = true;                                     // postMessage partials
 let abortRequested = false, generating = false;
 let seq = 0;                                             // sync points so far: the same count on every shard
 /** @type {number[]} */ let vocabStarts = [];
+/** @type {number} */ let vocabSize = 0;
 /** Per generation: where this shard's time goes (mote/bench/parallel.py prints it per forward).
  *  compute_ms: inside Python (the shard's share of the forward); wait_ms: waiting for peers at sync
  *  points; copy_ms: partials out of / into WASM memory; between_ms: from the end of one forward to
@@ -157,6 +158,7 @@ function build() {
   const tParse = performance.now();
   runner = loader.runner();
   vocabStarts = runner.vocab_starts().toJs();
+  vocabSize = runner.vocab_size;
   if (index === 0) session = loader.leader_session(runner.model.n_ctx);
   const plan = runner.model.plan;
   const info = { index, heads: plan.heads.toJs(), ffn: plan.ffn.toJs(), vocab: plan.vocab.toJs(),
@@ -219,7 +221,8 @@ async function forward(tokens, start, verify = false) {
     const n = Math.abs(code);
     const sends = others.length > 0 && (code > 0 || index !== 0);   // the leader keeps its own logits slice
     const tc = performance.now();
-    const mine = sends ? pyodide._module.HEAPF32.slice(box + index * cap, box + index * cap + n) : null;  // (n,) copy out
+    const at = box + (code > 0 ? index * cap : 0);      // a SUM's row is mine; a GATHER's part is at the start
+    const mine = sends ? pyodide._module.HEAPF32.slice(at, at + n) : null;  // (n,) copy out
     stats.copy_ms += performance.now() - tc;
     const tw = performance.now();
     if (code > 0) {                                      // SUM: all-to-all
@@ -236,9 +239,12 @@ async function forward(tokens, start, verify = false) {
       if (got instanceof Promise) got = await got;
       stats.wait_ms += performance.now() - tw;
       const heap = pyodide._module.HEAPF32;
-      const logits = runner.logits_address() >> 2;
+      const logits = runner.logits_address() >> 2;      // (rows, vocab) in row order
       const rows = runner.gather_rows;                   // > 1 only in lookup decoding's verify pass
-      for (const [from, data] of got) heap.set(data, logits + rows * vocabStarts[from]);
+      for (const [from, data] of got) {                  // (rows, the peer's slice): each row to its place
+        const width = data.length / rows;
+        for (let r = 0; r < rows; r++) heap.set(data.subarray(r * width, (r + 1) * width), logits + r * vocabSize + vocabStarts[from]);
+      }
     }
     stats.syncs++;
     const tr = performance.now();

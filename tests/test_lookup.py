@@ -141,11 +141,44 @@ def test_runner_gathers_every_row_of_a_verify_pass(tiny):
                 for j, row in enumerate(rows):
                     r.mailbox[j, :n] = row
             codes = [r.resume() for r in runners]
-        peer = runners[1].mailbox[1, : -codes[1]]
-        at = runners[0].gather_rows * runners[0].vocab_starts()[1]
-        runners[0].logits[at : at + len(peer)] = peer
+        rows, v0 = runners[0].gather_rows, runners[0].vocab_starts()[1]
+        peer = runners[1].outbox(-codes[1]).reshape(rows, -1)  # (rows, the peer's slice), row by row:
+        for r, row in enumerate(peer):
+            at = r * runners[0].vocab_size + v0
+            runners[0].logits[at : at + len(row)] = row
         assert [r.resume() for r in runners] == [0, 0]
     np.testing.assert_array_equal(runners[0].last_logits, ref)
+
+
+def test_runner_buffers_never_grow_and_the_budget_counts_them(tiny):
+    """A prompt longer than PREFILL_CHUNK (summed chunk by chunk) and a verify pass of MAX_DRAFT + 1
+    rows fit the exchange buffers made with the runner: they stay the same arrays (in WASM a grown
+    buffer is a new block in a heap that never shrinks), and engine/budget.py counts their bytes."""
+    from engine.budget import LOGITS_BYTES, RUNTIME_BYTES, estimate
+    from engine.lookup import MAX_DRAFT
+    from engine.model import PREFILL_CHUNK
+
+    gf = _open(tiny("llama", "Q8_0"))
+    n_ctx = PREFILL_CHUNK + 2 * (MAX_DRAFT + 1) + 8
+    runners = [shard.ShardRunner(load_model(gf, n_ctx=n_ctx, policy=BLOCKS, plan=p)) for p in plan_for(gf, 2)]
+    made = [(r._box, r.logits) for r in runners]
+    toks = [int(t) for t in np.random.default_rng(5).integers(3, 259, PREFILL_CHUNK + 5 + MAX_DRAFT + 1)]
+    for tokens, start, verify in ((toks[: PREFILL_CHUNK + 5], 0, False), (toks[PREFILL_CHUNK + 5 :], PREFILL_CHUNK + 5, True)):
+        codes = [r.begin(tokens, start, verify) for r in runners]
+        while codes[0] != 0:
+            if codes[0] > 0:
+                rows = [r.mailbox[r.index, : codes[0]].copy() for r in runners]
+                for r in runners:
+                    for j, row in enumerate(rows):
+                        r.mailbox[j, : codes[0]] = row
+            codes = [r.resume() for r in runners]
+    assert runners[0].last_logits.shape == (MAX_DRAFT + 1, runners[0].vocab_size)
+    assert all(r._box is box and r.logits is logits for r, (box, logits) in zip(runners, made))
+    budget = estimate(gf, n_ctx=n_ctx, n_workers=2)
+    for r, w in zip(runners, budget.workers):
+        held = r._box.nbytes + r.logits.nbytes
+        assert held == 4 * sum(shard.buffer_floats(r.model.config, r.model.plan, n_ctx)) > 0
+        assert w.runtime - RUNTIME_BYTES - (r.vocab_size * LOGITS_BYTES if r.index == 0 else 0) == held
 
 
 def test_prompt_lookup_finds_the_latest_longest_match():
