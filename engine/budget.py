@@ -41,7 +41,8 @@ from .model import ROW_PARALLEL, LoadPolicy, ShardPlan, column_ranges, plan_for,
 
 MIB = 1 << 20
 WASM_LIMIT = 4 << 30           # a wasm32 heap's ceiling (Pyodide's maximum memory)
-BOOT_BYTES = 35 * MIB          # Pyodide + numpy + engine imported, before any model (measured 34.6 MiB)
+BOOT_BYTES = 33 * MIB          # Pyodide + numpy + engine imported, with a 0.4 MB model loaded (measured 32.2 MiB;
+                               # 34.6 before the sampler stopped importing numpy.random)
 RUNTIME_BYTES = BOOT_BYTES + 9 * MIB  # + the kernels' scratch buffers (packed.CHUNK_BYTES of float32 and their bytes)
 LOGITS_BYTES = 16              # per vocabulary entry: logits and the sampler's float arrays during a generation
 VOCAB_ENTRY_BYTES = 68         # per vocabulary entry, parsed metadata + tokenizer at their peak: the

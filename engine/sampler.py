@@ -23,8 +23,9 @@ temperature <= 0 is greedy: the argmax of the penalised logits, ties to the lowe
 llama.cpp's greedy sampler scanning the vocabulary in id order). Filters 2-4 always keep the
 argmax, so they cannot change a greedy pick.
 
-Reproducibility. A seed makes `numpy.random.Generator(PCG64(seed))`, whose stream of doubles is the
-same on every platform and numpy version, Pyodide included; exactly one uniform is drawn per
+Reproducibility. A seed makes `numpy.random.Generator(PCG64(seed))`'s stream of doubles (computed by
+engine/pcg64.py: importing numpy.random costs each worker ~10 MiB of WASM heap), the same on every
+platform and numpy version, Pyodide included; exactly one uniform is drawn per
 non-greedy step, even when one candidate is left, so a run's k-th draw never depends on earlier
 filtering. Candidates are ordered by (logit descending, token id ascending) with a stable sort;
 ties at the top-k boundary go to the lower id. All probability maths is float64. The one thing that
@@ -45,6 +46,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from .pcg64 import PCG64, fresh_seed
 
 TOP_P_PROBE = 1024   # first candidate-set size tried for top-p without top-k
 
@@ -103,9 +106,8 @@ class Sampler:
     def __init__(self, params: SamplingParams) -> None:
         self.params = params  # validated by SamplingParams
         # seed None: draw a fresh one from the OS and keep it, so the run can be repeated
-        self.seed: int = (int(params.seed) if params.seed is not None
-                          else int(np.random.SeedSequence().entropy))
-        self.rng = np.random.Generator(np.random.PCG64(self.seed))
+        self.seed: int = int(params.seed) if params.seed is not None else fresh_seed()
+        self.rng = PCG64(self.seed)  # numpy's Generator(PCG64(seed)) stream, without numpy.random
         self.history: collections.deque[int] = collections.deque(maxlen=params.repeat_last_n)
         self._vocab = 0            # size the buffers below were made for
         self._x = np.empty(0)      # (vocab,) float64 working logits

@@ -164,7 +164,7 @@ const SNAPSHOT_IMPORTS = "ast, bisect, codecs, collections, collections.abc, con
 
 /** Imported after `module`, before the snapshot is taken: what a generation imports on first use, and
  *  both kinds of worker's modules, so that static/worker.js and each shard start from one snapshot. */
-const SNAPSHOT_LATE_IMPORTS = "numpy.random, engine.bridge, engine.shard";
+const SNAPSHOT_LATE_IMPORTS = "engine.bridge, engine.shard";
 
 /** The snapshot's name for this build and Mote server, or null where the origin has no private file
  *  system (e.g. an insecure origin). @param {any} manifest @param {string} runtimeBase @returns {Promise<string|null>} */
