@@ -132,6 +132,14 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _softmax_into(x: np.ndarray) -> np.ndarray:
+    """softmax(x) written over x, with the same arithmetic (and so the same bits) as softmax()."""
+    np.subtract(x, x.max(axis=-1, keepdims=True), x)
+    np.exp(x, x)
+    np.divide(x, x.sum(axis=-1, keepdims=True), x)
+    return x
+
+
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
     """Rotate pairs of x by the position angles. x: (n, heads, hd); cos, sin: (n, 1, hd/2)."""
     half = x.shape[-1] // 2
@@ -418,7 +426,7 @@ class Model:
             masked |= qpos - kpos >= window  # sliding window: only the last `window` positions
         if masked.any():
             scores[..., masked] = -np.inf
-        probs = softmax(scores)  # (KV, G, n, T)
+        probs = _softmax_into(scores)  # (KV, G, n, T), in place: at a long context scores are MBs
         out = probs @ vals.transpose(1, 0, 2)[:, None]  # (KV, G, n, hd_v)
         return out.transpose(2, 0, 1, 3).reshape(n, n_heads * cfg.v_head_dim)  # (n, H hd_v)
 
