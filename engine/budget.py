@@ -5,8 +5,9 @@ the rest of the file is downloaded).
 A worker's WebAssembly memory only grows (its size is its peak), and a wasm32 heap cannot pass
 4 GiB; a phone may give a tab far less. So the page asks before it downloads: `estimate` adds up
 
-    runtime     Pyodide, numpy and the engine imported, plus the kernels' scratch buffers (on a shard
-                also its exchange buffers: the rows of a SUM, and the logits of a verify pass)
+    runtime     Pyodide, numpy and the engine imported, plus the kernels' scratch buffers, attention's
+                working arrays with the context full (on a shard also its exchange buffers: the rows
+                of a SUM, and the logits of a verify pass)
     weights     the bytes of the file this worker holds (the whole file on one worker; on a shard
                 its byte ranges, engine/shard.py shard_ranges), plus the column cuts of the
                 row-parallel matrices a shard copies out of them
@@ -138,7 +139,9 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
         side = _side_bytes(gguf, cfg, plan, layout)
         tokenizes = plan is None or i == 0
         voc = vocab if tokenizes else 0  # the others walk the string arrays without keeping them
-        runtime = RUNTIME_BYTES + (cfg.vocab_size * LOGITS_BYTES if tokenizes else 0)
+        heads = cfg.n_heads if plan is None else plan.heads[1] - plan.heads[0]
+        runtime = RUNTIME_BYTES + (cfg.vocab_size * LOGITS_BYTES if tokenizes else 0) + \
+            _attention_bytes(cfg, n_ctx, heads, kv_heads)
         if plan is not None:  # the exchange buffers (engine/shard.py buffer_floats, made at their largest)
             runtime += 4 * sum(buffer_floats(cfg, plan, n_ctx))
             # measured, not explained part by part: a shard's peak holds about two header sizes beyond
@@ -148,6 +151,14 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
 
 
 # ---- the parts ----------------------------------------------------------------------------------
+
+
+def _attention_bytes(cfg: ModelConfig, n_ctx: int, heads: int, kv_heads: int) -> int:
+    """Attention's working arrays with the context full (engine/model.py _attend): a prefill chunk's
+    float32 scores (heads, PREFILL_CHUNK, n_ctx), their softmax written over them, and the cached
+    keys and values read back as float32. A short prompt needs little of it; a long one all."""
+    scores = heads * min(model.PREFILL_CHUNK, n_ctx) * n_ctx * 4
+    return scores + n_ctx * kv_heads * (cfg.head_dim + cfg.v_head_dim) * 4
 
 
 def _file_size(gguf) -> int:

@@ -42,11 +42,12 @@ rows.push(["model loaded", heap(), peakBytes(py)]);
 // --prompt-words=N: a prompt of N words instead of four (a long prompt's activations are not in the budget)
 const words = Number(args.find((a) => a.startsWith("--prompt-words="))?.split("=")[1] ?? 0);
 py.globals.set("WORDS", words);
+py.globals.set("SPEC", !args.includes("--no-lookup"));
 py.globals.set("MAX_TOKENS", Number(args.find((a) => a.startsWith("--max-tokens="))?.split("=")[1] ?? 8));
 const nPrompt = py.runPython(`
 from engine import bridge
 prompt = " ".join(["story"] * WORDS) if WORDS else "Once upon a time"
-g = bridge.start_generation({"prompt": prompt, "params": {"temperature": 0, "max_tokens": MAX_TOKENS}})
+g = bridge.start_generation({"prompt": prompt, "params": {"temperature": 0, "max_tokens": MAX_TOKENS, "speculative": SPEC}})
 while (ev := g.step()).type != "done": pass
 ev.n_prompt
 `);
