@@ -24,7 +24,7 @@ llama.cpp's greedy sampler scanning the vocabulary in id order). Filters 2-4 alw
 argmax, so they cannot change a greedy pick.
 
 Reproducibility. A seed makes `numpy.random.Generator(PCG64(seed))`'s stream of doubles (computed by
-engine/pcg64.py: importing numpy.random costs each worker ~10 MiB of WASM heap), the same on every
+engine/pcg64.py: importing numpy.random costs each worker ~2.4 MiB of WASM heap), the same on every
 platform and numpy version, Pyodide included; exactly one uniform is drawn per
 non-greedy step, even when one candidate is left, so a run's k-th draw never depends on earlier
 filtering. Candidates are ordered by (logit descending, token id ascending) with a stable sort;

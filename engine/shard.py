@@ -274,7 +274,7 @@ class ShardRunner:
 
     Sizes are bounded whatever the prompt: a SUM carries at most PREFILL_CHUNK tokens' rows (a longer
     prompt is summed chunk by chunk, Model.forward_steps), and both buffers are made at their largest
-    (`buffer_bytes`: a verify pass of MAX_DRAFT + 1 rows) when the runner is, so they never grow
+    (`buffer_floats`: a verify pass of MAX_DRAFT + 1 rows) when the runner is, so they never grow
     (a grown buffer is a new block beside the old one, in a heap that never shrinks).
 
     begin(tokens, start) and resume() return the next sync point as one int:
@@ -292,7 +292,7 @@ class ShardRunner:
         self._box = np.zeros(box, np.float32)      # (box,) the mailbox's memory
         self.logits = np.zeros(logits, np.float32)  # (rows * vocab,) the leader's gather target (empty elsewhere)
         self.capacity = model.config.d_model
-        self.mailbox = self._rows(self.capacity)    # (N, capacity) view of _box
+        self.mailbox = self._box[: self.n_shards * self.capacity].reshape(self.n_shards, self.capacity)  # (N, capacity)
         self.gather_rows = 1        # rows of logits the current forward gathers
         self._vocab_starts = [p.vocab[0] for p in plan_shards(model.config, self.n_shards, split_attention=False)]
         self._steps = None
@@ -316,12 +316,6 @@ class ShardRunner:
         """(n,) where this shard's part of a GATHER is put: the start of the mailbox's memory."""
         return self._box[:n]
 
-    def _rows(self, capacity: int) -> np.ndarray:
-        """The mailbox as (N, capacity), a view of its memory (grown only past buffer_floats' sizes)."""
-        if self._box.size < self.n_shards * capacity:
-            self._box = np.zeros(self.n_shards * capacity, np.float32)
-        return self._box[: self.n_shards * capacity].reshape(self.n_shards, capacity)
-
     def logits_address(self) -> int:
         return self.logits.__array_interface__["data"][0]
 
@@ -332,11 +326,11 @@ class ShardRunner:
         self.gather_rows = n_tokens if verify else 1
         summed = n_tokens if verify else min(n_tokens, PREFILL_CHUNK)  # rows of the largest SUM
         self.capacity = summed * self.model.config.d_model  # the worker re-reads it and the address
-        self.mailbox = self._rows(self.capacity)
         vocab_mine = self.model.plan.vocab[1] - self.model.plan.vocab[0]
-        if self._box.size < self.gather_rows * vocab_mine:
-            self._box = np.zeros(self.gather_rows * vocab_mine, np.float32)
-            self.mailbox = self._rows(self.capacity)
+        need = max(self.n_shards * self.capacity, 0 if self.index == LEADER else self.gather_rows * vocab_mine)
+        if self._box.size < need:  # only past buffer_floats' sizes (a verify pass longer than MAX_DRAFT + 1)
+            self._box = np.zeros(need, np.float32)
+        self.mailbox = self._box[: self.n_shards * self.capacity].reshape(self.n_shards, self.capacity)
         if self.index == LEADER and self.logits.size < self.gather_rows * self.vocab_size:
             self.logits = np.zeros(self.gather_rows * self.vocab_size, np.float32)
         self.model.pos = int(start)
@@ -377,7 +371,7 @@ class ShardRunner:
             v0, v1 = self.model.plan.vocab
             self._gathered()[:, v0:v1] = part.reshape(self.gather_rows, v1 - v0)
         else:
-            self._box[: flat.size] = flat
+            self.outbox(flat.size)[:] = flat
         return -flat.size
 
 
