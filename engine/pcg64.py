@@ -89,8 +89,7 @@ class PCG64:
         v = [w[2 * i] | (w[2 * i + 1] << 32) for i in range(4)]  # the uint64 view, little-endian
         init_state, init_seq = (v[0] << 64) | v[1], (v[2] << 64) | v[3]
         self._inc = ((init_seq << 1) | 1) & _M128
-        self._state = self._inc  # state 0, one step
-        self._state = (self._state + init_state) & _M128
+        self._state = (self._inc + init_state) & _M128  # from state 0: one step, add the seed's state
         self._step()
 
     def _step(self) -> None:

@@ -2,7 +2,7 @@
 // the heap grown, the file streamed into a ModelBuffer, load_model, a few greedy tokens), printing the WASM
 // heap's size and the peak used (malloc's high-water mark) after each step beside the budget's estimate (engine/budget.py). No browser needed.
 //
-//   node scripts/load_memory.mjs MODEL.gguf [layout] [--no-reserve] [--early] [--margin=MB] [--prompt-words=N] [--max-tokens=N]
+//   node scripts/load_memory.mjs MODEL.gguf [layout] [--no-reserve] [--early] [--margin=MB] [--prompt-words=N] [--max-tokens=N] [--no-lookup]
 // --margin=MB grows the heap to the estimate + MB instead of heap_bytes (negative: below it), to find
 // what the load really needs: the smallest heap that does not grow again.
 import fs from "node:fs";
@@ -12,7 +12,7 @@ const args = process.argv.slice(2);
 const noReserve = args.includes("--no-reserve");
 const early = args.includes("--early");  // as a cached model is read: the buffer first, the budget after
 const [model, layout] = args.filter((a) => !a.startsWith("--"));
-const py = await bootWithModel(model, "node scripts/load_memory.mjs MODEL.gguf [packed|compact|int8] [--no-reserve] [--early] [--margin=MB] [--prompt-words=N]");
+const py = await bootWithModel(model, "node scripts/load_memory.mjs MODEL.gguf [packed|compact|int8] [--no-reserve] [--early] [--margin=MB] [--prompt-words=N] [--max-tokens=N] [--no-lookup]");
 const heap = () => heapBytes(py);
 const rows = [["booted", heap(), peakBytes(py)]];
 const bridge = py.pyimport("engine.bridge");

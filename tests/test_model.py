@@ -355,3 +355,16 @@ def test_a_kv_cache_bigger_than_memory_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(model_mod, "memory_limit", lambda: 1024)  # a machine with 1 KiB
     with pytest.raises(ConfigError, match=r"a KV cache of \d+ tokens needs [\d.]+ GiB, more than the 0.0 GiB"):
         load_model(open_gguf(path), n_ctx=4096)
+
+
+def test_softmax_in_place_equals_softmax_bit_for_bit():
+    """Attention's softmax is written over its scores (at a long context they are MBs): the same
+    operations as engine.model.softmax, so the same bits, masked (-inf) positions included."""
+    from engine.model import _softmax_into, softmax
+
+    rng = np.random.default_rng(3)
+    scores = (rng.standard_normal((2, 3, 5, 40)) * 8).astype(np.float32)  # (KV, G, n, T)
+    scores[..., np.triu(np.ones((5, 40), bool), 36)] = -np.inf              # causal mask of the last keys
+    want = softmax(scores)
+    got = _softmax_into(scores)
+    assert got is scores and np.array_equal(got, want)
