@@ -11,9 +11,9 @@ and in Pyodide, and timed by `mote/bench/kernels.py`.
 **Planes.** In the file each block interleaves its fields (Q4_K: d, dmin, scales, quants), so one
 field of many blocks is a strided view of short runs, and numpy pays its per-run overhead on each.
 `planarize` rewrites each chunk of rows in place as *planes*: the same field of every block, one
-plane after the other. Same bytes, same size (Q4_K also unpacks its twelve bytes of 6-bit scales
-into sixteen and moves d and dmin, 4 bytes per 256 weights, to a small side array; Q8_0 keeps a
-float32 copy of its scales beside, +12 %, as matmul.BlockLinear does). The mapped file natively is
+plane after the other. Same bytes, same size (Q4_K keeps its twelve bytes of 6-bit scales and mins
+as three planes and unpacks them per chunk, a dozen uint64 operations on 1/12 of its bytes; Q8_0
+keeps a float32 copy of its scales beside, +12 %, as matmul.BlockLinear does). The mapped file natively is
 read-only: there each chunk is planarized into scratch on every product (slower, no resident copy).
 
 **The product of a chunk.** The small integers are unpacked with whole-plane integer operations
@@ -70,9 +70,10 @@ def _c64(v: int) -> np.ndarray:
 _M4 = _c64(0x0F0F0F0F0F0F0F0F)    # low nibble of every byte
 _M2 = _c64(0x0303030303030303)    # low 2 bits of every byte
 _M30 = _c64(0x3030303030303030)   # bits 4-5 of every byte
+_M3F = _c64(0x3F3F3F3F3F3F3F3F)   # low 6 bits of every byte
 _M10 = _c64(0x1010101010101010)   # bit 4 of every byte
 _M04 = _c64(0x0404040404040404)   # bit 2 of every byte
-_B = {k: np.array([k], np.uint8) for k in (2, 3, 4, 6, 15, 0)}  # uint8 constants (masks, shifts)
+_B = {k: np.array([k], np.uint8) for k in (2, 3, 4, 6, 15, 0, 48, 63)}  # uint8 constants (masks, shifts)
 _SH = [_c64(k) for k in range(8)]  # shift counts
 _SHL = np.array([[4], [3], [2], [1], [0]], _U64)  # Q5_0: the shift that takes bit m of a byte to bit 4,
 _SHR = np.array([[1], [2], [3]], _U64)            # m = 0..4 (left) and m = 5..7 (right)
@@ -83,7 +84,7 @@ PLANES: dict[str, list[tuple[str, int, int]]] = {
     "Q8_0": [("qs", 32, 1), ("d", 2, 2)],                 # + side: d as float32
     "Q4_0": [("qs", 16, 1), ("d", 2, 2)],
     "Q5_0": [("qs", 16, 1), ("hb", 4, 1), ("d", 2, 2)],  # hb: the fifth bits, in value order (_fifth_bits)
-    "Q4_K": [("scm", 16, 1), ("qs", 128, 1)],            # + side: d, dmin (f16 pair per block)
+    "Q4_K": [("d", 4, 2), ("s0", 4, 1), ("s1", 4, 1), ("s2", 4, 1), ("qs", 128, 1)],  # s: the 6-bit scales' bytes
     "Q6_K": [("qa0", 32, 1), ("qa1", 32, 1), ("qb0", 32, 1), ("qb1", 32, 1), ("qh0", 32, 1), ("qh1", 32, 1),
              ("sc", 16, 1), ("d", 2, 2)],
     "Q2_K": [("sc", 16, 1), ("qs", 64, 1), ("dd", 4, 2)],
@@ -96,17 +97,15 @@ FAST_TYPES = frozenset(PLANES)
 
 def _planes_of(name: str, b: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None]:
     """Blocks (c, nb, type_size) uint8 -> the planes in PLANES order, each (c, nb, bytes), and the
-    side array (Q4_K: (c, nb, 2) float16 d and dmin; else None)."""
+    side array (Q8_0: (c, nb, 1) float32 d; else None)."""
     if name == "Q8_0":
         return [b[:, :, 2:34], b[:, :, 0:2]], np.ascontiguousarray(b[:, :, 0:2]).view(np.float16)[:, :, :1].astype(np.float32)
     if name == "Q4_0":
         return [b[:, :, 2:18], b[:, :, 0:2]], None
     if name == "Q5_0":  # qh: bit j of the 4 bytes is weight j's fifth bit
         return [b[:, :, 6:22], _fifth_bits(b[:, :, 2:6]), b[:, :, 0:2]], None
-    if name == "Q4_K":
-        sc, mn = quants._k_scales(b[:, :, 4:16].reshape(-1, 12))  # (c * nb, 8) each, 6-bit values
-        scm = np.concatenate([sc, mn], axis=1).reshape(b.shape[0], b.shape[1], 16)
-        return [scm, b[:, :, 16:144]], np.ascontiguousarray(b[:, :, 0:4]).view(np.float16)  # (c, nb, 2)
+    if name == "Q4_K":  # d and dmin, the scales' three groups of 4 bytes (`_k_scales_of`), quants
+        return [b[:, :, 0:4], b[:, :, 4:8], b[:, :, 8:12], b[:, :, 12:16], b[:, :, 16:144]], None
     if name == "Q6_K":  # ql bytes 64h..+31 ("qa", h) and 64h+32..+63 ("qb", h); qh bytes 128 + 32h..
         return [b[:, :, 0:32], b[:, :, 64:96], b[:, :, 32:64], b[:, :, 96:128], b[:, :, 128:160],
                 b[:, :, 160:192], b[:, :, 192:208], b[:, :, 208:210]], None
@@ -124,8 +123,8 @@ def _dtype(size: int):
 def planarize(region: np.ndarray, ggml_type: int, c: int, nb: int) -> np.ndarray | None:
     """Rewrite one chunk of c rows, region = its (c * row bytes,) contiguous writable uint8 bytes, in
     place as transposed planes: plane p becomes (nb, elements per block, c), so that the rows of
-    the chunk are the fastest axis. Returns the side array transposed the same way ((nb, 2, c)
-    float16 d and dmin for Q4_K, (nb, 1, c) float32 d for Q8_0) or None."""
+    the chunk are the fastest axis. Returns the side array transposed the same way ((nb, 1, c)
+    float32 d for Q8_0) or None."""
     qt = quants.TYPES[ggml_type]
     blocks = region.reshape(c, nb, qt.type_size).copy()  # (c, nb, type_size), read before the writes
     planes, side = _planes_of(qt.name, blocks)
@@ -167,12 +166,8 @@ def unplanarize(region: np.ndarray, ggml_type: int, c: int, nb: int, side: np.nd
             b[:, :, 2:6] = planes["hb"]
         b[:, :, -16:] = planes["qs"]
     elif qt.name == "Q4_K":
-        sc, mn = planes["scm"][:, :, :8], planes["scm"][:, :, 8:]
-        b[:, :, 0:4] = np.ascontiguousarray(side.transpose(2, 0, 1)).view(np.uint8)
-        b[:, :, 4:8] = (sc[:, :, :4] & 63) | ((sc[:, :, 4:] >> 4) << 6)
-        b[:, :, 8:12] = (mn[:, :, :4] & 63) | ((mn[:, :, 4:] >> 4) << 6)
-        b[:, :, 12:16] = (sc[:, :, 4:] & 15) | ((mn[:, :, 4:] & 15) << 4)
-        b[:, :, 16:] = planes["qs"]
+        b[:, :, 0:4], b[:, :, 16:] = planes["d"], planes["qs"]
+        b[:, :, 4:8], b[:, :, 8:12], b[:, :, 12:16] = planes["s0"], planes["s1"], planes["s2"]
     elif qt.name == "Q6_K":
         for name, off in (("qa0", 0), ("qb0", 32), ("qa1", 64), ("qb1", 96), ("qh0", 128), ("qh1", 160),
                           ("sc", 192), ("d", 208)):
@@ -234,7 +229,7 @@ class PackedLinear:
             raise ValueError("planar packing needs the matrix's rows contiguous")
         self.copied = False            # views of the buffer: its pages stay
         self.compacted = self.planar   # the buffer no longer holds the file's bytes here
-        self.sides: list = []          # per chunk: Q4_K's (nb, 2, c) f16 d and dmin
+        self.sides: list = []          # per chunk: Q8_0's (nb, 1, c) float32 d
         self._views = None
         if self.planar:
             flat = self.rows_u8.reshape(-1)
@@ -259,7 +254,12 @@ class PackedLinear:
                 views[name + "64"] = flat.view(_U64)
             at += c * self.nb * n
         if side is not None:
-            views["dd" if self.qt.name == "Q4_K" else "d32"] = side  # Q4_K: (nb, 2, c) f16; Q8_0: (nb, 1, c) f32
+            views["d32"] = side  # Q8_0: (nb, 1, c) float32
+        if self.qt.name == "Q4_K":  # the scales' planes for _k_scales_of: s0 and s1 side by side, s2
+            k = 4 * self.nb * c  # bytes per plane; planes d, s0, s1, s2 from the chunk's start
+            s01, s2 = region[k : 3 * k].reshape(2, self.nb, 4 * c).transpose(1, 0, 2), region[3 * k : 4 * k]
+            views["s01"], views["s2"] = (s01, s2.reshape(self.nb, 4 * c)) if c % 2 else \
+                (s01.view(_U64), s2.reshape(self.nb, 4 * c).view(_U64))  # words when c is even
         return views
 
     def _views_of(self, k: int) -> dict:
@@ -393,8 +393,8 @@ class PackedLinear:
     def _chunk_q4_k(self, v: dict, c: int, xp: dict, y: np.ndarray | None, dense: bool = False):
         nb = self.nb
         s = _scratch("pk_s", (nb, 2, 8, c))
-        np.copyto(s, v["scm"].reshape(nb, 2, 8, c), casting="unsafe")  # 6-bit scales, mins
-        np.multiply(s, _f32(v["dd"])[:, :, None, :], s)  # [d * sc, dmin * m], as the reference
+        np.copyto(s, _k_scales_of(v, nb, c), casting="unsafe")  # 6-bit scales, mins
+        np.multiply(s, _f32(v["d"])[:, :, None, :], s)  # [d * sc, dmin * m], as the reference
         w = self._cast(self._nibble_halves(v["qs64"], (2, nb, 4, 32, c)))  # sub-blocks 2c (low), 2c + 1 (high)
         scale = s[:, 0].reshape(nb, 4, 2, c)  # sub-block 2c + h
         if dense:  # prefill: scale * q - offset per sub-block, as the reference
@@ -586,6 +586,34 @@ _PREPARED: dict = {}  # (type, n_in, sub) -> (x, its prepared forms): the last x
 def _run64(first: np.ndarray, n: int) -> np.ndarray:
     """n uint64 words from the start of `first` on: adjacent planes of a chunk read as one."""
     return np.lib.stride_tricks.as_strided(first, (n,), (8,))
+
+
+def _k_scales_of(v: dict, nb: int, c: int) -> np.ndarray:
+    """Q4_K's 6-bit scales and mins from a chunk's planes s0, s1, s2 (the block's bytes 4-7, 8-11,
+    12-15, each (nb, 4, c)) -> uint8 (nb, 2, 8, c) scratch: per block [scales 0-7], [mins 0-7].
+
+    As the reference (get_scale_min_k4): value j < 4 is the low 6 bits of s0[j] (scale) or s1[j]
+    (min); value 4 + j takes its low 4 bits from s2[j]'s low (scale) or high (min) nibble and its
+    top 2 from the top bits of s0[j] or s1[j]. s0 and s1 are adjacent planes, so both go through
+    each operation at once; a block's 4 x c bytes are uint64 words when c is even (the views
+    "s01", "s2" of `PackedLinear._chunk_views`), and the output is laid out as the scales are used."""
+    u = _scratch_u8("pk_sc", (nb, 2, 2, 4, c))  # (block, scale/min, values 0-3/4-7, 4, row)
+    s01, s2 = v["s01"], v["s2"]  # (nb, 2, 4 * c / 8) and (nb, 4 * c / 8) words, or bytes for an odd c
+    if c % 2 == 0:
+        m6, m4, m30, sh2, sh4 = _M3F, _M4, _M30, _SH[2], _SH[4]
+        out, t = u.reshape(nb, 2, 2, 4 * c).view(_U64), _scratch_u8("pk_sct", (2, nb, 4 * c)).view(_U64)
+    else:  # an odd number of rows: the same operations byte by byte
+        m6, m4, m30, sh2, sh4 = _B[63], _B[15], _B[48], _B[2], _B[4]
+        out, t = u.reshape(nb, 2, 2, 4 * c), _scratch_u8("pk_sct", (2, nb, 4 * c))
+    lo, hi = out[:, :, 0], out[:, :, 1]       # (nb, 2, words): scales and mins 0-3, 4-7
+    np.bitwise_and(s01, m6, lo)               # values 0-3: the low 6 bits of s0 (scales), s1 (mins)
+    np.right_shift(s01, sh2, hi)              # values 4-7: bits 6-7 of s0, s1 to 4-5 ...
+    np.bitwise_and(hi, m30, hi)
+    np.bitwise_and(s2, m4, t[0])              # ... and the low (scales), high (mins) nibble of s2
+    np.right_shift(s2, sh4, t[1])
+    np.bitwise_and(t[1], m4, t[1])
+    np.bitwise_or(hi, t.transpose(1, 0, 2), hi)
+    return u.reshape(nb, 2, 8, c)
 
 
 def _scratch_u8(name: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -86,6 +86,17 @@ def test_a_q5_0_chunk_with_an_odd_number_of_blocks_is_still_exact():
     assert _err(lin(xs[0]), matmul.reference_linear(raw, tid, (7, 96), xs[0])) <= RTOL
 
 
+def test_q4_k_scales_of_an_odd_number_of_blocks_are_unpacked_byte_by_byte():
+    """Q4_K's scale planes are unpacked as uint64 words when a chunk's rows are even in number; 7
+    rows are not, and take the byte-wise path, which must give the same products and rows."""
+    tid, raw, xs = _case("Q4_K", 7, 256)
+    lin = packed.PackedLinear(raw.copy().reshape(7, -1), tid, (7, 256), planar=True)
+    assert lin.planar and lin._chunks == [(0, 7)]
+    assert _err(lin(xs[0]), matmul.reference_linear(raw, tid, (7, 256), xs[0])) <= RTOL
+    assert _err(lin(xs), matmul.reference_linear(raw, tid, (7, 256), xs)) <= RTOL
+    np.testing.assert_array_equal(lin.dequantize_rows([0, 6]), quants.dequantize(raw, tid, (7, 256))[[0, 6]])
+
+
 def test_unknown_width_is_named():
     tid, raw, _ = _case("Q4_K", 4, 256)
     with pytest.raises(ValueError, match="Q4_K rows of 512 weights take"):
