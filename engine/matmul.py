@@ -102,6 +102,18 @@ def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
     return buf[:n].reshape(shape)
 
 
+def relay_scratch() -> None:
+    """Free this thread's scratch buffers and make them again at their present sizes, largest
+    first, in one run: after a warm-up (packed.reserve_scratch) that grew them step by step, and
+    left each outgrown buffer's block as a hole the heap keeps."""
+    cache = getattr(_LOCAL, "bufs", None)
+    if cache:
+        sizes = sorted(((buf.size, name) for name, buf in cache.items()), reverse=True)
+        cache.clear()
+        for n, name in sizes:
+            cache[name] = np.empty(n, dtype=np.float32)
+
+
 def _pool():
     global _POOL
     if _POOL is None:

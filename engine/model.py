@@ -31,7 +31,7 @@ from . import quants
 from .config import SUPPORTED_ARCHITECTURES, ConfigError, ModelConfig
 from .gguf import GGUFFile
 from .matmul import BlockLinear, DenseLinear, Embedding, prepare_linear
-from .packed import PackedLinear
+from .packed import PackedLinear, reserve_scratch
 
 DEFAULT_CTX = 2048  # KV cache length unless asked otherwise (Gemma's 32k would need 1.2 GB)
 KV_REWIND = 256    # positions a sliding-window layer's ring keeps beyond its window: how far the cache
@@ -688,7 +688,9 @@ def load_transformer(gguf: GGUFFile, n_ctx: int | None = None, policy: LoadPolic
         n_ctx = min(n_ctx, pe.shape[0])
     if progress is not None:
         progress(total_bytes, total_bytes)
-    return Model(cfg, plan, weights, n_ctx, policy.kv_dtype)
+    model = Model(cfg, plan, weights, n_ctx, policy.kv_dtype)
+    reserve_scratch([v for b in blocks + [weights] for v in b.values()])  # after the KV cache: nothing grows past them
+    return model
 
 
 def _check_layer(cfg: ModelConfig, i: int, tensors: dict) -> None:

@@ -54,7 +54,7 @@ import math
 import numpy as np
 
 from . import quants
-from .matmul import ON_WASM, _einsum, _scratch, dense_matmul
+from .matmul import ON_WASM, _einsum, _scratch, dense_matmul, relay_scratch
 
 # f32 bytes of unpacked weights per chunk. Larger than matmul.CHUNK_BYTES: each chunk pays a
 # dozen numpy calls of fixed cost, and the buffers are read once, in order.
@@ -277,15 +277,21 @@ class PackedLinear:
     def _prep(self, x: np.ndarray) -> dict:
         """x (n, n_in) -> per row: x in the part order of the values, sub-block sums, tables.
 
-        Kept for the next matrix of the same type and width when it gets the same x (attn_q,
-        attn_k and attn_v share one; ffn_gate and ffn_up another): one comparison instead of the
-        transposes and sums, a few numpy calls that cost microseconds each in Pyodide."""
+        Kept while the next matrices get the same x (attn_q, attn_k and attn_v share one; ffn_gate
+        and ffn_up another): one comparison instead of the transposes and sums, a few numpy calls
+        that cost microseconds each in Pyodide. Only the last x is kept, with its forms for each
+        kind of matrix that took it: forms of an older x are dropped when a new x comes (after a
+        64-token prefill chunk they held 8 MiB on Qwen2.5 1.5B's shard, none of it used again)."""
         key = (self.qt.name if self.fast else "split", self.n_in, self.sub)
-        hit = _PREPARED.get(key)
-        if hit is not None and hit[0].shape == x.shape and np.array_equal(hit[0], x):
-            return hit[1]
-        out = self._prepare(x)
-        _PREPARED[key] = (x.copy(), out)
+        last = _PREPARED.get("x")
+        if last is not None and last.shape == x.shape and np.array_equal(last, x):
+            hit = _PREPARED.get(key)
+            if hit is not None:
+                return hit
+        else:
+            _PREPARED.clear()
+            _PREPARED["x"] = x.copy()
+        out = _PREPARED[key] = self._prepare(x)
         return out
 
     def _prepare(self, x: np.ndarray) -> dict:
@@ -555,6 +561,19 @@ class PackedLinear:
             else:
                 np.matmul(xs, wt, out=y2[:, i : i + c])  # (n, c) BLAS
 
+    def warm_scratch(self) -> None:
+        """The scratch buffers this matrix's products use, at their sizes: its first (largest)
+        chunk times zeros, one token and prefill (`reserve_scratch`)."""
+        c = self._chunks[0][1]
+        x = np.zeros((2, self.n_in), np.float32)  # (2, n_in)
+        y = np.empty((1, c), np.float32)
+        if not self.fast:
+            self._chunk_split(self.rows_u8[:c], c, self._prepare(x[:1]), y)
+            return
+        run = getattr(self, "_chunk_" + self.qt.name.lower())
+        run(self._views_of(0), c, self._prepare(x[:1]), y)
+        run(self._views_of(0), c, self._prepare(x), None, dense=True)
+
     def _dequantize_chunk(self, k: int) -> np.ndarray:
         """Chunk k as float32 (c, n_in): the split fallback's prefill (never planarized)."""
         i, c = self._chunks[k]
@@ -580,12 +599,29 @@ class PackedLinear:
 
 # ---- small helpers ------------------------------------------------------------------------------
 
-_PREPARED: dict = {}  # (type, n_in, sub) -> (x, its prepared forms): the last x each kind of matrix saw
+_PREPARED: dict = {}  # "x": the last x a product got; (type, n_in, sub) -> its prepared forms for that kind
 
 
 def _run64(first: np.ndarray, n: int) -> np.ndarray:
     """n uint64 words from the start of `first` on: adjacent planes of a chunk read as one."""
     return np.lib.stride_tricks.as_strided(first, (n,), (8,))
+
+
+def reserve_scratch(linears) -> None:
+    """Make the scratch buffers once, at the largest size any of `linears` will ask for, before the
+    first product. Grown on demand, a buffer outgrown by a later matrix leaves its old block as a
+    hole that the forward's other arrays only partly reuse, and WASM memory never shrinks (Qwen2.5
+    1.5B's second shard, Pyodide: 4.9 MiB off the peak). Every scratch shape of a kernel is a
+    multiple of its chunk's rows x blocks, so one chunk of the largest matrix of each kind is run."""
+    biggest: dict = {}
+    for lin in linears:
+        if isinstance(lin, PackedLinear):
+            key = (lin.qt.name, lin.fast, lin.planar)
+            if key not in biggest or lin.chunk * lin.nb > biggest[key].chunk * biggest[key].nb:
+                biggest[key] = lin
+    for lin in biggest.values():
+        lin.warm_scratch()
+    relay_scratch()
 
 
 def _k_scales_of(v: dict, nb: int, c: int) -> np.ndarray:
