@@ -36,7 +36,8 @@ rows.push(["grown", heap(), peak()]);
 loader.stream_from.callKwargs({ hash_all: Number(index) === 0 });
 let scratch = null;
 // shard 0 hashes the file: it gets every byte, in order; the others only their ranges
-const wanted = Number(index) === 0 ? [[0, size]] : [[0, prefixLen], ...loader.ranges().toJs()];
+const wanted = Number(index) === 0 ? [[0, size]]  // the ranges past the prefix's bytes: each byte is written once
+  : [[0, prefixLen], ...loader.ranges().toJs().filter(([, b]) => b > prefixLen).map(([a, b]) => [Math.max(a, prefixLen), b])];
 for (const [start, end] of wanted) {
   for (let at = start; at < end; at += 2 << 20) {  // the prefix's bytes first, as the worker writes them
     const n = Math.min(2 << 20, end - at);
