@@ -5,7 +5,8 @@ the rest of the file is downloaded).
 A worker's WebAssembly memory only grows (its size is its peak), and a wasm32 heap cannot pass
 4 GiB; a phone may give a tab far less. So the page asks before it downloads: `estimate` adds up
 
-    runtime     Pyodide, numpy and the engine imported, plus the kernels' scratch buffers, attention's
+    runtime     Pyodide, numpy and the engine imported, plus the kernels' scratch buffers (those of the
+                layouts this model's matrices are held in), a prefill chunk's arrays, attention's
                 working arrays with the context full (on a shard also its exchange buffers: the rows
                 of a SUM, and the logits of a verify pass)
     weights     the bytes of the file this worker holds (the whole file on one worker; on a shard
@@ -44,7 +45,12 @@ MIB = 1 << 20
 WASM_LIMIT = 4 << 30           # a wasm32 heap's ceiling (Pyodide's maximum memory)
 BOOT_BYTES = 33 * MIB          # Pyodide + numpy + engine imported, with a 0.4 MB model loaded (measured 32.2 MiB;
                                # 34.6 before the sampler stopped importing numpy.random)
-RUNTIME_BYTES = BOOT_BYTES + 9 * MIB  # + the kernels' scratch buffers (packed.CHUNK_BYTES of float32 and their bytes)
+PACKED_SCRATCH = 7 * MIB       # packed.py's scratch, made at load (reserve_scratch): a chunk's float32 weights
+                               # (packed.CHUNK_BYTES) and its bytes unpacked (Qwen2.5 1.5B's shard: 6.7 MiB)
+INT8_SCRATCH = 2 * MIB         # matmul.BlockLinear's two float32 chunks (matmul.CHUNK_BYTES), where a matrix is int8
+FORWARD_BYTES = 6 * MIB        # a 64-token prefill chunk's other arrays and the holes they leave, beyond
+                               # attention's (measured under Node at a 1,900-token prompt: 2.0-5.8 MiB on
+                               # 2 shards of Qwen2.5 0.5B, 1.5B and Gemma 3 270M)
 LOGITS_BYTES = 16              # per vocabulary entry: logits and the sampler's float arrays during a generation
 VOCAB_ENTRY_BYTES = 68         # per vocabulary entry, parsed metadata + tokenizer at their peak: the
                                # text's bytes, offsets, type, score, hash slots (engine/strtable.py)
@@ -140,17 +146,26 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
         tokenizes = plan is None or i == 0
         voc = vocab if tokenizes else 0  # the others walk the string arrays without keeping them
         heads = cfg.n_heads if plan is None else plan.heads[1] - plan.heads[0]
-        runtime = RUNTIME_BYTES + (cfg.vocab_size * LOGITS_BYTES if tokenizes else 0) + \
+        runtime = _fixed_runtime(gguf, cfg, plan, layout) + (cfg.vocab_size * LOGITS_BYTES if tokenizes else 0) + \
             _attention_bytes(cfg, n_ctx, heads, kv_heads)
         if plan is not None:  # the exchange buffers (engine/shard.py buffer_floats, made at their largest)
             runtime += 4 * sum(buffer_floats(cfg, plan, n_ctx))
-            # measured, not explained part by part: a shard's peak holds about two header sizes beyond
-            voc += 2 * gguf.data_offset  # its parts (scripts/shard_memory.mjs --margin)
         budget.workers.append(WorkerBudget(i, runtime, held + cuts, side, kv, voc))
     return budget
 
 
 # ---- the parts ----------------------------------------------------------------------------------
+
+
+def _fixed_runtime(gguf, cfg: ModelConfig, plan: ShardPlan | None, layout: str) -> int:
+    """What a worker holds whatever the context: the runtime booted, the kernels' scratch (packed
+    blocks always; int8 blocks only where the layout keeps some matrix as int8), a prefill chunk's arrays."""
+    from .bridge import policy_for
+
+    policy = policy_for(layout)
+    int8 = any(not quants.TYPES[t.ggml_type].is_float and not policy.packs(t.ggml_type)
+               for t, _, _ in _matrices(gguf, cfg, plan))
+    return BOOT_BYTES + PACKED_SCRATCH + (INT8_SCRATCH if int8 else 0) + FORWARD_BYTES
 
 
 def _attention_bytes(cfg: ModelConfig, n_ctx: int, heads: int, kv_heads: int) -> int:

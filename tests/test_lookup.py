@@ -154,7 +154,7 @@ def test_runner_buffers_never_grow_and_the_budget_counts_them(tiny):
     """A prompt longer than PREFILL_CHUNK (summed chunk by chunk) and a verify pass of MAX_DRAFT + 1
     rows fit the exchange buffers made with the runner: they stay the same arrays (in WASM a grown
     buffer is a new block in a heap that never shrinks), and engine/budget.py counts their bytes."""
-    from engine.budget import LOGITS_BYTES, RUNTIME_BYTES, _attention_bytes, estimate
+    from engine.budget import LOGITS_BYTES, _attention_bytes, _fixed_runtime, estimate
     from engine.lookup import MAX_DRAFT
     from engine.model import PREFILL_CHUNK
 
@@ -180,7 +180,8 @@ def test_runner_buffers_never_grow_and_the_budget_counts_them(tiny):
         assert held == 4 * sum(shard.buffer_floats(r.model.config, r.model.plan, n_ctx)) > 0
         plan, cfg = r.model.plan, r.model.config
         attention = _attention_bytes(cfg, n_ctx, plan.heads[1] - plan.heads[0], plan.kv_heads[1] - plan.kv_heads[0])
-        assert w.runtime - RUNTIME_BYTES - (r.vocab_size * LOGITS_BYTES if r.index == 0 else 0) - attention == held
+        fixed = _fixed_runtime(gf, cfg, plan, "packed")
+        assert w.runtime - fixed - (r.vocab_size * LOGITS_BYTES if r.index == 0 else 0) - attention == held
 
 
 def test_prompt_lookup_finds_the_latest_longest_match():
