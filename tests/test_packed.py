@@ -131,6 +131,39 @@ def test_packed_model_equals_int8_blocks(tmp_path, arch, qtype):
             assert bytes(buf) != path.read_bytes()
 
 
+def test_scratch_is_made_at_load_and_neither_a_prefill_nor_a_step_grows_it(tmp_path):
+    """WASM memory never shrinks, so a scratch buffer outgrown by a later matrix would leave its old
+    block as a hole: load_model makes them at their largest (packed.reserve_scratch), and a prompt
+    longer than a prefill chunk, then decode steps, use those same arrays and make no others."""
+    from engine.model import PREFILL_CHUNK
+
+    path = write_tiny(tmp_path / "m.gguf", "llama", qtype="Q4_K", d=256, d_ff=768, n_layers=2, ctx=256)
+    matmul._LOCAL.bufs = {}  # this thread's buffers, as a fresh worker starts
+    model = load_model(GGUFFile(bytearray(path.read_bytes())), policy=dataclasses.replace(PACKED, own_buffer=True))
+    made = dict(matmul._LOCAL.bufs)
+    assert {"pk_w", "u8_pk_u", "u8_pk_sc"} <= set(made)
+    toks = np.random.default_rng(4).integers(3, VOCAB, size=PREFILL_CHUNK + 6).tolist()
+    model.forward(toks)
+    for t in toks[:3]:
+        model.forward([t])
+    assert matmul._LOCAL.bufs.keys() == made.keys()
+    assert all(matmul._LOCAL.bufs[k] is buf for k, buf in made.items())
+
+
+def test_prepared_forms_are_kept_for_the_last_x_only():
+    """q, k and v (or gate and up) share one prepared x; once another x comes, the forms of the
+    old one are dropped (a 64-row prefill chunk's would otherwise stay for every kind of matrix)."""
+    (ta, ra, xs), (tb, rb, _) = _case("Q4_K", 16, 256), _case("Q6_K", 16, 256, seed=1)
+    tc, rc, xc = _case("Q4_K", 8, 512, seed=2)
+    a, b = (packed.PackedLinear(r.copy().reshape(16, -1), t, (16, 256), planar=True) for t, r in ((ta, ra), (tb, rb)))
+    c = packed.PackedLinear(rc.copy().reshape(8, -1), tc, (8, 512), planar=True)
+    a(xs), b(xs)
+    assert len(packed._PREPARED) == 3 and np.array_equal(packed._PREPARED["x"], xs)  # x, Q4_K's and Q6_K's forms
+    c(xc)
+    assert len(packed._PREPARED) == 2 and np.array_equal(packed._PREPARED["x"], xc)
+    assert _err(a(xs), matmul.reference_linear(ra, ta, (16, 256), xs)) <= RTOL  # prepared again: still right
+
+
 def test_packed_model_holds_no_copy_of_its_weights(tmp_path):
     path = write_tiny(tmp_path / "m.gguf", "llama", qtype="Q4_K", d=256, d_ff=512, n_layers=2)
     g = open_gguf(path)
