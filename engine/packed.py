@@ -12,7 +12,7 @@ and in Pyodide, and timed by `mote/bench/kernels.py`.
 field of many blocks is a strided view of short runs, and numpy pays its per-run overhead on each.
 `planarize` rewrites each chunk of rows in place as *planes*: the same field of every block, one
 plane after the other. Same bytes, same size (Q4_K keeps its twelve bytes of 6-bit scales and mins
-as three planes and unpacks them per chunk, a dozen uint64 operations on 1/12 of its bytes; Q8_0
+as three planes and unpacks them per chunk, seven uint64 operations on 1/12 of its bytes; Q8_0
 keeps a float32 copy of its scales beside, +12 %, as matmul.BlockLinear does). The mapped file natively is
 read-only: there each chunk is planarized into scratch on every product (slower, no resident copy).
 
