@@ -258,7 +258,16 @@ def load_model(data: Any, n_ctx: int | None = None, layout: str | None = None) -
         buffer = GGUFFile.with_header(buffer, cached[1])
     _session = Session.load(buffer, n_ctx=n_ctx, policy=policy)
     _session.buffer = buffer  # kept alive: weights are views into it
-    return _js({**_session.info(), "layout": layout or "packed"})
+    _session.layout = layout or "packed"
+    return loaded_model()
+
+
+def loaded_model() -> Any:
+    """What load_model returned for the model in memory (a worker started from a snapshot taken with
+    the model loaded asks this instead of loading); None without one."""
+    if _session is None:
+        return None
+    return _js({**_session.info(), "layout": _session.layout})
 
 
 

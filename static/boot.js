@@ -17,7 +17,7 @@
  * blob: wrapper (docs/EMBED.md) boots from the Mote server.
  */
 import { Ev, RUNTIME_DIR, moduleWorker } from "./protocol.js";
-import { checksum, parseSnapshot, reattach, recordLibraries, takeSnapshot } from "./snapshot.js";
+import { checksumParts, parseSnapshot, reattach, recordLibraries, takeSnapshotParts } from "./snapshot.js";
 
 /** @param {BufferSource} data @returns {Promise<string>} hex sha256 */
 export async function sha256Hex(data) {
@@ -36,52 +36,32 @@ export async function sha256Hex(data) {
  *   Pyodide instance, the imported module (PyProxy), whether Python started from a saved snapshot
  *   ("restored") or saved one for the next start ("stored"; null: neither, e.g. no private file system), and the
  *   seconds of the runtime stage spent reading a saved snapshot (null: none was used)
- * @param {{saveSnapshot?: boolean}} [options]  saveSnapshot: false starts normally without saving one when
- *   none is saved (another worker booting beside this one saves it)
+ * @param {{saveSnapshot?: boolean, snapshotLater?: boolean}} [options]  saveSnapshot: false starts normally
+ *   without saving one when none is saved (another worker booting beside this one saves it);
+ *   snapshotLater: the instance can be snapshotted again later (`takeLater`, e.g. with a model loaded)
+ * @returns {Promise<{py: any, mod: any, snapshot: "restored"|"stored"|null, snapshotRead: number|null,
+ *   takeLater: (() => [Uint8Array, Uint8Array])|null}>}  takeLater: static/snapshot.js takeSnapshotParts
+ *   of the instance now, where snapshotLater was asked for and the origin has a private file system
  */
-export async function bootPython(base, module, onStage = () => {}, beforeNumpy = () => {}, { saveSnapshot = true } = {}) {
-  const r = await fetch(new URL("build-manifest.json", base));
-  if (!r.ok) throw new Error(`build-manifest.json: HTTP ${r.status} (run python build_wasm.py to build the browser assets)`);
-  const manifest = await r.json();
-  const runtimeBase = new URL(manifest.runtime.base_url, base).href;
-  /** @template T @param {string} stage @param {() => Promise<T>} work @returns {Promise<T>} */
-  const timed = async (stage, work) => {
-    onStage(stage, "start");
-    const t0 = performance.now();
-    const out = await work();
-    onStage(stage, "done", (performance.now() - t0) / 1000);
-    return out;
-  };
+export async function bootPython(base, module, onStage = () => {}, beforeNumpy = () => {}, { saveSnapshot = true, snapshotLater = false } = {}) {
+  const { manifest, runtimeBase, key } = await build(base);
+  const timed = stageTimer(onStage);
   /** @type {"restored"|"stored"|null} */ let snapshot = null;
   const runtime0 = performance.now();
   const runtimeDone = () => onStage("runtime", "done", (performance.now() - runtime0) / 1000);
   onStage("runtime", "start");
   const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
-  const key = await snapshotKey(manifest, runtimeBase);
-  const hit = await findSnapshot(key);
-  const read = hit && await readSnapshot(/** @type {string} */ (key), hit);
+  const later = snapshotLater && key !== null;
+  const hit = await findSnapshot(key, RUNTIME_DIR);
+  const read = hit && await readSnapshot(/** @type {string} */ (key), hit, RUNTIME_DIR);
   if (read) {
     // A later visit: Python, numpy and the engine as the first visit left them (static/snapshot.js).
-    // Its checksum is checked once loadPyodide has started loading its own script (it waits for the
-    // bytes only before it starts the WASM module): a snapshot that fails the check fails loadPyodide.
-    // (Reading the bytes meanwhile too was tried in one run: the read took 0.39 s instead of 0.27 s
-    // beside the script load, both on this worker's thread, and the stage was no shorter.)
-    const memory = read.checked.then((parsed) => parsed.memory);
-    memory.catch(() => {});                              // a failed check is loadPyodide's failure below
-    /** @type {any} */ let started = null;
-    try {
-      started = await loadPyodide({ indexURL: runtimeBase, _loadSnapshot: memory });
-    } catch { /* damaged, another build's or not ours: start afresh */ }
-    if (started) {
-      runtimeDone();
-      const saved = await read.checked;
-      if (await timed("numpy", () => reattach(started, saved).then(() => true, () => false))) {
-        beforeNumpy(started);
-        const mod = await timed("engine", async () => started.pyimport(module));
-        return { py: started, mod, snapshot: "restored", snapshotRead: read.seconds };
-      }
-    }
-    await dropSnapshot(key);
+    const restored = await restore(loadPyodide, runtimeBase, read, later, onStage, runtimeDone, (py) => {
+      beforeNumpy(py);
+      return timed("engine", async () => py.pyimport(module));
+    });
+    if (restored) return { ...restored, snapshot: "restored", snapshotRead: read.seconds };
+    await dropSnapshot(key, RUNTIME_DIR);
   }
   // Our wheels' bytes are fetched and checked against the manifest while the runtime starts. (numpy
   // stays on loadPackage: unpacking its wheel like ours, so that only the 3 extension modules
@@ -92,7 +72,7 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
     return [e.file, got];
   }));
   const save = key !== null && saveSnapshot;
-  const py = await loadPyodide({ indexURL: runtimeBase, _makeSnapshot: save });
+  const py = await loadPyodide({ indexURL: runtimeBase, _makeSnapshot: save || later });
   py.runPython(`import ${SNAPSHOT_IMPORTS}`);
   runtimeDone();
   // Our wheels (and the .pyc files) go in first, their time counted as the engine stage's, so that
@@ -108,7 +88,7 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
   const unpackSeconds = (performance.now() - unpack0) / 1000;
   // A snapshot is taken once the engine is imported, so nothing may be read into memory before then.
   if (!save) beforeNumpy(py);
-  const recorder = save ? recordLibraries(py) : null;
+  const recorder = save || later ? recordLibraries(py) : null;
   try {
     await timed("numpy", () => py.loadPackage(manifest.packages, { checkIntegrity: true, messageCallback: () => {} }));
   } finally { recorder?.stop(); }
@@ -116,16 +96,137 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
   const import0 = performance.now();
   py.runPython("import importlib; importlib.invalidate_caches()");
   const mod = py.pyimport(module);
-  if (recorder) {
+  if (save && recorder) {
     py.runPython(`import ${SNAPSHOT_LATE_IMPORTS}`);
     try {
-      storeSnapshot(/** @type {string} */ (key), takeSnapshot(py, recorder));   // stored in the background
+      storeSnapshot(/** @type {string} */ (key), takeSnapshotParts(py, recorder), RUNTIME_DIR);   // stored in the background
       snapshot = "stored";
     } catch (e) { console.warn("runtime snapshot not taken:", e); }
     beforeNumpy(py);
   }
   onStage("engine", "done", unpackSeconds + (performance.now() - import0) / 1000);
-  return { py, mod, snapshot, snapshotRead: null };
+  return { py, mod, snapshot, snapshotRead: null,
+           takeLater: later && recorder ? snapshotter(py, recorder.libs, recorder.tableBefore) : null };
+}
+
+/**
+ * Start from a saved snapshot that `read` holds: Pyodide from its memory, then numpy's modules
+ * reattached (the "numpy" stage), then `then` (the instance's module). Its checksum is checked once
+ * loadPyodide has started loading its own script (it waits for the bytes only before it starts the
+ * WASM module): a snapshot that fails the check fails loadPyodide. (Reading the bytes meanwhile too
+ * was tried in one run: the read took 0.39 s instead of 0.27 s beside the script load, both on this
+ * worker's thread, and the stage was no shorter.) null when anything fails: start afresh.
+ * @param {any} loadPyodide @param {string} runtimeBase @param {NonNullable<Awaited<ReturnType<typeof readSnapshot>>>} read
+ * @param {boolean} later  snapshottable again (`takeLater`)
+ * @param {(stage: string, phase: "start"|"done", seconds?: number) => void} onStage @param {() => void} runtimeDone
+ * @param {(py: any) => Promise<any>} then
+ */
+async function restore(loadPyodide, runtimeBase, read, later, onStage, runtimeDone, then) {
+  const memory = read.checked.then((parsed) => parsed.memory);
+  memory.catch(() => {});                                // a failed check is loadPyodide's failure below
+  /** @type {any} */ let started = null;
+  try {
+    started = await loadPyodide({ indexURL: runtimeBase, _loadSnapshot: memory, _makeSnapshot: later });
+  } catch { return null; }                               // damaged, another build's or not ours
+  runtimeDone();
+  const saved = await read.checked;
+  const placed = await stageTimer(onStage)("numpy", () => reattach(started, saved).catch(() => null));
+  if (!placed) return null;
+  const mod = await then(started);
+  return { py: started, mod, takeLater: later ? snapshotter(started, placed.libs, placed.tableBefore) : null };
+}
+
+/** takeSnapshotParts of `py` whenever asked: the libraries placed so far and any loaded from now on.
+ *  @param {any} py @param {{name: string, handle: number, global: boolean}[]} libs @param {number} tableBefore */
+function snapshotter(py, libs, tableBefore) {
+  const more = recordLibraries(py);
+  return () => takeSnapshotParts(py, { libs: [...libs, ...more.libs], tableBefore });
+}
+
+/** @param {(stage: string, phase: "start"|"done", seconds?: number) => void} onStage */
+function stageTimer(onStage) {
+  /** @template T @param {string} stage @param {() => Promise<T>} work @returns {Promise<T>} */
+  return async (stage, work) => {
+    onStage(stage, "start");
+    const t0 = performance.now();
+    const out = await work();
+    onStage(stage, "done", (performance.now() - t0) / 1000);
+    return out;
+  };
+}
+
+/** The build's manifest, where the runtime is, and the runtime snapshot's key (null: no private file
+ *  system), fetched once per worker. @param {URL} base */
+function build(base) {
+  const at = base.href;
+  if (!builds.has(at)) {
+    const got = (async () => {
+      const r = await fetch(new URL("build-manifest.json", base));
+      if (!r.ok) throw new Error(`build-manifest.json: HTTP ${r.status} (run python build_wasm.py to build the browser assets)`);
+      const manifest = await r.json();
+      const runtimeBase = new URL(manifest.runtime.base_url, base).href;
+      return { manifest, runtimeBase, key: await snapshotKey(manifest, runtimeBase) };
+    })();
+    got.catch(() => builds.delete(at));                  // a retry fetches again
+    builds.set(at, got);
+  }
+  return /** @type {Promise<{manifest: any, runtimeBase: string, key: string|null}>} */ (builds.get(at));
+}
+/** @type {Map<string, Promise<any>>} */ const builds = new Map();
+
+// ---- a snapshot taken with the model loaded -------------------------------------------------------
+//
+// Python's memory right after a model's load (static/worker.js, one worker): its weights prepared,
+// tokenizer built, KV cache made. A later load of the same model, with the same context length and
+// layout, on the same build, starts from it instead of reading the cached file, checking its chunks,
+// parsing and preparing it. Kept in OPFS folder MODEL_SNAPSHOT_DIR, one at a time (saving one removes
+// the others), named and checked like the runtime snapshot. Anything wrong with it only means a
+// normal load.
+
+/** OPFS folder of the model snapshot. */
+export const MODEL_SNAPSHOT_DIR = "mote-model";
+
+/** The model snapshot's name for this build and `parts` (what the load depends on), or null where the
+ *  origin has no private file system. @param {URL} base @param {string[]} parts */
+export async function modelSnapshotKey(base, parts) {
+  const { key } = await build(base);
+  if (key === null) return null;
+  return `model-${(await sha256Hex(new TextEncoder().encode([key, ...parts].join("|")))).slice(0, 32)}`;
+}
+
+/** The model snapshot saved under `key`, if there is one (for restoreModelSnapshot).
+ *  @param {string} key @returns {Promise<{file: any, checksum: string}|null>} */
+export function findModelSnapshot(key) {
+  return findSnapshot(key, MODEL_SNAPSHOT_DIR);
+}
+
+/**
+ * Python started from the model snapshot `hit` (findModelSnapshot) saved under `key`, with `module`
+ * imported: {py, mod, takeLater, snapshotRead}, or null (it did not restore: then it is deleted).
+ * Stages: "runtime" (the read, the checksum, Pyodide started from it), "numpy", "engine".
+ * @param {URL} base @param {string} key @param {{file: any, checksum: string}} hit @param {string} module
+ * @param {(stage: string, phase: "start"|"done", seconds?: number) => void} onStage
+ */
+export async function restoreModelSnapshot(base, key, hit, module, onStage) {
+  const { runtimeBase } = await build(base);
+  const runtime0 = performance.now();
+  onStage("runtime", "start");
+  const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
+  const read = await readSnapshot(key, hit, MODEL_SNAPSHOT_DIR);
+  const restored = read && await restore(loadPyodide, runtimeBase, read, true, onStage,
+    () => onStage("runtime", "done", (performance.now() - runtime0) / 1000),
+    (py) => stageTimer(onStage)("engine", async () => py.pyimport(module)));
+  if (!restored) {
+    await dropSnapshot(key, MODEL_SNAPSHOT_DIR);
+    return null;
+  }
+  return { ...restored, snapshotRead: /** @type {any} */ (read).seconds };
+}
+
+/** Save a model snapshot's parts under `key` (in the background; failure is harmless).
+ *  @param {string} key @param {Uint8Array[]} parts */
+export function storeModelSnapshot(key, parts) {
+  return storeSnapshot(key, parts, MODEL_SNAPSHOT_DIR);
 }
 
 /**
@@ -181,15 +282,15 @@ async function snapshotKey(manifest, runtimeBase) {
 // A file is written under a temporary name and moved to its own when complete, so a reader never
 // sees half of one.
 
-/** @returns {Promise<any>} the snapshots' folder */
-const snapshotDir = async () => (await navigator.storage.getDirectory()).getDirectoryHandle(RUNTIME_DIR, { create: true });
+/** @param {string} name @returns {Promise<any>} a snapshots' folder */
+const snapshotDir = async (name) => (await navigator.storage.getDirectory()).getDirectoryHandle(name, { create: true });
 
 /** The saved snapshot's file and the checksum its name gives, if there is one.
- *  @param {string|null} key @returns {Promise<{file: any, checksum: string}|null>} */
-async function findSnapshot(key) {
+ *  @param {string|null} key @param {string} dirName @returns {Promise<{file: any, checksum: string}|null>} */
+async function findSnapshot(key, dirName) {
   if (key === null) return null;
   try {
-    for await (const [name, handle] of (await snapshotDir()).entries()) {
+    for await (const [name, handle] of (await snapshotDir(dirName)).entries()) {
       const m = name.match(/^(.+)\.([0-9a-f]{32})$/);
       if (m && m[1] === key && handle.kind === "file") return { file: handle, checksum: m[2] };
     }
@@ -200,17 +301,17 @@ async function findSnapshot(key) {
 /** The file's bytes, and (`checked`) the same split (static/snapshot.js parseSnapshot) once their checksum
  *  is the one its name gives; `checked` rejects otherwise, after deleting the file (the fresh start
  *  saves a new one). null when the file cannot be read. `seconds`: the read.
- *  @param {string} key @param {{file: any, checksum: string}} hit
+ *  @param {string} key @param {{file: any, checksum: string}} hit @param {string} dirName
  *  @returns {Promise<{seconds: number, checked: Promise<ReturnType<typeof parseSnapshot>>}|null>} */
-async function readSnapshot(key, hit) {
+async function readSnapshot(key, hit, dirName) {
   const t0 = performance.now();
   let bytes;
-  try { bytes = await readFile(hit.file); } catch { await dropSnapshot(key); return null; }
+  try { bytes = await readFile(hit.file); } catch { await dropSnapshot(key, dirName); return null; }
   const seconds = (performance.now() - t0) / 1000;
   const checked = Promise.resolve().then(() => {
-    if (checksum(bytes) !== hit.checksum) throw new Error("snapshot: checksum mismatch");
+    if (checksumParts([bytes]) !== hit.checksum) throw new Error("snapshot: checksum mismatch");
     return parseSnapshot(bytes);
-  }).catch(async (e) => { await dropSnapshot(key); throw e; });
+  }).catch(async (e) => { await dropSnapshot(key, dirName); throw e; });
   return { seconds, checked };
 }
 
@@ -238,9 +339,9 @@ async function readFile(file) {
  *  (0.71-0.86) paired; through a sync access handle on this thread in one call, decode was 0.99x but
  *  the call stalled the tokens' trip to the page (70-73 % of the engine's rate in 3 of 10 cold runs);
  *  in 2 MB calls with a turn of the event loop between them, a test of downloads resumed after a cut
- *  lost its timing in 3 of 4 runs. `bytes` is transferred (unusable here afterwards).
- *  @param {any} file @param {Uint8Array} bytes */
-async function writeFile(file, bytes) {
+ *  lost its timing in 3 of 4 runs. `parts` (written one after the other) are transferred (unusable
+ *  here afterwards). @param {any} file @param {Uint8Array[]} parts */
+async function writeFile(file, parts) {
   const written = await new Promise((resolve) => {
     /** @type {Worker|null} */ let writer = null;
     try {
@@ -253,26 +354,27 @@ async function writeFile(file, bytes) {
     writer.addEventListener("message", (e) => {
       if (e.data?.ready !== true) { done(e.data?.ok === true); return; }
       // the writer runs: the bytes go over now (not before, so that a writer that cannot start leaves them here)
-      const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
-      writer?.postMessage({ file, bytes: whole }, [whole.buffer]);
+      const whole = parts.map((p) => (p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p : p.slice()));
+      writer?.postMessage({ file, parts: whole }, whole.map((p) => p.buffer));
     });
     writer.addEventListener("error", () => done(false));
   });
   if (written) return;
-  if (bytes.byteLength === 0) throw new Error("snapshot: its bytes went to a writer that failed");
+  if (parts.some((p) => p.byteLength === 0)) throw new Error("snapshot: its bytes went to a writer that failed");
   const out = await file.createWritable();
-  await out.write(bytes);
+  for (const p of parts) await out.write(p);
   await out.close();
 }
 
-/** Save `bytes` under `key`, replacing any other build's snapshot. Failure is harmless (the next start
- *  is a normal one), so nothing waits for it. @param {string} key @param {Uint8Array} bytes */
-async function storeSnapshot(key, bytes) {
+/** Save `parts` (one file's bytes, end to end) under `key` in folder `dirName`, replacing any other
+ *  snapshot there (another build's, or another model's). Failure is harmless (the next start is a
+ *  normal one), so nothing waits for it. @param {string} key @param {Uint8Array[]} parts @param {string} dirName */
+async function storeSnapshot(key, parts, dirName) {
   try {
-    const name = `${key}.${checksum(bytes)}`;
-    const dir = await snapshotDir();
+    const name = `${key}.${checksumParts(parts)}`;
+    const dir = await snapshotDir(dirName);
     const partial = await dir.getFileHandle(`${name}.partial-${Math.random().toString(16).slice(2)}`, { create: true });
-    await writeFile(partial, bytes);
+    await writeFile(partial, parts);
     await partial.move(name);
     // Everything else goes: other builds' snapshots and partial files a closed tab left behind (one that
     // another tab is writing now fails to move, which only means that tab saved none).
@@ -281,11 +383,11 @@ async function storeSnapshot(key, bytes) {
   } catch { /* quota, private mode: the next visit starts normally */ }
 }
 
-/** @param {string|null} key */
-async function dropSnapshot(key) {
+/** @param {string|null} key @param {string} dirName */
+async function dropSnapshot(key, dirName) {
   if (key === null) return;
   try {
-    const dir = await snapshotDir();
+    const dir = await snapshotDir(dirName);
     for await (const name of dir.keys()) if (name.startsWith(`${key}.`) && !name.includes(".partial-")) await dir.removeEntry(name);
   } catch { /* nothing to drop */ }
 }

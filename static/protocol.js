@@ -74,10 +74,13 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  *
  * @typedef {{role: "system"|"user"|"assistant", content: string}} ChatMessage
  *
- * @typedef {{type: "load", model?: ModelRef, n_ctx?: number, self_check?: boolean, layout?: "packed"|"compact"|"int8"}} LoadRequest
+ * @typedef {{type: "load", model?: ModelRef, n_ctx?: number, self_check?: boolean, layout?: "packed"|"compact"|"int8",
+ *            model_snapshot?: boolean}} LoadRequest
  *   layout: how workers hold block weights: "packed" (default; the file's own blocks, Q5_0 as int8
  *   values while the budget allows), "compact" (every type packed) or "int8" (int8 values + float32
  *   scales, ~2.2x a 4-bit file; for comparison benchmarks)
+ *   model_snapshot: true: (one worker) start from a snapshot of Python's memory taken with this model
+ *   loaded, if one is saved, else save one after this load (static/worker.js)
  *   self_check: also run engine.bridge.template_guard (the chat-template bounds in this runtime) and
  *   chat_check (Jinja2's version and a rendered conversation), reported in ready.info.template_guard,
  *   .jinja2 and .chat_check (the page's ?selfcheck; the browser smoke test)
@@ -97,7 +100,8 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  * @typedef {{type: "ready", info: Object, model?: Object, timings: Object<string, number>,
  *            cached?: boolean, memory?: MemoryStats}} ReadyEvent
  *   info.runtime_snapshot: "restored" (Python started from the runtime snapshot a first visit saved
- *   in the Cache API, static/boot.js), "stored" (started normally and saved one), or null
+ *   in the origin private file system, static/boot.js), "stored" (started normally and saved one),
+ *   "model" (started from a snapshot taken with this model loaded: no weights read), or null
  * @typedef {{type: "token", id: number, text: string, token_id: number, n: number}} TokenEvent
  * @typedef {{type: "done", id: number, reason: "eos"|"stop"|"length"|"abort", text: string,
  *            full_text: string, n_prompt: number, n_reused: number, n_generated: number, prefill_tok_s: number,

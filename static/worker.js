@@ -19,7 +19,8 @@
  */
 import { Req, Ev, isMessage, moduleWorker } from "./protocol.js";
 import { chunkList, loadVerified, storeModel } from "./model-source.js";
-import { bootPython, growHeap, memory, relayGeneration } from "./boot.js";
+import { bootPython, findModelSnapshot, growHeap, memory, modelSnapshotKey, relayGeneration, restoreModelSnapshot,
+         storeModelSnapshot } from "./boot.js";
 
 const BASE = new URL(".", import.meta.url);            // .../static/
 /** @type {any} */ let pyodide = null;                  // the Pyodide instance, once booted
@@ -31,7 +32,8 @@ let abortRequested = false;
 let generating = false;
 let loadingModel = false;                             // one model load at a time (see store)
 /** @type {Object<string, number>} */ const timings = {};
-/** @type {"restored"|"stored"|null} */ let runtimeSnapshot = null;   // see static/boot.js
+/** @type {"restored"|"stored"|"model"|null} */ let runtimeSnapshot = null;   // see static/boot.js; "model": below
+/** @type {(() => [Uint8Array, Uint8Array])|null} */ let takeLater = null;   // this instance's snapshot, now
 
 /** @param {import("./protocol.js").WorkerEvent} ev */
 function post(ev) { self.postMessage(ev); }
@@ -43,15 +45,21 @@ function progress(stage, extra) {
 
 // ---- boot: runtime, numpy, engine (static/boot.js) ---------------------------------------------
 
+/** bootPython's stages as timings and progress events. @type {(stage: string, phase: "start"|"done", seconds?: number) => void} */
+const onStage = (stage, phase, seconds) => {
+  if (phase === "done") timings[stage] = /** @type {number} */ (seconds);
+  progress(stage, phase === "done" ? { phase, seconds } : { phase });
+};
+
 async function boot() {
   /** @type {(py: any) => void} */ let up = () => {};
   pythonUp = new Promise((r) => { up = r; });
-  const { py, mod, snapshot, snapshotRead } = await bootPython(BASE, "engine.bridge", (stage, phase, seconds) => {
-    if (phase === "done") timings[stage] = /** @type {number} */ (seconds);
-    progress(stage, phase === "done" ? { phase, seconds } : { phase });
-  }, up).finally(() => up(null));                      // a failed boot: nobody waits for Python forever
+  const { py, mod, snapshot, snapshotRead, takeLater: take } = await bootPython(BASE, "engine.bridge", onStage, up,
+                                                                                { snapshotLater: true })
+    .finally(() => up(null));                        // a failed boot: nobody waits for Python forever
   pyodide = py;
   bridge = mod;
+  takeLater = take;
   runtimeSnapshot = snapshot;
   if (snapshotRead !== null) timings.snapshot_read = snapshotRead;
   return mod.runtime_info();
@@ -185,6 +193,8 @@ async function store(model, buf) {
 
 /** @param {import("./protocol.js").LoadRequest} msg */
 async function handleLoad(msg) {
+  if (msg.model && !loadingModel && loadedSha !== msg.model.sha256 && wantsModelSnapshot(msg)
+      && await loadModelSnapshot(msg, msg.model)) return;
   booting = booting || boot();
   // While the runtime boots, the model's bytes go into the Cache API (model-source.js prefetch);
   // once Python runs, the cached copy is read into WASM memory while numpy and the engine load
@@ -371,6 +381,86 @@ async function loadWeights(msg, model, info, downloaded = false, early = null) {
   timings.model = (performance.now() - t1) / 1000;
   loadedSha = model.sha256;
   post({ type: Ev.READY, info, model: modelInfo, cached: cached && !downloaded, timings: { ...timings }, memory: memory(pyodide), budget: sink.budget });
+  saveModelSnapshot(msg, model);
+}
+
+// ---- a snapshot taken with the model loaded (static/boot.js) --------------------------------------
+//
+// Asked for with LoadRequest.model_snapshot (one worker; the shards of a parallel load keep their own
+// loads): a later load of the same model (same file, context length, layout and reported device
+// memory, on the same build) starts Python from the memory this load left, taken right after its
+// ready event and before any generation: no read of the cached file, no chunk checks, no parse, no
+// preparation. What it costs: OPFS space the size of the heap (one such snapshot is kept), and a
+// copy of the heap in JS memory for a moment, when it is taken and when it is read back (Pyodide
+// restores from a buffer). So it is only taken for a heap of at most MODEL_SNAPSHOT_MAX_BYTES and a
+// quarter of the device memory the browser reports. Measured on Gemma 3 270M:
+// docs/bench/startup-2026-12-04.md (2026-12-07).
+
+/** Largest heap snapshotted with a model. */
+const MODEL_SNAPSHOT_MAX_BYTES = 640 << 20;
+
+/** @param {import("./protocol.js").LoadRequest} msg */
+function wantsModelSnapshot(msg) {
+  return msg.model_snapshot === true && Boolean(msg.model);
+}
+
+/** The snapshot's key: what the loaded state depends on besides the build.
+ *  @param {import("./protocol.js").LoadRequest} msg @param {import("./protocol.js").ModelRef} model */
+function modelKey(msg, model) {
+  return modelSnapshotKey(BASE, [model.sha256, String(model.size), String(msg.n_ctx ?? ""), String(msg.layout ?? ""),
+                                 String(deviceMemory() ?? "")]);
+}
+
+/**
+ * Load `model` from its snapshot, if one is saved: Python started from it replaces any instance this
+ * worker booted (which is let finish first), and the ready event follows. False where there is none
+ * or it did not restore (it is then deleted): the caller loads as usual.
+ * @param {import("./protocol.js").LoadRequest} msg @param {import("./protocol.js").ModelRef} model
+ */
+async function loadModelSnapshot(msg, model) {
+  const key = await modelKey(msg, model).catch(() => null);
+  const hit = key === null ? null : await findModelSnapshot(key);
+  if (hit === null) return false;
+  loadingModel = true;
+  try {
+    if (booting) await booting.catch(() => null);
+    for (const k of Object.keys(timings)) delete timings[k];
+    const got = await restoreModelSnapshot(BASE, /** @type {string} */ (key), hit, "engine.bridge", onStage);
+    if (!got) return false;
+    pyodide = got.py;
+    bridge = got.mod;
+    takeLater = got.takeLater;
+    runtimeSnapshot = "model";
+    timings.snapshot_read = got.snapshotRead;
+    const runtimeInfo = bridge.runtime_info();
+    booting = Promise.resolve(runtimeInfo);
+    const info = runtimeInfo.toJs ? runtimeInfo.toJs({ dict_converter: Object.fromEntries }) : runtimeInfo;
+    info.runtime_snapshot = runtimeSnapshot;
+    loadedSha = model.sha256;
+    post({ type: Ev.READY, info, model: bridge.loaded_model(), cached: true, timings: { ...timings }, memory: memory(pyodide),
+           budget: null });
+    return true;
+  } finally {
+    loadingModel = false;
+  }
+}
+
+/** Right after a load's ready event, before any other message: this instance's snapshot, saved in
+ *  the background where wanted and possible. @param {import("./protocol.js").LoadRequest} msg
+ *  @param {import("./protocol.js").ModelRef} model */
+function saveModelSnapshot(msg, model) {
+  if (!takeLater || !wantsModelSnapshot(msg)) return;
+  const heap = memory(pyodide).wasm_bytes ?? Infinity;
+  const device = deviceMemory();
+  if (heap > MODEL_SNAPSHOT_MAX_BYTES || (device !== null && 4 * heap > device * 2 ** 30)) return;
+  let parts;
+  try {
+    parts = takeLater();
+  } catch (e) {
+    console.warn("model snapshot not taken:", e);
+    return;
+  }
+  modelKey(msg, model).then((key) => key && storeModelSnapshot(key, parts)).catch(() => {});
 }
 
 /** @param {import("./protocol.js").GenerateRequest} msg */

@@ -3,10 +3,15 @@
 //   node tests/snapshot_roundtrip.mjs take    STATIC SNAPSHOT MODEL_DIR   start Python, load numpy and the
 //        engine as static/boot.js does, save the snapshot to SNAPSHOT, then answer with the model
 //   node tests/snapshot_roundtrip.mjs restore STATIC SNAPSHOT MODEL_DIR   start from SNAPSHOT, answer
+//   node tests/snapshot_roundtrip.mjs model   STATIC SNAPSHOT MODEL_DIR   start from SNAPSHOT as static/worker.js
+//        does (snapshottable again), load the model, save a snapshot of that to SNAPSHOT.model in two
+//        parts (takeSnapshotParts), without generating
+//   node tests/snapshot_roundtrip.mjs loaded  STATIC SNAPSHOT MODEL_DIR   start from SNAPSHOT.model, answer
+//        with the model it holds (no load)
 //
 // Each prints one JSON line: what the snapshot holds and the answer (CHECK below).
 import fs from "node:fs";
-import { recordLibraries, takeSnapshot, parseSnapshot, reattach } from "../static/snapshot.js";
+import { checksum, checksumParts, recordLibraries, takeSnapshot, takeSnapshotParts, parseSnapshot, reattach } from "../static/snapshot.js";
 
 const [mode, staticDir, snapshotPath, modelDir] = process.argv.slice(2);
 const { loadPyodide } = await import(`${staticDir}/pyodide/pyodide.mjs`);
@@ -36,12 +41,26 @@ json.dumps({"tokens": tokens, "random": rng.random(3).tolist(),
             "sum": float(np.einsum("ij,j->", np.arange(12, dtype=np.float32).reshape(3, 4), np.ones(4, np.float32)))})
 `;
 
-/** @param {any} py */
-function answer(py) {
+/** @param {any} py @param {string} [check] */
+function answer(py, check = CHECK) {
   py.FS.mkdirTree("/model");
   py.FS.mount(py.FS.filesystems.NODEFS, { root: modelDir }, "/model");
-  return JSON.parse(py.runPython(CHECK));
+  return JSON.parse(py.runPython(check));
 }
+
+// The load alone, as static/worker.js does it (the snapshot is taken before any generation)...
+const LOAD = `
+from engine import bridge
+data = open("/model/tiny-golden.gguf", "rb").read()
+buf = bridge.ModelBuffer(len(data))
+buf.write(data)
+bridge.load_model(buf)
+del buf, data
+`;
+// ...and CHECK with the model already in memory.
+const CHECK_LOADED = CHECK.replace(/data = open[^\n]*\n/, "").replace(/buf = bridge[^\n]*\n/, "")
+  .replace(/buf.write[^\n]*\n/, "").replace(/bridge.load_model[^\n]*\n/, "");
+if (/load_model|ModelBuffer|open\(/.test(CHECK_LOADED.split("golden = ")[0])) throw new Error("CHECK_LOADED still loads the model");
 
 if (mode === "take") {
   const py = await loadPyodide({ indexURL, _makeSnapshot: true, ...quiet });
@@ -66,6 +85,28 @@ if (mode === "take") {
   await reattach(py, parsed);
   const loaded = py.runPython("import sys; 'engine.bridge' in sys.modules and 'numpy' in sys.modules");
   console.log(JSON.stringify({ imported: loaded, answer: answer(py) }));
+} else if (mode === "model") {
+  const parsed = parseSnapshot(new Uint8Array(fs.readFileSync(snapshotPath)));
+  const py = await loadPyodide({ indexURL, _loadSnapshot: parsed.memory, _makeSnapshot: true, ...quiet });
+  const placed = await reattach(py, parsed);
+  const more = recordLibraries(py);
+  py.FS.mkdirTree("/model");
+  py.FS.mount(py.FS.filesystems.NODEFS, { root: modelDir }, "/model");
+  py.runPython(LOAD);
+  py.FS.unmount("/model");
+  const parts = takeSnapshotParts(py, { libs: [...placed.libs, ...more.libs], tableBefore: placed.tableBefore });
+  const joined = new Uint8Array(parts[0].length + parts[1].length);
+  joined.set(parts[0], 0);
+  joined.set(parts[1], parts[0].length);
+  fs.writeFileSync(`${snapshotPath}.model`, joined);
+  console.log(JSON.stringify({ placed: placed.libs.length, sizes: parts.map((p) => p.length),
+                               checksum_parts: checksumParts(parts), checksum_joined: checksum(joined) }));
+} else if (mode === "loaded") {
+  const parsed = parseSnapshot(new Uint8Array(fs.readFileSync(`${snapshotPath}.model`)));
+  const py = await loadPyodide({ indexURL, _loadSnapshot: parsed.memory, ...quiet });
+  await reattach(py, parsed);
+  const loaded = py.runPython("from engine import bridge; bridge.loaded_model() is not None");
+  console.log(JSON.stringify({ loaded, answer: answer(py, CHECK_LOADED) }));
 } else if (mode === "mismatch") {
   // A snapshot whose function table does not match this runtime's: reattach refuses it.
   const parsed = parseSnapshot(new Uint8Array(fs.readFileSync(snapshotPath)));

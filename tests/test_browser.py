@@ -540,10 +540,12 @@ def test_reload_reads_the_cached_model(tab, site, golden):
     metrics(tiny_cached_boot_s=round(boot_s, 2), tiny_cached_model_s=round(ready["seconds"], 3))
 
 
-def load_during_boot(page, file: str, golden: dict) -> dict:
+def load_during_boot(page, file: str, golden: dict, extra: dict | None = None) -> dict:
     """A fresh worker asked for `file` at once (as the embed API and the benchmark page ask), then for
-    the golden chat: the ready event, its progress phases and which of them were early, the tokens."""
-    return page.evaluate("""async ([file, golden]) => {
+    the golden chat: the ready event, its progress phases and which of them were early, the tokens.
+    `extra`: more fields of the load request. With model_snapshot, the worker is kept until the
+    snapshot it saves in the background is in OPFS (at most 30 s)."""
+    return page.evaluate("""async ([file, golden, extra]) => {
         const m = window.moteApp.state.models.find((x) => x.file === file);
         const model = { url: m.url, sha256: m.sha256, size: m.size, name: m.name, ...(m.chunks ? { chunks: m.chunks } : {}) };
         const main = document.querySelector('script[src$="/main.js"]').src;   // the page's own (versioned) folder
@@ -559,19 +561,26 @@ def load_during_boot(page, file: str, golden: dict) -> dict:
         });
         try {
             let got = next('ready');
-            w.postMessage({ type: 'load', model });
+            w.postMessage({ type: 'load', model, ...extra });
             const ready = await got;
             got = next('done');
             w.postMessage({ type: 'generate', id: 1, messages: golden.messages,
                             params: { temperature: 0, max_tokens: golden.max_tokens } });
             const done = await got;
             const weights = events.filter((e) => e.type === 'progress' && e.stage === 'weights');
+            if (extra.model_snapshot && ready.info.runtime_snapshot !== 'model') {
+                const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('mote-model', { create: true });
+                const saved = async () => (await Array.fromAsync(dir.keys())).some((n) => /\\.[0-9a-f]{32}$/.test(n));
+                for (const t0 = performance.now(); !(await saved()) && performance.now() - t0 < 30000; )
+                    await new Promise((r) => setTimeout(r, 100));
+            }
             return { cached: ready.cached, timings: ready.timings, budget: ready.budget, tokens: done.token_ids,
+                     snapshot: ready.info.runtime_snapshot, model: ready.model,
                      phases: weights.map((e) => e.phase), early: weights.filter((e) => e.early).map((e) => e.phase) };
         } finally {
             w.terminate();
         }
-    }""", [file, golden])
+    }""", [file, golden, extra or {}])
 
 
 def test_a_load_sent_during_the_boot_reads_the_cached_copy_meanwhile(tab, site, golden):
@@ -595,13 +604,13 @@ def test_a_load_sent_during_the_boot_reads_the_cached_copy_meanwhile(tab, site, 
     assert cached_model(page) == stored_entry(*site)                    # the good copy stored again
 
 
-def runtime_snapshots(page) -> list[dict]:
-    """The runtime snapshot folder's files (static/boot.js, OPFS): name, the key and checksum the name
-    gives ("<key>.<checksum>"; none for any other name), and the checksum of the bytes
-    (static/snapshot.js checksum)."""
-    return page.evaluate("""async () => {
+def runtime_snapshots(page, folder: str = "mote-runtime") -> list[dict]:
+    """The runtime snapshot folder's files (static/boot.js, OPFS; `folder` "mote-model": the model
+    snapshot's): name, the key and checksum the name gives ("<key>.<checksum>"; none for any other
+    name), and the checksum of the bytes (static/snapshot.js checksum)."""
+    return page.evaluate("""async (folder) => {
         const { checksum } = await import('/static/snapshot.js');
-        const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('mote-runtime', { create: true });
+        const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle(folder, { create: true });
         const out = [];
         for await (const [name, handle] of dir.entries()) {
             const m = name.match(/^(.+)\\.([0-9a-f]{32})$/);
@@ -609,15 +618,15 @@ def runtime_snapshots(page) -> list[dict]:
             out.push({ name, key: m ? m[1] : null, checksum: m ? m[2] : null, bytes_checksum: checksum(bytes) });
         }
         return out;
-    }""")
+    }""", folder)
 
 
-def damage_runtime_snapshot(page, how: str) -> None:
+def damage_runtime_snapshot(page, how: str, folder: str = "mote-runtime") -> None:
     """'flip': one byte changed, the name's checksum kept (the check must catch it); 'rehash': the bytes
     of another snapshot format (Pyodide's restore must refuse them) under a name with their checksum."""
-    page.evaluate("""async (how) => {
+    page.evaluate("""async ([how, folder]) => {
         const { checksum } = await import('/static/snapshot.js');
-        const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('mote-runtime');
+        const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle(folder);
         const [[name, handle]] = await Array.fromAsync(dir.entries());
         const bytes = new Uint8Array(await (await handle.getFile()).arrayBuffer());
         let target = name;
@@ -630,7 +639,7 @@ def damage_runtime_snapshot(page, how: str) -> None:
         const out = await (await dir.getFileHandle(target, { create: true })).createWritable();
         await out.write(bytes);
         await out.close();
-    }""", how)
+    }""", [how, folder])
 
 
 @pytest.mark.parametrize("how", ["flip", "rehash"])
@@ -650,6 +659,39 @@ def test_a_damaged_runtime_snapshot_means_a_normal_start(tab, site, golden, how)
     while not good(now := runtime_snapshots(page)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(now) == 1 and now[0]["key"] == saved["key"] and now[0]["checksum"] == now[0]["bytes_checksum"], now
+
+
+@pytest.mark.parametrize("how", ["flip", "rehash"])
+def test_a_model_snapshot_is_a_later_load_without_reading_the_model(tab, site, golden, how):
+    """Asked for (LoadRequest.model_snapshot), a load saves a snapshot of Python's memory with the model
+    loaded, and the next worker asked for that model starts from it: ready without reading a byte of
+    the model (no weights stage), cached, the same model info, the golden tokens. A load that does not
+    ask ignores it. A damaged one is never restored: that load reads the cached model as usual, answers
+    the golden tokens and saves a good snapshot again under the same key."""
+    page, _, _ = tab
+    open_page(page, site[0])
+    page.evaluate("async () => (await navigator.storage.getDirectory()).removeEntry('mote-model', { recursive: true })"
+                  ".catch(() => {})")   # none saved yet (the other parametrization saved one)
+    asked = {"model_snapshot": True}
+    first = load_during_boot(page, tg.FILE_NAME, golden, asked)
+    assert first["tokens"] == golden["tokens"] and first["snapshot"] != "model", first
+    [saved] = runtime_snapshots(page, "mote-model")
+    assert saved["key"].startswith("model-") and saved["checksum"] == saved["bytes_checksum"], saved
+    again = load_during_boot(page, tg.FILE_NAME, golden, asked)
+    assert again["snapshot"] == "model" and again["cached"] is True, again
+    assert again["phases"] == [] and "weights" not in again["timings"] and "model" not in again["timings"], again
+    assert again["model"] == first["model"]
+    assert again["tokens"] == golden["tokens"]
+    plain = load_during_boot(page, tg.FILE_NAME, golden)
+    assert plain["snapshot"] != "model" and "cache" in plain["phases"], plain
+    assert plain["tokens"] == golden["tokens"]
+
+    damage_runtime_snapshot(page, how, "mote-model")
+    after = load_during_boot(page, tg.FILE_NAME, golden, asked)
+    assert after["snapshot"] != "model" and "cache" in after["phases"], after
+    assert after["tokens"] == golden["tokens"]
+    [good] = runtime_snapshots(page, "mote-model")
+    assert good["key"] == saved["key"] and good["checksum"] == good["bytes_checksum"], good
 
 
 def test_corrupted_cached_model_is_downloaded_again(tab, site, golden):

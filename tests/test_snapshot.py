@@ -56,6 +56,22 @@ def test_a_restored_snapshot_answers_as_the_process_that_took_it(taken):
     assert restored["answer"] == took["answer"]
 
 
+def test_a_snapshot_taken_with_the_model_loaded_answers_without_loading_it(taken):
+    """What static/worker.js does for a later load of the same model: an instance started from the
+    runtime snapshot (and snapshottable again) loads the model, a snapshot of it is taken in two parts
+    (their checksum is the whole file's), and another process started from that snapshot holds the
+    model and answers the golden conversation with the golden tokens, without loading anything."""
+    static, snapshot, folder, golden, took = taken
+    made = run("model", static, snapshot, folder)
+    assert made["placed"] == len(took["libs"])           # numpy's modules, placed again where recorded
+    assert made["sizes"][0] % 16 == 0 and made["sizes"][1] > 0
+    assert made["checksum_parts"] == made["checksum_joined"]
+    loaded = run("loaded", static, snapshot, folder)
+    assert loaded["loaded"] is True
+    assert loaded["answer"]["tokens"] == golden["tokens"]
+    assert loaded["answer"] == took["answer"]
+
+
 def test_a_snapshot_of_another_function_table_is_refused(taken):
     static, snapshot, folder, _, _ = taken
     got = run("mismatch", static, snapshot, folder)
