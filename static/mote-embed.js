@@ -244,8 +244,9 @@
       for (const route of this._routes.values()) route(ev);
     }
 
-    /** @param {((p: any) => void)|undefined} onProgress @param {number|undefined} n_ctx @param {string|undefined} layout */
-    _load(onProgress, n_ctx, layout) {
+    /** @param {((p: any) => void)|undefined} onProgress @param {number|undefined} n_ctx @param {string|undefined} layout
+     *  @param {boolean} [modelSnapshot] */
+    _load(onProgress, n_ctx, layout, modelSnapshot) {
       return new Promise((resolve, reject) => {
         this._loadRoute = (ev) => {
           if (ev.type === this.P.Ev.PROGRESS) { if (onProgress) try { onProgress(ev); } catch (e) { console.error(e); } return; }
@@ -263,7 +264,8 @@
         };
         for (const ev of this._early.splice(0)) this._route(ev);
         if (this._startError) { this._fail(this._startError); return; }
-        this.worker.postMessage({ type: this.P.Req.LOAD, model: this.ref, ...(n_ctx ? { n_ctx } : {}), ...(layout ? { layout } : {}) });
+        this.worker.postMessage({ type: this.P.Req.LOAD, model: this.ref, ...(n_ctx ? { n_ctx } : {}), ...(layout ? { layout } : {}),
+                                  ...(modelSnapshot && this.workers === 1 ? { model_snapshot: true } : {}) });
       });
     }
 
@@ -580,7 +582,10 @@ button:disabled { opacity: .45; cursor: default; }
      * the shard workers refuse to split is loaded again on one worker.
      * @param {string|{url: string, sha256?: string, size?: number, name?: string}} model
      * @param {{onProgress?: (p: any) => void, sha256?: string, size?: number, name?: string, n_ctx?: number,
-     *          workers?: number, layout?: "packed"|"compact"|"int8"}} [opts]
+     *          workers?: number, layout?: "packed"|"compact"|"int8", modelSnapshot?: boolean}} [opts]
+     *   modelSnapshot: on one worker, a later load of this model starts from a snapshot of the worker's
+     *   memory taken after this one (faster to be ready; costs storage and, while it is taken and read,
+     *   memory the size of the worker's heap: docs/EMBED.md)
      */
     async load(model, opts = {}) {
       const resolving = resolveModel(model, opts);
@@ -604,7 +609,7 @@ button:disabled { opacity: .45; cursor: default; }
         const m = new MoteModel(P, workers > 1 ? await parallel() : null, ref, workers, from, started);
         started = null;
         try {
-          return await m._load(opts.onProgress, opts.n_ctx, opts.layout);
+          return await m._load(opts.onProgress, opts.n_ctx, opts.layout, opts.modelSnapshot);
         } catch (e) {
           m.worker.terminate();
           if (!(workers > 1 && /** @type {any} */ (e).unsplittable)) throw e;

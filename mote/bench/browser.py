@@ -72,6 +72,9 @@ HISTORY = ROOT / "docs" / "bench" / "history.jsonl"  # every recorded run: a spe
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAX_WORKERS = 8  # static/worker-count.js MAX_WORKERS
+# The "layout" of the --model-snapshot row: the default layout, loaded with Mote.load's modelSnapshot.
+SNAPSHOT = "model-snapshot"
+
 DEFAULT_PROMPTS = (
     "Once upon a time, in a small village, there lived an old clockmaker who",
     "The three most important things to know about the ocean are",
@@ -109,6 +112,9 @@ def add_browser_args(parser: argparse.ArgumentParser) -> None:
              "the HTTP cache, model in the Cache API): a row 'mote (warm)' per Mote row")
     add("--int8", action="store_true",
         help="with --browser: add a row per Mote row with the int8 weight layout (LoadRequest.layout), paired")
+    add("--model-snapshot", action="store_true",
+        help="with --browser: add a row per one-worker Mote row that asks for a model snapshot (Mote.load "
+             "modelSnapshot; with --warm, its warm visit starts from it), paired")
     add("--bench-prompt", action="append", default=None,
         help="prompt for every model (repeatable; default: two fixed prompts)")
     add("--out", default="bench-out", help="folder for bench.json, bench.md, bench.png (default bench-out)")
@@ -329,8 +335,9 @@ def _visit(base: str, chromium: str, engine: str, model_url: str, prompts: list,
             try:
                 page.wait_for_function("() => window.MoteBench !== undefined", timeout=30_000)
                 program = program or ("parallel" if workers else "mote" if engine == "mote" else engine)
-                out = page.evaluate(f"([u, p, n, c, w, l]) => MoteBench.{program}(u, p, n, c, w, l)",
-                                    [model_url, prompts, n, n_ctx, workers, layout])
+                options = {"model_snapshot": True} if layout == SNAPSHOT else {}
+                out = page.evaluate(f"([u, p, n, c, w, l, o]) => MoteBench.{program}(u, p, n, c, w, l, o)",
+                                    [model_url, prompts, n, n_ctx, workers, None if layout == SNAPSHOT else layout, options])
                 if workers and out.get("workers") != workers:
                     raise RunFailed(f"{engine}: asked for {workers} workers, the page ran {out.get('workers')}")
             except PlaywrightError as e:
@@ -624,6 +631,7 @@ def _run(args) -> int:
                 motes = [("mote", None)] + [(f"mote ×{w} workers", w) for w in workers]
                 engines = ([(label, "mote", w, None) for label, w in motes]
                            + ([(f"{label} int8", "mote", w, "int8") for label, w in motes] if getattr(args, "int8", False) else [])
+                           + ([("mote, model snapshot", "mote", None, SNAPSHOT)] if getattr(args, "model_snapshot", False) else [])
                            + [(c, c, None, None) for c in compare])
                 # Round robin: every engine's r-th run comes before any engine's (r+1)-th, so a shared
                 # machine's drift (load, neighbours, thermal state) falls on all engines alike, and the

@@ -24,10 +24,11 @@ import { benchWllama } from "./wllama.js";
  * follows the cores): the N-worker rows are `parallel`.
  * @param {string} url @param {string[]} prompts @param {number} n @param {number|null} nCtx
  */
-async function mote(url, prompts, n, nCtx, _workers, layout) {
+async function mote(url, prompts, n, nCtx, _workers, layout, options = {}) {
   const Mote = /** @type {any} */ (window).Mote;
   const t0 = performance.now();
-  const m = await Mote.load(url, { workers: 1, ...(nCtx ? { n_ctx: nCtx } : {}), ...(layout ? { layout } : {}) });
+  const m = await Mote.load(url, { workers: 1, ...(nCtx ? { n_ctx: nCtx } : {}), ...(layout ? { layout } : {}),
+                                   ...(options.model_snapshot ? { modelSnapshot: true } : {}) });
   const readyS = (performance.now() - t0) / 1000;
   const t = m.timings;
   const runs = [];
