@@ -24,6 +24,7 @@ Worker usage (JavaScript, see static/worker.js):
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import sys
 import time
@@ -260,6 +261,14 @@ def load_model(data: Any, n_ctx: int | None = None, layout: str | None = None) -
     _session.buffer = buffer  # kept alive: weights are views into it
     _session.layout = layout or "packed"
     return loaded_model()
+
+
+def drop_model() -> None:
+    """Free the model in memory (a worker started from a snapshot of another model than the one it
+    is then asked for frees it before that load reads anything)."""
+    global _session
+    _session = None
+    gc.collect()
 
 
 def loaded_model() -> Any:

@@ -187,17 +187,39 @@ function build(base) {
 export const MODEL_SNAPSHOT_DIR = "mote-model";
 
 /** The model snapshot's name for this build and `parts` (what the load depends on), or null where the
- *  origin has no private file system. @param {URL} base @param {string[]} parts */
+ *  origin has no private file system: "model-<build>-<build and parts>", so that a saved one can be
+ *  told to be this build's before its model is named (findAnyModelSnapshot).
+ *  @param {URL} base @param {string[]} parts */
 export async function modelSnapshotKey(base, parts) {
+  const prefix = await modelSnapshotPrefix(base);
+  if (prefix === null) return null;
+  return `${prefix}${(await sha256Hex(new TextEncoder().encode([prefix, ...parts].join("|")))).slice(0, 24)}`;
+}
+
+/** "model-<16 hex digits naming this build>-", or null without a private file system. @param {URL} base */
+async function modelSnapshotPrefix(base) {
   const { key } = await build(base);
-  if (key === null) return null;
-  return `model-${(await sha256Hex(new TextEncoder().encode([key, ...parts].join("|")))).slice(0, 32)}`;
+  return key === null ? null : `model-${(await sha256Hex(new TextEncoder().encode(key))).slice(0, 16)}-`;
 }
 
 /** The model snapshot saved under `key`, if there is one (for restoreModelSnapshot).
  *  @param {string} key @returns {Promise<{file: any, checksum: string}|null>} */
 export function findModelSnapshot(key) {
   return findSnapshot(key, MODEL_SNAPSHOT_DIR);
+}
+
+/** This build's saved model snapshot, whichever model it holds: {key, hit} or null.
+ *  @param {URL} base @returns {Promise<{key: string, hit: {file: any, checksum: string}}|null>} */
+export async function findAnyModelSnapshot(base) {
+  const prefix = await modelSnapshotPrefix(base);
+  if (prefix === null) return null;
+  try {
+    for await (const [name, handle] of (await snapshotDir(MODEL_SNAPSHOT_DIR)).entries()) {
+      const m = name.match(/^(.+)\.([0-9a-f]{32})$/);
+      if (m && m[1].startsWith(prefix) && handle.kind === "file") return { key: m[1], hit: { file: handle, checksum: m[2] } };
+    }
+  } catch { /* no usable storage */ }
+  return null;
 }
 
 /**

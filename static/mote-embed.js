@@ -177,7 +177,7 @@
    * could not start.
    * @param {typeof import("./protocol.js")} P @param {string} from
    */
-  function startWorker(P, from) {
+  function startWorker(P, from, modelSnapshot = false) {
     const worker = P.moduleWorker(new URL("worker.js", from), "mote");
     /** @type {any[]} */ const kept = [];
     const keep = (/** @type {MessageEvent} */ e) => { kept.push(e.data); };
@@ -188,7 +188,8 @@
     const fail = (/** @type {any} */ e) => { out.failed = workerFailed(e, from); };
     worker.addEventListener("message", keep);
     worker.addEventListener("error", fail);
-    worker.postMessage({ type: P.Req.LOAD });
+    // (modelSnapshot: the worker may start from its saved model snapshot, static/worker.js)
+    worker.postMessage({ type: P.Req.LOAD, ...(modelSnapshot ? { model_snapshot: true } : {}) });
     return out;
   }
 
@@ -595,7 +596,8 @@ button:disabled { opacity: .45; cursor: default; }
       // default here, or a size given that is too small to split), it starts booting Python now,
       // while the model's HEAD and chunk list are fetched, as the chat page boots its worker at open.
       const given = typeof model === "object" && model !== null ? model.size ?? opts.size : opts.size;
-      let started = chooseWorkers(wc, { size: given ?? Infinity }, opts.workers) === 1 ? startWorker(P, from) : null;
+      let started = chooseWorkers(wc, { size: given ?? Infinity }, opts.workers) === 1
+        ? startWorker(P, from, Boolean(opts.modelSnapshot)) : null;
       let ref;
       try {
         ref = await resolving;

@@ -19,8 +19,8 @@
  */
 import { Req, Ev, isMessage, moduleWorker } from "./protocol.js";
 import { chunkList, loadVerified, storeModel } from "./model-source.js";
-import { bootPython, findModelSnapshot, growHeap, memory, modelSnapshotKey, relayGeneration, restoreModelSnapshot,
-         storeModelSnapshot } from "./boot.js";
+import { bootPython, findAnyModelSnapshot, findModelSnapshot, growHeap, memory, modelSnapshotKey, relayGeneration,
+         restoreModelSnapshot, storeModelSnapshot } from "./boot.js";
 
 const BASE = new URL(".", import.meta.url);            // .../static/
 /** @type {any} */ let pyodide = null;                  // the Pyodide instance, once booted
@@ -34,6 +34,8 @@ let loadingModel = false;                             // one model load at a tim
 /** @type {Object<string, number>} */ const timings = {};
 /** @type {"restored"|"stored"|"model"|null} */ let runtimeSnapshot = null;   // see static/boot.js; "model": below
 /** @type {(() => [Uint8Array, Uint8Array])|null} */ let takeLater = null;   // this instance's snapshot, now
+/** @type {Promise<boolean>|null} */ let speculation = null;   // the boot starts from a saved model snapshot (below)
+/** @type {string|null} */ let speculativeKey = null;          // ...whose key this is, until a load names its model
 
 /** @param {import("./protocol.js").WorkerEvent} ev */
 function post(ev) { self.postMessage(ev); }
@@ -51,7 +53,12 @@ const onStage = (stage, phase, seconds) => {
   progress(stage, phase === "done" ? { phase, seconds } : { phase });
 };
 
-async function boot() {
+/** @param {import("./protocol.js").LoadRequest} msg  the request that starts the boot */
+async function boot(msg) {
+  if (msg.model_snapshot === true && !msg.model) {     // Mote.load booting before it knows the model
+    const started = await bootFromAnyModelSnapshot();
+    if (started !== null) return started;
+  }
   /** @type {(py: any) => void} */ let up = () => {};
   pythonUp = new Promise((r) => { up = r; });
   const { py, mod, snapshot, snapshotRead, takeLater: take } = await bootPython(BASE, "engine.bridge", onStage, up,
@@ -193,9 +200,17 @@ async function store(model, buf) {
 
 /** @param {import("./protocol.js").LoadRequest} msg */
 async function handleLoad(msg) {
-  if (msg.model && !loadingModel && loadedSha !== msg.model.sha256 && wantsModelSnapshot(msg)
-      && await loadModelSnapshot(msg, msg.model)) return;
-  booting = booting || boot();
+  if (msg.model && !loadingModel && loadedSha !== msg.model.sha256) {
+    if (speculation && await speculation) await booting?.catch(() => null);
+    if (speculativeKey !== null) {                   // booted from a model snapshot: is it this model's?
+      const was = speculativeKey;
+      speculativeKey = null;
+      const key = wantsModelSnapshot(msg) ? await modelKey(msg, msg.model).catch(() => null) : null;
+      if (key === was) { readyFromSnapshot(msg.model); return; }
+      bridge.drop_model();                           // another model's: freed, then this one loads as usual
+    } else if (wantsModelSnapshot(msg) && await loadModelSnapshot(msg, msg.model)) return;
+  }
+  booting = booting || boot(msg);
   // While the runtime boots, the model's bytes go into the Cache API (model-source.js prefetch);
   // once Python runs, the cached copy is read into WASM memory while numpy and the engine load
   // (readWhileBooting); otherwise loadWeights reads them after the boot.
@@ -427,21 +442,55 @@ async function loadModelSnapshot(msg, model) {
     for (const k of Object.keys(timings)) delete timings[k];
     const got = await restoreModelSnapshot(BASE, /** @type {string} */ (key), hit, "engine.bridge", onStage);
     if (!got) return false;
-    pyodide = got.py;
-    bridge = got.mod;
-    takeLater = got.takeLater;
-    runtimeSnapshot = "model";
-    timings.snapshot_read = got.snapshotRead;
-    const runtimeInfo = bridge.runtime_info();
-    booting = Promise.resolve(runtimeInfo);
-    const info = runtimeInfo.toJs ? runtimeInfo.toJs({ dict_converter: Object.fromEntries }) : runtimeInfo;
-    info.runtime_snapshot = runtimeSnapshot;
-    loadedSha = model.sha256;
-    post({ type: Ev.READY, info, model: bridge.loaded_model(), cached: true, timings: { ...timings }, memory: memory(pyodide),
-           budget: null });
+    booting = Promise.resolve(adoptSnapshot(got));
+    readyFromSnapshot(model);
     return true;
   } finally {
     loadingModel = false;
+  }
+}
+
+/** Python started from a model snapshot as this worker's: its runtime info.
+ *  @param {{py: any, mod: any, takeLater: any, snapshotRead: number}} got */
+function adoptSnapshot(got) {
+  pyodide = got.py;
+  bridge = got.mod;
+  takeLater = got.takeLater;
+  runtimeSnapshot = "model";
+  timings.snapshot_read = got.snapshotRead;
+  return bridge.runtime_info();
+}
+
+/** The ready event of `model`, in memory since Python started from its snapshot.
+ *  @param {import("./protocol.js").ModelRef} model */
+function readyFromSnapshot(model) {
+  const runtimeInfo = bridge.runtime_info();
+  const info = runtimeInfo.toJs ? runtimeInfo.toJs({ dict_converter: Object.fromEntries }) : runtimeInfo;
+  info.runtime_snapshot = runtimeSnapshot;
+  loadedSha = model.sha256;
+  post({ type: Ev.READY, info, model: bridge.loaded_model(), cached: true, timings: { ...timings }, memory: memory(pyodide),
+         budget: null });
+}
+
+/**
+ * A boot asked for before the model is named (Mote.load with modelSnapshot starts its worker at once):
+ * where this build's model snapshot is saved, Python starts from it instead of from the runtime
+ * snapshot, on the bet that the load names the same model (it is the one saved last); a load of
+ * another model frees it and loads as usual. Resolves with the runtime info, or null where there is
+ * none or it did not restore (then the boot goes on as usual).
+ */
+async function bootFromAnyModelSnapshot() {
+  /** @type {(v: boolean) => void} */ let settle = () => {};
+  speculation = new Promise((r) => { settle = r; });
+  try {
+    const found = await findAnyModelSnapshot(BASE).catch(() => null);
+    settle(found !== null);
+    const got = found && await restoreModelSnapshot(BASE, found.key, found.hit, "engine.bridge", onStage);
+    if (!got) return null;
+    speculativeKey = found.key;
+    return adoptSnapshot(got);
+  } finally {
+    settle(false);
   }
 }
 

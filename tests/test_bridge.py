@@ -55,6 +55,17 @@ def test_steps_match_engine_generate(tiny_bytes):
     assert [e["n"] for e in events if e["type"] == "token"] == list(range(1, len(tokens) + 1))
 
 
+def test_loaded_model_is_what_the_load_returned_until_the_model_is_dropped(tiny_bytes):
+    """What a worker started from a model snapshot reports (bridge.loaded_model), and what it frees
+    when asked for another model (drop_model): then nothing is loaded and generation is refused."""
+    info = bridge.load_model(tiny_bytes, None, "compact")
+    assert bridge.loaded_model() == info and info["layout"] == "compact"
+    bridge.drop_model()
+    assert bridge.loaded_model() is None
+    with pytest.raises(RuntimeError, match="no model loaded"):
+        bridge.start_generation({"prompt": "The cat", "params": GREEDY})
+
+
 def test_abort_keeps_the_model(tiny_bytes):
     bridge.load_model(tiny_bytes)
     gen = bridge.start_generation({"prompt": "The cat", "params": {**GREEDY, "max_tokens": 50}})

@@ -540,16 +540,18 @@ def test_reload_reads_the_cached_model(tab, site, golden):
     metrics(tiny_cached_boot_s=round(boot_s, 2), tiny_cached_model_s=round(ready["seconds"], 3))
 
 
-def load_during_boot(page, file: str, golden: dict, extra: dict | None = None) -> dict:
+def load_during_boot(page, file: str, golden: dict, extra: dict | None = None, boot_first: bool = False) -> dict:
     """A fresh worker asked for `file` at once (as the embed API and the benchmark page ask), then for
     the golden chat: the ready event, its progress phases and which of them were early, the tokens.
-    `extra`: more fields of the load request. With model_snapshot, the worker is kept until the
-    snapshot it saves in the background is in OPFS (at most 30 s)."""
-    return page.evaluate("""async ([file, golden, extra]) => {
+    `extra`: more fields of the load request (golden None: no chat). With model_snapshot, the worker is kept until the
+    snapshot it saves in the background is in OPFS (at most 30 s). boot_first: a load request
+    without the model (with `extra`) comes first, as Mote.load sends one before it knows the model."""
+    return page.evaluate("""async ([file, golden, extra, bootFirst]) => {
         const m = window.moteApp.state.models.find((x) => x.file === file);
         const model = { url: m.url, sha256: m.sha256, size: m.size, name: m.name, ...(m.chunks ? { chunks: m.chunks } : {}) };
         const main = document.querySelector('script[src$="/main.js"]').src;   // the page's own (versioned) folder
         const w = new Worker(new URL('worker.js', main), { type: 'module' });
+        const began = Date.now();
         const events = [];
         const next = (want) => new Promise((resolve, reject) => {
             w.onmessage = (e) => {
@@ -561,16 +563,24 @@ def load_during_boot(page, file: str, golden: dict, extra: dict | None = None) -
         });
         try {
             let got = next('ready');
+            if (bootFirst) w.postMessage({ type: 'load', ...extra });
             w.postMessage({ type: 'load', model, ...extra });
             const ready = await got;
-            got = next('done');
-            w.postMessage({ type: 'generate', id: 1, messages: golden.messages,
-                            params: { temperature: 0, max_tokens: golden.max_tokens } });
-            const done = await got;
+            let done = { token_ids: null };
+            if (golden) {
+                got = next('done');
+                w.postMessage({ type: 'generate', id: 1, messages: golden.messages,
+                                params: { temperature: 0, max_tokens: golden.max_tokens } });
+                done = await got;
+            }
             const weights = events.filter((e) => e.type === 'progress' && e.stage === 'weights');
-            if (extra.model_snapshot && ready.info.runtime_snapshot !== 'model') {
+            if (extra.model_snapshot && weights.length > 0) {   // loaded from the file: a snapshot is being saved
                 const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('mote-model', { create: true });
-                const saved = async () => (await Array.fromAsync(dir.keys())).some((n) => /\\.[0-9a-f]{32}$/.test(n));
+                const saved = async () => {
+                    for await (const [n, h] of dir.entries())
+                        if (/\\.[0-9a-f]{32}$/.test(n) && (await h.getFile()).lastModified >= began) return true;
+                    return false;
+                };
                 for (const t0 = performance.now(); !(await saved()) && performance.now() - t0 < 30000; )
                     await new Promise((r) => setTimeout(r, 100));
             }
@@ -580,7 +590,7 @@ def load_during_boot(page, file: str, golden: dict, extra: dict | None = None) -
         } finally {
             w.terminate();
         }
-    }""", [file, golden, extra or {}])
+    }""", [file, golden, extra or {}, boot_first])
 
 
 def test_a_load_sent_during_the_boot_reads_the_cached_copy_meanwhile(tab, site, golden):
@@ -692,6 +702,31 @@ def test_a_model_snapshot_is_a_later_load_without_reading_the_model(tab, site, g
     assert after["tokens"] == golden["tokens"]
     [good] = runtime_snapshots(page, "mote-model")
     assert good["key"] == saved["key"] and good["checksum"] == good["bytes_checksum"], good
+
+
+def test_a_worker_booted_before_its_model_is_named_starts_from_the_model_snapshot(tab, site, golden):
+    """Mote.load with modelSnapshot boots its worker before it knows the model: the worker starts from
+    the saved model snapshot at once, and the load that then names that model is ready with no weights
+    stage and answers the golden tokens. A load that names another model frees the snapshot's and
+    loads its own as usual; the snapshot kept is then that model's."""
+    page, _, _ = tab
+    open_page(page, site[0])
+    asked = {"model_snapshot": True}
+    load_during_boot(page, tg.FILE_NAME, golden, asked)              # saved (or already there)
+    [saved] = runtime_snapshots(page, "mote-model")
+    same = load_during_boot(page, tg.FILE_NAME, golden, asked, boot_first=True)
+    assert same["snapshot"] == "model" and same["phases"] == [], same
+    assert same["tokens"] == golden["tokens"]
+    other = load_during_boot(page, "tiny-gemma3.gguf", None, asked, boot_first=True)
+    assert other["snapshot"] == "model" and other["model"]["architecture"] == "gemma3", other
+    assert "cache" in other["phases"] or "download" in other["phases"], other
+    [now] = runtime_snapshots(page, "mote-model")
+    assert now["key"] != saved["key"] and now["checksum"] == now["bytes_checksum"], now
+    page.evaluate("""async (keep) => {                  // the tests after this one know one cached model
+        const cache = await caches.open('mote-models-v1');
+        for (const req of await cache.keys()) if (!req.url.endsWith(keep)) await cache.delete(req);
+        await (await navigator.storage.getDirectory()).removeEntry('mote-model', { recursive: true });
+    }""", golden["model"]["sha256"])
 
 
 def test_corrupted_cached_model_is_downloaded_again(tab, site, golden):
