@@ -99,7 +99,8 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
   if (save && recorder) {
     py.runPython(`import ${SNAPSHOT_LATE_IMPORTS}`);
     try {
-      storeSnapshot(/** @type {string} */ (key), takeSnapshotParts(py, recorder), RUNTIME_DIR);   // stored in the background
+      storeSnapshot(/** @type {string} */ (key), takeSnapshotParts(py, recorder), RUNTIME_DIR)   // stored in the background
+        .then(() => dropOtherBuildsModelSnapshots(base));  // a new build's first start: the old build's model snapshot goes
       snapshot = "stored";
     } catch (e) { console.warn("runtime snapshot not taken:", e); }
     beforeNumpy(py);
@@ -243,6 +244,17 @@ export async function restoreModelSnapshot(base, key, hit, module, onStage) {
     return null;
   }
   return { ...restored, snapshotRead: /** @type {any} */ (read).seconds };
+}
+
+/** Delete the model snapshot of any other build (it could never be used again, and it is as large
+ *  as a worker's heap). @param {URL} base */
+async function dropOtherBuildsModelSnapshots(base) {
+  const prefix = await modelSnapshotPrefix(base).catch(() => null);
+  if (prefix === null) return;
+  try {
+    const dir = await snapshotDir(MODEL_SNAPSHOT_DIR);
+    for (const name of await Array.fromAsync(dir.keys())) if (!name.startsWith(prefix)) await dir.removeEntry(name).catch(() => {});
+  } catch { /* no usable storage */ }
 }
 
 /** Save a model snapshot's parts under `key` (in the background; failure is harmless).

@@ -660,6 +660,11 @@ def test_a_damaged_runtime_snapshot_means_a_normal_start(tab, site, golden, how)
     [saved] = runtime_snapshots(page)
     assert saved["checksum"] == saved["bytes_checksum"]
     damage_runtime_snapshot(page, how)
+    stale = "model-0123456789abcdef-" + "0" * 24 + "." + "0" * 32   # another build's model snapshot
+    page.evaluate("""async (name) => {
+        const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('mote-model', { create: true });
+        await dir.getFileHandle(name, { create: true });
+    }""", stale)
     open_page(page, site[0])
     ready = load_model(page, tg.FILE_NAME)
     assert ready["type"] == "ready" and ready["snapshot"] == "stored", ready
@@ -669,6 +674,10 @@ def test_a_damaged_runtime_snapshot_means_a_normal_start(tab, site, golden, how)
     while not good(now := runtime_snapshots(page)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(now) == 1 and now[0]["key"] == saved["key"] and now[0]["checksum"] == now[0]["bytes_checksum"], now
+    # a new runtime snapshot is a new build's first start: another build's model snapshot is deleted
+    while stale in (names := [f["name"] for f in runtime_snapshots(page, "mote-model")]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stale not in names, names
 
 
 @pytest.mark.parametrize("how", ["flip", "rehash"])
