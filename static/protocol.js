@@ -101,7 +101,8 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  *            cached?: boolean, memory?: MemoryStats}} ReadyEvent
  *   info.runtime_snapshot: "restored" (Python started from the runtime snapshot a first visit saved
  *   in the origin private file system, static/boot.js), "stored" (started normally and saved one),
- *   "model" (started from a snapshot taken with this model loaded: no weights read), or null
+ *   "model" (started from a snapshot taken with a model loaded: this one's when the load had no
+ *   weights stage; another's, freed before this load, otherwise), or null
  * @typedef {{type: "token", id: number, text: string, token_id: number, n: number}} TokenEvent
  * @typedef {{type: "done", id: number, reason: "eos"|"stop"|"length"|"abort", text: string,
  *            full_text: string, n_prompt: number, n_reused: number, n_generated: number, prefill_tok_s: number,
