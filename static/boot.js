@@ -374,36 +374,30 @@ async function readFile(file) {
  *  the call stalled the tokens' trip to the page (70-73 % of the engine's rate in 3 of 10 cold runs);
  *  in 2 MB calls with a turn of the event loop between them, a test of downloads resumed after a cut
  *  lost its timing in 3 of 4 runs. `parts` (written one after the other) are transferred (unusable
- *  here afterwards); the writer also computes their checksum (static/snapshot.js checksumParts), which
- *  names the file: for a snapshot with the model loaded, ~0.25 s this thread does not spend before
- *  the first answer. Resolves with that checksum. @param {any} file @param {Uint8Array[]} parts
- *  @returns {Promise<string>} */
+ *  here afterwards). @param {any} file @param {Uint8Array[]} parts */
 async function writeFile(file, parts) {
-  /** @type {string|null} */
   const written = await new Promise((resolve) => {
     /** @type {Worker|null} */ let writer = null;
     try {
       writer = moduleWorker(new URL("./file-writer.js", import.meta.url), "mote-file-writer");
     } catch {
-      resolve(null);
+      resolve(false);
       return;
     }
-    const done = (/** @type {string|null} */ sum) => { writer?.terminate(); resolve(sum); };
+    const done = (/** @type {boolean} */ ok) => { writer?.terminate(); resolve(ok); };
     writer.addEventListener("message", (e) => {
-      if (e.data?.ready !== true) { done(e.data?.ok === true && typeof e.data.checksum === "string" ? e.data.checksum : null); return; }
+      if (e.data?.ready !== true) { done(e.data?.ok === true); return; }
       // the writer runs: the bytes go over now (not before, so that a writer that cannot start leaves them here)
       const whole = parts.map((p) => (p.byteOffset === 0 && p.byteLength === p.buffer.byteLength ? p : p.slice()));
       writer?.postMessage({ file, parts: whole }, whole.map((p) => p.buffer));
     });
-    writer.addEventListener("error", () => done(null));
+    writer.addEventListener("error", () => done(false));
   });
-  if (written !== null) return written;
+  if (written) return;
   if (parts.some((p) => p.byteLength === 0)) throw new Error("snapshot: its bytes went to a writer that failed");
-  const sum = checksumParts(parts);
   const out = await file.createWritable();
   for (const p of parts) await out.write(p);
   await out.close();
-  return sum;
 }
 
 /** Save `parts` (one file's bytes, end to end) under `key` in folder `dirName`, replacing any other
@@ -411,9 +405,10 @@ async function writeFile(file, parts) {
  *  normal one), so nothing waits for it. @param {string} key @param {Uint8Array[]} parts @param {string} dirName */
 async function storeSnapshot(key, parts, dirName) {
   try {
+    const name = `${key}.${checksumParts(parts)}`;
     const dir = await snapshotDir(dirName);
-    const partial = await dir.getFileHandle(`${key}.partial-${Math.random().toString(16).slice(2)}`, { create: true });
-    const name = `${key}.${await writeFile(partial, parts)}`;
+    const partial = await dir.getFileHandle(`${name}.partial-${Math.random().toString(16).slice(2)}`, { create: true });
+    await writeFile(partial, parts);
     await partial.move(name);
     // Everything else goes: other builds' snapshots and partial files a closed tab left behind (one that
     // another tab is writing now fails to move, which only means that tab saved none).

@@ -5,11 +5,9 @@
  * booting worker's own thread would stall; and a snapshot with the model loaded, as large as the heap).
  * Out first: {ready: true}, once it runs. In: {file: FileSystemFileHandle, parts: Uint8Array[]} (the
  * bytes transferred), written one after the other as the whole file through a sync access handle.
- * Out: {ok: true, checksum} (static/snapshot.js checksumParts of the bytes, which names the file) or
- * {ok: false, message}. A dedicated worker: only the worker that started it can post to it.
+ * Out: {ok: true} or {ok: false, message}. A dedicated worker: only the worker that started it can
+ * post to it.
  */
-import { checksumParts } from "./snapshot.js";
-
 self.addEventListener("message", async (event) => {
   const { file, parts } = event.data ?? {};
   /** @type {any} */ let handle = null;
@@ -23,7 +21,7 @@ self.addEventListener("message", async (event) => {
       at += bytes.length;
     }
     handle.flush();
-    reply = { ok: true, checksum: checksumParts(parts) };
+    reply = { ok: true };
   } catch (e) {
     reply = { ok: false, message: String(/** @type {any} */ (e)?.message || e) };
   } finally {
