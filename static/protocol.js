@@ -80,7 +80,8 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  *   values while the budget allows), "compact" (every type packed) or "int8" (int8 values + float32
  *   scales, ~2.2x a 4-bit file; for comparison benchmarks)
  *   model_snapshot: true: (one worker) start from a snapshot of Python's memory taken with this model
- *   loaded, if one is saved, else save one after this load (static/worker.js)
+ *   loaded, if one is saved, else save one after this load (static/worker.js); a worker saves one
+ *   only if the request that booted it asked for it too
  *   self_check: also run engine.bridge.template_guard (the chat-template bounds in this runtime) and
  *   chat_check (Jinja2's version and a rendered conversation), reported in ready.info.template_guard,
  *   .jinja2 and .chat_check (the page's ?selfcheck; the browser smoke test)
