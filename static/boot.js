@@ -213,14 +213,7 @@ export function findModelSnapshot(key) {
  *  @param {URL} base @returns {Promise<{key: string, hit: {file: any, checksum: string}}|null>} */
 export async function findAnyModelSnapshot(base) {
   const prefix = await modelSnapshotPrefix(base);
-  if (prefix === null) return null;
-  try {
-    for await (const [name, handle] of (await snapshotDir(MODEL_SNAPSHOT_DIR)).entries()) {
-      const m = name.match(/^(.+)\.([0-9a-f]{32})$/);
-      if (m && m[1].startsWith(prefix) && handle.kind === "file") return { key: m[1], hit: { file: handle, checksum: m[2] } };
-    }
-  } catch { /* no usable storage */ }
-  return null;
+  return prefix === null ? null : findSnapshotWhere(MODEL_SNAPSHOT_DIR, (key) => key.startsWith(prefix));
 }
 
 /**
@@ -322,11 +315,16 @@ const snapshotDir = async (name) => (await navigator.storage.getDirectory()).get
 /** The saved snapshot's file and the checksum its name gives, if there is one.
  *  @param {string|null} key @param {string} dirName @returns {Promise<{file: any, checksum: string}|null>} */
 async function findSnapshot(key, dirName) {
-  if (key === null) return null;
+  return key === null ? null : (await findSnapshotWhere(dirName, (k) => k === key))?.hit ?? null;
+}
+
+/** The first saved snapshot in `dirName` whose key passes `test`: {key, hit: {file, checksum}} or null.
+ *  @param {string} dirName @param {(key: string) => boolean} test */
+async function findSnapshotWhere(dirName, test) {
   try {
     for await (const [name, handle] of (await snapshotDir(dirName)).entries()) {
       const m = name.match(/^(.+)\.([0-9a-f]{32})$/);
-      if (m && m[1] === key && handle.kind === "file") return { file: handle, checksum: m[2] };
+      if (m && test(m[1]) && handle.kind === "file") return { key: m[1], hit: { file: handle, checksum: m[2] } };
     }
   } catch { /* no usable storage: start afresh */ }
   return null;
