@@ -187,6 +187,14 @@ function build(base) {
 /** OPFS folder of the model snapshot. */
 export const MODEL_SNAPSHOT_DIR = "mote-model";
 
+/** Largest heap static/worker.js snapshots with its model: the snapshot holds a copy of it in JS memory
+ *  for a moment when it is taken and when it is read back. */
+export const MODEL_SNAPSHOT_MAX_HEAP = 640 << 20;
+
+/** The largest file each snapshot folder can hold (the heap, plus the files and the table: a runtime
+ *  snapshot is ~52 MB); a larger one is not ours and is deleted unread. */
+const SNAPSHOT_MAX_BYTES = { [RUNTIME_DIR]: 512 << 20, [MODEL_SNAPSHOT_DIR]: MODEL_SNAPSHOT_MAX_HEAP + (128 << 20) };
+
 /** The model snapshot's name for this build and `parts` (what the load depends on), or null where the
  *  origin has no private file system: "model-<build>-<build and parts>", so that a saved one can be
  *  told to be this build's before its model is named (findAnyModelSnapshot).
@@ -338,7 +346,11 @@ async function findSnapshotWhere(dirName, test) {
 async function readSnapshot(key, hit, dirName) {
   const t0 = performance.now();
   let bytes;
-  try { bytes = await readFile(hit.file); } catch { await dropSnapshot(key, dirName); return null; }
+  try {
+    const size = (await hit.file.getFile()).size;    // never read more than a snapshot of ours can be
+    if (size > SNAPSHOT_MAX_BYTES[dirName]) throw new Error(`snapshot: ${size} bytes`);
+    bytes = await readFile(hit.file);
+  } catch { await dropSnapshot(key, dirName); return null; }
   const seconds = (performance.now() - t0) / 1000;
   const checked = Promise.resolve().then(() => {
     if (checksumParts([bytes]) !== hit.checksum) throw new Error("snapshot: checksum mismatch");

@@ -19,8 +19,8 @@
  */
 import { Req, Ev, isMessage, moduleWorker } from "./protocol.js";
 import { chunkList, loadVerified, storeModel } from "./model-source.js";
-import { bootPython, findAnyModelSnapshot, findModelSnapshot, growHeap, memory, modelSnapshotKey, relayGeneration,
-         restoreModelSnapshot, storeModelSnapshot } from "./boot.js";
+import { MODEL_SNAPSHOT_MAX_HEAP, bootPython, findAnyModelSnapshot, findModelSnapshot, growHeap, memory, modelSnapshotKey,
+         relayGeneration, restoreModelSnapshot, storeModelSnapshot } from "./boot.js";
 
 const BASE = new URL(".", import.meta.url);            // .../static/
 /** @type {any} */ let pyodide = null;                  // the Pyodide instance, once booted
@@ -410,12 +410,9 @@ async function loadWeights(msg, model, info, downloaded = false, early = null) {
 // ready event and before any generation: no read of the cached file, no chunk checks, no parse, no
 // preparation. What it costs: OPFS space the size of the heap (one such snapshot is kept), and a
 // copy of the heap in JS memory for a moment, when it is taken and when it is read back (Pyodide
-// restores from a buffer). So it is only taken for a heap of at most MODEL_SNAPSHOT_MAX_BYTES and a
+// restores from a buffer). So it is only taken for a heap of at most MODEL_SNAPSHOT_MAX_HEAP and a
 // quarter of the device memory the browser reports. Measured on Gemma 3 270M:
 // docs/bench/startup-2026-12-04.md (2026-12-07).
-
-/** Largest heap snapshotted with a model. */
-const MODEL_SNAPSHOT_MAX_BYTES = 640 << 20;
 
 /** @param {import("./protocol.js").LoadRequest} msg */
 function wantsModelSnapshot(msg) {
@@ -504,7 +501,7 @@ function saveModelSnapshot(msg, model) {
   if (!takeLater || !wantsModelSnapshot(msg)) return;
   const heap = memory(pyodide).wasm_bytes ?? Infinity;
   const device = deviceMemory();
-  if (heap > MODEL_SNAPSHOT_MAX_BYTES || (device !== null && 4 * heap > device * 2 ** 30)) return;
+  if (heap > MODEL_SNAPSHOT_MAX_HEAP || (device !== null && 4 * heap > device * 2 ** 30)) return;
   let parts;
   try {
     parts = takeLater();
