@@ -346,11 +346,7 @@ async function findSnapshotWhere(dirName, test) {
 async function readSnapshot(key, hit, dirName) {
   const t0 = performance.now();
   let bytes;
-  try {
-    const size = (await hit.file.getFile()).size;    // never read more than a snapshot of ours can be
-    if (size > SNAPSHOT_MAX_BYTES[dirName]) throw new Error(`snapshot: ${size} bytes`);
-    bytes = await readFile(hit.file);
-  } catch { await dropSnapshot(key, dirName); return null; }
+  try { bytes = await readFile(hit.file, SNAPSHOT_MAX_BYTES[dirName]); } catch { await dropSnapshot(key, dirName); return null; }
   const seconds = (performance.now() - t0) / 1000;
   const checked = Promise.resolve().then(() => {
     if (checksumParts([bytes]) !== hit.checksum) throw new Error("snapshot: checksum mismatch");
@@ -360,20 +356,27 @@ async function readSnapshot(key, hit, dirName) {
 }
 
 /** A file's bytes: through a read-only sync access handle (workers; several may read at once), else
- *  through getFile(). @param {any} file @returns {Promise<Uint8Array>} */
-async function readFile(file) {
+ *  through getFile(). Throws, reading nothing, when it is over `maxBytes` (it cannot be one of ours).
+ *  @param {any} file @param {number} maxBytes @returns {Promise<Uint8Array>} */
+async function readFile(file, maxBytes) {
+  const within = (/** @type {number} */ size) => {
+    if (size > maxBytes) throw new Error(`snapshot: ${size} bytes, more than ${maxBytes}`);
+    return size;
+  };
   if (file.createSyncAccessHandle) {
     let handle = null;
     try { handle = await file.createSyncAccessHandle({ mode: "read-only" }); } catch { /* another reader's lock, or no such mode */ }
     if (handle) {
       try {
-        const bytes = new Uint8Array(handle.getSize());
+        const bytes = new Uint8Array(within(handle.getSize()));
         if (handle.read(bytes, { at: 0 }) !== bytes.length) throw new Error("snapshot: short read");
         return bytes;
       } finally { handle.close(); }
     }
   }
-  return new Uint8Array(await (await file.getFile()).arrayBuffer());
+  const blob = await file.getFile();
+  within(blob.size);
+  return new Uint8Array(await blob.arrayBuffer());
 }
 
 /** Write `bytes` as the whole of `file`, in static/file-writer.js (a worker of its own) where one can
