@@ -74,6 +74,10 @@ MAX_KEY_BYTES = 65535  # spec limit on metadata key length
 MAX_DIMS = 4  # ggml GGML_MAX_DIMS
 INT64_MAX = 2**63 - 1  # ggml stores ne as int64: element counts and dims must fit
 _GATHER_CHUNK = 32768  # strings gathered per step of a string array's parse
+_SCAN_BYTES = 1 << 20  # bytes of a string array looked at per step of its vectorised walk
+_MIN_RUN = 1024        # strings a vectorised step must prove for the walk to stay vectorised
+_LOOP_STEP = 4096      # strings walked one at a time where it does not
+_ONE64, _LIMIT64 = np.array([1], np.uint64), np.array([255], np.uint64)  # 1-element arrays: cheaper than scalars in Pyodide
 
 
 class GGUFError(ValueError):
@@ -515,24 +519,21 @@ class GGUFFile:
     @staticmethod
     def _string_offsets(cur: _Cursor, key: str, n: int) -> array:
         """Walk n length-prefixed strings from cur.pos (left after them): array('q') (n + 1,) of their
-        running byte totals. The hot loop of the header (Gemma: 262144 tokens): lengths only, locals,
-        one bounds check per item."""
-        mv, pos, end = cur.mv, cur.pos, cur.end
-        unpack = _U64.unpack_from
+        running byte totals. The hot loop of the header (Gemma: 262144 tokens). Vocabularies are
+        short strings, so most of the walk is found a window at a time (_short_string_run) and only
+        what that cannot prove is walked one string at a time, with the bounds checks."""
         offsets = array("q", bytes(8 * (n + 1)))  # n <= bytes left / 8: bounded by the file size
-        total = 0
-        for i in range(n):
-            if end - pos < 8:
-                raise GGUFError(f"metadata key {key!r}: string #{i} of {n} runs past the end of the file")
-            (length,) = unpack(mv, pos)
-            pos += 8
-            if length > end - pos:
-                raise GGUFError(f"metadata key {key!r}: string #{i} has length {length} but only "
-                                f"{end - pos} bytes are left")
-            pos += length
-            total += length
-            offsets[i + 1] = total
+        lengths = np.frombuffer(offsets, np.int64)                            # (n + 1,): 0, then each length
+        done, pos = 0, cur.pos
+        while done < n:
+            found, pos = _short_string_run(cur.mv, pos, cur.end, lengths[1 + done :])
+            done += found
+            if found < _MIN_RUN and done < n:                                 # not short strings here
+                take = min(n - done, _LOOP_STEP)
+                pos = _walk_strings(cur.mv, pos, cur.end, key, done, n, lengths[1 + done : 1 + done + take])
+                done += take
         cur.pos = pos
+        np.cumsum(lengths, out=lengths)                                       # running totals, in place
         return offsets
 
     def _read_string_array(self, cur: _Cursor, key: str, n: int) -> StringTable:
@@ -832,3 +833,55 @@ def write_gguf(fileobj, metadata: dict | Iterable, tensors: Iterable, alignment:
         fileobj.write(bytes(pad))
         written += len(mv) + pad
     return written
+
+
+def _short_string_run(mv, pos: int, end: int, out: np.ndarray) -> tuple[int, int]:
+    """The strings from `pos` whose lengths are 1..255, as far as one window proves them: (how many,
+    the position after them); their lengths go into out[:how many] (at most len(out)).
+
+    A length of 1..255 is a nonzero byte followed by seven zero bytes. Every position of the window that
+    looks so is a candidate; the walk from `pos` is proven for as long as each candidate plus its 8
+    + length bytes is the next candidate. It stops at the first that is not (an empty or long
+    string, a zero byte inside one, the window's end), and the caller walks on from there: nothing
+    here is taken on trust, so the result is the loop's, bounds included (every proven string ends
+    inside the window, which ends inside the file)."""
+    w = min(end - pos, _SCAN_BYTES, len(out) * (8 + 255) + 1)   # no further than len(out) such strings reach
+    if w < 9 or len(out) == 0:
+        return 0, pos
+    b = np.frombuffer(mv, np.uint8, count=w, offset=pos)                      # (w,)
+    # candidate q: the 8 bytes from q read as a little-endian 1..255, with its string's first byte in
+    # the window; eight strided uint64 views of the window, one per byte offset
+    looks = np.zeros(w, bool)                                                 # (w,)
+    for r in range(8):
+        k = (w - 1 - r) // 8                                                  # q = r + 8 j <= w - 9
+        if k > 0:
+            v = np.frombuffer(mv, np.uint64, count=k, offset=pos + r)         # (k,) unaligned: fine
+            looks[r : r + 8 * k : 8] = (v - _ONE64) < _LIMIT64                # 1..255 (0 wraps round)
+    cand = np.flatnonzero(looks)                                              # (m,)
+    if len(cand) == 0 or cand[0] != 0:
+        return 0, pos
+    nxt = cand + 8 + b[cand]                                                  # (k,) where each string ends
+    bad = np.flatnonzero(nxt[:-1] != cand[1:])                               # (m,)
+    found = min(int(bad[0]) + 1 if len(bad) else len(cand), len(out))
+    if nxt[found - 1] > w:                                                    # its last string runs out of the window
+        found -= 1
+    out[:found] = b[cand[:found]]
+    return found, pos + (int(nxt[found - 1]) if found else 0)
+
+
+def _walk_strings(mv, pos: int, end: int, key: str, first: int, n: int, out: np.ndarray) -> int:
+    """Strings #first.. of n one at a time, len(out) of them, their lengths into out, with a bounds
+    check each (the errors name the string): the position after them."""
+    unpack = _U64.unpack_from
+    for j in range(len(out)):
+        if end - pos < 8:
+            raise GGUFError(f"metadata key {key!r}: string #{first + j} of {n} runs past the end of the file")
+        (length,) = unpack(mv, pos)
+        pos += 8
+        if length > end - pos:
+            raise GGUFError(f"metadata key {key!r}: string #{first + j} has length {length} but only "
+                            f"{end - pos} bytes are left")
+        pos += length
+        out[j] = length
+    return pos
+

@@ -348,6 +348,64 @@ def test_tensorinfo_n_elements():
     assert TensorInfo("w", (3, 4, 5), 0, 0, 240).n_elements == 60
 
 
+# --- String arrays: the vectorised walk (engine/gguf.py _short_string_run) ------------------------
+def _vocab(n: int, seed: int, odd_every: int = 0) -> list[bytes]:
+    """n token-like byte strings of 1..40 bytes; with odd_every, every so many of them one the
+    vectorised walk cannot prove: empty, over 255 bytes, or holding zero bytes that look like a
+    string's length field (a fake length 5 and seven zero bytes, then 5 bytes)."""
+    rng = np.random.default_rng(seed)
+    odd = [b"", bytes(300), b"x" * 256, b"\x05" + bytes(7) + b"hello", b"ab" + bytes(9) + b"cd", b"\x00"]
+    out = []
+    for i in range(n):
+        if odd_every and i % odd_every == odd_every - 1:
+            out.append(odd[(i // odd_every) % len(odd)])
+        else:
+            out.append(bytes(rng.integers(0x21, 0x7F, int(rng.integers(1, 41)), dtype=np.uint8)))
+    return out
+
+
+def _parsed_tokens(tokens: list[bytes], count: int | None = None) -> list[str]:
+    f = GGUFFile(c.gguf_bytes([c.kv_array("tokenizer.ggml.tokens", c.STRING, [c.string(t) for t in tokens], count=count)],
+                              pad=False))
+    return list(f.metadata["tokenizer.ggml.tokens"])
+
+
+@pytest.mark.parametrize("odd_every", [0, 1, 2, 997, 70_000])
+def test_string_arrays_over_several_windows_parse_exactly(odd_every):
+    """~3 MiB of strings (several 1 MiB windows of the vectorised walk), plain or with strings it must
+    hand to the one-at-a-time walk every so often (down to every one of them)."""
+    tokens = _vocab(140_000, seed=odd_every, odd_every=odd_every)
+    assert _parsed_tokens(tokens) == [t.decode("utf-8") for t in tokens]
+
+
+def test_a_vocabulary_of_short_strings_is_not_walked_one_at_a_time(monkeypatch):
+    import engine.gguf as g
+
+    def loop(*a):
+        raise AssertionError("walked one string at a time")
+    monkeypatch.setattr(g, "_walk_strings", loop)
+    tokens = _vocab(100_000, seed=1)
+    assert _parsed_tokens(tokens) == [t.decode("utf-8") for t in tokens]
+
+
+@pytest.mark.parametrize("at", [0, 5, 70_000, 99_999])
+def test_a_lying_length_deep_in_a_string_array_is_named(at):
+    """A length that runs past the end of the file, at string #at of 100,000: the error names it,
+    however the walk got there."""
+    tokens = _vocab(100_000, seed=2)
+    items = [c.string(t) for t in tokens]
+    items[at] = c.string(tokens[at], length=10**9)
+    data = c.gguf_bytes([c.kv_array("tokenizer.ggml.tokens", c.STRING, items)])
+    with pytest.raises(GGUFError, match=f"string #{at} has length 1000000000"):
+        GGUFFile(data)
+
+
+def test_a_string_array_counting_more_strings_than_it_holds_is_named():
+    tokens = _vocab(50_000, seed=3)
+    with pytest.raises(GGUFError, match="string #50000 of 50001 runs past the end of the file"):
+        _parsed_tokens(tokens, count=50_001)
+
+
 # --- The real model -------------------------------------------------------------------------------
 @pytest.mark.slow
 @needs_gemma
