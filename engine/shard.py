@@ -425,7 +425,7 @@ class ShardLoader:
         self._sent = [(a, b) for a, b in shard_ranges(head, self.plan, cut=False) if b > n_header]
         self._cut_specs = column_cuts(head, self.plan)
         self._cuts: list[tuple[int, int, int, int, int, np.ndarray]] = []  # (offset, row bytes, b0, b1, rows, piece)
-        self._pieces: list[tuple[int, bytearray]] = []
+        self._pieces: list[tuple[int, np.ndarray]] = []
         self._starts: list[int] = []  # piece starts, sorted (for bisect)
         self._streamed = False        # pieces made by stream_from (and filled by write)
         self._written = 0             # bytes copied into pieces by write()
@@ -439,9 +439,10 @@ class ShardLoader:
         the pieces hold, and the whole of each matrix of which only a column cut is kept."""
         return [[max(a, self.n_header), b] for a, b in self._sent]
 
-    def piece(self, start: int, end: int) -> bytearray:
-        """A buffer for bytes [start, end) of the file, for the caller to fill."""
-        buf = bytearray(end - start)  # (end - start,) bytes
+    def piece(self, start: int, end: int) -> np.ndarray:
+        """A buffer for bytes [start, end) of the file, for the caller to fill (not zeroed first: a
+        zero fill is a pass over the shard's memory, and runner() refuses pieces not filled whole)."""
+        buf = np.empty(end - start, np.uint8)  # (end - start,) bytes
         self._pieces.append((start, buf))
         self._starts.append(start)
         return buf
