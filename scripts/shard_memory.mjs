@@ -4,7 +4,7 @@
 // on shard 0), printing the WASM heap after each step beside the shard's estimate (engine/budget.py).
 // One shard per process, as each worker has its own heap. No browser needed.
 //
-//   node scripts/shard_memory.mjs MODEL.gguf INDEX N_SHARDS [--margin=MB]   (PREFIX_MB=8: the first bytes sent, as parallel.js HEADER_PREFIX doubled)
+//   node scripts/shard_memory.mjs MODEL.gguf INDEX N_SHARDS [--margin=MB]   (PREFIX_MB=8: the first bytes sent, as parallel.js HEADER_PREFIX)
 import fs from "node:fs";
 import { bootWithModel, growForLoad, heapBytes, mib, peakBytes, printSteps } from "./pyodide_node.mjs";
 

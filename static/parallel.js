@@ -39,8 +39,9 @@ import { loadVerified, prefetch } from "./model-source.js";
 import { clampWorkers, defaultWorkers } from "./worker-count.js";
 
 const WORKER_URL = new URL("./parallel-worker.js", import.meta.url);
-/** The file's first bytes, handed to every worker to parse the GGUF header; doubled while too short. */
-const HEADER_PREFIX = 4 << 20;
+/** The file's first bytes, handed to every worker to parse the GGUF header; doubled while too short
+ *  (8 MiB: Gemma 3's header is 6.2 MiB and Qwen2.5's 5.7, so neither is parsed twice). */
+const HEADER_PREFIX = 8 << 20;
 /** Bytes per write message after the header: network or cache chunks coalesced. */
 const BLOCK = 2 << 20;
 /** Bytes sent to one worker and not yet acknowledged before reading waits (flow control). */
@@ -268,7 +269,10 @@ export class ParallelWorker extends EventTarget {
     /** @type {number[][][]|null} */ let ranges = null;  // per worker: [start, end) it needs
     let block = new Uint8Array(0), fill = 0, sentTo = 0;  // (block.length,) bytes [sentTo, ...) being gathered
     let hashing = true;                                    // false: model-source.js checks a chunk list
+    let clean = false;                                     // the workers are up and hold nothing of an earlier load
     const flush = async () => {
+      if (!clean) await this.workersClean();
+      clean = true;
       if (ranges) {
         const n = block.length;                          // read before the block is transferred away
         await this.distribute(block, sentTo, ranges, hashing);
@@ -301,7 +305,7 @@ export class ParallelWorker extends EventTarget {
       fill = 0;
     };
     return {
-      begin: ({ hash }) => { ranges = null; block = new Uint8Array(Math.min(size, HEADER_PREFIX)); fill = 0; sentTo = 0; hashing = hash; },
+      begin: ({ hash }) => { ranges = null; block = new Uint8Array(Math.min(size, HEADER_PREFIX)); fill = 0; sentTo = 0; hashing = hash; clean = false; },
       write: async (chunk, queued) => {
         for (let at = 0; at < chunk.length;) {
           const n = Math.min(chunk.length - at, block.length - fill);
@@ -314,71 +318,116 @@ export class ParallelWorker extends EventTarget {
       },
       end: () => {},
       sha256: () => this.leaderDigest(),
-      discard: () => this.dropPieces(),
+      discard: () => this.workersClean(),
     };
+  }
+
+  /**
+   * Once the workers are up (a cached copy is read while they boot, and its first bytes wait here),
+   * every worker frees what an earlier load or attempt left. A failed boot is not the copy's fault
+   * (`fatal`: the cached copy is kept).
+   */
+  async workersClean() {
+    try {
+      await this.booting;
+    } catch (e) {
+      throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { fatal: true });
+    }
+    await this.dropPieces();
   }
 
   /** @param {import("./protocol.js").LoadRequest} msg */
   async load(msg) {
     this.booting = this.booting || this.boot();
-    // While the workers boot, the model's bytes go into the Cache API (model-source.js prefetch);
-    // once booted, loadVerified streams them from there into the shards.
-    const early = msg.model && !this.booted && !this.loading ? this.prefetch(msg.model) : null;
-    const info = await this.booting;
-    this.booted = true;
-    const fetched = early && await early;
-    if (fetched?.error) {                                // a bad download is this load's error
-      throw Object.assign(new Error(String(/** @type {any} */ (fetched.error)?.message || fetched.error)), { stage: "weights" });
-    }
-    const downloaded = fetched?.result === "stored";     // prefetched by this load: not "cached" for the page
-    if (!msg.model) { this.emit({ type: Ev.READY, info, timings: { ...this.timings } }); return; }
     const model = msg.model;
-    if (this.loadedSha === model.sha256) {
-      this.emit({ type: Ev.READY, info, model: { sha256: model.sha256, reused: true }, timings: { ...this.timings }, cached: true });
-      return;
-    }
-    if (this.loading) throw new Error("a model is already loading: wait for its ready or error event");
-    this.loadedSha = null;
-    this.loading = true;
-    this.peakHeld = 0;
-    const t0 = performance.now();
+    // The first load reads a cached copy at once: its chunks are read and checked while the workers
+    // boot, and its first bytes wait for them at the header (shardSink). Without one, the model goes
+    // into the Cache API while they boot (prefetch), and is read from there once they are up.
+    const first = Boolean(model) && !this.booted && !this.loading;
+    const early = first ? this.prefetch(/** @type {any} */ (model)) : null;
+    if (first) this.loading = true;
+    const reading = first ? this.readWeights(msg, true) : null;
+    reading?.catch(() => {});                            // awaited below, after the boot
+    let ours = first;                                    // this call set this.loading
     try {
-      await this.dropPieces();                           // a clean start, whatever an earlier load left
-      let cached, hashWait;
-      delete this.timings.hash;
-      delete this.timings.hash_wait;
-      try {
-        ({ cached, hashWait } = await loadVerified(model, this.shardSink(model, { n_ctx: msg.n_ctx ?? null, layout: msg.layout ?? null }),
-                                         (p) => this.emit({ type: Ev.PROGRESS, stage: "weights", ...p })));
-      } catch (e) {
-        const err = /** @type {any} */ (e);
-        throw Object.assign(new Error(String(err?.message || err)), { stage: "weights", unsplittable: err?.unsplittable });
+      const info = await this.booting;
+      const bootEnd = performance.now();
+      this.booted = true;
+      const fetched = early && await early;
+      let read = reading && await reading;             // null: no cached copy (or a bad one, dropped)
+      if (fetched?.error && !read) {                     // a bad download is this load's error
+        throw Object.assign(new Error(String(/** @type {any} */ (fetched.error)?.message || fetched.error)), { stage: "weights" });
       }
-      this.timings.weights = (performance.now() - t0) / 1000;
-      if (hashWait !== null) this.timings.hash_wait = hashWait;
-      this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "parse", loaded: model.size, total: model.size });
-      const t1 = performance.now();
-      let shards;
-      try {                                              // verified: now the workers may build their shards
-        shards = await this.ask(Shard.BUILD, Shard.LOADED, () => [{}, []]);
-      } catch (e) {                                      // e.g. GGUFError: a verified file we cannot run
-        throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "weights" });
+      const downloaded = fetched?.result === "stored";   // prefetched by this load: not "cached" for the page
+      if (!model) { this.emit({ type: Ev.READY, info, timings: { ...this.timings } }); return; }
+      if (!read) {
+        if (!ours && this.loadedSha === model.sha256) {
+          this.emit({ type: Ev.READY, info, model: { sha256: model.sha256, reused: true }, timings: { ...this.timings }, cached: true });
+          return;
+        }
+        if (!ours && this.loading) throw new Error("a model is already loading: wait for its ready or error event");
+        this.loading = ours = true;
+        read = /** @type {NonNullable<typeof read>} */ (await this.readWeights(msg, false));
       }
-      this.timings.model = (performance.now() - t1) / 1000;
-      this.timings.leader_write = shards[0].write_seconds;   // copying every block in + hashing it
-      this.loadedSha = model.sha256;
-      const memory = { wasm_bytes: shards.reduce((s, x) => s + (x.memory.wasm_bytes || 0), 0), js_heap_bytes: null,
-                       peak_bytes: shards.reduce((s, x) => s + (x.memory.peak_bytes || 0), 0),
-                       per_worker: shards.map((x) => x.memory.wasm_bytes), per_worker_peak: shards.map((x) => x.memory.peak_bytes),
-                       coordinator_peak_bytes: this.peakHeld };
-      this.emit({ type: Ev.READY, info, cached: cached && !downloaded, timings: { ...this.timings }, memory, budget: this.budget ?? null,
-                  model: { sha256: model.sha256, workers: this.n, shards: shards.map((x) => x.info), n_ctx: shards[0].info.n_ctx } });
+      // weights: what the read took after the boot; weights_early: all of a read begun during it
+      this.timings.weights = (performance.now() - Math.max(read.t0, bootEnd)) / 1000;
+      if (read.t0 < bootEnd) this.timings.weights_early = (performance.now() - read.t0) / 1000;
+      else delete this.timings.weights_early;
+      if (read.hashWait !== null) this.timings.hash_wait = read.hashWait;
+      await this.build(model, info, read.cached && !downloaded);
     } catch (e) {
-      for (const w of this.workers) w.postMessage({ type: Shard.DROP });   // every worker frees its pieces
+      if (ours) for (const w of this.workers) w.postMessage({ type: Shard.DROP });   // every worker frees its pieces
       throw e;
     } finally {
-      this.loading = false;
+      if (ours) this.loading = false;
     }
+  }
+
+  /**
+   * The model's bytes into the shards, verified (static/model-source.js): {cached, hashWait, t0}, or
+   * null with cacheOnly when no good copy is cached. Errors carry stage "weights".
+   * @param {import("./protocol.js").LoadRequest} msg @param {boolean} cacheOnly
+   */
+  async readWeights(msg, cacheOnly) {
+    const model = /** @type {import("./protocol.js").ModelRef} */ (msg.model);
+    this.loadedSha = null;
+    this.peakHeld = 0;
+    delete this.timings.hash;
+    delete this.timings.hash_wait;
+    const t0 = performance.now();
+    const progress = (/** @type {any} */ p) => this.emit({ type: Ev.PROGRESS, stage: "weights", ...p, ...(this.booted ? {} : { early: true }) });
+    try {
+      const got = await loadVerified(model, this.shardSink(model, { n_ctx: msg.n_ctx ?? null, layout: msg.layout ?? null }), progress,
+                                     { cacheOnly });
+      return got && { cached: got.cached, hashWait: got.hashWait, t0 };
+    } catch (e) {
+      const err = /** @type {any} */ (e);
+      throw Object.assign(new Error(String(err?.message || err)), { stage: "weights", unsplittable: err?.unsplittable });
+    }
+  }
+
+  /**
+   * The verified bytes made into every worker's shard, then the ready event.
+   * @param {import("./protocol.js").ModelRef} model @param {any} info @param {boolean} cached
+   */
+  async build(model, info, cached) {
+    this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "parse", loaded: model.size, total: model.size });
+    const t1 = performance.now();
+    let shards;
+    try {                                                // verified: now the workers may build their shards
+      shards = await this.ask(Shard.BUILD, Shard.LOADED, () => [{}, []]);
+    } catch (e) {                                        // e.g. GGUFError: a verified file we cannot run
+      throw Object.assign(new Error(String(/** @type {any} */ (e)?.message || e)), { stage: "weights" });
+    }
+    this.timings.model = (performance.now() - t1) / 1000;
+    this.timings.leader_write = shards[0].write_seconds;   // copying every block in + hashing it
+    this.loadedSha = model.sha256;
+    const memory = { wasm_bytes: shards.reduce((s, x) => s + (x.memory.wasm_bytes || 0), 0), js_heap_bytes: null,
+                     peak_bytes: shards.reduce((s, x) => s + (x.memory.peak_bytes || 0), 0),
+                     per_worker: shards.map((x) => x.memory.wasm_bytes), per_worker_peak: shards.map((x) => x.memory.peak_bytes),
+                     coordinator_peak_bytes: this.peakHeld };
+    this.emit({ type: Ev.READY, info, cached, timings: { ...this.timings }, memory, budget: this.budget ?? null,
+                model: { sha256: model.sha256, workers: this.n, shards: shards.map((x) => x.info), n_ctx: shards[0].info.n_ctx } });
   }
 
   /**

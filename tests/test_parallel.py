@@ -411,7 +411,7 @@ def test_parallel_load_streams_and_verifies(tiny, tmp_path):
     """A 38 MB model on 2 workers: the coordinator never holds more than a few MB of it (the header
     prefix, one block, the cache's queue), a wrong sha256 (no chunk list) or a wrong chunk digest is
     an error that caches nothing, the good file gives the engine's tokens, is cached, and is read
-    back from the cache."""
+    back from the cache, starting while the workers boot."""
     path = tiny("gemma3", "F32", False, d=512, d_ff=2048, n_layers=3)
     size = path.stat().st_size
     assert size > 30e6
@@ -442,5 +442,6 @@ def test_parallel_load_streams_and_verifies(tiny, tmp_path):
                 "load_s", "timings", "coordinator_peak_bytes", "cached", "error")}))
             assert out.get("token_ids") == want, out
             assert out["cached"] is cached
+            assert ("weights_early" in out["timings"]) is cached  # a cached copy is read while the workers boot
             assert 0 < out["coordinator_peak_bytes"] < size / 3   # the old coordinator held all of it
             assert page.evaluate(keys) == [sha]
