@@ -379,6 +379,36 @@ class ShortPrefix(ValueError):
     """The first bytes given to a ShardLoader end inside the header: send more of them."""
 
 
+# A shard worker's model in its Python, for a snapshot of that memory (static/parallel-worker.js:
+# LoadRequest.model_snapshot on several workers). JavaScript's handles on the runner and the leader's
+# session do not survive a snapshot; these references do, and a worker started from one takes them
+# back from here.
+_kept: tuple | None = None  # (ShardRunner, Session or None)
+
+
+def keep(runner: "ShardRunner", session: "Session | None") -> None:
+    """Hold this worker's runner and (leader) session where a snapshot of its memory finds them."""
+    global _kept
+    _kept = (runner, session)
+
+
+def kept_runner() -> "ShardRunner | None":
+    return None if _kept is None else _kept[0]
+
+
+def kept_session() -> "Session | None":
+    return None if _kept is None else _kept[1]
+
+
+def drop_kept() -> None:
+    """Forget the kept model (a worker started from a snapshot of another load frees it)."""
+    global _kept
+    _kept = None
+    import gc
+
+    gc.collect()
+
+
 def open_loader(prefix, file_size: int, n_shards: int, index: int, n_ctx: int | None = None,
                 split_attention: bool = True, layout: str | None = None) -> "ShardLoader | None":
     """A ShardLoader, or None while `prefix` ends inside the header (send more bytes). The worker's

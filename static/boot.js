@@ -217,12 +217,18 @@ export function findModelSnapshot(key) {
   return findSnapshot(key, MODEL_SNAPSHOT_DIR);
 }
 
-/** This build's saved model snapshot, whichever model it holds: {key, hit} or null.
+/** This build's saved model snapshot of one worker (not a shard's), whichever model it holds: {key, hit} or null.
  *  @param {URL} base @returns {Promise<{key: string, hit: {file: any, checksum: string}}|null>} */
 export async function findAnyModelSnapshot(base) {
   const prefix = await modelSnapshotPrefix(base);
-  return prefix === null ? null : findSnapshotWhere(MODEL_SNAPSHOT_DIR, (key) => key.startsWith(prefix));
+  return prefix === null ? null : findSnapshotWhere(MODEL_SNAPSHOT_DIR, (key) => key.startsWith(prefix) && !SHARD_KEY.test(key));
 }
+
+/** The model snapshot key of shard `index` of a load whose key (modelSnapshotKey) is `group`: the
+ *  shards of one load are kept together, and only together do they make a model.
+ *  @param {string} group @param {number} index */
+export const shardSnapshotKey = (group, index) => `${group}-s${index}`;
+const SHARD_KEY = /-s\d+$/;
 
 /**
  * Python started from the model snapshot `hit` (findModelSnapshot) saved under `key`, with `module`
@@ -258,10 +264,11 @@ async function dropOtherBuildsModelSnapshots(base) {
   } catch { /* no usable storage */ }
 }
 
-/** Save a model snapshot's parts under `key` (in the background; failure is harmless).
- *  @param {string} key @param {Uint8Array[]} parts */
-export function storeModelSnapshot(key, parts) {
-  return storeSnapshot(key, parts, MODEL_SNAPSHOT_DIR);
+/** Save a model snapshot's parts under `key` (in the background; failure is harmless), replacing
+ *  every other model snapshot except those whose key starts with `keep` (a shard's: its siblings).
+ *  @param {string} key @param {Uint8Array[]} parts @param {string|null} [keep] */
+export function storeModelSnapshot(key, parts, keep = null) {
+  return storeSnapshot(key, parts, MODEL_SNAPSHOT_DIR, keep);
 }
 
 /**
@@ -414,9 +421,10 @@ async function writeFile(file, parts) {
 }
 
 /** Save `parts` (one file's bytes, end to end) under `key` in folder `dirName`, replacing any other
- *  snapshot there (another build's, or another model's). Failure is harmless (the next start is a
- *  normal one), so nothing waits for it. @param {string} key @param {Uint8Array[]} parts @param {string} dirName */
-async function storeSnapshot(key, parts, dirName) {
+ *  snapshot there (another build's, or another model's) but those whose name starts with `keep`.
+ *  Failure is harmless (the next start is a normal one), so nothing waits for it.
+ *  @param {string} key @param {Uint8Array[]} parts @param {string} dirName @param {string|null} [keep] */
+async function storeSnapshot(key, parts, dirName, keep = null) {
   try {
     const name = `${key}.${checksumParts(parts)}`;
     const dir = await snapshotDir(dirName);
@@ -425,7 +433,8 @@ async function storeSnapshot(key, parts, dirName) {
     await partial.move(name);
     // Everything else goes: other builds' snapshots and partial files a closed tab left behind (one that
     // another tab is writing now fails to move, which only means that tab saved none).
-    for await (const old of dir.keys()) if (old !== name) await dir.removeEntry(old).catch(() => {});
+    const kept = (/** @type {string} */ old) => old === name || (keep !== null && old.startsWith(keep) && !old.startsWith(`${key}.`));
+    for await (const old of dir.keys()) if (!kept(old)) await dir.removeEntry(old).catch(() => {});
     await globalThis.caches?.delete(OLD_RUNTIME_CACHE);   // where earlier versions kept theirs
   } catch { /* quota, private mode: the next visit starts normally */ }
 }

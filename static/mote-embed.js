@@ -266,7 +266,7 @@
         for (const ev of this._early.splice(0)) this._route(ev);
         if (this._startError) { this._fail(this._startError); return; }
         this.worker.postMessage({ type: this.P.Req.LOAD, model: this.ref, ...(n_ctx ? { n_ctx } : {}), ...(layout ? { layout } : {}),
-                                  ...(modelSnapshot && this.workers === 1 ? { model_snapshot: true } : {}) });
+                                  ...(modelSnapshot ? { model_snapshot: true } : {}) });
       });
     }
 
@@ -584,9 +584,9 @@ button:disabled { opacity: .45; cursor: default; }
      * @param {string|{url: string, sha256?: string, size?: number, name?: string}} model
      * @param {{onProgress?: (p: any) => void, sha256?: string, size?: number, name?: string, n_ctx?: number,
      *          workers?: number, layout?: "packed"|"compact"|"int8", modelSnapshot?: boolean}} [opts]
-     *   modelSnapshot: on one worker, a later load of this model starts from a snapshot of the worker's
-     *   memory taken after this one (faster to be ready; costs storage and, while it is taken and read,
-     *   memory the size of the worker's heap: docs/EMBED.md)
+     *   modelSnapshot: a later load of this model starts from a snapshot of the worker's memory (on
+     *   several workers, of each one's) taken after this one (faster to be ready; costs storage and,
+     *   while it is taken and read, memory the size of the workers' heaps: docs/EMBED.md)
      */
     async load(model, opts = {}) {
       const resolving = resolveModel(model, opts);

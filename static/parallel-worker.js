@@ -21,7 +21,8 @@
  * address), so a sync costs one copy out, one postMessage with the buffer transferred, one copy in.
  * No SharedArrayBuffer, so no COOP/COEP headers are needed.
  */
-import { bootPython, growHeap, memory, relayGeneration } from "./boot.js";
+import { MODEL_SNAPSHOT_MAX_HEAP, bootPython, findModelSnapshot, growHeap, memory, modelSnapshotKey, relayGeneration,
+         restoreModelSnapshot, shardSnapshotKey, storeModelSnapshot } from "./boot.js";
 import { Ev, Peer, Req, Shard } from "./protocol.js";
 
 const BASE = new URL(".", import.meta.url);
@@ -52,13 +53,89 @@ const post = (msg) => self.postMessage(msg);
 
 // ---- boot (static/boot.js, as static/worker.js boots) ------------------------------------------------
 
-/** @param {boolean} saveSnapshot  take and store a runtime snapshot when none is saved (static/boot.js) */
-async function boot(saveSnapshot) {
+/**
+ * @param {boolean} saveSnapshot  take and store a runtime snapshot when none is saved (static/boot.js)
+ * @param {ShardSnapshotWish|null} want  LoadRequest.model_snapshot: start from this shard's snapshot
+ *   of that load where one is saved (then `model` in the reply), else boot so that one can be taken
+ */
+async function boot(saveSnapshot, want) {
   const t0 = performance.now();
-  const { py, mod, snapshot } = await bootPython(BASE, "engine.shard", undefined, undefined, { saveSnapshot });
+  if (want) {
+    index = want.index; nShards = want.n;
+    const started = await bootFromModelSnapshot(want).catch(() => null);
+    if (started) return { seconds: (performance.now() - t0) / 1000, snapshot: "model", ...(started.info ? { model: started } : {}) };
+  }
+  // Only a boot asked for with model_snapshot can be snapshotted with its model later (static/worker.js boot)
+  const { py, mod, snapshot, takeLater: take } = await bootPython(BASE, "engine.shard", undefined, undefined,
+                                                                  { saveSnapshot, snapshotLater: Boolean(want) });
   shardMod = mod;
   pyodide = py;
+  takeLater = take;
   return { seconds: (performance.now() - t0) / 1000, snapshot };
+}
+
+// ---- a snapshot taken with the shard loaded (static/boot.js; one worker's is static/worker.js's) -----
+//
+// LoadRequest.model_snapshot on several workers: after a load's build, before any generation, every
+// shard saves its memory under its own key (the load's, plus its index: shardSnapshotKey); a later
+// load of the same model with the same context length, layout, split and worker count starts each
+// shard from its file (ParallelWorker.load uses them only when every shard did). Measured:
+// docs/bench/startup-2026-12-04.md (2026-12-07, shards).
+
+/** @typedef {{sha256: string, size: number, n_ctx: number|null, layout: string|null, split: boolean, n: number, index: number}} ShardSnapshotWish */
+
+/** @type {(() => [Uint8Array, Uint8Array])|null} */ let takeLater = null;   // this instance's snapshot, now
+
+/** The load's key (shared by its shards) and this shard's. @param {ShardSnapshotWish} want */
+async function shardKeys(want) {
+  const group = await modelSnapshotKey(BASE, [want.sha256, String(want.size), String(want.n_ctx ?? ""), String(want.layout ?? ""),
+                                              String(deviceMemory() ?? ""), `split ${want.split}`, `${want.n} workers`]);
+  return group === null ? null : { group, key: shardSnapshotKey(group, want.index) };
+}
+
+/** Python started from this shard's saved snapshot of `want`'s load: {info, memory, snapshot_read},
+ *  info null where it holds no shard of that load (freed: a normal load follows in this Python); null
+ *  where none is saved or it did not restore (then it is deleted). @param {ShardSnapshotWish} want */
+async function bootFromModelSnapshot(want) {
+  const keys = await shardKeys(want);
+  const hit = keys && await findModelSnapshot(keys.key);
+  const got = hit && keys && await restoreModelSnapshot(BASE, keys.key, hit, "engine.shard", () => {});
+  if (!got) return null;
+  pyodide = got.py;
+  shardMod = got.mod;
+  takeLater = got.takeLater;
+  runner = shardMod.kept_runner() ?? null;
+  session = shardMod.kept_session() ?? null;
+  if (!runner || (want.index === 0) !== Boolean(session)) { forget(); return { info: null }; }
+  vocabStarts = runner.vocab_starts().toJs();
+  vocabSize = runner.vocab_size;
+  return { info: shardInfo(null), memory: memory(pyodide), snapshot_read: got.snapshotRead };
+}
+
+/** After a build, before any generation: this shard's memory, saved in the background under its key
+ *  for `want`'s load. @param {ShardSnapshotWish} want */
+function snapshot(want) {
+  if (!takeLater || !runner) return { taken: false };
+  const heap = memory(pyodide).wasm_bytes ?? Infinity;
+  const device = deviceMemory();       // every shard's heap is copied into JS memory at once when they are read back
+  if (heap > MODEL_SNAPSHOT_MAX_HEAP || (device !== null && 4 * heap * nShards > device * 2 ** 30)) return { taken: false };
+  shardMod.keep(runner, session);      // where the restored Python finds them (JS's handles do not survive)
+  let parts;
+  try {
+    parts = takeLater();
+  } catch (e) {
+    console.warn("model snapshot not taken:", e);
+    return { taken: false };
+  }
+  shardKeys(want).then((keys) => keys && storeModelSnapshot(keys.key, parts, keys.group)).catch(() => {});
+  return { taken: true };
+}
+
+/** Free the model a snapshot started this shard with (another load follows). */
+function forget() {
+  runner = null;
+  session = null;
+  shardMod?.drop_kept();
 }
 
 // ---- the file, streamed in by the coordinator -------------------------------------------------------
@@ -98,6 +175,7 @@ function drop() {
  */
 function header(msg) {
   drop();
+  shardMod.drop_kept();                                  // a model kept for a snapshot goes with the load that replaces it
   loadStart = performance.now();
   loadStats.write_ms = 0; loadStats.bytes = msg.prefix.byteLength;
   let prefix = pyodide.globals.get("bytearray")(msg.prefix.byteLength);
@@ -160,12 +238,17 @@ function build() {
   vocabStarts = runner.vocab_starts().toJs();
   vocabSize = runner.vocab_size;
   if (index === 0) session = loader.leader_session(runner.model.n_ctx);
-  const plan = runner.model.plan;
-  const info = { index, heads: plan.heads.toJs(), ffn: plan.ffn.toJs(), vocab: plan.vocab.toJs(),
-                 held_bytes: loader.held_bytes(), n_ctx: runner.model.n_ctx };
+  const info = shardInfo(loader.held_bytes());
   drop();
   return { info, seconds: (performance.now() - loadStart) / 1000, parse_seconds: (performance.now() - tParse) / 1000,
            write_seconds: loadStats.write_ms / 1000, received_bytes: loadStats.bytes };
+}
+
+/** What the ready event says of this shard. @param {number|null} held  bytes of the file it holds */
+function shardInfo(held) {
+  const plan = runner.model.plan;
+  return { index, heads: plan.heads.toJs(), ffn: plan.ffn.toJs(), vocab: plan.vocab.toJs(), held_bytes: held,
+           n_ctx: runner.model.n_ctx };
 }
 
 // ---- the exchange at sync points ------------------------------------------------------------------
@@ -310,7 +393,9 @@ self.addEventListener("message", async (event) => {
   const msg = event.data || {};
   try {
     switch (msg.type) {
-      case Shard.BOOT: post({ type: Shard.BOOTED, ...await boot(msg.save_snapshot !== false) }); break;
+      case Shard.BOOT: post({ type: Shard.BOOTED, ...await boot(msg.save_snapshot !== false, msg.model_snapshot ?? null) }); break;
+      case Shard.SNAPSHOT: post({ type: Shard.SNAPSHOTTED, ...snapshot(msg.model_snapshot) }); break;
+      case Shard.FORGET: forget(); break;
       case Shard.PORTS:
         index = msg.index; nShards = msg.n; transfer = msg.transfer !== false;
         peers = msg.ports;

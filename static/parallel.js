@@ -83,6 +83,8 @@ export class ParallelWorker extends EventTarget {
     /** @type {(() => void)[]} */ this.waiters = [];
     this.peakHeld = 0;                                   // most file bytes this thread held at once
     /** @type {any} */ this.budget = null;                 // shard 0's budget of the last load (engine/budget.py)
+    /** @type {any[]|null} */ this.fromSnapshot = null;    // per shard, the model a model snapshot started it with (boot)
+    /** @type {Promise<any>|null} */ this.snapshotting = null;   // the shards taking their model snapshots
   }
 
   set onmessage(fn) {
@@ -97,7 +99,11 @@ export class ParallelWorker extends EventTarget {
 
   /** @param {any} msg */
   postMessage(msg) {
-    if (msg?.type === Req.ABORT || msg?.type === Req.RESET) { this.workers[0]?.postMessage(msg); return; }
+    if (msg?.type === Req.ABORT || msg?.type === Req.RESET) {   // after a generate still waiting for the snapshots
+      if (this.snapshotting) this.snapshotting.then(() => this.workers[0]?.postMessage(msg));
+      else this.workers[0]?.postMessage(msg);
+      return;
+    }
     if (msg?.type === Req.PING) { this.ping(); return; }
     const run = msg?.type === Req.LOAD ? this.load(msg) : msg?.type === Req.GENERATE ? this.generate(msg) : null;
     run?.catch((e) => this.emit({ type: Ev.ERROR, id: msg.id, stage: e?.stage, message: String(e?.message || e),
@@ -112,8 +118,13 @@ export class ParallelWorker extends EventTarget {
     this.wakeUp();                                       // a load in progress fails
   }
 
-  /** Spawn the workers, boot Pyodide in each, connect every pair with a MessageChannel. */
-  async boot() {
+  /**
+   * Spawn the workers, boot Pyodide in each, connect every pair with a MessageChannel. With `want`
+   * (LoadRequest.model_snapshot), each starts from its saved snapshot of that load where it has one;
+   * this.fromSnapshot then holds, per shard, the model it started with (or null).
+   * @param {{sha256: string, size: number, n_ctx: number|null, layout: string|null, split: boolean}|null} [want]
+   */
+  async boot(want = null) {
     const t0 = performance.now();
     this.emit({ type: Ev.PROGRESS, stage: "runtime", phase: "start", workers: this.n });
     this.workers = Array.from({ length: this.n }, (_, i) => moduleWorker(WORKER_URL, `mote shard ${i}`));
@@ -124,11 +135,12 @@ export class ParallelWorker extends EventTarget {
     // Only the first shard saves a runtime snapshot (they are the same); every shard starts from it later.
     const booted = await Promise.all(this.workers.map((w, i) => {
       const p = next(w, Shard.BOOTED);
-      w.postMessage({ type: Shard.BOOT, save_snapshot: i === 0 });
+      w.postMessage({ type: Shard.BOOT, save_snapshot: i === 0, ...(want ? { model_snapshot: { ...want, n: this.n, index: i } } : {}) });
       return p;
     }));
     this.timings.runtime = (performance.now() - t0) / 1000;
     this.timings.boot_per_worker = Math.max(...booted.map((b) => b.seconds));
+    this.fromSnapshot = booted.map((b) => b.model ?? null);
     /** @type {(MessagePort|null)[][]} */
     const ports = this.workers.map(() => this.workers.map(() => null));
     for (let i = 0; i < this.n; i++) {
@@ -338,15 +350,20 @@ export class ParallelWorker extends EventTarget {
 
   /** @param {import("./protocol.js").LoadRequest} msg */
   async load(msg) {
-    this.booting = this.booting || this.boot();
     const model = msg.model;
     // The first load reads a cached copy at once: its chunks are read and checked while the workers
     // boot, and its first bytes wait for them at the header (shardSink). Without one, the model goes
     // into the Cache API while they boot (prefetch), and is read from there once they are up.
     const first = Boolean(model) && !this.booted && !this.loading;
+    // model_snapshot: the shards start from their saved snapshots of this load where all have one
+    // (the boot must be this load's), and save them after it otherwise
+    const snap = model && msg.model_snapshot === true
+      ? { sha256: model.sha256, size: model.size, n_ctx: msg.n_ctx ?? null, layout: msg.layout ?? null, split: this.splitAttention }
+      : null;
+    this.booting = this.booting || this.boot(first ? snap : null);
     const early = first ? this.prefetch(/** @type {any} */ (model)) : null;
     if (first) this.loading = true;
-    const reading = first ? this.readWeights(msg, true) : null;
+    const reading = first && !snap ? this.readWeights(msg, true) : null;
     reading?.catch(() => {});                            // awaited below, after the boot
     let ours = first;                                    // this call set this.loading
     try {
@@ -360,6 +377,10 @@ export class ParallelWorker extends EventTarget {
       }
       const downloaded = fetched?.result === "stored";   // prefetched by this load: not "cached" for the page
       if (!model) { this.emit({ type: Ev.READY, info, timings: { ...this.timings } }); return; }
+      const restored = this.fromSnapshot;
+      this.fromSnapshot = null;
+      if (ours && snap && restored?.length && restored.every(Boolean)) { this.readyFromSnapshot(model, info, restored); return; }
+      if (restored?.some(Boolean)) for (const w of this.workers) w.postMessage({ type: Shard.FORGET });   // not all: load as usual
       if (!read) {
         if (!ours && this.loadedSha === model.sha256) {
           this.emit({ type: Ev.READY, info, model: { sha256: model.sha256, reused: true }, timings: { ...this.timings }, cached: true });
@@ -374,7 +395,7 @@ export class ParallelWorker extends EventTarget {
       if (read.t0 < bootEnd) this.timings.weights_early = (performance.now() - read.t0) / 1000;
       else delete this.timings.weights_early;
       if (read.hashWait !== null) this.timings.hash_wait = read.hashWait;
-      await this.build(model, info, read.cached && !downloaded);
+      await this.build(model, info, read.cached && !downloaded, snap);
     } catch (e) {
       if (ours) for (const w of this.workers) w.postMessage({ type: Shard.DROP });   // every worker frees its pieces
       throw e;
@@ -407,10 +428,12 @@ export class ParallelWorker extends EventTarget {
   }
 
   /**
-   * The verified bytes made into every worker's shard, then the ready event.
+   * The verified bytes made into every worker's shard, then the ready event. With `snap`, the shards
+   * take their model snapshots first (generate waits for them, so none holds a generation's state).
    * @param {import("./protocol.js").ModelRef} model @param {any} info @param {boolean} cached
+   * @param {{sha256: string, size: number, n_ctx: number|null, layout: string|null, split: boolean}|null} snap
    */
-  async build(model, info, cached) {
+  async build(model, info, cached, snap) {
     this.emit({ type: Ev.PROGRESS, stage: "weights", phase: "parse", loaded: model.size, total: model.size });
     const t1 = performance.now();
     let shards;
@@ -422,12 +445,36 @@ export class ParallelWorker extends EventTarget {
     this.timings.model = (performance.now() - t1) / 1000;
     this.timings.leader_write = shards[0].write_seconds;   // copying every block in + hashing it
     this.loadedSha = model.sha256;
-    const memory = { wasm_bytes: shards.reduce((s, x) => s + (x.memory.wasm_bytes || 0), 0), js_heap_bytes: null,
-                     peak_bytes: shards.reduce((s, x) => s + (x.memory.peak_bytes || 0), 0),
-                     per_worker: shards.map((x) => x.memory.wasm_bytes), per_worker_peak: shards.map((x) => x.memory.peak_bytes),
-                     coordinator_peak_bytes: this.peakHeld };
-    this.emit({ type: Ev.READY, info, cached, timings: { ...this.timings }, memory, budget: this.budget ?? null,
+    this.snapshotting = null;
+    if (snap) {
+      this.snapshotting = this.ask(Shard.SNAPSHOT, Shard.SNAPSHOTTED, (i) => [{ model_snapshot: { ...snap, n: this.n, index: i } }, []])
+        .catch(() => null);
+    }
+    this.emit({ type: Ev.READY, info, cached, timings: { ...this.timings }, memory: this.memoryOf(shards), budget: this.budget ?? null,
                 model: { sha256: model.sha256, workers: this.n, shards: shards.map((x) => x.info), n_ctx: shards[0].info.n_ctx } });
+  }
+
+  /**
+   * The ready event of a model every shard started with from its model snapshot (boot): no read, no build.
+   * @param {import("./protocol.js").ModelRef} model @param {any} info @param {any[]} restored  per shard {info, memory, snapshot_read}
+   */
+  readyFromSnapshot(model, info, restored) {
+    for (const k of ["weights", "weights_early", "hash", "hash_wait", "model", "leader_write"]) delete this.timings[k];
+    this.timings.snapshot_read = Math.max(...restored.map((r) => r.snapshot_read || 0));
+    this.snapshotting = null;
+    this.loadedSha = model.sha256;
+    this.peakHeld = 0;
+    this.emit({ type: Ev.READY, info: { ...info, runtime_snapshot: "model" }, cached: true, timings: { ...this.timings },
+                memory: this.memoryOf(restored), budget: null,
+                model: { sha256: model.sha256, workers: this.n, shards: restored.map((r) => r.info), n_ctx: restored[0].info.n_ctx } });
+  }
+
+  /** The ready event's memory: WASM summed over the shards, and each shard's. @param {{memory: any}[]} shards */
+  memoryOf(shards) {
+    return { wasm_bytes: shards.reduce((s, x) => s + (x.memory.wasm_bytes || 0), 0), js_heap_bytes: null,
+             peak_bytes: shards.reduce((s, x) => s + (x.memory.peak_bytes || 0), 0),
+             per_worker: shards.map((x) => x.memory.wasm_bytes), per_worker_peak: shards.map((x) => x.memory.peak_bytes),
+             coordinator_peak_bytes: this.peakHeld };
   }
 
   /**
@@ -449,6 +496,7 @@ export class ParallelWorker extends EventTarget {
   /** @param {import("./protocol.js").GenerateRequest} msg */
   async generate(msg) {
     if (!this.loadedSha) throw new Error("no model loaded: send a load request first");
+    if (this.snapshotting) await this.snapshotting;     // taken before any generation (and requests stay in order)
     this.workers[0].postMessage(msg);
   }
 

@@ -79,9 +79,9 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  *   layout: how workers hold block weights: "packed" (default; the file's own blocks, Q5_0 as int8
  *   values while the budget allows), "compact" (every type packed) or "int8" (int8 values + float32
  *   scales, ~2.2x a 4-bit file; for comparison benchmarks)
- *   model_snapshot: true: (one worker) start from a snapshot of Python's memory taken with this model
- *   loaded, if one is saved, else save one after this load (static/worker.js); a worker saves one
- *   only if the request that booted it asked for it too
+ *   model_snapshot: true: start from a snapshot of Python's memory taken with this model loaded, if
+ *   one is saved, else save one after this load (static/worker.js; on several workers one per shard,
+ *   static/parallel-worker.js); a worker saves one only if the request that booted it asked for it too
  *   self_check: also run engine.bridge.template_guard (the chat-template bounds in this runtime) and
  *   chat_check (Jinja2's version and a rendered conversation), reported in ready.info.template_guard,
  *   .jinja2 and .chat_check (the page's ?selfcheck; the browser smoke test)
@@ -118,8 +118,16 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
 
 /**
  * Coordinator <-> shard worker messages (field `type`). Requests, then the reply each gets:
- *   boot{save_snapshot} -> booted{seconds, snapshot}  Pyodide + numpy + the engine in the shard (snapshot:
- *                                         see boot.js; save_snapshot: false for all but the first shard)
+ *   boot{save_snapshot, model_snapshot} -> booted{seconds, snapshot, model?}  Pyodide + numpy + the engine in
+ *                                         the shard (snapshot: see boot.js; save_snapshot: false for all but the
+ *                                         first shard); model_snapshot {sha256, size, n_ctx, layout, split, n,
+ *                                         index}: start from this shard's saved model snapshot of that load
+ *                                         where there is one (then model: {info, memory}), else boot so that
+ *                                         one can be taken later
+ *   snapshot{model_snapshot} -> snapshotted{taken}  right after build, before any generation: this
+ *                                         shard's memory with its model, saved (taken: false where it is
+ *                                         too large, or the boot could not be snapshotted)
+ *   forget                                a model a snapshot started the shard with is freed (no reply)
  *   ports{index, n, ports, transfer}      a MessagePort to every other shard (no reply)
  *   header{prefix, size, n_ctx, split_attention, hash} -> header{more} | header{ranges} | header{refused}
  *   write{parts} -> wrote{n}              file bytes [start, ArrayBuffer] (flow control: the ack)
@@ -133,6 +141,7 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
 export const Shard = Object.freeze({
   BOOT: "boot", BOOTED: "booted", PORTS: "ports", HEADER: "header", WRITE: "write", WROTE: "wrote",
   DIGEST: "digest", BUILD: "build", LOADED: "loaded", DROP: "drop", DROPPED: "dropped", STATS: "stats",
+  SNAPSHOT: "snapshot", SNAPSHOTTED: "snapshotted", FORGET: "forget",
 });
 
 /**

@@ -713,6 +713,90 @@ def test_a_model_snapshot_is_a_later_load_without_reading_the_model(tab, site, g
     assert good["key"] == saved["key"] and good["checksum"] == good["bytes_checksum"], good
 
 
+def load_on_two_workers(page, file: str, golden: dict, extra: dict) -> dict:
+    """load_during_boot's figures for a fresh ParallelWorker of 2 shards (static/parallel.js), asked for
+    `file` at once and then for the golden chat. With model_snapshot, it is kept until both shards'
+    snapshots, saved in the background, are in OPFS (at most 30 s)."""
+    return page.evaluate("""async ([file, golden, extra]) => {
+        const m = window.moteApp.state.models.find((x) => x.file === file);
+        const model = { url: m.url, sha256: m.sha256, size: m.size, name: m.name, ...(m.chunks ? { chunks: m.chunks } : {}) };
+        const main = document.querySelector('script[src$="/main.js"]').src;
+        const { ParallelWorker } = await import(new URL('parallel.js', main));
+        const w = new ParallelWorker({ workers: 2 });
+        const began = Date.now();
+        const events = [];
+        const next = (want) => new Promise((resolve, reject) => {
+            w.onmessage = (e) => {
+                const d = e.data;
+                events.push({ type: d.type, stage: d.stage, phase: d.phase });
+                if (d.type === 'error') reject(new Error(d.message));
+                else if (d.type === want && (want !== 'ready' || d.model)) resolve(d);
+            };
+        });
+        try {
+            let got = next('ready');
+            w.postMessage({ type: 'load', model, ...extra });
+            const ready = await got;
+            got = next('done');
+            w.postMessage({ type: 'generate', id: 1, messages: golden.messages,
+                            params: { temperature: 0, max_tokens: golden.max_tokens } });
+            const done = await got;
+            const weights = events.filter((e) => e.type === 'progress' && e.stage === 'weights');
+            if (extra.model_snapshot && weights.length > 0) {   // loaded from the file: both shards save theirs
+                const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('mote-model', { create: true });
+                const saved = async () => {
+                    let n = 0;
+                    for await (const [name, h] of dir.entries())
+                        if (/-s[01]\\.[0-9a-f]{32}$/.test(name) && (await h.getFile()).lastModified >= began) n++;
+                    return n === 2;
+                };
+                for (const t0 = performance.now(); !(await saved()) && performance.now() - t0 < 30000; )
+                    await new Promise((r) => setTimeout(r, 100));
+            }
+            return { cached: ready.cached, timings: ready.timings, tokens: done.token_ids, snapshot: ready.info.runtime_snapshot,
+                     shards: ready.model.shards.map(({ held_bytes, ...rest }) => rest), phases: weights.map((e) => e.phase) };
+        } finally {
+            w.terminate();
+        }
+    }""", [file, golden, extra])
+
+
+def test_two_workers_start_from_their_shards_model_snapshots(tab, site, golden):
+    """LoadRequest.model_snapshot on 2 workers: after the load each shard saves a snapshot of its memory
+    (one file per shard, under one load's key), and the next ParallelWorker asked for that model starts
+    both shards from them: ready without reading the model, the same shards, the golden tokens. With
+    one shard's file gone, the other's is not used: the load reads the cached model, answers the golden
+    tokens and saves both again. A one-worker load never starts from a shard's file."""
+    page, _, _ = tab
+    open_page(page, site[0])
+    page.evaluate("async () => (await navigator.storage.getDirectory()).removeEntry('mote-model', { recursive: true })"
+                  ".catch(() => {})")
+    asked = {"model_snapshot": True}
+    first = load_on_two_workers(page, tg.FILE_NAME, golden, asked)
+    assert first["tokens"] == golden["tokens"] and first["snapshot"] != "model" and "cache" in first["phases"], first
+    saved = sorted(runtime_snapshots(page, "mote-model"), key=lambda f: f["key"])
+    assert [f["key"][-3:] for f in saved] == ["-s0", "-s1"] and saved[0]["key"][:-3] == saved[1]["key"][:-3], saved
+    assert all(f["checksum"] == f["bytes_checksum"] for f in saved), saved
+    again = load_on_two_workers(page, tg.FILE_NAME, golden, asked)
+    assert again["snapshot"] == "model" and again["cached"] is True and again["phases"] == [], again
+    assert "weights" not in again["timings"] and "model" not in again["timings"], again
+    assert again["shards"] == first["shards"] and again["tokens"] == golden["tokens"]
+
+    page.evaluate("""async (name) => (await (await navigator.storage.getDirectory()).getDirectoryHandle('mote-model'))
+                     .removeEntry(name)""", saved[1]["name"])
+    partial = load_on_two_workers(page, tg.FILE_NAME, golden, asked)
+    assert "cache" in partial["phases"] and "model" in partial["timings"], partial   # shard 0's model was freed
+    assert partial["tokens"] == golden["tokens"]
+    now = sorted(runtime_snapshots(page, "mote-model"), key=lambda f: f["key"])
+    assert [f["key"] for f in now] == [f["key"] for f in saved], now
+    assert all(f["checksum"] == f["bytes_checksum"] for f in now), now
+
+    one = load_during_boot(page, tg.FILE_NAME, golden, asked, boot_first=True)
+    assert one["snapshot"] != "model" and "cache" in one["phases"], one      # the shards' files are not one worker's
+    assert one["tokens"] == golden["tokens"]
+    page.evaluate("async () => (await navigator.storage.getDirectory()).removeEntry('mote-model', { recursive: true })")
+
+
 def test_a_worker_booted_before_its_model_is_named_starts_from_the_model_snapshot(tab, site, golden):
     """Mote.load with modelSnapshot boots its worker before it knows the model: the worker starts from
     the saved model snapshot at once, and the load that then names that model is ready with no weights

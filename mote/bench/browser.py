@@ -113,8 +113,9 @@ def add_browser_args(parser: argparse.ArgumentParser) -> None:
     add("--int8", action="store_true",
         help="with --browser: add a row per Mote row with the int8 weight layout (LoadRequest.layout), paired")
     add("--model-snapshot", action="store_true",
-        help="with --browser: add a row per one-worker Mote row that asks for a model snapshot (Mote.load "
-             "modelSnapshot; with --warm, its warm visit starts from it), paired")
+        help="with --browser: add a row per Mote row that asks for a model snapshot (Mote.load modelSnapshot; "
+             "LoadRequest.model_snapshot on N workers, one per shard; with --warm, its warm visit starts from "
+             "it), paired")
     add("--bench-prompt", action="append", default=None,
         help="prompt for every model (repeatable; default: two fixed prompts)")
     add("--out", default="bench-out", help="folder for bench.json, bench.md, bench.png (default bench-out)")
@@ -631,7 +632,8 @@ def _run(args) -> int:
                 motes = [("mote", None)] + [(f"mote ×{w} workers", w) for w in workers]
                 engines = ([(label, "mote", w, None) for label, w in motes]
                            + ([(f"{label} int8", "mote", w, "int8") for label, w in motes] if getattr(args, "int8", False) else [])
-                           + ([("mote, model snapshot", "mote", None, SNAPSHOT)] if getattr(args, "model_snapshot", False) else [])
+                           + ([(f"{label}, model snapshot", "mote", w, SNAPSHOT) for label, w in motes]
+                              if getattr(args, "model_snapshot", False) else [])
                            + [(c, c, None, None) for c in compare])
                 # Round robin: every engine's r-th run comes before any engine's (r+1)-th, so a shared
                 # machine's drift (load, neighbours, thermal state) falls on all engines alike, and the

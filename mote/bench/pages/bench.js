@@ -100,13 +100,13 @@ async function listed(url) {
  * The workers stay alive until the browser closes, so the JS heap is read with them, as for plain Mote.
  * @param {string} url @param {string[]} prompts @param {number} n @param {number|null} nCtx @param {number} workers
  */
-async function parallel(url, prompts, n, nCtx, workers, layout) {
+async function parallel(url, prompts, n, nCtx, workers, layout, options = {}) {
   const t0 = performance.now();
   const w = new ParallelWorker({ workers });
   const send = requester(w);
   try {
-    const ready = await send({ type: Req.LOAD, model: await listed(url), n_ctx: nCtx || undefined, layout: layout || undefined },
-                             Ev.READY);
+    const ready = await send({ type: Req.LOAD, model: await listed(url), n_ctx: nCtx || undefined, layout: layout || undefined,
+                               ...(options.model_snapshot ? { model_snapshot: true } : {}) }, Ev.READY);
     const readyS = (performance.now() - t0) / 1000;
     const t = ready.timings;
     const runs = [];
