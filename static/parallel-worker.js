@@ -3,7 +3,8 @@
  * One shard of a model decoded across several workers (module worker, created by static/parallel.js).
  * Its messages with the coordinator and with the other shards are protocol.js Shard and Peer:
  *
- *   boot              Pyodide + numpy + our wheels (static/boot.js, as static/worker.js boots)
+ *   boot              Pyodide + numpy + our wheels (static/boot.js, as static/worker.js boots); asked
+ *                     with a load's model_snapshot: from this shard's saved snapshot of it, if any
  *   ports             a MessagePort to every other shard (MessageChannels made by the coordinator)
  *   header            the file's first bytes: a longer prefix needed, or engine.shard.ShardLoader made
  *                     and the byte ranges this shard needs, or refused (the model cannot be split)
@@ -12,6 +13,8 @@
  *   digest            (shard 0) the sha256, which the coordinator compares with the expected one
  *   build             only after that check: the model from the pieces
  *   drop              a failed load: free the pieces
+ *   snapshot          after build, before any generation: this shard's memory saved (model_snapshot)
+ *   forget            free a model a snapshot started this shard with (another load follows)
  *   generate (shard 0, the leader): the generation loop; before each step it sends Peer.FORWARD to
  *                     every peer and runs its own shard
  *

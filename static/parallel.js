@@ -31,6 +31,8 @@
  *      engine/shard.py cannot split is refused at the header: an error event with unsplittable: true;
  *   4. forwards generate/abort to shard 0 (the leader: tokenizer, sampler, generation loop) and
  *      re-dispatches its token/done events.
+ * With LoadRequest.model_snapshot every shard saves a snapshot of its memory after the build, and a
+ * later ParallelWorker's load of the same model starts every shard from its own (parallel-worker.js).
  * The shard workers are started with protocol.js moduleWorker, so a page on another origin (the
  * embed script, docs/EMBED.md) can run this too.
  */
