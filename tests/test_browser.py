@@ -269,6 +269,7 @@ def site(tmp_path_factory, golden):
 
         def body():
             yield data[:cut]
+            time.sleep(0.5)                         # (those bytes reach the page first, however busy it is)
             raise ConnectionResetError("cut")       # the connection drops mid-body
         return StreamingResponse(body(), media_type=octet, headers={"Content-Length": str(len(data)), "ETag": etag})
 
