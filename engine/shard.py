@@ -403,6 +403,8 @@ def kept_session() -> "Session | None":
 def drop_kept() -> None:
     """Forget the kept model (a worker started from a snapshot of another load frees it)."""
     global _kept
+    if _kept is None:
+        return
     _kept = None
     import gc
 

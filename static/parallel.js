@@ -372,17 +372,18 @@ export class ParallelWorker extends EventTarget {
       const info = await this.booting;
       const bootEnd = performance.now();
       this.booted = true;
+      if (!model) { this.emit({ type: Ev.READY, info, timings: { ...this.timings } }); return; }
+      const restored = this.fromSnapshot;
+      this.fromSnapshot = null;
+      // every shard holds the model already: ready now (a download into the Cache API goes on behind)
+      if (ours && snap && restored?.length && restored.every(Boolean)) { this.readyFromSnapshot(model, info, restored); return; }
+      if (restored?.some(Boolean)) for (const w of this.workers) w.postMessage({ type: Shard.FORGET });   // not all: load as usual
       const fetched = early && await early;
       let read = reading && await reading;             // null: no cached copy (or a bad one, dropped)
       if (fetched?.error && !read) {                     // a bad download is this load's error
         throw Object.assign(new Error(String(/** @type {any} */ (fetched.error)?.message || fetched.error)), { stage: "weights" });
       }
       const downloaded = fetched?.result === "stored";   // prefetched by this load: not "cached" for the page
-      if (!model) { this.emit({ type: Ev.READY, info, timings: { ...this.timings } }); return; }
-      const restored = this.fromSnapshot;
-      this.fromSnapshot = null;
-      if (ours && snap && restored?.length && restored.every(Boolean)) { this.readyFromSnapshot(model, info, restored); return; }
-      if (restored?.some(Boolean)) for (const w of this.workers) w.postMessage({ type: Shard.FORGET });   // not all: load as usual
       if (!read) {
         if (!ours && this.loadedSha === model.sha256) {
           this.emit({ type: Ev.READY, info, model: { sha256: model.sha256, reused: true }, timings: { ...this.timings }, cached: true });
