@@ -860,8 +860,8 @@ def _short_string_run(mv, pos: int, end: int, out: np.ndarray) -> tuple[int, int
     cand = np.flatnonzero(looks)                                              # (m,)
     if len(cand) == 0 or cand[0] != 0:
         return 0, pos
-    nxt = cand + 8 + b[cand]                                                  # (k,) where each string ends
-    bad = np.flatnonzero(nxt[:-1] != cand[1:])                               # (m,)
+    nxt = cand + 8 + b[cand]                                                  # (m,) where each string ends
+    bad = np.flatnonzero(nxt[:-1] != cand[1:])                               # (<= m - 1,) where the chain breaks
     found = min(int(bad[0]) + 1 if len(bad) else len(cand), len(out))
     if nxt[found - 1] > w:                                                    # its last string runs out of the window
         found -= 1
