@@ -195,6 +195,22 @@ export const MODEL_SNAPSHOT_MAX_HEAP = 640 << 20;
  *  snapshot is ~52 MB); a larger one is not ours and is deleted unread. */
 const SNAPSHOT_MAX_BYTES = { [RUNTIME_DIR]: 512 << 20, [MODEL_SNAPSHOT_DIR]: MODEL_SNAPSHOT_MAX_HEAP + (128 << 20) };
 
+/** What a loaded model's memory depends on besides the build (the start of a model snapshot key's
+ *  parts): the file, the context length, the layout and the reported device memory (GB or null).
+ *  @param {{sha256: string, size: number}} model @param {number|null|undefined} nCtx
+ *  @param {string|null|undefined} layout @param {number|null} deviceGb */
+export const modelSnapshotParts = (model, nCtx, layout, deviceGb) =>
+  [model.sha256, String(model.size), String(nCtx ?? ""), String(layout ?? ""), String(deviceGb ?? "")];
+
+/** Whether `py`'s heap may be snapshotted with its model, `workers` such heaps being read back at once:
+ *  each at most MODEL_SNAPSHOT_MAX_HEAP, all of them at most a quarter of the reported device memory
+ *  (each is copied into JS memory for a moment when taken and when read back).
+ *  @param {any} py @param {number} workers @param {number|null} deviceGb */
+export function modelSnapshotFits(py, workers, deviceGb) {
+  const heap = memory(py).wasm_bytes ?? Infinity;
+  return heap <= MODEL_SNAPSHOT_MAX_HEAP && (deviceGb === null || 4 * heap * workers <= deviceGb * 2 ** 30);
+}
+
 /** The model snapshot's name for this build and `parts` (what the load depends on), or null where the
  *  origin has no private file system: "model-<build>-<build and parts>", so that a saved one can be
  *  told to be this build's before its model is named (findAnyModelSnapshot).

@@ -24,8 +24,8 @@
  * address), so a sync costs one copy out, one postMessage with the buffer transferred, one copy in.
  * No SharedArrayBuffer, so no COOP/COEP headers are needed.
  */
-import { MODEL_SNAPSHOT_MAX_HEAP, bootPython, findModelSnapshot, growHeap, memory, modelSnapshotKey, relayGeneration,
-         restoreModelSnapshot, shardSnapshotKey, storeModelSnapshot } from "./boot.js";
+import { bootPython, findModelSnapshot, growHeap, memory, modelSnapshotFits, modelSnapshotKey, modelSnapshotParts,
+         relayGeneration, restoreModelSnapshot, shardSnapshotKey, storeModelSnapshot } from "./boot.js";
 import { Ev, Peer, Req, Shard } from "./protocol.js";
 
 const BASE = new URL(".", import.meta.url);
@@ -91,8 +91,8 @@ async function boot(saveSnapshot, want) {
 
 /** The load's key (shared by its shards) and this shard's. @param {ShardSnapshotWish} want */
 async function shardKeys(want) {
-  const group = await modelSnapshotKey(BASE, [want.sha256, String(want.size), String(want.n_ctx ?? ""), String(want.layout ?? ""),
-                                              String(deviceMemory() ?? ""), `split ${want.split}`, `${want.n} workers`]);
+  const group = await modelSnapshotKey(BASE, [...modelSnapshotParts(want, want.n_ctx, want.layout, deviceMemory()),
+                                              `split ${want.split}`, `${want.n} workers`]);
   return group === null ? null : { group, key: shardSnapshotKey(group, want.index) };
 }
 
@@ -119,9 +119,7 @@ async function bootFromModelSnapshot(want) {
  *  for `want`'s load. @param {ShardSnapshotWish} want */
 function snapshot(want) {
   if (!takeLater || !runner) return { taken: false };
-  const heap = memory(pyodide).wasm_bytes ?? Infinity;
-  const device = deviceMemory();       // every shard's heap is copied into JS memory at once when they are read back
-  if (heap > MODEL_SNAPSHOT_MAX_HEAP || (device !== null && 4 * heap * nShards > device * 2 ** 30)) return { taken: false };
+  if (!modelSnapshotFits(pyodide, nShards, deviceMemory())) return { taken: false };   // every shard's is read back at once
   shardMod.keep(runner, session);      // where the restored Python finds them (JS's handles do not survive)
   let parts;
   try {

@@ -19,7 +19,7 @@
  */
 import { Req, Ev, isMessage, moduleWorker } from "./protocol.js";
 import { chunkList, loadVerified, storeModel } from "./model-source.js";
-import { MODEL_SNAPSHOT_MAX_HEAP, bootPython, findAnyModelSnapshot, findModelSnapshot, growHeap, memory, modelSnapshotKey,
+import { bootPython, findAnyModelSnapshot, findModelSnapshot, growHeap, memory, modelSnapshotFits, modelSnapshotKey, modelSnapshotParts,
          relayGeneration, restoreModelSnapshot, storeModelSnapshot } from "./boot.js";
 
 const BASE = new URL(".", import.meta.url);            // .../static/
@@ -423,8 +423,7 @@ function wantsModelSnapshot(msg) {
 /** The snapshot's key: what the loaded state depends on besides the build.
  *  @param {import("./protocol.js").LoadRequest} msg @param {import("./protocol.js").ModelRef} model */
 function modelKey(msg, model) {
-  return modelSnapshotKey(BASE, [model.sha256, String(model.size), String(msg.n_ctx ?? ""), String(msg.layout ?? ""),
-                                 String(deviceMemory() ?? "")]);
+  return modelSnapshotKey(BASE, modelSnapshotParts(model, msg.n_ctx, msg.layout, deviceMemory()));
 }
 
 /**
@@ -500,9 +499,7 @@ async function bootFromAnyModelSnapshot() {
  *  @param {import("./protocol.js").ModelRef} model */
 function saveModelSnapshot(msg, model) {
   if (!takeLater || !wantsModelSnapshot(msg)) return;
-  const heap = memory(pyodide).wasm_bytes ?? Infinity;
-  const device = deviceMemory();
-  if (heap > MODEL_SNAPSHOT_MAX_HEAP || (device !== null && 4 * heap > device * 2 ** 30)) return;
+  if (!modelSnapshotFits(pyodide, 1, deviceMemory())) return;
   let parts;
   try {
     parts = takeLater();
