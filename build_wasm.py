@@ -14,13 +14,15 @@ Every input is pinned by a hash written below and checked every time it is used,
     this checkout's engine/ ............ mote_engine wheel, py3-none-any, numpy its only dependency
                                           (the runtime only: the CPython tools live in mote/)
     Pyodide itself (Node) .............. bytecode.zip: the numpy and engine modules a worker imports,
-                                          compiled to checked-hash .pyc files
+                                          compiled to checked-hash .pyc files; runtime.snapshot:
+                                          Python's memory with numpy and the engine imported
+                                          (scripts/build_snapshot.mjs), a first visit's start
 
 Output (git-ignored):
     static/pyodide/        pyodide.js .mjs .asm.js .asm.wasm, python_stdlib.zip, pyodide-lock.json,
                            and the numpy wheel (beside the lock, so Pyodide's loadPackage("numpy")
                            checks it against the lock's sha256 itself)
-    static/wheels/         mote_engine, jinja2, markupsafe wheels; bytecode.zip
+    static/wheels/         mote_engine, jinja2, markupsafe wheels; bytecode.zip; runtime.snapshot
     static/build-manifest.json   file names, sizes, sha256 for the worker and the service worker
 
 Downloads go to .cache/wasm/ through the registries' own clients (npm pack, pip download). The
@@ -51,6 +53,7 @@ from pathlib import Path
 # ---------------------------------------------------------------------------------------------
 PYODIDE_VERSION = "0.27.7"
 BYTECODE_ZIP = "bytecode.zip"  # static/wheels/: .pyc files for numpy and the engine (build_bytecode_zip)
+SNAPSHOT = "runtime.snapshot"  # static/wheels/: the runtime snapshot a worker starts from (build_snapshot)
 PYODIDE_NPM_INTEGRITY = (  # `npm view pyodide@0.27.7 dist.integrity`
     "sha512-RUSVJlhQdfWfgO9hVHCiXoG+nVZQRS5D9FzgpLJ/VcgGBLSAKoPL8kTiOikxbHQm1kRISeWUBdulEgO26qpSRA=="
 )
@@ -303,6 +306,31 @@ def build_bytecode_zip(runtime: Path, wheels: Path, dest_dir: Path) -> Path | No
     return write_zip(dest_dir / BYTECODE_ZIP, files)
 
 
+def build_snapshot(staged: Path, dest: Path) -> dict | None:
+    """The runtime snapshot a worker starts from (static/boot.js bootPython, format in
+    static/snapshot.js): Python's memory once numpy and the engine are imported, taken by this Pyodide
+    under Node (scripts/build_snapshot.mjs) with the staged build-manifest.json's wheels, so that a
+    first visit restores it instead of starting Python, loading numpy and importing (~4 s of a cold
+    Chromium start). Returns its manifest entry (with the 128-bit checksum the page checks), or None,
+    with a note, where Node is not on PATH: a first visit then starts Python itself and saves its own."""
+    node = shutil.which("node")
+    if node is None:
+        print("   (node not found: no runtime snapshot; a first visit starts Python itself)", flush=True)
+        return None
+    script = Path(__file__).resolve().parent / "scripts" / "build_snapshot.mjs"
+    try:
+        done = subprocess.run([node, str(script), str(staged), str(dest)], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise BuildError("taking the runtime snapshot with Pyodide in Node took over 300 s") from None
+    if done.returncode != 0 or not dest.is_file():
+        raise BuildError(f"taking the runtime snapshot with Pyodide in Node failed:\n{done.stderr[-2000:]}")
+    try:
+        checksum = json.loads(done.stdout.strip().splitlines()[-1])["checksum"]
+    except (IndexError, ValueError, KeyError):
+        raise BuildError(f"scripts/build_snapshot.mjs printed no checksum: {done.stdout[-500:]!r}") from None
+    return {**manifest_entry(dest, staged), "checksum": checksum}
+
+
 def build_markupsafe_wheel(sdist: Path, dest_dir: Path) -> Path:
     """Repack markupsafe's sdist as a pure wheel: its .py files, without _speedups.c.
 
@@ -443,10 +471,16 @@ def build(static: Path = STATIC_DIR, cache: Path = CACHE_DIR, pyodide_cdn: str |
             if entry["file"].endswith(BYTECODE_ZIP):
                 entry["extract_dir"] = "/"
         (staged / "build-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if pyodide_cdn is None:
+            print("5b. runtime snapshot (Pyodide in Node) ...", flush=True)
+            snapshot = build_snapshot(staged, wheels / SNAPSHOT)
+            if snapshot is not None:
+                manifest["snapshot"] = snapshot
+                (staged / "build-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
         print("6. swap into static/ ...", flush=True)
         swap_into(static, staged)
-    for entry in manifest["runtime"]["files"] + manifest["wheels"]:
+    for entry in manifest["runtime"]["files"] + manifest["wheels"] + [manifest.get("snapshot") or {}][:"snapshot" in manifest]:
         print(f"   {entry['file']:<60} {entry['size'] / 1e6:7.2f} MB  {entry['sha256'][:16]}")
     return manifest
 

@@ -32,21 +32,22 @@ export async function sha256Hex(data) {
  * @param {(py: any) => void} [beforeNumpy]  called once Python runs and our wheels are unpacked, before
  *   numpy loads: the standard-library parts of the engine (engine.buffer) can be used from then on. On a
  *   start that saves a snapshot, only once it is taken (after the import); on a restored one, at once.
- * @returns {Promise<{py: any, mod: any, snapshot: "restored"|"stored"|null, snapshotRead: number|null}>} the
+ * @returns {Promise<{py: any, mod: any, snapshot: "restored"|"stored"|"build"|null, snapshotRead: number|null}>} the
  *   Pyodide instance, the imported module (PyProxy), whether Python started from a saved snapshot
- *   ("restored") or saved one for the next start ("stored"; null: neither, e.g. no private file system), and the
- *   seconds of the runtime stage spent reading a saved snapshot (null: none was used)
+ *   ("restored"), from the build's (a first visit, "build": kept for the next start where it can be), or
+ *   saved one for the next start ("stored"; null: neither, e.g. no private file system), and the
+ *   seconds of the runtime stage spent reading a snapshot (null: none was used)
  * @param {{saveSnapshot?: boolean, snapshotLater?: boolean}} [options]  saveSnapshot: false starts normally
  *   without saving one when none is saved (another worker booting beside this one saves it);
  *   snapshotLater: the instance can be snapshotted again later (`takeLater`, e.g. with a model loaded)
- * @returns {Promise<{py: any, mod: any, snapshot: "restored"|"stored"|null, snapshotRead: number|null,
+ * @returns {Promise<{py: any, mod: any, snapshot: "restored"|"stored"|"build"|null, snapshotRead: number|null,
  *   takeLater: (() => [Uint8Array, Uint8Array])|null}>}  takeLater: static/snapshot.js takeSnapshotParts
  *   of the instance now, where snapshotLater was asked for and the origin has a private file system
  */
 export async function bootPython(base, module, onStage = () => {}, beforeNumpy = () => {}, { saveSnapshot = true, snapshotLater = false } = {}) {
   const { manifest, runtimeBase, key } = await build(base);
   const timed = stageTimer(onStage);
-  /** @type {"restored"|"stored"|null} */ let snapshot = null;
+  /** @type {"restored"|"stored"|"build"|null} */ let snapshot = null;
   const runtime0 = performance.now();
   const runtimeDone = () => onStage("runtime", "done", (performance.now() - runtime0) / 1000);
   onStage("runtime", "start");
@@ -54,14 +55,28 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
   const later = snapshotLater && key !== null;
   const hit = await findSnapshot(key, RUNTIME_DIR);
   const read = hit && await readSnapshot(/** @type {string} */ (key), hit, RUNTIME_DIR);
+  const then = (/** @type {any} */ py) => {
+    beforeNumpy(py);
+    return timed("engine", async () => py.pyimport(module));
+  };
   if (read) {
     // A later visit: Python, numpy and the engine as the first visit left them (static/snapshot.js).
-    const restored = await restore(loadPyodide, runtimeBase, read, later, onStage, runtimeDone, (py) => {
-      beforeNumpy(py);
-      return timed("engine", async () => py.pyimport(module));
-    });
+    const restored = await restore(loadPyodide, runtimeBase, read, later, onStage, runtimeDone, then);
     if (restored) return { ...restored, snapshot: "restored", snapshotRead: read.seconds };
     await dropSnapshot(key, RUNTIME_DIR);
+  }
+  // A first visit: the same, from the snapshot the build took (build_wasm.py), kept in OPFS for the
+  // next visit (read there in ~0.03 s, where the HTTP cache took 0.22-0.28 s for its 52 MB).
+  const entry = manifest.snapshot;
+  const shipped = entry ? await fetchSnapshot(new URL(entry.file, base), entry) : null;
+  if (shipped) {
+    const restored = await restore(loadPyodide, runtimeBase, shipped, later, onStage, runtimeDone, then);
+    if (restored) {
+      if (key !== null && saveSnapshot) {
+        storeSnapshot(key, [shipped.bytes], RUNTIME_DIR, null, entry.checksum).then(() => dropOtherBuildsModelSnapshots(base));
+      }
+      return { ...restored, snapshot: "build", snapshotRead: shipped.seconds };
+    }
   }
   // Our wheels' bytes are fetched and checked against the manifest while the runtime starts. (numpy
   // stays on loadPackage: unpacking its wheel like ours, so that only the 3 extension modules
@@ -317,13 +332,13 @@ async function verifiedBytes(url, entry) {
 // from the OS, or from the request's seed, when a generation starts).
 
 /** Standard-library modules that numpy and the engine import: imported before numpy loads. */
-const SNAPSHOT_IMPORTS = "ast, bisect, codecs, collections, collections.abc, contextvars, copy, ctypes, dataclasses, "
+export const SNAPSHOT_IMPORTS = "ast, bisect, codecs, collections, collections.abc, contextvars, copy, ctypes, dataclasses, "
   + "datetime, dis, enum, functools, hashlib, heapq, inspect, json, linecache, math, numbers, operator, os, pickle, "
   + "platform, re, struct, sys, textwrap, threading, time, token, tokenize, typing, unicodedata, weakref";
 
 /** Imported after `module`, before the snapshot is taken: what a generation imports on first use, and
  *  both kinds of worker's modules, so that static/worker.js and each shard start from one snapshot. */
-const SNAPSHOT_LATE_IMPORTS = "engine.bridge, engine.shard";
+export const SNAPSHOT_LATE_IMPORTS = "engine.bridge, engine.shard";
 
 /** The snapshot's name for this build and Mote server, or null where the origin has no private file
  *  system (e.g. an insecure origin). @param {any} manifest @param {string} runtimeBase @returns {Promise<string|null>} */
@@ -402,6 +417,42 @@ async function readFile(file, maxBytes) {
   return new Uint8Array(await blob.arrayBuffer());
 }
 
+/** The build's snapshot (build_wasm.py: taken under Node by scripts/build_snapshot.mjs), fetched: as
+ *  readSnapshot's result, its bytes checked against the manifest's size and checksum (the manifest
+ *  comes from the same server, so a cryptographic hash would add no trust; this finds a damaged or
+ *  cut-short copy). null when it cannot be fetched or is not the manifest's size: a normal start.
+ *  @param {URL} url @param {{size: number, checksum: string}} entry */
+async function fetchSnapshot(url, entry) {
+  const t0 = performance.now();
+  let bytes;
+  try { bytes = await fetchExactly(url, entry.size); } catch { return null; }
+  const seconds = (performance.now() - t0) / 1000;
+  const checked = Promise.resolve().then(() => {
+    if (checksumParts([bytes]) !== entry.checksum) throw new Error("snapshot: checksum mismatch");
+    return parseSnapshot(bytes);
+  });
+  return { seconds, checked, bytes };
+}
+
+/** The body at `url`, which must be `size` bytes: read into one buffer of that size, and refused as
+ *  soon as it runs longer or ends shorter. @param {URL} url @param {number} size @returns {Promise<Uint8Array>} */
+async function fetchExactly(url, size) {
+  const r = await fetch(url);
+  if (!r.ok || !r.body) throw new Error(`${url}: HTTP ${r.status}`);
+  const out = new Uint8Array(size);
+  const reader = r.body.getReader();
+  let at = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (at + value.length > size) { reader.cancel(); throw new Error(`${url}: longer than ${size} bytes`); }
+    out.set(value, at);
+    at += value.length;
+  }
+  if (at !== size) throw new Error(`${url}: ${at} of ${size} bytes`);
+  return out;
+}
+
 /** Write `bytes` as the whole of `file`, in static/file-writer.js (a worker of its own) where one can
  *  start, else through a writable stream. The store runs beside a cold start's first answer, so it must
  *  neither hold this thread nor cost much CPU (measured on Atome, docs/bench/startup-opfs-2026-12-05/):
@@ -439,10 +490,11 @@ async function writeFile(file, parts) {
 /** Save `parts` (one file's bytes, end to end) under `key` in folder `dirName`, replacing any other
  *  snapshot there (another build's, or another model's) but those whose name starts with `keep`.
  *  Failure is harmless (the next start is a normal one), so nothing waits for it.
- *  @param {string} key @param {Uint8Array[]} parts @param {string} dirName @param {string|null} [keep] */
-async function storeSnapshot(key, parts, dirName, keep = null) {
+ *  @param {string} key @param {Uint8Array[]} parts @param {string} dirName @param {string|null} [keep]
+ *  @param {string|null} [sum]  the parts' checksum where it is already known */
+async function storeSnapshot(key, parts, dirName, keep = null, sum = null) {
   try {
-    const name = `${key}.${checksumParts(parts)}`;
+    const name = `${key}.${sum ?? checksumParts(parts)}`;
     const dir = await snapshotDir(dirName);
     const partial = await dir.getFileHandle(`${name}.partial-${Math.random().toString(16).slice(2)}`, { create: true });
     await writeFile(partial, parts);

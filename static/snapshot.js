@@ -206,6 +206,7 @@ export async function reattach(py, { meta, files }) {
     if (!made.has(dir)) { M.FS.mkdirTree(dir); made.add(dir); }
     M.FS.writeFile(path, data);
   }
+  countArgsOfThisRuntime(M);
   if (M.wasmTable.length > meta.tableBefore) throw new Error("snapshot: the function table is not as recorded");
   M.wasmTable.grow(meta.tableAfter - M.wasmTable.length);
   const needed = new Set(meta.libs.map((/** @type {any} */ l) => l.name));
@@ -243,6 +244,19 @@ export async function reattach(py, { meta, files }) {
   M.reportUndefinedSymbols();
   Object.assign(py.loadedPackages, meta.packages);
   return { libs: placed, tableBefore: meta.tableBefore };
+}
+
+/**
+ * Point CPython's call trampoline at this runtime's own argument-counting function again. Pyodide
+ * makes that function at start-up where the engine has WebAssembly GC (Chromium does, Node 20 does
+ * not: then none) and writes its table index into `_PyRuntime`, which the restored memory has just
+ * replaced with the value of the runtime that took the snapshot. Left as a snapshot from Node has it
+ * (0), every call of a C function from Python would go through JavaScript; left as one from another
+ * browser, it could name a slot this runtime never filled. @param {any} M
+ */
+function countArgsOfThisRuntime(M) {
+  const offset = M.HEAP32[M.__PyEM_EMSCRIPTEN_COUNT_ARGS_OFFSET >> 2];
+  M.HEAP32[(M.__PyRuntime + offset) >> 2] = M._PyEM_CountArgsPtr || 0;
 }
 
 /** "…/site-packages/numpy/_core/_multiarray_umath.cpython-312-wasm32-emscripten.so" -> "numpy._core._multiarray_umath"

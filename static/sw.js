@@ -48,6 +48,8 @@ async function precache(version) {
       for (const f of manifest.runtime.files) urls.push(new URL(f.file, base).pathname);
     }
     for (const f of manifest.wheels) urls.push(new URL(f.file, base).pathname);
+    // Not the build's runtime snapshot (manifest.snapshot, 52 MB): a visit keeps its own copy in OPFS,
+    // and without one a start from these files works offline too.
   } catch (e) {
     console.warn("sw: no build-manifest.json for", version, e);
   }

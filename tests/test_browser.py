@@ -355,7 +355,7 @@ def test_cold_load_shows_stages_and_licence(tab, site):
     stages = page.evaluate("() => [...new Set(window.__mote.events.filter((e) => e.type === 'progress').map((e) => e.stage))]")
     assert stages == ["runtime", "numpy", "engine", "weights"]
     assert {"download", "verify", "store", "parse"} <= set(ready["phases"])
-    assert ready["snapshot"] == "stored", ready             # Python's start saved for the next visit (boot.js)
+    assert ready["snapshot"] == "build", ready              # started from the build's snapshot, kept for the next visit
     assert page.evaluate("() => [...document.querySelectorAll('#stages li')].map((li) => li.className)") == ["done"] * 4
     detail = page.locator("#load-detail").inner_text()
     assert "loaded from the network" in detail
@@ -655,8 +655,8 @@ def damage_runtime_snapshot(page, how: str, folder: str = "mote-runtime") -> Non
 
 @pytest.mark.parametrize("how", ["flip", "rehash"])
 def test_a_damaged_runtime_snapshot_means_a_normal_start(tab, site, golden, how):
-    """A damaged snapshot is never restored: Python starts normally, answers the golden tokens, and a
-    good snapshot replaces the bad one."""
+    """A damaged saved snapshot is never restored: Python starts from the build's instead, answers the
+    golden tokens, and a good copy replaces the bad one."""
     page, _, _ = tab
     [saved] = runtime_snapshots(page)
     assert saved["checksum"] == saved["bytes_checksum"]
@@ -668,7 +668,7 @@ def test_a_damaged_runtime_snapshot_means_a_normal_start(tab, site, golden, how)
     }""", stale)
     open_page(page, site[0])
     ready = load_model(page, tg.FILE_NAME)
-    assert ready["type"] == "ready" and ready["snapshot"] == "stored", ready
+    assert ready["type"] == "ready" and ready["snapshot"] == "build", ready    # the build's, kept again
     assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
     deadline = time.monotonic() + 20                        # saved in the background: wait for it
     good = lambda files: len(files) == 1 and files[0]["checksum"] == files[0]["bytes_checksum"]
@@ -679,6 +679,36 @@ def test_a_damaged_runtime_snapshot_means_a_normal_start(tab, site, golden, how)
     while stale in (names := [f["name"] for f in runtime_snapshots(page, "mote-model")]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert stale not in names, names
+
+
+@pytest.mark.parametrize("how", ["flip", "short", "missing"])
+def test_a_bad_build_snapshot_means_a_normal_start(browser, site, golden, how):
+    """The build's runtime snapshot damaged on the way (a byte changed, cut short, not found): a first
+    visit never starts from it. Python starts normally, saves a snapshot of its own for the next visit
+    and answers the golden tokens."""
+    context = browser.new_context(viewport=PHONE, service_workers="block")
+    context.add_init_script(RECORDER)
+
+    def damaged(route):
+        if how == "missing":
+            route.fulfill(status=404, body="not found")
+            return
+        body = bytearray(route.fetch().body())
+        if how == "flip":
+            body[len(body) // 3] ^= 0x01
+        else:
+            del body[-4096:]
+        route.fulfill(status=200, body=bytes(body), headers={"content-type": "application/octet-stream"})
+
+    context.route("**/runtime.snapshot", damaged)
+    page = context.new_page()
+    try:
+        open_page(page, site[0])
+        ready = load_model(page, tg.FILE_NAME)
+        assert ready["type"] == "ready" and ready["snapshot"] == "stored", ready
+        assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("how", ["flip", "rehash"])

@@ -166,9 +166,12 @@ def test_full_build_from_cache(tmp_path, old_static):
     assert not (old_static / "wheels" / "old-0.1-py3-none-any.whl").exists()
     on_disk = json.loads((old_static / "build-manifest.json").read_text())
     assert on_disk == manifest
-    for entry in manifest["runtime"]["files"] + manifest["wheels"]:
+    for entry in manifest["runtime"]["files"] + manifest["wheels"] + [manifest["snapshot"]]:
         data = (old_static / entry["file"]).read_bytes()
         assert len(data) == entry["size"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
+    # the runtime snapshot a first visit starts from (tests/test_snapshot.py restores it and checks its checksum)
+    assert manifest["snapshot"]["file"] == f"wheels/{bw.SNAPSHOT}" and len(manifest["snapshot"]["checksum"]) == 32
+    assert f"wheels/{bw.SNAPSHOT}" not in {w["file"] for w in manifest["wheels"]}
     lock = json.loads((old_static / "pyodide" / "pyodide-lock.json").read_text())
     numpy = old_static / "pyodide" / lock["packages"]["numpy"]["file_name"]
     assert hashlib.sha256(numpy.read_bytes()).hexdigest() == lock["packages"]["numpy"]["sha256"]
@@ -201,8 +204,19 @@ def test_cdn_build_references_the_cdn_and_the_server_allows_it(tmp_path):
 
 
 def test_bytecode_without_node_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):
-    """No Node on PATH: no bytecode.zip (workers then compile at import), and the build says so."""
+    """No Node on PATH: no bytecode.zip (workers then compile at import) and no runtime snapshot (a
+    first visit starts Python itself), and the build says so."""
     monkeypatch.setattr(bw.shutil, "which", lambda name: None)
     assert bw.build_bytecode_zip(tmp_path, tmp_path, tmp_path) is None
     assert "node not found" in capsys.readouterr().out
     assert not (tmp_path / bw.BYTECODE_ZIP).exists()
+    assert bw.build_snapshot(tmp_path, tmp_path / bw.SNAPSHOT) is None
+    assert "no runtime snapshot" in capsys.readouterr().out
+    assert not (tmp_path / bw.SNAPSHOT).exists()
+
+
+def test_a_failed_snapshot_build_names_the_problem(tmp_path):
+    """scripts/build_snapshot.mjs failing (here: no build-manifest.json in the staged folder) stops the
+    build with Node's error, before anything is swapped into static/."""
+    with pytest.raises(bw.BuildError, match="runtime snapshot.*failed"):
+        bw.build_snapshot(tmp_path, tmp_path / bw.SNAPSHOT)

@@ -56,6 +56,25 @@ def test_a_restored_snapshot_answers_as_the_process_that_took_it(taken):
     assert restored["answer"] == took["answer"]
 
 
+def test_the_builds_snapshot_answers_as_a_snapshot_taken_here(taken):
+    """build_wasm.py's runtime snapshot (scripts/build_snapshot.mjs), with which a first visit starts:
+    the manifest names its size and checksum, and restored (numpy's modules placed where the build
+    recorded them) it answers the golden conversation as the snapshot taken by this test does."""
+    static, _, folder, golden, took = taken
+    entry = json.loads((static / "build-manifest.json").read_text())["snapshot"]
+    shipped = static / entry["file"]
+    assert shipped.stat().st_size == entry["size"]
+    got = subprocess.run([shutil.which("node"), "--input-type=module", "-e",
+                          "import fs from 'node:fs'; const { checksum } = await import(process.argv[1]);"
+                          "console.log(checksum(new Uint8Array(fs.readFileSync(process.argv[2]))));",
+                          str(ROOT / "static" / "snapshot.js"), str(shipped)], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0 and got.stdout.strip() == entry["checksum"], got.stderr[-2000:]
+    restored = run("restore", static, shipped, folder)
+    assert restored["imported"] is True
+    assert restored["answer"]["tokens"] == golden["tokens"]
+    assert restored["answer"] == took["answer"]
+
+
 def test_a_snapshot_taken_with_the_model_loaded_answers_without_loading_it(taken):
     """What static/worker.js does for a later load of the same model: an instance started from the
     runtime snapshot (and snapshottable again) loads the model, a snapshot of it is taken in two parts
