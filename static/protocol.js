@@ -101,7 +101,8 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  * @typedef {{type: "ready", info: Object, model?: Object, timings: Object<string, number>,
  *            cached?: boolean, memory?: MemoryStats}} ReadyEvent
  *   info.runtime_snapshot: "restored" (Python started from the runtime snapshot a first visit saved
- *   in the origin private file system, static/boot.js), "stored" (started normally and saved one),
+ *   in the origin private file system, static/boot.js), "build" (a first visit: started from the
+ *   build's snapshot, build_wasm.py, and kept it there), "stored" (started normally and saved one),
  *   "model" (started from a snapshot taken with a model loaded: this one's when the load had no
  *   weights stage; another's, freed before this load, otherwise), or null
  * @typedef {{type: "token", id: number, text: string, token_id: number, n: number}} TokenEvent
