@@ -420,9 +420,11 @@ async function readFile(file, maxBytes) {
 /** The build's snapshot (build_wasm.py: taken under Node by scripts/build_snapshot.mjs), fetched: as
  *  readSnapshot's result, its bytes checked against the manifest's size and checksum (the manifest
  *  comes from the same server, so a cryptographic hash would add no trust; this finds a damaged or
- *  cut-short copy). null when it cannot be fetched or is not the manifest's size: a normal start.
+ *  cut-short copy). null when it cannot be fetched or is not the manifest's size, or the manifest names
+ *  a size no snapshot of ours can have (the buffer is made before the body is read): a normal start.
  *  @param {URL} url @param {{size: number, checksum: string}} entry */
 async function fetchSnapshot(url, entry) {
+  if (!(Number.isSafeInteger(entry.size) && entry.size > 0 && entry.size <= SNAPSHOT_MAX_BYTES[RUNTIME_DIR])) return null;
   const t0 = performance.now();
   let bytes;
   try { bytes = await fetchExactly(url, entry.size); } catch { return null; }

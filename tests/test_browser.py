@@ -681,11 +681,12 @@ def test_a_damaged_runtime_snapshot_means_a_normal_start(tab, site, golden, how)
     assert stale not in names, names
 
 
-@pytest.mark.parametrize("how", ["flip", "short", "missing"])
+@pytest.mark.parametrize("how", ["flip", "short", "missing", "huge"])
 def test_a_bad_build_snapshot_means_a_normal_start(browser, site, golden, how):
-    """The build's runtime snapshot damaged on the way (a byte changed, cut short, not found): a first
-    visit never starts from it. Python starts normally, saves a snapshot of its own for the next visit
-    and answers the golden tokens."""
+    """The build's runtime snapshot damaged on the way (a byte changed, cut short, not found) or a
+    manifest that names an impossible size for it (1 TiB: no buffer is made): a first visit never
+    starts from it. Python starts normally, saves a snapshot of its own for the next visit and answers
+    the golden tokens."""
     context = browser.new_context(viewport=PHONE, service_workers="block")
     context.add_init_script(RECORDER)
 
@@ -700,7 +701,16 @@ def test_a_bad_build_snapshot_means_a_normal_start(browser, site, golden, how):
             del body[-4096:]
         route.fulfill(status=200, body=bytes(body), headers={"content-type": "application/octet-stream"})
 
-    context.route("**/runtime.snapshot", damaged)
+    def manifest(route):
+        response = route.fetch()
+        body = response.json()
+        body["snapshot"]["size"] = 1 << 40
+        route.fulfill(response=response, json=body)
+
+    if how == "huge":
+        context.route("**/build-manifest.json", manifest)
+    else:
+        context.route("**/runtime.snapshot", damaged)
     page = context.new_page()
     try:
         open_page(page, site[0])
