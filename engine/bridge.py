@@ -293,6 +293,59 @@ def reset() -> None:
         _session.forget()
 
 
+# ---- warming up: a small model's first answer at full speed --------------------------------------
+#
+# Chromium compiles WebAssembly lazily, first with its baseline compiler, and optimises a function
+# only once it has run a while (in the background). A load runs little of what a decode step runs, so
+# a small model's first answer after a load came at about half the speed of its second (Atome 944K:
+# 400-800 tok/s, then 1,000-1,400; with every function optimised up front, Chromium's
+# --no-liftoff --no-wasm-lazy-compilation, the first answer was as fast as the rest). The worker,
+# once idle after ready, decodes throwaway tokens for a few hundred milliseconds in short slices
+# (static/worker.js warmUp); any request stops it within a slice, and the session is left as a load
+# leaves it. Only for models whose step is short (a step is the most a request waits): larger models'
+# steps are long enough to be optimised within their first token.
+WARM_MAX_WEIGHTS = 16_000_000  # ~10 ms a decode step in Pyodide (0.7-0.9 ns per weight)
+WARM_PROMPT = "Once upon a time"
+WARM_TOKENS = 48  # per throwaway answer: greedy and sampled answers take turns
+
+_warm: Generation | None = None
+_warm_turn = 0
+
+
+def warm_up(budget_ms: float) -> bool:
+    """Decode throwaway tokens for about `budget_ms` (at least one step); False when there is
+    nothing to warm (no model, a conversation in the cache, a model too large to be worth it)."""
+    global _warm, _warm_turn
+    session = _session
+    if session is None or (_warm_turn == 0 and session._cached):
+        return False
+    if sum(t.n_elements for t in session.gguf.tensors.values()) > WARM_MAX_WEIGHTS:
+        return False
+    deadline = time.perf_counter() + budget_ms / 1000
+    while True:
+        if _warm is None:
+            params = {"max_tokens": WARM_TOKENS, **({"temperature": 0.0} if _warm_turn % 2 == 0 else {})}
+            _warm = session.start({"prompt": WARM_PROMPT, "params": params})
+            _warm_turn += 1
+        if _warm.step() is None:
+            _warm.close()
+            _warm = None
+            session.forget()
+        if time.perf_counter() >= deadline:
+            return True
+
+
+def end_warm_up() -> None:
+    """Drop the throwaway answer: the next request computes everything as after a load."""
+    global _warm, _warm_turn
+    if _warm is not None:
+        _warm.close()
+        _warm = None
+    if _warm_turn and _session is not None:
+        _session.forget()
+    _warm_turn = 0
+
+
 def start_generation(request: Any) -> "JsGeneration":
     """Begin answering `request` = {"messages": [...]} or {"prompt": str}, plus "params"."""
     if _session is None:

@@ -35,8 +35,8 @@ export const STAGES = Object.freeze(["runtime", "numpy", "engine", "weights"]);
 
 /**
  * Fields of the events Python's generation step() returns, by type (JSON: tests/test_protocol.py
- * reads this literal). The worker posts token and done with `id` added, done also with `memory`
- * (and, from several workers, `stats`); prefill is not posted.
+ * reads this literal). The worker posts token and done with `id` added, done also with `memory` and
+ * `warm_s` (and, from several workers, `stats`); prefill is not posted.
  *   text        newly printable text (done: the tail held back while a stop string could still match)
  *   full_text   the whole answer, stop strings cut
  *   n_prompt    the whole prompt's tokens; n_reused of them were already in the KV cache (the same
@@ -108,7 +108,9 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  * @typedef {{type: "token", id: number, text: string, token_id: number, n: number}} TokenEvent
  * @typedef {{type: "done", id: number, reason: "eos"|"stop"|"length"|"abort", text: string,
  *            full_text: string, n_prompt: number, n_reused: number, n_generated: number, prefill_tok_s: number,
- *            decode_tok_s: number, token_ids: number[], memory?: MemoryStats}} DoneEvent
+ *            decode_tok_s: number, token_ids: number[], memory?: MemoryStats, warm_s?: number|null}} DoneEvent
+ *   warm_s: seconds of the last warm-up this worker ran before this answer (static/worker.js warmUpWhenIdle),
+ *   null if none; one worker only
  * @typedef {{type: "error", id?: number, stage?: string, message: string, unsplittable?: boolean,
  *            fatal?: boolean}} ErrorEvent
  *   fatal: the worker's Python runtime is broken (e.g. out of memory): the page starts a fresh worker

@@ -20,7 +20,7 @@
 import { Req, Ev, isMessage, moduleWorker } from "./protocol.js";
 import { chunkList, loadVerified, storeModel } from "./model-source.js";
 import { bootPython, findAnyModelSnapshot, findModelSnapshot, growHeap, memory, modelSnapshotFits, modelSnapshotKey, modelSnapshotParts,
-         relayGeneration, restoreModelSnapshot, storeModelSnapshot } from "./boot.js";
+         relayGeneration, restoreModelSnapshot, storeModelSnapshot, yieldToEventLoop } from "./boot.js";
 
 const BASE = new URL(".", import.meta.url);            // .../static/
 /** @type {any} */ let pyodide = null;                  // the Pyodide instance, once booted
@@ -401,6 +401,7 @@ async function loadWeights(msg, model, info, downloaded = false, early = null) {
   loadedSha = model.sha256;
   post({ type: Ev.READY, info, model: modelInfo, cached: cached && !downloaded, timings: { ...timings }, memory: memory(pyodide), budget: sink.budget });
   saveModelSnapshot(msg, model);
+  warmUpWhenIdle();
 }
 
 // ---- a snapshot taken with the model loaded (static/boot.js) --------------------------------------
@@ -470,6 +471,7 @@ function readyFromSnapshot(model) {
   loadedSha = model.sha256;
   post({ type: Ev.READY, info, model: bridge.loaded_model(), cached: true, timings: { ...timings }, memory: memory(pyodide),
          budget: null });
+  warmUpWhenIdle();
 }
 
 /**
@@ -510,6 +512,48 @@ function saveModelSnapshot(msg, model) {
   modelKey(msg, model).then((key) => key && storeModelSnapshot(key, parts)).catch(() => {});
 }
 
+// ---- warming up once idle after ready (engine/bridge.py warm_up) ------------------------------------
+//
+// A small model's first answer after a load came at about half the speed of the next ones: Chromium
+// compiles WebAssembly with its baseline compiler first and optimises what runs often later. So once
+// the worker has been idle for WARM_DELAY_MS after ready, it decodes throwaway tokens for up to
+// WARM_MS, in slices of WARM_SLICE_MS; any request (load, generate, reset) stops it first, within a
+// slice. A request sent right after ready (a script, the benchmark) finds it not started and pays nothing.
+const WARM_DELAY_MS = 100;
+const WARM_MS = 600;
+const WARM_SLICE_MS = 8;
+/** @type {ReturnType<typeof setTimeout>|null} */ let warmTimer = null;
+/** @type {Promise<void>|null} */ let warming = null;
+let warmStop = false;
+/** @type {number|null} */ let warmedSeconds = null;   // the last warm-up's length, for the next done event
+
+function warmUpWhenIdle() {
+  if (warmTimer !== null || warming) return;
+  warmTimer = setTimeout(() => {
+    warmTimer = null;
+    warmStop = false;
+    warming = (async () => {
+      const t0 = performance.now();
+      try {
+        while (!warmStop && performance.now() - t0 < WARM_MS && bridge.warm_up(WARM_SLICE_MS)) await yieldToEventLoop();
+      } catch (e) {
+        console.warn("warm-up stopped:", e);
+      } finally {
+        try { bridge.end_warm_up(); } catch (e) { console.warn("warm-up not cleared:", e); }
+        warmedSeconds = (performance.now() - t0) / 1000;
+        warming = null;
+      }
+    })();
+  }, WARM_DELAY_MS);
+}
+
+/** Stop a warm-up that runs or waits: resolves once the session is as the load left it. */
+async function stopWarmUp() {
+  if (warmTimer !== null) { clearTimeout(warmTimer); warmTimer = null; }
+  warmStop = true;
+  if (warming) await warming;
+}
+
 /** @param {import("./protocol.js").GenerateRequest} msg */
 async function handleGenerate(msg) {
   if (!bridge || !loadedSha) throw new Error("no model loaded: send a load request first");
@@ -525,7 +569,7 @@ async function handleGenerate(msg) {
   }
   try {
     await relayGeneration({ id: msg.id, gen, post, aborted: () => abortRequested,
-                            doneExtra: () => ({ memory: memory(pyodide) }) });
+                            doneExtra: () => ({ memory: memory(pyodide), warm_s: warmedSeconds }) });
   } finally {
     gen.close();
     gen.destroy();
@@ -538,6 +582,7 @@ self.addEventListener("message", async (event) => {
   if (!isMessage(msg, [Req.LOAD, Req.GENERATE, Req.ABORT, Req.RESET, Req.PING])) return;
   if (msg.type === Req.PING) { post({ type: Ev.PONG }); return; }
   if (msg.type === Req.ABORT) { abortRequested = true; return; }
+  if (warmTimer !== null || warming) await stopWarmUp();
   if (msg.type === Req.RESET) { bridge?.reset(); return; }      // also during a generation: it records nothing
   try {
     if (msg.type === Req.LOAD) await handleLoad(/** @type {any} */ (msg));

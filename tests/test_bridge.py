@@ -255,3 +255,32 @@ def test_header_budget_of_a_filled_model_buffer(tmp_path, monkeypatch):
     half = bridge.ModelBuffer(len(data), hash=False)
     half.write(data[:40])
     assert bridge.header_budget(half, len(data)) is None              # not the whole header yet
+
+
+def test_a_warm_up_leaves_the_next_answer_as_a_load_leaves_it(tiny_bytes):
+    """The worker's warm-up once idle after ready (bridge.warm_up in slices, then end_warm_up, also
+    mid-answer): the first request then reuses nothing and answers with the reference's tokens."""
+    bridge.load_model(tiny_bytes)
+    for budget_ms in (0, 0, 5, 5, 50):        # single steps, then answers run to their end and start again
+        assert bridge.warm_up(budget_ms) is True
+    bridge.end_warm_up()
+    events = drive(bridge.start_generation({"prompt": "The cat", "params": GREEDY}))
+    assert events[-1]["n_reused"] == 0
+    assert [e["token_id"] for e in events if e["type"] == "token"] == reference_tokens(tiny_bytes, "The cat", 12)
+    bridge.end_warm_up()                        # with nothing warming: harmless, the conversation kept
+    follow = drive(bridge.start_generation({"prompt": "The cat" + events[-1]["full_text"] + " and",
+                                            "params": GREEDY}))
+    assert follow[-1]["n_reused"] > 0
+
+
+def test_no_warm_up_over_a_conversation_or_for_a_large_model(tiny_bytes, monkeypatch):
+    bridge.load_model(tiny_bytes)
+    drive(bridge.start_generation({"prompt": "The cat", "params": GREEDY}))
+    assert bridge.warm_up(5) is False           # the cache holds a conversation: it is left alone
+    bridge.end_warm_up()
+    bridge.reset()
+    monkeypatch.setattr(bridge, "WARM_MAX_WEIGHTS", 10)
+    assert bridge.warm_up(5) is False           # a model whose step is long warms within its first token
+    monkeypatch.undo()
+    assert bridge.warm_up(0) is True
+    bridge.end_warm_up()
