@@ -253,11 +253,13 @@ class _Prepared(NamedTuple):
 
     norm_w: np.ndarray  # (d,) f32
     norm_b: np.ndarray  # (d,) f32
-    fused: np.ndarray  # (dh+d+dh+3, d) f32 rows k | v | q | router: trits times their tensor's scale (q's also / sqrt(dh))
-    conv_rev: np.ndarray  # (kernel, d) f32 taps times the conv scale, reversed: row j taps h_{t-(K-1)+j}
-    conv_ring: np.ndarray  # (kernel, kernel, d) f32 the same taps: [t % K][r] is the tap for window row r at position t
+    fused: np.ndarray  # (2dh+d+3, d) f32 rows q | k | v | router: trits times their tensor's scale (q's also / sqrt(dh))
+    conv_rev: np.ndarray  # (kernel, d) f32 trits, reversed: row j taps h_{t-(K-1)+j}
+    conv_ring: np.ndarray  # (kernel, kernel, d) f32: [t % K][r] is the tap for window row r at position t
+    conv_scale: float
     decay: np.ndarray  # (d,) f32 tanh(ssm_a)
-    ssm_cb: np.ndarray  # (d,) f32 ssm_c * ssm_b: the input gain of the scaled state c * u
+    ssm_b: np.ndarray  # (d,) f32
+    ssm_c: np.ndarray  # (d,) f32
 
 
 class AtomeModel:
@@ -267,21 +269,12 @@ class AtomeModel:
     (or all of them). Several tokens go through `_chunk`, vectorised over the chunk; one token
     goes through `_step`, the decode kernel.
 
-    Speed notes (this class is the clever part of the module). A decode step of the 944K model
-    multiplies ~0.9M weights; in Pyodide that takes about as long as the ~25 small numpy calls
-    per layer around it, so the step is laid out to make few calls:
-    - per layer the four products of h (k, v, q, router) are fused into one (2*d_head + d + 3, d)
+    Speed notes (this class is the clever part of the module):
+    - per layer the four products of h (q, k, v, router) are fused into one (2*d_head + d + 3, d)
       f32 matrix of trits times their tensor's scale (each entry exactly -s, 0 or +s), so a layer
-      costs one f32 matrix-vector product (einsum in Pyodide). This float copy (3.4 MB for the 944K
-      model, against 0.24 MB packed) buys the decode speed: numpy would otherwise convert int8 -> f32
-      on every product. `reference_forward` is the ternary-only path it is tested against.
-    - the product is written straight into the cache: row p of a layer's (n_ctx, 2*d_head + d + 3)
-      cache is position p's k | v | q | router, so the keys and values are cached by the product
-      itself, and attention reads keys and values as column views of it.
-    - the SSM keeps c * u (which obeys the same recurrence with input gain c * b) and the conv taps
-      carry the conv's scale, so neither output needs scaling; with the attention's top-k value
-      rows gathered below them (`_rows`), the block's whole update x += r0 * local + r1 * state +
-      r2 * sparse is one (2 + top_k)-row product.
+      costs one f32 matrix-vector product (einsum in Pyodide). This float copy (3.4 MB for the 944K model,
+      against 0.24 MB packed) buys the decode speed: numpy would otherwise convert int8 -> f32 on
+      every product. `reference_forward` is the ternary-only path it is tested against.
     - `_step` allocates almost nothing: scratch vectors are made once and written with `out=`;
       the 3-way router and the top-k softmax run on Python floats, cheaper than numpy at n <= 4.
     - top-k uses argpartition (placing the k-th largest score and the one below it) and falls back
@@ -297,26 +290,26 @@ class AtomeModel:
         self.config = cfg = weights.config
         self.n_ctx = n_ctx
         d, dh = cfg.d_model, cfg.d_head
-        # columns of a cache row (the fused product's output)
-        self._k, self._v = slice(0, dh), slice(dh, dh + d)
-        self._q, self._r = slice(dh + d, 2 * dh + d), slice(2 * dh + d, 2 * dh + d + N_PATHWAYS)
-        self._width = 2 * dh + d + N_PATHWAYS
+        # slices of the fused projection output
+        self._q, self._k = slice(0, dh), slice(dh, 2 * dh)
+        self._v, self._r = slice(2 * dh, 2 * dh + d), slice(2 * dh + d, 2 * dh + d + N_PATHWAYS)
         self._layers = []
         for L in weights.layers:
-            mats = (L.attn_k, L.attn_v, L.attn_q, L.router)
+            mats = (L.attn_q, L.attn_k, L.attn_v, L.router)
             row_scale = np.concatenate([np.full(m.trits.shape[0], m.scale, np.float32) for m in mats])
             row_scale[self._q] *= np.float32(1.0 / math.sqrt(dh))  # attention score scale
             fused = np.concatenate([m.trits for m in mats]).astype(np.float32) * row_scale[:, None]
-            conv_scale = np.float32(L.conv.scale)
             self._layers.append(
                 _Prepared(
                     norm_w=L.norm_w,
                     norm_b=L.norm_b,
                     fused=fused,
-                    conv_rev=L.conv.trits[::-1].astype(np.float32) * conv_scale,
-                    conv_ring=_ring_taps(L.conv.trits) * conv_scale,
+                    conv_rev=L.conv.trits[::-1].astype(np.float32),
+                    conv_ring=_ring_taps(L.conv.trits),
+                    conv_scale=float(L.conv.scale),
                     decay=np.tanh(L.ssm_a),
-                    ssm_cb=L.ssm_c * L.ssm_b,
+                    ssm_b=L.ssm_b,
+                    ssm_c=L.ssm_c,
                 )
             )
         self._embd = weights.token_embd.trits  # (vocab, d) int8, one row converted per token
@@ -326,6 +319,10 @@ class AtomeModel:
         self._x = np.empty(d, np.float32)  # (d,) residual
         self._h = np.empty(d, np.float32)  # (d,) normed
         self._tmp = np.empty(d, np.float32)  # (d,)
+        self._proj = np.empty(2 * dh + d + N_PATHWAYS, np.float32)  # (2dh+d+3,)
+        self._pq, self._pk, self._pv, self._pr = (self._proj[p] for p in (self._q, self._k, self._v, self._r))
+        self._paths = np.empty((N_PATHWAYS, d), np.float32)  # (3, d) local, state, sparse outputs
+        self._mix = np.empty(N_PATHWAYS, np.float32)  # (3,) router weights
         self._logits = np.empty(cfg.vocab_size, np.float32)  # (vocab,)
         self._cap = 0
         self.reset()
@@ -337,22 +334,20 @@ class AtomeModel:
         self.pos = 0
         # the last K normed h per layer, a ring: position p's row is p % K (rows of positions < 0 are 0)
         self._window = np.zeros((cfg.n_layers, cfg.kernel, cfg.d_model), np.float32)
-        # per layer, the rows the block's update mixes: local, the SSM state c * u (kept across
-        # tokens: row 1 is the layer's state), then the top-k value rows of the step's attention
-        self._rows = np.zeros((cfg.n_layers, 2 + cfg.top_k, cfg.d_model), np.float32)
+        self._ssm = np.zeros((cfg.n_layers, cfg.d_model), np.float32)  # (n_layers, d) SSM state u
         if self._cap == 0:
             self._grow(min(self.n_ctx, 256))
 
     def _grow(self, cap: int) -> None:
-        """Reallocate the cache for `cap` positions, keeping the first `pos` rows."""
+        """Reallocate the K/V cache for `cap` positions, keeping the first `pos` rows."""
         cfg = self.config
         self._scores = np.empty(cap, np.float32)  # (cap,) _step's attention scores
-        cache = np.zeros((cfg.n_layers, cap, self._width), np.float32)  # (n_layers, cap, k | v | q | router)
+        k_cache = np.zeros((cfg.n_layers, cap, cfg.d_head), np.float32)  # (n_layers, cap, d_head)
+        v_cache = np.zeros((cfg.n_layers, cap, cfg.d_model), np.float32)  # (n_layers, cap, d)
         if self._cap:
-            cache[:, : self.pos] = self._cache[:, : self.pos]
-        self._cache, self._cap = cache, cap
-        self._keys = [c[:, self._k] for c in cache]  # (cap, dh) views, per layer
-        self._values = [c[:, self._v] for c in cache]  # (cap, d) views, per layer
+            k_cache[:, : self.pos] = self._kc[:, : self.pos]
+            v_cache[:, : self.pos] = self._vc[:, : self.pos]
+        self._kc, self._vc, self._cap = k_cache, v_cache, cap
 
     # ---- forward ------------------------------------------------------------------------
     def forward(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
@@ -375,11 +370,9 @@ class AtomeModel:
         cfg, p0, n, K = self.config, self.pos, ids.size, self.config.kernel
         x = self._embd[ids].astype(np.float32) * self._embd_scale  # (n, d)
         future = np.arange(p0 + n)[None, :] > np.arange(p0, p0 + n)[:, None]  # (n, p0+n) keys after the query
-        for L, win, rows, cache, keys, values in zip(self._layers, self._window, self._rows, self._cache,
-                                                      self._keys, self._values):
+        for L, win, u, kc, vc in zip(self._layers, self._window, self._ssm, self._kc, self._vc):
             h = layernorm(x, L.norm_w, L.norm_b, cfg.norm_eps)  # (n, d)
-            proj = cache[p0 : p0 + n]  # (n, dh+d+dh+3): k and v are cached by writing them here
-            dense_matmul(h, L.fused, out=proj)
+            proj = dense_matmul(h, L.fused)  # (n, 2dh+d+3)
             r = softmax(proj[:, self._r])  # (n, 3)
 
             # local: the ring's rows for positions p0-K+1 .. p0-1, oldest first, then the chunk
@@ -387,21 +380,25 @@ class AtomeModel:
             local = np.zeros_like(h)  # (n, d)
             for j in range(K):
                 local += L.conv_rev[j] * hist[j : j + n]
+            local *= np.float32(L.conv_scale)
             win[:] = np.roll(hist[-K:], (p0 + n) % K, axis=0)
 
-            # state: s = c * u, sequential in t, carried over from the previous chunk
-            s, state = rows[1], np.empty_like(h)  # (d,), (n, d)
+            # state: sequential in t, u carried over from the previous chunk
+            state = np.empty_like(h)  # (n, d)
             for t in range(n):
-                s *= L.decay
-                s += L.ssm_cb * h[t]
-                state[t] = s
+                u *= L.decay
+                u += L.ssm_b * h[t]
+                state[t] = u
+            state *= L.ssm_c
 
-            # sparse: every query ranks the cached keys up to its own position
-            scores = proj[:, self._q] @ keys[: p0 + n].T  # (n, p0+n), 1/sqrt(dh) already in q
+            # sparse: cache k, v; every query ranks the cached keys up to its own position
+            kc[p0 : p0 + n] = proj[:, self._k]
+            vc[p0 : p0 + n] = proj[:, self._v]
+            scores = proj[:, self._q] @ kc[: p0 + n].T  # (n, p0+n), 1/sqrt(dh) already in q
             scores[future] = -np.inf
             keep = np.argsort(-scores, axis=1, kind="stable")[:, : cfg.top_k]  # (n, top_k) earliest on ties
             att = softmax(np.take_along_axis(scores, keep, axis=1))  # (n, top_k), -inf keys get 0
-            sparse = np.einsum("nk,nkd->nd", att, values[keep])  # (n, d)
+            sparse = np.einsum("nk,nkd->nd", att, vc[keep])  # (n, d)
 
             x = x + (r[:, 0:1] * local + r[:, 1:2] * state + r[:, 2:3] * sparse)  # (n, d)
         self.pos += n
@@ -412,54 +409,52 @@ class AtomeModel:
         """One token at position pos: the decode kernel. Returns the reused (vocab,) logits buffer."""
         cfg, t = self.config, self.pos
         n, top_k, eps, inv_d, ring = t + 1, cfg.top_k, cfg.norm_eps, 1.0 / cfg.d_model, t % cfg.kernel
-        x, h, tmp, scores = self._x, self._h, self._tmp, self._scores[:n]
-        cut = (n - top_k - 1, n - top_k)  # argpartition's places: the largest score left out, the smallest kept
-        kq, kr = self._q, self._r
+        x, h, tmp, proj, paths, mix = self._x, self._h, self._tmp, self._proj, self._paths, self._mix
+        pq, pk, pv, pr, scores = self._pq, self._pk, self._pv, self._pr, self._scores[:n]
         np.multiply(self._embd[token], self._embd_scale, out=x)  # (d,) embedding row
-        for L, win, rows, cache, keys, values in zip(self._layers, self._window, self._rows, self._cache,
-                                                      self._keys, self._values):
+        for L, win, u, kc, vc in zip(self._layers, self._window, self._ssm, self._kc, self._vc):
             _layer_norm_1d(x, L.norm_w, L.norm_b, eps, inv_d, h, tmp)
-            proj = cache[t]
-            dense_matvec(L.fused, h, out=proj)  # (dh+d+dh+3,) k | v | q | router, k and v now cached
+            dense_matvec(L.fused, h, out=proj)  # (2dh+d+3,) q | k | v | router
 
             # router: softmax of three logits
-            r0, r1, r2 = proj[kr].tolist()
+            r0, r1, r2 = pr.tolist()
             top = max(r0, r1, r2)
             e0, e1, e2 = math.exp(r0 - top), math.exp(r1 - top), math.exp(r2 - top)
             z = e0 + e1 + e2 + SOFTMAX_EPS
 
-            # local: h into the ring, each row weighted by its (scaled) tap at this position
+            # local: h into the ring, each row weighted by its tap at this position
             win[ring] = h
-            _einsum("kd,kd->d", L.conv_ring[ring], win, out=rows[0])
+            _einsum("kd,kd->d", L.conv_ring[ring], win, out=paths[0])
 
-            # state: s = c * u = tanh(a) * s + c * b * h
-            s = rows[1]
-            s *= L.decay
-            np.multiply(L.ssm_cb, h, out=tmp)
-            s += tmp
+            # state: u = tanh(a) * u + b * h ; out = c * u
+            u *= L.decay
+            np.multiply(L.ssm_b, h, out=tmp)
+            u += tmp
+            np.multiply(L.ssm_c, u, out=paths[1])
 
-            # sparse: score the n keys; softmax over the top-k, their value rows below local and state
-            _einsum("nd,d->n", keys[:n], proj[kq], out=scores)  # (n,)
+            # sparse: cache k, v; score the n keys; softmax over the top-k
+            kc[t] = pk
+            vc[t] = pv
+            _einsum("nd,d->n", kc[:n], pq, out=scores)  # (n,)
             if n <= top_k:
                 keep = slice(0, n)
-                sk = scores.tolist()
-            else:
-                top_idx = scores.argpartition(cut)[n - top_k - 1 :]  # (top_k + 1,) the cut's two first
-                sk = scores[top_idx].tolist()
-                keep = top_idx[1:]  # (top_k,) in no order
-                if sk[0] == sk[1]:  # tie at the cut: earliest wins
+                s = scores.tolist()
+            else:  # the largest score left out and the smallest kept, both put in place
+                order = scores.argpartition((n - top_k - 1, n - top_k))
+                keep = order[n - top_k :]  # (top_k,) in no order
+                s = scores[keep].tolist()
+                if scores[order[n - top_k - 1]] == scores[order[n - top_k]]:  # tie at the cut: earliest wins
                     keep = top_k_earliest(scores, top_k)
-                    sk = scores[keep].tolist()
-                else:
-                    del sk[0]
-            m = len(sk)
-            rows[2 : 2 + m] = values[keep]
-            top_s = max(sk)
-            e = [math.exp(v - top_s) for v in sk]
-            w2 = e2 / z / (sum(e) + SOFTMAX_EPS)
+                    s = scores[keep].tolist()
+            top_s = max(s)
+            e = [math.exp(v - top_s) for v in s]
+            _einsum("k,kd->d", np.array(e, np.float32), vc[keep], out=paths[2])  # (d,) unnormalised
 
-            # the block's update: router weights times local, state and the top-k values
-            np.matmul(np.array([e0 / z, e1 / z] + [w2 * v for v in e], np.float32), rows[: 2 + m], out=tmp)
+            # mix: router weights, with the conv scale and the attention normaliser folded in
+            mix[0] = e0 / z * L.conv_scale
+            mix[1] = e1 / z
+            mix[2] = e2 / z / (sum(e) + SOFTMAX_EPS)
+            _einsum("k,kd->d", mix, paths, out=tmp)  # (d,)
             x += tmp
         self.pos += 1
         _layer_norm_1d(x, self.weights.output_norm_w, self.weights.output_norm_b, eps, inv_d, h, tmp)
