@@ -248,6 +248,7 @@ def load_model(data: Any, n_ctx: int | None = None, layout: str | None = None) -
     """Parse and load GGUF bytes (a ModelBuffer, or a JS Uint8Array / bytes); returns info."""
     global _session
     policy = policy_for(layout)
+    _forget_warm_up()
     _session = None  # drop the previous model before building the next one (peak memory)
     global _header
     buffer = _buffer(data)
@@ -267,6 +268,7 @@ def drop_model() -> None:
     """Free the model in memory (a worker started from a snapshot of another model than the one it
     is then asked for frees it before that load reads anything)."""
     global _session
+    _forget_warm_up()
     _session = None
     gc.collect()
 
@@ -333,6 +335,12 @@ def warm_up(budget_ms: float) -> bool:
             session.forget()
         if time.perf_counter() >= deadline:
             return True
+
+
+def _forget_warm_up() -> None:
+    """A throwaway answer belongs to the session it was started on: a new or dropped model ends it."""
+    global _warm, _warm_turn
+    _warm, _warm_turn = None, 0
 
 
 def end_warm_up() -> None:

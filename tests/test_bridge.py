@@ -284,3 +284,32 @@ def test_no_warm_up_over_a_conversation_or_for_a_large_model(tiny_bytes, monkeyp
     monkeypatch.undo()
     assert bridge.warm_up(0) is True
     bridge.end_warm_up()
+
+
+def test_a_warm_up_ends_with_its_model(tiny_bytes, tmp_path):
+    """A load (or drop) while a throwaway answer is open: the next warm-up starts on the new model."""
+    bridge.load_model(tiny_bytes)
+    assert bridge.warm_up(0) is True            # an answer of the old model left open
+    other = tmp_path / "other.gguf"
+    write_tiny(other, "llama", seed=4)
+    bridge.load_model(other.read_bytes())
+    assert bridge.warm_up(0) is True
+    assert bridge._warm.session is bridge._session
+    bridge.end_warm_up()
+    events = drive(bridge.start_generation({"prompt": "The cat", "params": GREEDY}))
+    assert [e["token_id"] for e in events if e["type"] == "token"] == reference_tokens(other.read_bytes(), "The cat", 12)
+    bridge.drop_model()
+    assert bridge._warm is None and bridge.warm_up(5) is False
+
+
+def test_a_warm_up_that_ends_on_a_finished_answer_leaves_nothing_cached(tiny_bytes, monkeypatch):
+    """warm_up(0) runs one step per call: with 2-token answers the fourth call returns the done
+    event, and the session then records the throwaway answer; end_warm_up must forget it."""
+    monkeypatch.setattr(bridge, "WARM_TOKENS", 2)
+    bridge.load_model(tiny_bytes)
+    for _ in range(4):                          # prefill, token, token, done
+        assert bridge.warm_up(0) is True
+    bridge.end_warm_up()
+    events = drive(bridge.start_generation({"prompt": bridge.WARM_PROMPT, "params": GREEDY}))
+    assert events[-1]["n_reused"] == 0
+    assert [e["token_id"] for e in events if e["type"] == "token"] == reference_tokens(tiny_bytes, bridge.WARM_PROMPT, 12)
