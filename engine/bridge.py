@@ -303,7 +303,7 @@ def reset() -> None:
 # 400-800 tok/s, then 1,000-1,400; with every function optimised up front, Chromium's
 # --no-liftoff --no-wasm-lazy-compilation, the first answer was as fast as the rest). The worker,
 # once idle after ready, decodes throwaway tokens for a few hundred milliseconds in short slices
-# (static/worker.js warmUp); any request stops it within a slice, and the session is left as a load
+# (static/worker.js warmUpWhenIdle); any request stops it within a slice, and the session is left as a load
 # leaves it. Only for models whose step is short (a step is the most a request waits): larger models'
 # steps are long enough to be optimised within their first token.
 WARM_MAX_WEIGHTS = 16_000_000  # ~10 ms a decode step in Pyodide (0.7-0.9 ns per weight)
@@ -319,9 +319,10 @@ def warm_up(budget_ms: float) -> bool:
     nothing to warm (no model, a conversation in the cache, a model too large to be worth it)."""
     global _warm, _warm_turn
     session = _session
-    if session is None or (_warm_turn == 0 and session._cached):
+    if session is None:
         return False
-    if sum(t.n_elements for t in session.gguf.tensors.values()) > WARM_MAX_WEIGHTS:
+    if _warm_turn == 0 and (session._cached or
+                            sum(t.n_elements for t in session.gguf.tensors.values()) > WARM_MAX_WEIGHTS):
         return False
     deadline = time.perf_counter() + budget_ms / 1000
     while True:
