@@ -313,3 +313,18 @@ def test_a_warm_up_that_ends_on_a_finished_answer_leaves_nothing_cached(tiny_byt
     events = drive(bridge.start_generation({"prompt": bridge.WARM_PROMPT, "params": GREEDY}))
     assert events[-1]["n_reused"] == 0
     assert [e["token_id"] for e in events if e["type"] == "token"] == reference_tokens(tiny_bytes, bridge.WARM_PROMPT, 12)
+
+
+def test_a_warm_up_the_context_cannot_hold_raises_and_clears(tiny_bytes):
+    """The worker catches what warm_up raises (a console warning) and calls end_warm_up: nothing is
+    left open, and the model answers a request it can hold."""
+    tok = Tokenizer.from_metadata(GGUFFile(tiny_bytes).metadata)
+    n_ctx = len(tok.encode("a")) + 2
+    assert len(tok.encode(bridge.WARM_PROMPT)) >= n_ctx
+    bridge.load_model(tiny_bytes, n_ctx=n_ctx)
+    with pytest.raises(ValueError, match=f"context holds {n_ctx}"):
+        bridge.warm_up(5)
+    bridge.end_warm_up()
+    assert bridge._warm is None and bridge._warm_turn == 0
+    events = drive(bridge.start_generation({"prompt": "a", "params": {"temperature": 0, "max_tokens": 1}}))
+    assert events[-1]["type"] == "done" and events[-1]["n_reused"] == 0
