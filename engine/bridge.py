@@ -330,8 +330,7 @@ def warm_up(budget_ms: float) -> bool:
             params = {"max_tokens": WARM_TOKENS, **({"temperature": 0.0} if _warm_turn % 2 == 0 else {})}
             _warm = session.start({"prompt": WARM_PROMPT, "params": params})
             _warm_turn += 1
-        if _warm.step() is None:
-            _warm.close()
+        if _warm.step() is None:  # that answer is done (and recorded): forget it, start another
             _warm = None
             session.forget()
         if time.perf_counter() >= deadline:
