@@ -354,6 +354,20 @@ def end_warm_up() -> None:
     _warm_turn = 0
 
 
+OPENING_CHUNK = 8  # tokens of the chat template's opening prefilled per idle slice (prefill_opening)
+
+
+def prefill_opening() -> bool:
+    """Once idle after ready (static/worker.js, after the warm-up): the next OPENING_CHUNK tokens of
+    the chat template's opening into the KV cache (Session.prefill_opening), so that a new chat's
+    first answer prefills only what the user wrote (24 of the 37 tokens of a short question to
+    Qwen2.5-Coder). True while more is to come; False with nothing to do (no model, a conversation
+    in the cache, a warm-up's answer still open, no opening)."""
+    if _session is None or _warm is not None:
+        return False
+    return _session.prefill_opening(OPENING_CHUNK)
+
+
 def start_generation(request: Any) -> "JsGeneration":
     """Begin answering `request` = {"messages": [...]} or {"prompt": str}, plus "params"."""
     if _session is None:

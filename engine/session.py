@@ -87,6 +87,7 @@ class Session:
         self._cached: list[int] = []     # token ids whose keys/values sit in the model's KV cache
         self._conversation = 0           # bumped by forget(): a generation started before it records nothing
         self.draft_policy = DraftPolicy()  # prompt lookup's measured costs and acceptance, across requests
+        self._opening: list[int] | None = None  # opening(), once computed
 
     @classmethod
     def load(cls, buffer, n_ctx: int | None = None, policy: LoadPolicy = LoadPolicy(),
@@ -134,6 +135,40 @@ class Session:
         floor = self.model.cut_floor() if hasattr(self.model, "cut_floor") else 0
         return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos, rewind, floor), params)
 
+
+    def opening(self) -> list[int]:
+        """The tokens every new conversation through the chat template starts with, whatever the
+        user writes (the BOS, the template's default system prompt, the user turn's header): the
+        common prefix of two one-message conversations. [] for a model that cannot be cut back
+        to them (a recurrent one) or a template that fails on them."""
+        if self._opening is None:
+            self._opening = []
+            if getattr(self.model, "can_rewind", True) and hasattr(self.model, "forward"):
+                try:
+                    a, b = (chat_tokens(self.tokenizer, self.template, [{"role": "user", "content": c}]) for c in "12")
+                except Exception:  # a template this conversation does not suit: nothing to prefill
+                    return self._opening
+                n = 0
+                while n < min(len(a), len(b)) and a[n] == b[n]:
+                    n += 1
+                self._opening = a[:n] if n >= 2 else []
+        return self._opening
+
+    def prefill_opening(self, max_tokens: int) -> bool:
+        """Put up to `max_tokens` more of `opening()` into the KV cache, as a first request would,
+        while nothing else is in it; True while some of it is still to come. The next request
+        whose tokens start with it reuses it (`start`), so a new chat's first answer prefills only
+        what the user wrote. A conversation in the cache is never touched."""
+        opening = self.opening()
+        held = len(self._cached)
+        if not opening or self._cached != opening[:held] or held >= len(opening) or self.model.pos < held:
+            return False
+        if held == 0:
+            self.model.reset()
+        self.model.pos = held
+        self.model.forward(opening[held : held + max_tokens])
+        self._cached = opening[: self.model.pos]
+        return self.model.pos < len(opening)
 
     def forget(self) -> None:
         """A new conversation ("New chat"): the next request reuses nothing of the KV cache, also

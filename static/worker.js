@@ -519,6 +519,10 @@ function saveModelSnapshot(msg, model) {
 // the worker has been idle for WARM_DELAY_MS after ready, it decodes throwaway tokens for up to
 // WARM_MS, in slices of WARM_SLICE_MS; any request (load, generate, reset) stops it first, within a
 // slice. A request sent right after ready (a script, the benchmark) finds it not started and pays nothing.
+// Then, any model: the chat template's opening (BOS, default system prompt, the user turn's header)
+// goes into the KV cache a few tokens per slice (bridge.prefill_opening), so that a new chat's first
+// answer prefills only what the user wrote; a request arriving meanwhile waits for the slice, whose
+// tokens it then reuses.
 const WARM_DELAY_MS = 100;
 const WARM_MS = 600;
 const WARM_SLICE_MS = 8;
@@ -541,6 +545,12 @@ function warmUpWhenIdle() {
       } finally {
         try { bridge.end_warm_up(); } catch (e) { console.warn("warm-up not cleared:", e); }
         warmedSeconds = (performance.now() - t0) / 1000;
+      }
+      try {
+        while (!warmStop && bridge.prefill_opening()) await yieldToEventLoop();
+      } catch (e) {
+        console.warn("the chat template's opening was not prefilled:", e);
+      } finally {
         warming = null;
       }
     })();

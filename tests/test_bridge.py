@@ -328,3 +328,81 @@ def test_a_warm_up_the_context_cannot_hold_raises_and_clears(tiny_bytes):
     assert bridge._warm is None and bridge._warm_turn == 0
     events = drive(bridge.start_generation({"prompt": "a", "params": {"temperature": 0, "max_tokens": 1}}))
     assert events[-1]["type"] == "done" and events[-1]["n_reused"] == 0
+
+
+def chat_answer(messages: list[dict], data: bytes | None = None) -> list[dict]:
+    """A chat request's events on the loaded model (on a fresh load of `data` first, when given)."""
+    if data is not None:
+        bridge.load_model(data)
+    return drive(bridge.start_generation({"messages": messages, "params": GREEDY}))
+
+
+def tokens_of(events: list[dict]) -> list[int]:
+    return [e["token_id"] for e in events if e["type"] == "token"]
+
+
+def test_the_chat_templates_opening_prefilled_while_idle_is_reused_with_the_same_tokens(tiny_bytes):
+    """bridge.prefill_opening (the worker, once idle after ready): the template's opening goes into the
+    KV cache in slices; a new chat's first request then reuses all of it and answers with the tokens
+    of a load that prefilled nothing."""
+    question = [{"role": "user", "content": "Why is the sky blue?"}]
+    reference = chat_answer(question, tiny_bytes)
+    assert reference[-1]["n_reused"] == 0
+    bridge.load_model(tiny_bytes)
+    opening = bridge._session.opening()
+    assert len(opening) >= 2
+    slices = 0
+    while bridge.prefill_opening():
+        slices += 1
+    assert slices == -(-len(opening) // bridge.OPENING_CHUNK) - 1
+    assert bridge._session._cached == opening and bridge.prefill_opening() is False   # done: nothing more
+    events = chat_answer(question)
+    assert events[-1]["n_reused"] == len(opening)
+    assert tokens_of(events) == tokens_of(reference)
+    assert bridge.prefill_opening() is False    # a conversation in the cache is left alone
+
+
+def test_an_opening_cut_short_or_not_matching_still_answers_the_same(tiny_bytes, monkeypatch):
+    """A request arriving after one slice reuses what is there; a reset mid-way starts the opening
+    again; a system prompt of the page's own, or a raw prompt, reuses only what it shares with it."""
+    monkeypatch.setattr(bridge, "OPENING_CHUNK", 1)
+    question = [{"role": "user", "content": "Add two numbers."}]
+    with_system = [{"role": "system", "content": "Answer in French."}, *question]
+    reference, reference_system = chat_answer(question, tiny_bytes), chat_answer(with_system, tiny_bytes)
+
+    bridge.load_model(tiny_bytes)
+    assert bridge.prefill_opening() is True     # one token of several
+    events = chat_answer(question)
+    assert events[-1]["n_reused"] == 1 and tokens_of(events) == tokens_of(reference)
+
+    bridge.load_model(tiny_bytes)
+    bridge.prefill_opening(), bridge.prefill_opening()
+    bridge.reset()                              # "New chat" between two slices
+    while bridge.prefill_opening():
+        pass
+    events = chat_answer(question)
+    assert events[-1]["n_reused"] == len(bridge._session.opening()) and tokens_of(events) == tokens_of(reference)
+
+    bridge.load_model(tiny_bytes)
+    while bridge.prefill_opening():
+        pass
+    events = chat_answer(with_system)
+    assert events[-1]["n_reused"] <= len(bridge._session.opening())
+    assert tokens_of(events) == tokens_of(reference_system)
+
+    bridge.load_model(tiny_bytes)
+    while bridge.prefill_opening():
+        pass
+    events = drive(bridge.start_generation({"prompt": "The cat", "params": GREEDY}))   # no template: BOS shared
+    assert 0 < events[-1]["n_reused"] < len(bridge._session.opening())
+    assert tokens_of(events) == reference_tokens(tiny_bytes, "The cat", 12)
+
+
+def test_no_opening_to_prefill_beside_a_warm_up_or_without_a_model(tiny_bytes):
+    bridge.drop_model()
+    assert bridge.prefill_opening() is False
+    bridge.load_model(tiny_bytes)
+    assert bridge.warm_up(0) is True            # a throwaway answer is open: the opening waits for its end
+    assert bridge.prefill_opening() is False
+    bridge.end_warm_up()
+    assert bridge.prefill_opening() in (True, False) and bridge._session._cached == bridge._session.opening()[: len(bridge._session._cached)]

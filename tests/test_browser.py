@@ -371,6 +371,8 @@ def test_golden_greedy_tokens_in_page(tab, golden):
     assert done["reason"] == golden["reason"], logs
     assert done["warm_s"] > 0.3, done["warm_s"]   # it ran, and the answer after it is still the golden one
     assert done["n_prompt"] == len(golden["prompt_tokens"])
+    # the chat template's opening was prefilled once idle (bridge.prefill_opening): reused, same tokens
+    assert done["n_reused"] >= 2, done
     assert done["token_ids"] == golden["tokens"]
     assert done["full_text"] == golden["text"]
     assert page.locator(".msg.assistant .body").last.text_content() == rendered_text(page, golden["text"])
