@@ -154,21 +154,27 @@ class Session:
                 self._opening = a[:n] if n >= 2 else []
         return self._opening
 
-    def prefill_opening(self, max_tokens: int) -> bool:
-        """Put up to `max_tokens` more of `opening()` into the KV cache, as a first request would,
-        while nothing else is in it; True while some of it is still to come. The next request
-        whose tokens start with it reuses it (`start`), so a new chat's first answer prefills only
-        what the user wrote. A conversation in the cache is never touched."""
+    def opening_generation(self, max_tokens: int) -> "Generation | None":
+        """The prefill of up to `max_tokens` more of `opening()`, as a Generation that samples
+        nothing (a sharded leader's: its forward run by the shards, need/provide); its end records
+        what the KV cache then holds, as a request's does. None when there is nothing to do: all of
+        it is held, or the cache holds something else (a conversation is never touched)."""
         opening = self.opening()
         held = len(self._cached)
         if not opening or self._cached != opening[:held] or held >= len(opening) or self.model.pos < held:
+            return None
+        return Generation(self, opening[: held + max_tokens], held, SamplingParams(max_tokens=0, speculative=False))
+
+    def prefill_opening(self, max_tokens: int) -> bool:
+        """Put up to `max_tokens` more of `opening()` into the KV cache (`opening_generation`, run
+        here); True while some of it is still to come. The next request whose tokens start with it
+        reuses it (`start`), so a new chat's first answer prefills only what the user wrote."""
+        gen = self.opening_generation(max_tokens)
+        if gen is None:
             return False
-        if held == 0:
-            self.model.reset()
-        self.model.pos = held
-        self.model.forward(opening[held : held + max_tokens])
-        self._cached = opening[: self.model.pos]
-        return self.model.pos < len(opening)
+        while gen.step() is not None:
+            pass
+        return 0 < len(self._cached) < len(self.opening())
 
     def forget(self) -> None:
         """A new conversation ("New chat"): the next request reuses nothing of the KV cache, also

@@ -25,7 +25,7 @@
  * No SharedArrayBuffer, so no COOP/COEP headers are needed.
  */
 import { bootPython, findModelSnapshot, growHeap, memory, modelSnapshotFits, modelSnapshotKey, modelSnapshotParts,
-         relayGeneration, restoreModelSnapshot, shardSnapshotKey, storeModelSnapshot } from "./boot.js";
+         relayGeneration, restoreModelSnapshot, shardSnapshotKey, storeModelSnapshot, yieldToEventLoop } from "./boot.js";
 import { Ev, Peer, Req, Shard } from "./protocol.js";
 
 const BASE = new URL(".", import.meta.url);
@@ -388,6 +388,69 @@ async function generate(msg) {
   }
 }
 
+// ---- the chat template's opening, prefilled once idle (leader; engine/session.py opening_generation) --
+//
+// As static/worker.js does on one worker: once the coordinator says the load is over (Shard.OPENING,
+// sent after any model snapshots) and the leader has been idle for OPENING_DELAY_MS, the opening goes
+// through the shards OPENING_CHUNK tokens per forward, so that a new chat's first answer prefills only
+// what the user wrote. A generate waits for the forward in flight (its tokens then reused); the
+// coordinator stops it (OPENING_STOP) before a new load touches the shards.
+const OPENING_DELAY_MS = 100;
+const OPENING_CHUNK = 8;
+/** @type {ReturnType<typeof setTimeout>|null} */ let openingTimer = null;
+/** @type {Promise<void>|null} */ let opening = null;
+let openingStop = false;
+
+function openingWhenIdle() {
+  if (index !== 0 || !session || generating || openingTimer !== null || opening) return;
+  openingTimer = setTimeout(() => {
+    openingTimer = null;
+    openingStop = false;
+    opening = (async () => {
+      try {
+        while (!openingStop && !generating && session) {
+          const gen = session.opening_generation(OPENING_CHUNK);
+          if (!gen) break;
+          try { await prefillQuietly(gen); } finally { gen.close(); gen.destroy(); }
+          await yieldToEventLoop();
+        }
+      } catch (e) {
+        console.warn("the chat template's opening was not prefilled:", e);
+      } finally {
+        opening = null;
+      }
+    })();
+  }, OPENING_DELAY_MS);
+}
+
+/** Stop the opening's prefill, waiting for a forward in flight: resolves once the shards are idle. */
+async function stopOpening() {
+  if (openingTimer !== null) { clearTimeout(openingTimer); openingTimer = null; }
+  openingStop = true;
+  if (opening) await opening;
+}
+
+/** Run a generation that samples nothing (the opening's prefill) across the shards, posting nothing. @param {any} gen */
+async function prefillQuietly(gen) {
+  for (;;) {
+    const need = gen.need();
+    if (need !== undefined && need !== null) {
+      const [tokens, start, verify] = need.toJs();
+      need.destroy();
+      for (const j of peers.keys()) if (j !== index) /** @type {MessagePort} */ (peers[j]).postMessage({ t: Peer.FORWARD, tokens, start, verify, gen: generations });
+      await forward(tokens, start, verify);
+      const logits = runner.last_logits;
+      gen.provide(logits, runner.seconds);
+      logits.destroy();
+    }
+    const ev = gen.step();
+    if (ev === undefined || ev === null) return;
+    const type = ev.get("type");
+    ev.destroy();
+    if (type === Ev.DONE) return;
+  }
+}
+
 // ---- messages from the coordinator -----------------------------------------------------------------
 
 self.addEventListener("message", async (event) => {
@@ -408,10 +471,12 @@ self.addEventListener("message", async (event) => {
       case Shard.BUILD: post({ type: Shard.LOADED, ...build(), memory: memory(pyodide) }); break;
       case Shard.DROP: drop(); post({ type: Shard.DROPPED }); break;
       case Shard.STATS: post({ type: Shard.STATS, stats: { ...stats }, memory: memory(pyodide) }); break;
-      case Req.GENERATE: await generate(msg); break;
+      case Req.GENERATE: await stopOpening(); await generate(msg); break;
       case Req.ABORT: abortRequested = true; break;
       case Req.PING: post({ type: Ev.PONG }); break;
-      case Req.RESET: session?.forget(); break;          // also during a generation: it records nothing
+      case Req.RESET: session?.forget(); openingWhenIdle(); break;   // also during a generation: it records nothing
+      case Shard.OPENING: openingWhenIdle(); break;
+      case Shard.OPENING_STOP: await stopOpening(); post({ type: Shard.OPENING_STOPPED }); break;
       default: break;
     }
   } catch (e) {

@@ -391,6 +391,7 @@ export class ParallelWorker extends EventTarget {
         }
         if (!ours && this.loading) throw new Error("a model is already loading: wait for its ready or error event");
         this.loading = ours = true;
+        await this.stopOpening();                        // the leader's idle prefill, before the shards change
         read = /** @type {NonNullable<typeof read>} */ (await this.readWeights(msg, false));
       }
       // weights: what the read took after the boot; weights_early: all of a read begun during it
@@ -455,6 +456,24 @@ export class ParallelWorker extends EventTarget {
     }
     this.emit({ type: Ev.READY, info, cached, timings: { ...this.timings }, memory: this.memoryOf(shards), budget: this.budget ?? null,
                 model: { sha256: model.sha256, workers: this.n, shards: shards.map((x) => x.info), n_ctx: shards[0].info.n_ctx } });
+    this.openingWhenIdle();
+  }
+
+  /** Let the leader prefill the chat template's opening once idle (parallel-worker.js), after any
+   *  model snapshots (they must hold the shards' caches as the build left them). */
+  openingWhenIdle() {
+    const leader = this.workers[0];
+    const send = () => { if (this.workers[0] === leader) leader.postMessage({ type: Shard.OPENING }); };
+    if (this.snapshotting) this.snapshotting.then(send); else send();
+  }
+
+  /** Stop the leader's opening prefill and wait until its forward in flight is over. */
+  async stopOpening() {
+    const leader = this.workers[0];
+    if (!leader || !this.loadedSha) return;
+    const stopped = next(leader, Shard.OPENING_STOPPED);
+    leader.postMessage({ type: Shard.OPENING_STOP });
+    await stopped;
   }
 
   /**
@@ -470,6 +489,7 @@ export class ParallelWorker extends EventTarget {
     this.emit({ type: Ev.READY, info: { ...info, runtime_snapshot: "model" }, cached: true, timings: { ...this.timings },
                 memory: this.memoryOf(restored), budget: null,
                 model: { sha256: model.sha256, workers: this.n, shards: restored.map((r) => r.info), n_ctx: restored[0].info.n_ctx } });
+    this.openingWhenIdle();
   }
 
   /** The ready event's memory: WASM summed over the shards, and each shard's. @param {{memory: any}[]} shards */

@@ -145,6 +145,7 @@ export const Shard = Object.freeze({
   BOOT: "boot", BOOTED: "booted", PORTS: "ports", HEADER: "header", WRITE: "write", WROTE: "wrote",
   DIGEST: "digest", BUILD: "build", LOADED: "loaded", DROP: "drop", DROPPED: "dropped", STATS: "stats",
   SNAPSHOT: "snapshot", SNAPSHOTTED: "snapshotted", FORGET: "forget",
+  OPENING: "opening", OPENING_STOP: "opening_stop", OPENING_STOPPED: "opening_stopped",
 });
 
 /**

@@ -531,20 +531,23 @@ const WARM_SLICE_MS = 8;
 let warmStop = false;
 /** @type {number|null} */ let warmedSeconds = null;   // the last warm-up's length, for the next done event
 
-function warmUpWhenIdle() {
+/** @param {boolean} [decode]  false after a reset ("New chat"): the opening only, the code is warm */
+function warmUpWhenIdle(decode = true) {
   if (warmTimer !== null || warming) return;
   warmTimer = setTimeout(() => {
     warmTimer = null;
     warmStop = false;
     warming = (async () => {
       const t0 = performance.now();
-      try {
-        while (!warmStop && performance.now() - t0 < WARM_MS && bridge.warm_up(WARM_SLICE_MS)) await yieldToEventLoop();
-      } catch (e) {
-        console.warn("warm-up stopped:", e);
-      } finally {
-        try { bridge.end_warm_up(); } catch (e) { console.warn("warm-up not cleared:", e); }
-        warmedSeconds = (performance.now() - t0) / 1000;
+      if (decode) {
+        try {
+          while (!warmStop && performance.now() - t0 < WARM_MS && bridge.warm_up(WARM_SLICE_MS)) await yieldToEventLoop();
+        } catch (e) {
+          console.warn("warm-up stopped:", e);
+        } finally {
+          try { bridge.end_warm_up(); } catch (e) { console.warn("warm-up not cleared:", e); }
+          warmedSeconds = (performance.now() - t0) / 1000;
+        }
       }
       try {
         while (!warmStop && bridge.prefill_opening()) await yieldToEventLoop();
@@ -557,7 +560,8 @@ function warmUpWhenIdle() {
   }, WARM_DELAY_MS);
 }
 
-/** Stop a warm-up that runs or waits: resolves once the session is as the load left it. */
+/** Stop a warm-up that runs or waits: resolves once the session is as the load left it, but for
+ *  whatever of the chat template's opening is prefilled (a request reuses it). */
 async function stopWarmUp() {
   if (warmTimer !== null) { clearTimeout(warmTimer); warmTimer = null; }
   warmStop = true;
@@ -593,7 +597,7 @@ self.addEventListener("message", async (event) => {
   if (msg.type === Req.PING) { post({ type: Ev.PONG }); return; }
   if (msg.type === Req.ABORT) { abortRequested = true; return; }
   if (warmTimer !== null || warming) await stopWarmUp();
-  if (msg.type === Req.RESET) { bridge?.reset(); return; }      // also during a generation: it records nothing
+  if (msg.type === Req.RESET) { bridge?.reset(); if (!generating && loadedSha) warmUpWhenIdle(false); return; }      // also during a generation: it records nothing
   try {
     if (msg.type === Req.LOAD) await handleLoad(/** @type {any} */ (msg));
     else await handleGenerate(/** @type {any} */ (msg));

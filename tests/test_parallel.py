@@ -445,3 +445,77 @@ def test_parallel_load_streams_and_verifies(tiny, tmp_path):
             assert ("weights_early" in out["timings"]) is cached  # a cached copy is read while the workers boot
             assert 0 < out["coordinator_peak_bytes"] < size / 3   # the old coordinator held all of it
             assert page.evaluate(keys) == [sha]
+
+
+def _drive_sharded(gen, shards) -> list[dict]:
+    """A leader's generation, its forwards run by the shards in lockstep (as parallel-worker.js does)."""
+    events = []
+    while True:
+        need = gen.need()
+        if need is not None:
+            tokens, start, verify = need
+            for s in shards:
+                s.pos = start
+            gen.provide(shard.run_lockstep(shards, tokens, verify, verify), 1.0)
+        ev = gen.step()
+        if ev is None:
+            return events
+        events.append(ev)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_leader_prefills_the_chat_templates_opening_on_the_shards(tiny, arch):
+    """parallel-worker.js's idle prefill: Session.opening_generation over 2 shards, a few tokens per
+    forward, then a new chat's first request reuses all of it and answers with the tokens of one
+    model that prefilled nothing."""
+    path = tiny(arch, "Q8_0")
+    loaded = load(path, policy=BLOCKS)
+    question = {"messages": [{"role": "user", "content": "Why is the sky blue?"}], "params": {"temperature": 0, "max_tokens": 12}}
+    alone = Session(open_gguf(path), loaded.model)
+    want = [e["token_id"] for e in _drive_sharded(alone.start(question), []) if e["type"] == "token"]
+
+    shards = _shards_from_ranges(path, 2, policy=BLOCKS)
+    session = Session(open_gguf(path), LookaheadModel(shards[0].n_ctx))
+    opening = session.opening()
+    assert len(opening) >= 2
+    forwards = 0
+    while (gen := session.opening_generation(3)) is not None:
+        events = _drive_sharded(gen, shards)
+        assert [e["type"] for e in events] == ["forward", "prefill", "done"] and events[-1]["token_ids"] == []
+        forwards += 1
+    assert forwards == -(-len(opening) // 3) and session._cached == opening
+    events = _drive_sharded(session.start(question), shards)
+    assert events[-1]["n_reused"] == len(opening)
+    assert [e["token_id"] for e in events if e["type"] == "token"] == want
+    assert session.opening_generation(3) is None   # a conversation in the cache is left alone
+
+
+@pytest.mark.browser
+def test_two_workers_prefill_the_chat_templates_opening_once_idle(tiny, tmp_path):
+    """The embed API on 2 workers: idle after ready, the leader prefills the chat template's opening
+    on the shards (parallel-worker.js); the first chat then reuses all of it, with CPython's tokens.
+    After "New chat" (reset) it is prefilled again."""
+    path = tiny("gemma3", "Q8_0", True, d=128, d_ff=256, n_layers=3)
+    request = {"messages": [{"role": "user", "content": "Hello, parallel world"}], "params": {"temperature": 0, "max_tokens": 12}}
+    alone = Session(open_gguf(path), load(path).model)
+    want = [e["token_id"] for e in _drive_sharded(alone.start(request), []) if e["type"] == "token"]
+    n_opening = len(alone.opening())
+    assert n_opening >= 2
+    with _parallel_page(path, tmp_path, "tiny.gguf") as page:
+        page.wait_for_function("() => window.Mote !== undefined", timeout=30_000)
+        out = page.evaluate("""async ([url, request]) => {
+            const m = await Mote.load(url, { workers: 2 });
+            const idle = () => new Promise((r) => setTimeout(r, 1500));
+            const answer = async () => {
+                for await (const ev of m.events({ messages: request.messages }, request.params)) {}
+                return { n_reused: m.last.n_reused, token_ids: m.last.token_ids };
+            };
+            await idle();
+            const first = await answer();
+            m.worker.postMessage({ type: "reset" });   // the chat page's "New chat"
+            await idle();
+            return [first, await answer()];
+        }""", [f"{page.url.split('/__bench__')[0]}/models/tiny.gguf", request])
+    for done in out:
+        assert done["n_reused"] == n_opening, out
+        assert done["token_ids"] == want
