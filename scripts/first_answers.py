@@ -29,15 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ("Once upon a time, there was a little", "The dog ran to the park and")
 
-# Runs in the checkout under test (its own bench server and static/): one cold and one warm visit.
-VISIT = r"""
-import json, os, sys, tempfile
-from pathlib import Path
-checkout, model, pause, n, prompts = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
-sys.path.insert(0, checkout)
-import mote.bench.browser as B
-from playwright.sync_api import sync_playwright
-JS = '''async ([url, pause, n, prompts]) => {
+# The first answers of a visit: Mote.load on one worker, the pause, then the prompts one after the other.
+JS = """async ([url, pause, n, prompts]) => {
   const m = await window.Mote.load(url, { workers: 1 });
   await new Promise((r) => setTimeout(r, pause));
   const answers = [];
@@ -53,7 +46,17 @@ JS = '''async ([url, pause, n, prompts]) => {
                    warm_s: m.last.warm_s ?? null, token_ids: m.last.token_ids });
   }
   return answers;
-}'''
+}"""
+
+# Runs in the checkout under test (its own bench server and static/): one cold and one warm visit, each
+# evaluating the async function argv[3] in the benchmark page with [the model's URL, *argv[4]].
+VISIT = r"""
+import json, os, sys, tempfile
+from pathlib import Path
+checkout, model, js, args = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+sys.path.insert(0, checkout)
+import mote.bench.browser as B
+from playwright.sync_api import sync_playwright
 out = []
 with tempfile.TemporaryDirectory() as served, tempfile.TemporaryDirectory() as profile:
     os.symlink(model, Path(served) / "model.gguf")
@@ -66,20 +69,26 @@ with tempfile.TemporaryDirectory() as served, tempfile.TemporaryDirectory() as p
                     page = browser.pages[0] if browser.pages else browser.new_page()
                     page.goto(base + "/__bench__/")
                     page.wait_for_function("() => window.Mote !== undefined", timeout=30_000)
-                    out.append({"kind": kind, "answers": page.evaluate(JS, [base + "/models/model.gguf", pause, n, prompts])})
+                    out.append({"kind": kind, "result": page.evaluate(js, [base + "/models/model.gguf", *args])})
                 finally:
                     browser.close()
 print(json.dumps(out))
 """
 
 
-def visit(checkout: Path, model: Path, pause_ms: int, n: int, prompts: list[str]) -> list[dict]:
-    """One cold and one warm visit in `checkout`'s own code: [{kind, answers: [...]}, ...]."""
-    done = subprocess.run([sys.executable, "-c", VISIT, str(checkout), str(model), str(pause_ms), str(n),
-                           json.dumps(prompts)], capture_output=True, text=True, timeout=600)
+def visits(checkout: Path, model: Path, js: str, args: list) -> list[dict]:
+    """One cold and one warm visit in `checkout`'s own code, each running `js` with [URL, *args]:
+    [{kind, result}, ...]. Also used by scripts/first_chat.py."""
+    done = subprocess.run([sys.executable, "-c", VISIT, str(checkout), str(model), js, json.dumps(args)],
+                          capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise SystemExit(f"{checkout}: the visit failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def visit(checkout: Path, model: Path, pause_ms: int, n: int, prompts: list[str]) -> list[dict]:
+    """One cold and one warm visit: [{kind, answers: [...]}, ...]."""
+    return [{"kind": v["kind"], "answers": v["result"]} for v in visits(checkout, model, JS, [pause_ms, n, prompts])]
 
 
 def line(label: str, kind: str, answers: list[dict]) -> str:

@@ -18,24 +18,18 @@ kind, median (min-max). Both checkouts need `python build_wasm.py` run first.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from first_answers import visits  # noqa: E402  (the visit harness both scripts share)
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Write a Python function that adds two numbers."
 
-# Runs in the checkout under test (its own bench server and static/): one cold and one warm visit.
-VISIT = r"""
-import json, os, sys, tempfile
-from pathlib import Path
-checkout, model, pause, n, workers, question = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-sys.path.insert(0, checkout)
-import mote.bench.browser as B
-from playwright.sync_api import sync_playwright
-JS = '''async ([url, pause, n, workers, question]) => {
+# A visit's chat: Mote.load on `workers` workers, the pause, then one question through the chat template.
+JS = """async ([url, pause, n, workers, question]) => {
   const m = await window.Mote.load(url, { workers });
   await new Promise((r) => setTimeout(r, pause));
   const t0 = performance.now();
@@ -45,33 +39,12 @@ JS = '''async ([url, pause, n, workers, question]) => {
   }
   return { ttft_s: first, n_prompt: m.last.n_prompt, n_reused: m.last.n_reused, prefill_tok_s: m.last.prefill_tok_s,
            token_ids: m.last.token_ids };
-}'''
-out = []
-with tempfile.TemporaryDirectory() as served, tempfile.TemporaryDirectory() as profile:
-    os.symlink(model, Path(served) / "model.gguf")
-    with B.serve_in_thread(B.bench_app(Path(served))) as base:
-        for kind in ("cold", "warm"):
-            with sync_playwright() as p:
-                browser = p.chromium.launch_persistent_context(profile, executable_path=os.environ.get("MOTE_CHROMIUM", "/usr/bin/chromium"),
-                                                               args=B.CHROMIUM_ARGS, headless=True)
-                try:
-                    page = browser.pages[0] if browser.pages else browser.new_page()
-                    page.goto(base + "/__bench__/")
-                    page.wait_for_function("() => window.Mote !== undefined", timeout=30_000)
-                    out.append({"kind": kind, **page.evaluate(JS, [base + "/models/model.gguf", pause, n, workers, question])})
-                finally:
-                    browser.close()
-print(json.dumps(out))
-"""
+}"""
 
 
 def visit(checkout: Path, model: Path, pause_ms: int, n: int, workers: int) -> list[dict]:
     """One cold and one warm visit in `checkout`'s own code: [{kind, ttft_s, n_prompt, n_reused, ...}, ...]."""
-    done = subprocess.run([sys.executable, "-c", VISIT, str(checkout), str(model), str(pause_ms), str(n), str(workers),
-                           QUESTION], capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise SystemExit(f"{checkout}: the visit failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return [{"kind": v["kind"], **v["result"]} for v in visits(checkout, model, JS, [pause_ms, n, workers, QUESTION])]
 
 
 def main(argv: list[str] | None = None) -> int:
