@@ -587,6 +587,20 @@ class ChatTemplate:
                                             self.bos_token, self.eos_token)
 
 
+def opening_tokens(tokenizer, template: ChatTemplate) -> list[int]:
+    """The tokens every new conversation through `template` starts with, whatever the user writes
+    (BOS, the template's default system prompt, the user turn's header): the common prefix of two
+    one-message conversations; [] when it is shorter than 2 tokens or the template fails on them."""
+    try:
+        a, b = (chat_tokens(tokenizer, template, [{"role": "user", "content": c}]) for c in "12")
+    except Exception:  # a template this conversation does not suit: no opening
+        return []
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n] if n >= 2 else []
+
+
 def chat_tokens(tokenizer, template: ChatTemplate, messages: Sequence[Message],
                 add_generation_prompt: bool = True, engine: str = "auto") -> list[int]:
     """Render and tokenize a conversation; the ids to pass to generate().

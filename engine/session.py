@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .chat import ChatTemplate, chat_tokens
+from .chat import ChatTemplate, chat_tokens, opening_tokens
 from .generate import generate
 from .gguf import GGUFFile
 from .lookup import DraftPolicy, PromptLookup
@@ -137,21 +137,11 @@ class Session:
 
 
     def opening(self) -> list[int]:
-        """The tokens every new conversation through the chat template starts with, whatever the
-        user writes (the BOS, the template's default system prompt, the user turn's header): the
-        common prefix of two one-message conversations. [] for a model that cannot be cut back
-        to them (a recurrent one) or a template that fails on them."""
+        """The tokens every new conversation through the chat template starts with
+        (`engine.chat.opening_tokens`); [] for a model that cannot be cut back to them (a recurrent one)."""
         if self._opening is None:
-            self._opening = []
-            if getattr(self.model, "can_rewind", True) and hasattr(self.model, "forward"):
-                try:
-                    a, b = (chat_tokens(self.tokenizer, self.template, [{"role": "user", "content": c}]) for c in "12")
-                except Exception:  # a template this conversation does not suit: nothing to prefill
-                    return self._opening
-                n = 0
-                while n < min(len(a), len(b)) and a[n] == b[n]:
-                    n += 1
-                self._opening = a[:n] if n >= 2 else []
+            rewinds = getattr(self.model, "can_rewind", True) and hasattr(self.model, "forward")
+            self._opening = opening_tokens(self.tokenizer, self.template) if rewinds else []
         return self._opening
 
     def opening_generation(self, max_tokens: int) -> "Generation | None":

@@ -161,6 +161,15 @@ def chat(page, text: str, max_tokens: int, wait: bool = True, heap: WorkerHeap |
     return page.evaluate("() => window.moteApp.state.lastDone")
 
 
+def opening_length(data: bytes) -> int:
+    """Tokens of a new chat the worker may have prefilled while idle (engine.chat.opening_tokens)."""
+    from engine.chat import ChatTemplate, opening_tokens
+    from engine.gguf import GGUFFile
+    from engine.tokenizer import Tokenizer
+    head = GGUFFile(data)
+    return len(opening_tokens(Tokenizer.from_metadata(head.metadata), ChatTemplate.from_metadata(head.metadata)))
+
+
 def rendered_text(page, markdown: str) -> str:
     """The text static/markdown.js shows for `markdown` (what an answer's body must read)."""
     return page.evaluate("""async (t) => {
@@ -429,16 +438,18 @@ def turns(page) -> list[dict]:
     return page.evaluate("() => window.moteApp.state.turns")
 
 
-def test_conversation_reuses_the_cache_and_edit_regenerate_new_chat(tab, golden):
+def test_conversation_reuses_the_cache_and_edit_regenerate_new_chat(tab, site, golden):
     """Turn 2 prefills only what turn 1 did not; Regenerate recomputes only the last prompt token
     and gives the same greedy answer; Edit cuts the conversation at a user turn and recomputes
-    from where the text changed; New chat forgets the cache (the same prompt is computed whole)."""
+    from where the text changed; New chat forgets the conversation (the same prompt is computed
+    whole, but for the chat template's opening, which the worker may have prefilled again)."""
     page, _, logs = tab
+    opening = opening_length(site[1])       # a new chat may reuse this much: prefilled while idle
     page.click("#clear-btn")
     one = chat(page, "Hello there", 6)
     two = chat(page, "And then?", 6)
-    assert one["n_reused"] == 0 and two["n_reused"] >= one["n_prompt"], (one, two)
-    assert [t["n_reused"] for t in turns(page)] == [0, two["n_reused"]]
+    assert one["n_reused"] <= opening and two["n_reused"] >= one["n_prompt"], (one, two)
+    assert [t["n_reused"] for t in turns(page)] == [one["n_reused"], two["n_reused"]]
     assert all(t["ttft_ms"] > 0 for t in turns(page))
     assert page.locator("#log .msg").count() == 4
 
@@ -453,9 +464,9 @@ def test_conversation_reuses_the_cache_and_edit_regenerate_new_chat(tab, golden)
     edited = chat(page, "Hello there, friend", 6)
     assert 0 < edited["n_reused"] < edited["n_prompt"] - 1, edited
 
-    page.click("#clear-btn")                                            # New chat: nothing reused
+    page.click("#clear-btn")                    # New chat: nothing of the conversation reused
     fresh = chat(page, "Hello there, friend", 6)
-    assert fresh["n_reused"] == 0 and fresh["token_ids"] == edited["token_ids"], logs
+    assert fresh["n_reused"] <= opening and fresh["token_ids"] == edited["token_ids"], logs
     page.click("#clear-btn")
 
 

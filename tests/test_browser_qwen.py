@@ -122,7 +122,7 @@ def conversation(page) -> None:
     dones = [chat(page, text, 8, timeout_s=480) for text in
              ("What does len() return for a list?", "And for a string?", "Show one example of each.")]
     turns = page.evaluate("() => window.moteApp.state.turns")
-    assert [t["n_reused"] for t in turns][0] == 0
+    assert turns[0]["n_reused"] <= 24   # at most the chat template's opening (Qwen2.5: 24 tokens, engine.chat.opening_tokens)
     for before, after in zip(dones, dones[1:]):
         assert after["n_reused"] >= before["n_prompt"], (before, after)   # only the new turn is prefilled
     metrics(qwen05b_2w_turns=[{"ttft_s": round(t["ttft_ms"] / 1000, 2), "n_prompt": t["n_prompt"],
