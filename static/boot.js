@@ -595,5 +595,34 @@ export async function relayGeneration({ id, gen, post, aborted, before = null, d
   }
 }
 
+/**
+ * Work a worker does while no request waits (static/worker.js's warm-up and the chat template's
+ * opening, parallel-worker.js's opening): `start()` runs `body` once the worker has been idle for
+ * `delayMs`, unless it waits or runs already; `stop()` cancels the wait, or tells the run to end
+ * (`body`'s `stopped()` turns true) and resolves once it has; `busy` says either is the case.
+ * @param {number} delayMs @param {(stopped: () => boolean) => Promise<void>} body
+ */
+export function idleWork(delayMs, body) {
+  /** @type {ReturnType<typeof setTimeout>|null} */ let timer = null;
+  /** @type {Promise<void>|null} */ let running = null;
+  let stopping = false;
+  return {
+    start() {
+      if (timer !== null || running) return;
+      timer = setTimeout(() => {
+        timer = null;
+        stopping = false;
+        running = body(() => stopping).finally(() => { running = null; });
+      }, delayMs);
+    },
+    async stop() {
+      if (timer !== null) { clearTimeout(timer); timer = null; }
+      stopping = true;
+      if (running) await running;
+    },
+    get busy() { return timer !== null || running !== null; },
+  };
+}
+
 /** Longest run of generation steps in one call (Stop lands within this plus one token). */
 const BATCH_MS = 8;

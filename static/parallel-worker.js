@@ -25,7 +25,7 @@
  * No SharedArrayBuffer, so no COOP/COEP headers are needed.
  */
 import { bootPython, findModelSnapshot, growHeap, memory, modelSnapshotFits, modelSnapshotKey, modelSnapshotParts,
-         relayGeneration, restoreModelSnapshot, shardSnapshotKey, storeModelSnapshot, yieldToEventLoop } from "./boot.js";
+         idleWork, relayGeneration, restoreModelSnapshot, shardSnapshotKey, storeModelSnapshot, yieldToEventLoop } from "./boot.js";
 import { Ev, Peer, Req, Shard } from "./protocol.js";
 
 const BASE = new URL(".", import.meta.url);
@@ -397,38 +397,25 @@ async function generate(msg) {
 // coordinator stops it (OPENING_STOP) before a new load touches the shards.
 const OPENING_DELAY_MS = 100;
 const OPENING_CHUNK = 8;
-/** @type {ReturnType<typeof setTimeout>|null} */ let openingTimer = null;
-/** @type {Promise<void>|null} */ let opening = null;
-let openingStop = false;
+const opening = idleWork(OPENING_DELAY_MS, async (stopped) => {
+  try {
+    while (!stopped() && !generating && session) {
+      const gen = session.opening_generation(OPENING_CHUNK);
+      if (!gen) break;
+      try { await prefillQuietly(gen); } finally { gen.close(); gen.destroy(); }
+      await yieldToEventLoop();
+    }
+  } catch (e) {
+    console.warn("the chat template's opening was not prefilled:", e);
+  }
+});
 
 function openingWhenIdle() {
-  if (index !== 0 || !session || generating || openingTimer !== null || opening) return;
-  openingTimer = setTimeout(() => {
-    openingTimer = null;
-    openingStop = false;
-    opening = (async () => {
-      try {
-        while (!openingStop && !generating && session) {
-          const gen = session.opening_generation(OPENING_CHUNK);
-          if (!gen) break;
-          try { await prefillQuietly(gen); } finally { gen.close(); gen.destroy(); }
-          await yieldToEventLoop();
-        }
-      } catch (e) {
-        console.warn("the chat template's opening was not prefilled:", e);
-      } finally {
-        opening = null;
-      }
-    })();
-  }, OPENING_DELAY_MS);
+  if (index === 0 && session && !generating) opening.start();
 }
 
 /** Stop the opening's prefill, waiting for a forward in flight: resolves once the shards are idle. */
-async function stopOpening() {
-  if (openingTimer !== null) { clearTimeout(openingTimer); openingTimer = null; }
-  openingStop = true;
-  if (opening) await opening;
-}
+const stopOpening = () => opening.stop();
 
 /** Run a generation that samples nothing (the opening's prefill) across the shards, posting nothing. @param {any} gen */
 async function prefillQuietly(gen) {

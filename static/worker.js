@@ -20,7 +20,7 @@
 import { Req, Ev, isMessage, moduleWorker } from "./protocol.js";
 import { chunkList, loadVerified, storeModel } from "./model-source.js";
 import { bootPython, findAnyModelSnapshot, findModelSnapshot, growHeap, memory, modelSnapshotFits, modelSnapshotKey, modelSnapshotParts,
-         relayGeneration, restoreModelSnapshot, storeModelSnapshot, yieldToEventLoop } from "./boot.js";
+         idleWork, relayGeneration, restoreModelSnapshot, storeModelSnapshot, yieldToEventLoop } from "./boot.js";
 
 const BASE = new URL(".", import.meta.url);            // .../static/
 /** @type {any} */ let pyodide = null;                  // the Pyodide instance, once booted
@@ -526,47 +526,38 @@ function saveModelSnapshot(msg, model) {
 const WARM_DELAY_MS = 100;
 const WARM_MS = 600;
 const WARM_SLICE_MS = 8;
-/** @type {ReturnType<typeof setTimeout>|null} */ let warmTimer = null;
-/** @type {Promise<void>|null} */ let warming = null;
-let warmStop = false;
 /** @type {number|null} */ let warmedSeconds = null;   // the last warm-up's length, for the next done event
+let warmDecode = true;                                   // the next idle run decodes throwaway tokens first
+
+const idle = idleWork(WARM_DELAY_MS, async (stopped) => {
+  if (warmDecode) {
+    const t0 = performance.now();
+    try {
+      while (!stopped() && performance.now() - t0 < WARM_MS && bridge.warm_up(WARM_SLICE_MS)) await yieldToEventLoop();
+    } catch (e) {
+      console.warn("warm-up stopped:", e);
+    } finally {
+      try { bridge.end_warm_up(); } catch (e) { console.warn("warm-up not cleared:", e); }
+      warmedSeconds = (performance.now() - t0) / 1000;
+    }
+  }
+  try {
+    while (!stopped() && bridge.prefill_opening()) await yieldToEventLoop();
+  } catch (e) {
+    console.warn("the chat template's opening was not prefilled:", e);
+  }
+});
 
 /** @param {boolean} [decode]  false after a reset ("New chat"): the opening only, the code is warm */
 function warmUpWhenIdle(decode = true) {
-  if (warmTimer !== null || warming) return;
-  warmTimer = setTimeout(() => {
-    warmTimer = null;
-    warmStop = false;
-    warming = (async () => {
-      const t0 = performance.now();
-      if (decode) {
-        try {
-          while (!warmStop && performance.now() - t0 < WARM_MS && bridge.warm_up(WARM_SLICE_MS)) await yieldToEventLoop();
-        } catch (e) {
-          console.warn("warm-up stopped:", e);
-        } finally {
-          try { bridge.end_warm_up(); } catch (e) { console.warn("warm-up not cleared:", e); }
-          warmedSeconds = (performance.now() - t0) / 1000;
-        }
-      }
-      try {
-        while (!warmStop && bridge.prefill_opening()) await yieldToEventLoop();
-      } catch (e) {
-        console.warn("the chat template's opening was not prefilled:", e);
-      } finally {
-        warming = null;
-      }
-    })();
-  }, WARM_DELAY_MS);
+  if (idle.busy) return;
+  warmDecode = decode;
+  idle.start();
 }
 
 /** Stop a warm-up that runs or waits: resolves once the session is as the load left it, but for
  *  whatever of the chat template's opening is prefilled (a request reuses it). */
-async function stopWarmUp() {
-  if (warmTimer !== null) { clearTimeout(warmTimer); warmTimer = null; }
-  warmStop = true;
-  if (warming) await warming;
-}
+const stopWarmUp = () => idle.stop();
 
 /** @param {import("./protocol.js").GenerateRequest} msg */
 async function handleGenerate(msg) {
@@ -596,7 +587,7 @@ self.addEventListener("message", async (event) => {
   if (!isMessage(msg, [Req.LOAD, Req.GENERATE, Req.ABORT, Req.RESET, Req.PING])) return;
   if (msg.type === Req.PING) { post({ type: Ev.PONG }); return; }
   if (msg.type === Req.ABORT) { abortRequested = true; return; }
-  if (warmTimer !== null || warming) await stopWarmUp();
+  if (idle.busy) await stopWarmUp();
   if (msg.type === Req.RESET) { bridge?.reset(); if (!generating && loadedSha) warmUpWhenIdle(false); return; }      // also during a generation: it records nothing
   try {
     if (msg.type === Req.LOAD) await handleLoad(/** @type {any} */ (msg));
