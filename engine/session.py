@@ -135,13 +135,15 @@ class Session:
         floor = self.model.cut_floor() if hasattr(self.model, "cut_floor") else 0
         return Generation(self, tokens, reusable_prefix(self._cached, tokens, self.model.pos, rewind, floor), params)
 
-
     def opening(self) -> list[int]:
         """The tokens every new conversation through the chat template starts with
-        (`engine.chat.opening_tokens`); [] for a model that cannot be cut back to them (a recurrent one)."""
+        (`engine.chat.opening_tokens`); [] for a model that cannot be cut back to them (a recurrent
+        one), or whose context would hold no answer after them."""
         if self._opening is None:
             rewinds = getattr(self.model, "can_rewind", True) and hasattr(self.model, "forward")
-            self._opening = opening_tokens(self.tokenizer, self.template) if rewinds else []
+            opening = opening_tokens(self.tokenizer, self.template) if rewinds else []
+            n_ctx = getattr(self.model, "n_ctx", None)
+            self._opening = opening if n_ctx is None or len(opening) < n_ctx // 2 else []
         return self._opening
 
     def opening_generation(self, max_tokens: int) -> "Generation | None":

@@ -406,3 +406,11 @@ def test_no_opening_to_prefill_beside_a_warm_up_or_without_a_model(tiny_bytes):
     assert bridge.prefill_opening() is False
     bridge.end_warm_up()
     assert bridge.prefill_opening() in (True, False) and bridge._session._cached == bridge._session.opening()[: len(bridge._session._cached)]
+
+
+def test_no_opening_where_the_context_would_hold_little_else(tiny_bytes):
+    """An opening of half the context or more is not prefilled (a request could hardly use it)."""
+    from engine.session import Session
+    assert len(Session.load(tiny_bytes).opening()) >= 2
+    small = Session.load(tiny_bytes, n_ctx=16)
+    assert small.opening() == [] and small.prefill_opening(8) is False and small._cached == []
