@@ -593,8 +593,12 @@ def load_during_boot(page, file: str, golden: dict, extra: dict | None = None, b
             if (extra.model_snapshot && weights.length > 0) {   // loaded from the file: a snapshot is being saved
                 const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('mote-model', { create: true });
                 const saved = async () => {
-                    for await (const [n, h] of dir.entries())
-                        if (/\\.[0-9a-f]{32}$/.test(n) && (await h.getFile()).lastModified >= began) return true;
+                    for await (const [n, h] of dir.entries()) {
+                        if (!/\\.[0-9a-f]{32}$/.test(n)) continue;
+                        // a file listed may be gone by now: saving a snapshot removes the older ones
+                        const file = await h.getFile().catch(() => null);
+                        if (file && file.lastModified >= began) return true;
+                    }
                     return false;
                 };
                 for (const t0 = performance.now(); !(await saved()) && performance.now() - t0 < 30000; )
@@ -802,8 +806,11 @@ def load_on_two_workers(page, file: str, golden: dict, extra: dict) -> dict:
                 const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('mote-model', { create: true });
                 const saved = async () => {
                     let n = 0;
-                    for await (const [name, h] of dir.entries())
-                        if (/-s[01]\\.[0-9a-f]{32}$/.test(name) && (await h.getFile()).lastModified >= began) n++;
+                    for await (const [name, h] of dir.entries()) {
+                        if (!/-s[01]\\.[0-9a-f]{32}$/.test(name)) continue;
+                        const file = await h.getFile().catch(() => null);   // gone: saving one removes older ones
+                        if (file && file.lastModified >= began) n++;
+                    }
                     return n === 2;
                 };
                 for (const t0 = performance.now(); !(await saved()) && performance.now() - t0 < 30000; )
