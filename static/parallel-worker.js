@@ -356,6 +356,20 @@ function onPeerMessage(e) {
 
 // ---- generation on the leader ------------------------------------------------------------------------
 
+/** The logits a leader's generation asks for next (prefill, one token or a verify pass), if it asks:
+ *  computed across the shards and handed back to it. @param {any} gen */
+async function forwardNeeded(gen) {
+  const need = gen.need();
+  if (need === undefined || need === null) return;
+  const [tokens, start, verify] = need.toJs();
+  need.destroy();
+  for (const j of peers.keys()) if (j !== index) /** @type {MessagePort} */ (peers[j]).postMessage({ t: Peer.FORWARD, tokens, start, verify, gen: generations });
+  await forward(tokens, start, verify);
+  const logits = runner.last_logits;                     // (vocab,) or (rows, vocab) ndarray, handed back to Python
+  gen.provide(logits, runner.seconds);
+  logits.destroy();
+}
+
 async function generate(msg) {
   if (!session) throw new Error("no model loaded on the leader shard");
   if (generating) throw new Error("already generating: send abort first");
@@ -366,20 +380,8 @@ async function generate(msg) {
   try { gen = session.start(request); } finally { request.destroy(); }
   resetStats();
   generations++;
-  /** The logits the generation asks for next (prefill or one token), computed across the shards. */
-  const before = async () => {
-    const need = gen.need();
-    if (need === undefined || need === null) return;
-    const [tokens, start, verify] = need.toJs();
-    need.destroy();
-    for (const j of peers.keys()) if (j !== index) /** @type {MessagePort} */ (peers[j]).postMessage({ t: Peer.FORWARD, tokens, start, verify, gen: generations });
-    await forward(tokens, start, verify);
-    const logits = runner.last_logits;                   // (vocab,) or (rows, vocab) ndarray, handed back to Python
-    gen.provide(logits, runner.seconds);
-    logits.destroy();
-  };
   try {
-    await relayGeneration({ id: msg.id, gen, post, aborted: () => abortRequested, before,
+    await relayGeneration({ id: msg.id, gen, post, aborted: () => abortRequested, before: () => forwardNeeded(gen),
                             doneExtra: () => ({ memory: memory(pyodide), stats: { ...stats } }) });
   } finally {
     gen.close();
@@ -420,16 +422,7 @@ const stopOpening = () => opening.stop();
 /** Run a generation that samples nothing (the opening's prefill) across the shards, posting nothing. @param {any} gen */
 async function prefillQuietly(gen) {
   for (;;) {
-    const need = gen.need();
-    if (need !== undefined && need !== null) {
-      const [tokens, start, verify] = need.toJs();
-      need.destroy();
-      for (const j of peers.keys()) if (j !== index) /** @type {MessagePort} */ (peers[j]).postMessage({ t: Peer.FORWARD, tokens, start, verify, gen: generations });
-      await forward(tokens, start, verify);
-      const logits = runner.last_logits;
-      gen.provide(logits, runner.seconds);
-      logits.destroy();
-    }
+    await forwardNeeded(gen);
     const ev = gen.step();
     if (ev === undefined || ev === null) return;
     const type = ev.get("type");

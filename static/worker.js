@@ -555,10 +555,6 @@ function warmUpWhenIdle(decode = true) {
   idle.start();
 }
 
-/** Stop a warm-up that runs or waits: resolves once the session is as the load left it, but for
- *  whatever of the chat template's opening is prefilled (a request reuses it). */
-const stopWarmUp = () => idle.stop();
-
 /** @param {import("./protocol.js").GenerateRequest} msg */
 async function handleGenerate(msg) {
   if (!bridge || !loadedSha) throw new Error("no model loaded: send a load request first");
@@ -587,7 +583,9 @@ self.addEventListener("message", async (event) => {
   if (!isMessage(msg, [Req.LOAD, Req.GENERATE, Req.ABORT, Req.RESET, Req.PING])) return;
   if (msg.type === Req.PING) { post({ type: Ev.PONG }); return; }
   if (msg.type === Req.ABORT) { abortRequested = true; return; }
-  if (idle.busy) await stopWarmUp();
+  // a warm-up that runs or waits stops first: the session is then as the load left it, but for
+  // whatever of the chat template's opening is prefilled (a request reuses it)
+  if (idle.busy) await idle.stop();
   if (msg.type === Req.RESET) { bridge?.reset(); if (!generating && loadedSha) warmUpWhenIdle(false); return; }      // also during a generation: it records nothing
   try {
     if (msg.type === Req.LOAD) await handleLoad(/** @type {any} */ (msg));
