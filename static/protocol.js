@@ -139,6 +139,9 @@ export const SAMPLING_KEYS = Object.freeze(["temperature", "top_k", "top_p", "mi
  *   drop -> dropped                       free the pieces of a failed or replaced load
  *   stats -> stats{stats, memory}         the shard's counters of the last generation
  *   generate, abort, reset                (shard 0, the leader) the page's requests, forwarded
+ *   opening                               (shard 0) the load is over: prefill the chat template's opening
+ *                                         through the shards once idle (no reply)
+ *   opening_stop -> opening_stopped       (shard 0) stop that prefill; the reply once no forward is in flight
  * A shard reports any failure as an Ev.ERROR event.
  */
 export const Shard = Object.freeze({
