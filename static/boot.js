@@ -51,32 +51,36 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
   const runtime0 = performance.now();
   const runtimeDone = () => onStage("runtime", "done", (performance.now() - runtime0) / 1000);
   onStage("runtime", "start");
+  // A later visit starts from the snapshot the first one saved in OPFS (static/snapshot.js: Python,
+  // numpy and the engine as that visit left them); a first visit from the snapshot the build took
+  // (build_wasm.py), kept in OPFS for the next visit (read there in ~0.03 s, where the HTTP cache took
+  // 0.22-0.28 s for its 52 MB). The read and its checksum run while Pyodide's script loads.
+  const entry = manifest.snapshot;
+  const shipped = () => (entry ? fetchSnapshot(new URL(entry.file, base), entry) : Promise.resolve(null));
+  const saved = key === null ? Promise.resolve(null)
+    : findSnapshot(key, RUNTIME_DIR).then((hit) => hit && readSnapshot(/** @type {string} */ (key), hit, RUNTIME_DIR));
+  const first = saved.then(async (read) => (read ? { read, kind: "restored" } : { read: await shipped(), kind: "build" }));
   const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
   const later = snapshotLater && key !== null;
-  const hit = await findSnapshot(key, RUNTIME_DIR);
-  const read = hit && await readSnapshot(/** @type {string} */ (key), hit, RUNTIME_DIR);
   const then = (/** @type {any} */ py) => {
     beforeNumpy(py);
     return timed("engine", async () => py.pyimport(module));
   };
-  if (read) {
-    // A later visit: Python, numpy and the engine as the first visit left them (static/snapshot.js).
-    const restored = await restore(loadPyodide, runtimeBase, read, later, onStage, runtimeDone, then);
-    if (restored) return { ...restored, snapshot: "restored", snapshotRead: read.seconds };
-    await dropSnapshot(key, RUNTIME_DIR);
-  }
-  // A first visit: the same, from the snapshot the build took (build_wasm.py), kept in OPFS for the
-  // next visit (read there in ~0.03 s, where the HTTP cache took 0.22-0.28 s for its 52 MB).
-  const entry = manifest.snapshot;
-  const shipped = entry ? await fetchSnapshot(new URL(entry.file, base), entry) : null;
-  if (shipped) {
-    const restored = await restore(loadPyodide, runtimeBase, shipped, later, onStage, runtimeDone, then);
-    if (restored) {
-      if (key !== null && saveSnapshot) {
-        storeSnapshot(key, [shipped.bytes], RUNTIME_DIR, null, entry.checksum).then(() => dropOtherBuildsModelSnapshots(base));
-      }
-      return { ...restored, snapshot: "build", snapshotRead: shipped.seconds };
+  /** @param {{read: Awaited<ReturnType<typeof readSnapshot>>, kind: "restored"|"build"}} source */
+  const started = async (source) => {
+    if (source.kind === "build" && key !== null && saveSnapshot && source.read && entry) {
+      storeSnapshot(key, [source.read.bytes], RUNTIME_DIR, null, entry.checksum).then(() => dropOtherBuildsModelSnapshots(base));
     }
+    return { snapshot: source.kind, snapshotRead: /** @type {any} */ (source.read).seconds };
+  };
+  const restored = await restore(loadPyodide, runtimeBase, first.then((f) => f.read), later, onStage, runtimeDone, then);
+  const source = await first;
+  if (restored) return { ...restored, ...(await started(source)) };
+  if (source.kind === "restored") {                    // damaged, or not this runtime's: the build's next
+    await dropSnapshot(/** @type {string} */ (key), RUNTIME_DIR);
+    const build = { read: await shipped(), kind: /** @type {"build"} */ ("build") };
+    const again = build.read && await restore(loadPyodide, runtimeBase, Promise.resolve(build.read), later, onStage, runtimeDone, then);
+    if (again) return { ...again, ...(await started(build)) };
   }
   // Our wheels' bytes are fetched and checked against the manifest while the runtime starts. (numpy
   // stays on loadPackage: unpacking its wheel like ours, so that only the 3 extension modules
@@ -126,26 +130,30 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
 }
 
 /**
- * Start from a saved snapshot that `read` holds: Pyodide from its memory, then numpy's modules
- * reattached (the "numpy" stage), then `then` (the instance's module). Its checksum is checked once
- * loadPyodide has started loading its own script (it waits for the bytes only before it starts the
- * WASM module): a snapshot that fails the check fails loadPyodide. (Reading the bytes meanwhile too
- * was tried in one run: the read took 0.39 s instead of 0.27 s beside the script load, both on this
- * worker's thread, and the stage was no shorter.) null when anything fails: start afresh.
- * @param {any} loadPyodide @param {string} runtimeBase @param {NonNullable<Awaited<ReturnType<typeof readSnapshot>>>} read
+ * Start from the saved snapshot that `reading` gives: Pyodide from its memory, then numpy's modules
+ * reattached (the "numpy" stage), then `then` (the instance's module). loadPyodide starts loading its
+ * own script at once and waits for the snapshot only before it starts the WASM module, so the read and
+ * the checksum run meanwhile: a snapshot that is missing (`reading` gives null) or fails the check
+ * fails loadPyodide. null when anything fails: start afresh.
+ * @param {any} loadPyodide @param {string} runtimeBase
+ * @param {Promise<Awaited<ReturnType<typeof readSnapshot>>>} reading
  * @param {boolean} later  snapshottable again (`takeLater`)
  * @param {(stage: string, phase: "start"|"done", seconds?: number) => void} onStage @param {() => void} runtimeDone
  * @param {(py: any) => Promise<any>} then
  */
-async function restore(loadPyodide, runtimeBase, read, later, onStage, runtimeDone, then) {
-  const memory = read.checked.then((parsed) => parsed.memory);
+async function restore(loadPyodide, runtimeBase, reading, later, onStage, runtimeDone, then) {
+  const checked = reading.then((read) => {
+    if (!read) throw new Error("snapshot: none");
+    return read.checked;
+  });
+  const memory = checked.then((parsed) => parsed.memory);
   memory.catch(() => {});                                // a failed check is loadPyodide's failure below
   /** @type {any} */ let started = null;
   try {
     started = await loadPyodide({ indexURL: runtimeBase, _loadSnapshot: memory, _makeSnapshot: later });
-  } catch { return null; }                               // damaged, another build's or not ours
+  } catch { return null; }                               // none, damaged, another build's or not ours
   runtimeDone();
-  const saved = await read.checked;
+  const saved = await checked;
   const placed = await stageTimer(onStage)("numpy", () => reattach(started, saved).catch(() => null));
   if (!placed) return null;
   const mod = await then(started);
@@ -272,12 +280,13 @@ export async function restoreModelSnapshot(base, key, hit, module, onStage) {
   const { runtimeBase } = await build(base);
   const runtime0 = performance.now();
   onStage("runtime", "start");
+  const reading = readSnapshot(key, hit, MODEL_SNAPSHOT_DIR);
   const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
-  const read = await readSnapshot(key, hit, MODEL_SNAPSHOT_DIR);
-  const restored = read && await restore(loadPyodide, runtimeBase, read, true, onStage,
+  const restored = await restore(loadPyodide, runtimeBase, reading, true, onStage,
     () => onStage("runtime", "done", (performance.now() - runtime0) / 1000),
     (py) => stageTimer(onStage)("engine", async () => py.pyimport(module)));
-  if (!restored) {
+  const read = await reading;
+  if (!restored || !read) {
     await dropSnapshot(key, MODEL_SNAPSHOT_DIR);
     return null;
   }
