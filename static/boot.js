@@ -57,9 +57,12 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
   // 0.22-0.28 s for its 52 MB). The read and its checksum run while Pyodide's script loads.
   const entry = manifest.snapshot;
   const shipped = () => (entry ? fetchSnapshot(new URL(entry.file, base), entry) : Promise.resolve(null));
-  const saved = key === null ? Promise.resolve(null)
-    : findSnapshot(key, RUNTIME_DIR).then((hit) => hit && readSnapshot(/** @type {string} */ (key), hit, RUNTIME_DIR));
-  const first = saved.then(async (read) => (read ? { read, kind: "restored" } : { read: await shipped(), kind: "build" }));
+  const firstSource = async () => {
+    const hit = await findSnapshot(key, RUNTIME_DIR);
+    const read = hit && await readSnapshot(/** @type {string} */ (key), hit, RUNTIME_DIR);
+    return read ? { read, kind: /** @type {const} */ ("restored") } : { read: await shipped(), kind: /** @type {const} */ ("build") };
+  };
+  /** @type {ReturnType<typeof firstSource>|null} */ let first = null;
   const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
   const later = snapshotLater && key !== null;
   const then = (/** @type {any} */ py) => {
@@ -73,13 +76,14 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
     }
     return { snapshot: source.kind, snapshotRead: /** @type {any} */ (source.read).seconds };
   };
-  const restored = await restore(loadPyodide, runtimeBase, first.then((f) => f.read), later, onStage, runtimeDone, then);
-  const source = await first;
+  const restored = await restore(loadPyodide, runtimeBase, () => (first = firstSource()).then((f) => f.read), later,
+                                 onStage, runtimeDone, then);
+  const source = await /** @type {ReturnType<typeof firstSource>} */ (first);
   if (restored) return { ...restored, ...(await started(source)) };
   if (source.kind === "restored") {                    // damaged, or not this runtime's: the build's next
     await dropSnapshot(/** @type {string} */ (key), RUNTIME_DIR);
-    const build = { read: await shipped(), kind: /** @type {"build"} */ ("build") };
-    const again = build.read && await restore(loadPyodide, runtimeBase, Promise.resolve(build.read), later, onStage, runtimeDone, then);
+    const build = { read: await shipped(), kind: /** @type {const} */ ("build") };
+    const again = build.read && await restore(loadPyodide, runtimeBase, async () => build.read, later, onStage, runtimeDone, then);
     if (again) return { ...again, ...(await started(build)) };
   }
   // Our wheels' bytes are fetched and checked against the manifest while the runtime starts. (numpy
@@ -130,27 +134,34 @@ export async function bootPython(base, module, onStage = () => {}, beforeNumpy =
 }
 
 /**
- * Start from the saved snapshot that `reading` gives: Pyodide from its memory, then numpy's modules
- * reattached (the "numpy" stage), then `then` (the instance's module). loadPyodide starts loading its
- * own script at once and waits for the snapshot only before it starts the WASM module, so the read and
- * the checksum run meanwhile: a snapshot that is missing (`reading` gives null) or fails the check
- * fails loadPyodide. null when anything fails: start afresh.
+ * Start from the saved snapshot that `read()` gives: Pyodide from its memory, then numpy's modules
+ * reattached (the "numpy" stage), then `then` (the instance's module). loadPyodide is called first: it
+ * asks for its own script at once and waits for the snapshot only before it starts the WASM module, so
+ * the read and the checksum run while that script loads. A snapshot that is missing (`read()` gives
+ * null) or fails the check fails loadPyodide. null when anything fails: start afresh.
  * @param {any} loadPyodide @param {string} runtimeBase
- * @param {Promise<Awaited<ReturnType<typeof readSnapshot>>>} reading
+ * @param {() => Promise<Awaited<ReturnType<typeof readSnapshot>>>} read
  * @param {boolean} later  snapshottable again (`takeLater`)
  * @param {(stage: string, phase: "start"|"done", seconds?: number) => void} onStage @param {() => void} runtimeDone
  * @param {(py: any) => Promise<any>} then
  */
-async function restore(loadPyodide, runtimeBase, reading, later, onStage, runtimeDone, then) {
-  const checked = reading.then((read) => {
-    if (!read) throw new Error("snapshot: none");
-    return read.checked;
-  });
-  const memory = checked.then((parsed) => parsed.memory);
+async function restore(loadPyodide, runtimeBase, read, later, onStage, runtimeDone, then) {
+  /** @type {(memory: Promise<Uint8Array>) => void} */ let give = () => {};
+  const memory = new Promise((resolve) => { give = resolve; });
   memory.catch(() => {});                                // a failed check is loadPyodide's failure below
+  const starting = loadPyodide({ indexURL: runtimeBase, _loadSnapshot: memory, _makeSnapshot: later });
+  starting.catch(() => {});                              // awaited below
+  // only now: the read's synchronous parts and the checksum would otherwise hold this thread before
+  // loadPyodide has even asked for its script
+  const checked = read().then((got) => {
+    if (!got) throw new Error("snapshot: none");
+    return got.checked;
+  });
+  checked.catch(() => {});                               // loadPyodide's failure below
+  give(checked.then((parsed) => parsed.memory));
   /** @type {any} */ let started = null;
   try {
-    started = await loadPyodide({ indexURL: runtimeBase, _loadSnapshot: memory, _makeSnapshot: later });
+    started = await starting;
   } catch { return null; }                               // none, damaged, another build's or not ours
   runtimeDone();
   const saved = await checked;
@@ -280,10 +291,10 @@ export async function restoreModelSnapshot(base, key, hit, module, onStage) {
   const { runtimeBase } = await build(base);
   const runtime0 = performance.now();
   onStage("runtime", "start");
-  const reading = readSnapshot(key, hit, MODEL_SNAPSHOT_DIR);
   const { loadPyodide } = await import(runtimeBase + "pyodide.mjs");
-  const restored = await restore(loadPyodide, runtimeBase, reading, true, onStage,
-    () => onStage("runtime", "done", (performance.now() - runtime0) / 1000),
+  /** @type {ReturnType<typeof readSnapshot>|null} */ let reading = null;
+  const restored = await restore(loadPyodide, runtimeBase, () => (reading = readSnapshot(key, hit, MODEL_SNAPSHOT_DIR)), true,
+    onStage, () => onStage("runtime", "done", (performance.now() - runtime0) / 1000),
     (py) => stageTimer(onStage)("engine", async () => py.pyimport(module)));
   const read = await reading;
   if (!restored || !read) {
@@ -346,8 +357,10 @@ export const SNAPSHOT_IMPORTS = "ast, bisect, codecs, collections, collections.a
   + "platform, re, struct, sys, textwrap, threading, time, token, tokenize, typing, unicodedata, weakref";
 
 /** Imported after `module`, before the snapshot is taken: what a generation imports on first use, and
- *  both kinds of worker's modules, so that static/worker.js and each shard start from one snapshot. */
-export const SNAPSHOT_LATE_IMPORTS = "engine.bridge, engine.shard";
+ *  both kinds of worker's modules, so that static/worker.js and each shard start from one snapshot;
+ *  engine.atome, which an Atome model's load imported (6-8 ms under Node; 15-38 ms, profiled, in a
+ *  Chromium worker's first load; no memory to speak of). */
+export const SNAPSHOT_LATE_IMPORTS = "engine.bridge, engine.shard, engine.atome";
 
 /** The snapshot's name for this build and Mote server, or null where the origin has no private file
  *  system (e.g. an insecure origin). @param {any} manifest @param {string} runtimeBase @returns {Promise<string|null>} */
