@@ -13,7 +13,7 @@ Every input is pinned by a hash written below and checked every time it is used,
                                           speedups (markupsafe falls back to its pure-Python _native)
     this checkout's engine/ ............ mote_engine wheel, py3-none-any, numpy its only dependency
                                           (the runtime only: the CPython tools live in mote/)
-    Pyodide itself (Node) .............. bytecode.zip: the numpy and engine modules a worker imports,
+    Pyodide itself (Node) .............. bytecode.zip: the numpy, engine and Jinja2 modules a worker imports,
                                           compiled to checked-hash .pyc files; runtime.snapshot:
                                           Python's memory with numpy and the engine imported
                                           (scripts/build_snapshot.mjs), a first visit's start
@@ -52,7 +52,7 @@ from pathlib import Path
 # Pinned inputs. Change a version only together with its hash.
 # ---------------------------------------------------------------------------------------------
 PYODIDE_VERSION = "0.27.7"
-BYTECODE_ZIP = "bytecode.zip"  # static/wheels/: .pyc files for numpy and the engine (build_bytecode_zip)
+BYTECODE_ZIP = "bytecode.zip"  # static/wheels/: .pyc files for numpy, the engine and Jinja2 (build_bytecode_zip)
 SNAPSHOT = "runtime.snapshot"  # static/wheels/: the runtime snapshot a worker starts from (build_snapshot)
 PYODIDE_NPM_INTEGRITY = (  # `npm view pyodide@0.27.7 dist.integrity`
     "sha512-RUSVJlhQdfWfgO9hVHCiXoG+nVZQRS5D9FzgpLJ/VcgGBLSAKoPL8kTiOikxbHQm1kRISeWUBdulEgO26qpSRA=="
@@ -243,23 +243,26 @@ def build_engine_wheel(dest_dir: Path) -> Path:
     return write_wheel(dest_dir, name.replace("-", "_"), version, files, metadata)
 
 
-# Run by Node with Pyodide from the staged runtime: numpy and the engine wheel in, the modules a
-# worker imports compiled to .pyc (checked-hash: Python uses one only while its source's hash
-# matches, so a stale file is ignored, never wrong), written under argv[5] by their absolute path
-# in Pyodide's file system (numpy in site-packages, the engine where unpackArchive puts a wheel).
+# Run by Node with Pyodide from the staged runtime: numpy and our wheels in, the modules a worker
+# imports compiled to .pyc (checked-hash: Python uses one only while its source's hash matches, so a
+# stale file is ignored, never wrong), written under argv[5] by their absolute path in Pyodide's file
+# system (numpy in site-packages, the others where unpackArchive puts a wheel). Jinja2 and MarkupSafe
+# are imported by a chat's first template (engine.chat), not by the boot: compiled from source there,
+# that import took 163 ms in Pyodide under Node, from these .pyc files 39 ms.
 _BYTECODE_SCRIPT = r"""
 import { loadPyodide } from "PYODIDE_MJS";
 import fs from "node:fs";
 import path from "node:path";
-const [runtime, numpyWheel, engineWheel, out] = process.argv.slice(2);
+const [runtime, numpyWheel, out, ...wheels] = process.argv.slice(2);
 const py = await loadPyodide({ indexURL: runtime + "/", stdout: () => {}, stderr: (s) => console.error(s) });
 await py.loadPackage(numpyWheel, { messageCallback: () => {} });
-py.unpackArchive(new Uint8Array(fs.readFileSync(engineWheel)), "wheel");
+for (const whl of wheels) py.unpackArchive(new Uint8Array(fs.readFileSync(whl)), "wheel");
 const compiled = py.runPython(`
 import importlib, os, pathlib, py_compile, sys
 importlib.invalidate_caches()
 import numpy, numpy.random, engine.bridge, engine.shard   # and static/boot.js SNAPSHOT_LATE_IMPORTS
-roots = [os.path.dirname(numpy.__file__) + "/", os.path.dirname(engine.__file__) + "/"]
+import jinja2, jinja2.compiler, jinja2.ext, jinja2.sandbox, markupsafe   # as engine.chat imports them
+roots = [os.path.dirname(m.__file__) + "/" for m in (numpy, engine, jinja2, markupsafe)]
 files = {f for m in list(sys.modules.values()) if (f := getattr(m, "__file__", None) or "").endswith(".py")
          and any(f.startswith(r) for r in roots)}
 files |= {str(p) for p in pathlib.Path(roots[1]).rglob("*.py")}
@@ -277,8 +280,8 @@ for (const [file, rel] of compiled) {
 
 
 def build_bytecode_zip(runtime: Path, wheels: Path, dest_dir: Path) -> Path | None:
-    """The numpy and engine modules a worker imports, as .pyc files compiled by this Pyodide (in
-    Node), in a zip unpacked at "/" after the wheels: neither Pyodide's numpy wheel nor ours carries
+    """The numpy, engine and Jinja2 modules a worker imports, as .pyc files compiled by this Pyodide
+    (in Node), in a zip unpacked at "/" after the wheels: neither Pyodide's numpy wheel nor ours carries
     bytecode, so each worker start compiled ~90 modules from source (~0.3 s in Pyodide). They are
     checked-hash pycs: Python reads the source and uses a pyc only while the source's hash matches.
     None, with a note, where Node is not on PATH: the page then compiles at import, as before."""
@@ -287,14 +290,14 @@ def build_bytecode_zip(runtime: Path, wheels: Path, dest_dir: Path) -> Path | No
         print("   (node not found: no bytecode; workers compile numpy and the engine at import)", flush=True)
         return None
     numpy_whl = next(runtime.glob("numpy-*.whl"))
-    engine_whl = next(wheels.glob("mote_engine-*.whl"))
+    ours = [next(wheels.glob(f"{name}-*.whl")) for name in ("mote_engine", "jinja2", "markupsafe")]
     with tempfile.TemporaryDirectory(prefix=".bytecode-", dir=dest_dir.parent) as tmp:
         script = Path(tmp) / "compile.mjs"
         script.write_text(_BYTECODE_SCRIPT.replace("PYODIDE_MJS", (runtime / "pyodide.mjs").as_uri()))
         out = Path(tmp) / "out"
         out.mkdir()
         try:
-            done = subprocess.run([node, str(script), str(runtime), str(numpy_whl), str(engine_whl), str(out)],
+            done = subprocess.run([node, str(script), str(runtime), str(numpy_whl), str(out), *map(str, ours)],
                                   capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
             raise BuildError("compiling bytecode with Pyodide in Node took over 300 s") from None
