@@ -13,6 +13,7 @@
  *   const stream = await mote.chat.completions.create({ messages, stream: true });   // OpenAI-shaped chunks
  *   for await (const chunk of stream) chunk.choices[0].delta.content ...
  *   const completion = await mote.chat.completions.create({ messages });             // chat.completion + usage
+ *   Mote.preload();   // (or data-preload on the tag) one worker boots now; the next one-worker load takes it
  *
  * Page -> worker path (see docs/EMBED.md for the host's CSP):
  *   this script (host page) -> Worker: static/worker.js directly when the host is Mote's own origin,
@@ -191,6 +192,21 @@
     // (modelSnapshot: the worker may start from its saved model snapshot, static/worker.js)
     worker.postMessage({ type: P.Req.LOAD, ...(modelSnapshot ? { model_snapshot: true } : {}) });
     return out;
+  }
+
+  /** @type {Promise<{started: ReturnType<typeof startWorker>, modelSnapshot: boolean}>|null} the worker Mote.preload started */
+  let preloaded = null;
+
+  /** Mote.preload's worker for a load with `modelSnapshot`, taken (a later load starts its own); null
+   *  if there is none, or it booted for the other kind (then it is ended). @param {boolean} modelSnapshot */
+  async function takePreloaded(modelSnapshot) {
+    const waiting = preloaded;
+    preloaded = null;
+    const got = waiting && await waiting.catch(() => null);
+    if (!got) return null;
+    if (got.modelSnapshot === modelSnapshot) return got.started;
+    got.started.worker.terminate();
+    return null;
   }
 
   /** One loaded model in its own worker(s). Requests run one at a time, in call order. */
@@ -592,12 +608,13 @@ button:disabled { opacity: .45; cursor: default; }
       const resolving = resolveModel(model, opts);
       resolving.catch(() => {});                       // awaited below
       const [P, wc, from] = await Promise.all([protocol(), workerCount(), base()]);
-      // When one worker is the answer whatever the model turns out to be (one asked for, or the
-      // default here, or a size given that is too small to split), it starts booting Python now,
-      // while the model's HEAD and chunk list are fetched, as the chat page boots its worker at open.
+      // A worker Mote.preload started is taken if it booted for the same kind of load. Otherwise, when
+      // one worker is the answer whatever the model turns out to be (one asked for, or the default
+      // here, or a size given that is too small to split), one starts booting Python now, while the
+      // model's HEAD and chunk list are fetched, as the chat page boots its worker at open.
       const given = typeof model === "object" && model !== null ? model.size ?? opts.size : opts.size;
-      let started = chooseWorkers(wc, { size: given ?? Infinity }, opts.workers) === 1
-        ? startWorker(P, from, Boolean(opts.modelSnapshot)) : null;
+      let started = await takePreloaded(Boolean(opts.modelSnapshot))
+        ?? (chooseWorkers(wc, { size: given ?? Infinity }, opts.workers) === 1 ? startWorker(P, from, Boolean(opts.modelSnapshot)) : null);
       let ref;
       try {
         ref = await resolving;
@@ -606,6 +623,10 @@ button:disabled { opacity: .45; cursor: default; }
         throw e;
       }
       let workers = chooseWorkers(wc, ref, opts.workers);
+      if (workers > 1 && started) {                    // a preloaded worker, and the model goes to several
+        started.worker.terminate();
+        started = null;
+      }
       for (;;) {
         // (started only where one worker was certain, so it is never beside a ParallelWorker)
         const m = new MoteModel(P, workers > 1 ? await parallel() : null, ref, workers, from, started);
@@ -618,6 +639,20 @@ button:disabled { opacity: .45; cursor: default; }
           workers = 1;
         }
       }
+    },
+    /**
+     * Start one worker booting Python now, before any model is named, for the next Mote.load on one
+     * worker: that load then finds the runtime up, or on its way (docs/EMBED.md). It costs what a
+     * booted worker holds (~50 MB) whether or not a model follows; a load that goes to several workers,
+     * or asks for a model snapshot when this did not (or the reverse), ends it and starts its own.
+     * Calling it again while one waits does nothing. Resolves once the worker is started.
+     * @param {{modelSnapshot?: boolean}} [opts]  as Mote.load's, for the load that will take it
+     */
+    async preload(opts = {}) {
+      preloaded ??= Promise.all([protocol(), base()])
+        .then(([P, from]) => ({ started: startWorker(P, from, Boolean(opts.modelSnapshot)), modelSnapshot: Boolean(opts.modelSnapshot) }));
+      preloaded.catch(() => { preloaded = null; });    // the load that follows reports what failed
+      await preloaded.then(() => {}, () => {});
     },
     mount,
     /** @type {any[]} widgets rendered from script tags or mount() (state, last done event, error) */
@@ -634,6 +669,7 @@ button:disabled { opacity: .45; cursor: default; }
 
   // ---- the script tag --------------------------------------------------------------------------
   const data = script ? script.dataset : {};
+  if (data.preload !== undefined && !data.target) Mote.preload();   // data-preload: as Mote.preload()
   if (data.target) {
     const num = (/** @type {string|undefined} */ s) => (s === undefined || s === "" ? undefined : Number(s));
     const options = {

@@ -110,6 +110,20 @@ def test_bench_workers_row(tiny, tmp_path, capsys):
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_preload_row(tiny, tmp_path, capsys):
+    """--preload adds a row `mote, preload` (the page calls Mote.preload() as it loads), its tokens
+    checked against the CPython engine's like every row's."""
+    from mote.bench.browser import main
+
+    model, _ = tiny
+    assert main(args(model, tmp_path, "--preload")) == 0
+    rows = {r["engine"]: r for r in json.loads((tmp_path / "bench.json").read_text())["rows"]}
+    assert list(rows) == ["mote", "mote, preload"]
+    pre = rows["mote, preload"]
+    assert pre["error"] is None and pre["greedy_ok"] is True
+    assert pre["runs"][0]["token_ids"] == [_engine_tokens(model, PROMPT, 6)]
+
+
 def test_bench_correctness_turns_red_when_tokens_differ(tiny, tmp_path, monkeypatch, capsys):
     import mote.bench.browser as bench
 

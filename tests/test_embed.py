@@ -63,7 +63,7 @@ def host_app(state: dict):
     def api_page(request):  # no data-target: nothing visible, API only
         mote = state["mote"]
         html = f"""<!doctype html><html><head><meta charset="utf-8"><script src="/host.js"></script></head>
-<body><p id="p">API only</p><script src="{mote}/static/mote-embed.js"></script></body></html>"""
+<body><p id="p">API only</p><script src="{mote}/static/mote-embed.js" {state.get("api_attrs", "")}></script></body></html>"""
         return HTMLResponse(html, headers={"Content-Security-Policy": state["csp"]})
 
     async def slow_model(request):  # the host's own copy of a model, whose HEAD takes a second
@@ -380,6 +380,77 @@ def test_one_worker_boots_while_the_model_is_resolved(sites, browser):
     assert load["model"] and load["t"] >= one["headAnswered"], one             # the model once resolved
     [load] = default["posted"]
     assert load["model"] and load["t"] >= default["headAnswered"], default
+
+
+# Counts the page's Worker constructions and terminations.
+WORKERS = """
+window.__created = 0; window.__terminated = 0;
+const Base = window.Worker;
+window.Worker = new Proxy(Base, { construct(target, args) { window.__created++; return Reflect.construct(target, args); } });
+const terminate = Base.prototype.terminate;
+Base.prototype.terminate = function () { window.__terminated++; return terminate.call(this); };
+"""
+
+
+def test_preload_boots_one_worker_that_the_next_load_takes(sites, browser):
+    """Mote.preload(): one worker is asked to boot at once, before any model is named; the next
+    Mote.load on one worker takes it (no other worker starts) and answers the CPython tokens. A
+    preloaded worker that a load on two workers cannot use is ended, and the load starts its shards."""
+    logs: list[str] = []
+    page = new_page(browser, logs)
+    page.add_init_script(POSTED + WORKERS)
+    page.goto(sites["host"] + "/api")
+    got = page.evaluate("""async ([url, prompt, n]) => {
+        await Mote.preload();
+        await new Promise((r) => setTimeout(r, 300));
+        const called = performance.now();
+        const mote = await Mote.load(url, {workers: 1});
+        let text = "";
+        for await (const piece of mote.generate(prompt, {temperature: 0, max_tokens: n})) text += piece;
+        const one = {posted: window.__posted.filter((m) => m.type === "load"), called, created: window.__created,
+                     ids: mote.last.token_ids, workers: mote.workers};
+        mote.terminate();
+        await Mote.preload();
+        const two = await Mote.load(url, {workers: 2});
+        for await (const piece of two.generate(prompt, {temperature: 0, max_tokens: n})) {}
+        return {one, two: {created: window.__created, terminated: window.__terminated, ids: two.last.token_ids,
+                           workers: two.workers}};
+    }""", [sites["mote"] + "/models/tiny-llama.gguf", PROMPT, N])
+    want = cpython_greedy(sites["path"], PROMPT, N)
+    one, two = got["one"], got["two"]
+    boot, load = one["posted"]
+    assert not boot["model"] and boot["t"] < one["called"] - 250, one   # asked to boot by preload, not by the load
+    assert load["model"] and load["t"] >= one["called"], one
+    assert one["created"] == 1 and one["workers"] == 1 and one["ids"] == want, one
+    # the second preload's worker (1) ended (with the first model's: 2 terminated), then 2 shards
+    assert two["workers"] == 2 and two["ids"] == want, two
+    assert two["created"] == 1 + 1 + 2 and two["terminated"] >= 2, two
+    assert not [m for m in logs if m.startswith("pageerror")], logs
+    page.close()
+
+
+def test_data_preload_boots_a_worker_as_the_page_loads(sites, browser):
+    """data-preload on an API-only script tag: a worker is asked to boot as the page loads, and the
+    first Mote.load takes it."""
+    sites["state"]["api_attrs"] = "data-preload"
+    logs: list[str] = []
+    page = new_page(browser, logs)
+    try:
+        page.add_init_script(POSTED + WORKERS)
+        page.goto(sites["host"] + "/api")
+        page.wait_for_function("() => window.__posted.length > 0", timeout=10_000)
+        got = page.evaluate("""async ([url, prompt, n]) => {
+            const before = {created: window.__created, posted: window.__posted.map((m) => [m.type, m.model])};
+            const mote = await Mote.load(url, {workers: 1});
+            for await (const piece of mote.generate(prompt, {temperature: 0, max_tokens: n})) {}
+            return {before, created: window.__created, ids: mote.last.token_ids};
+        }""", [sites["mote"] + "/models/tiny-llama.gguf", PROMPT, N])
+    finally:
+        sites["state"].pop("api_attrs")
+    assert got["before"] == {"created": 1, "posted": [["load", False]]}, got
+    assert got["created"] == 1 and got["ids"] == cpython_greedy(sites["path"], PROMPT, N), got
+    assert not [m for m in logs if m.startswith("pageerror")], logs
+    page.close()
 
 
 # ---- several workers ------------------------------------------------------------------------------

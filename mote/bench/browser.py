@@ -32,6 +32,10 @@ over the baseline's run of the same round, so a machine that speeds up or slows 
 correctness check; its download_s is the coordinator's fetch + sha256, init_s the workers' boot +
 shard load, wasm_mb the sum over the workers' WASM memories.
 
+`--preload` adds a row `mote, preload`: the page calls Mote.preload() as it loads (bench.js), so one
+worker boots before Mote.load is called; its ready_s still counts from that call, so compare its
+first_token_s (from navigation) with the plain row's.
+
 The programs that run in the page are mote/bench/pages/ (bench.js: window.MoteBench), served by
 bench_app() at /__bench__/ beside the dev server's routes; nothing of them ships in static/.
 
@@ -74,6 +78,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 MAX_WORKERS = 8  # static/worker-count.js MAX_WORKERS
 # The "layout" of the --model-snapshot row: the default layout, loaded with Mote.load's modelSnapshot.
 SNAPSHOT = "model-snapshot"
+PRELOAD = "preload"  # the page calls Mote.preload() as it loads (bench.js, ?preload)
 
 DEFAULT_PROMPTS = (
     "Once upon a time, in a small village, there lived an old clockmaker who",
@@ -116,6 +121,9 @@ def add_browser_args(parser: argparse.ArgumentParser) -> None:
         help="with --browser: add a row per Mote row that asks for a model snapshot (Mote.load modelSnapshot; "
              "LoadRequest.model_snapshot on N workers, one per shard; with --warm, its warm visit starts from "
              "it), paired")
+    add("--preload", action="store_true",
+        help="with --browser: add a row 'mote, preload' in which the page calls Mote.preload() as it loads "
+             "(one worker boots before Mote.load is called), paired")
     add("--bench-prompt", action="append", default=None,
         help="prompt for every model (repeatable; default: two fixed prompts)")
     add("--out", default="bench-out", help="folder for bench.json, bench.md, bench.png (default bench-out)")
@@ -331,14 +339,14 @@ def _visit(base: str, chromium: str, engine: str, model_url: str, prompts: list,
             page.set_default_timeout(timeout_s * 1000)
             page.on("console", lambda m: logs.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
             page.on("pageerror", lambda e: logs.append(f"pageerror: {e}"))
-            page.goto(base + "/__bench__/")
+            page.goto(base + "/__bench__/" + ("?preload" if layout == PRELOAD else ""))
             t0 = time.perf_counter()
             try:
                 page.wait_for_function("() => window.MoteBench !== undefined", timeout=30_000)
                 program = program or ("parallel" if workers else "mote" if engine == "mote" else engine)
                 options = {"model_snapshot": True} if layout == SNAPSHOT else {}
                 out = page.evaluate(f"([u, p, n, c, w, l, o]) => MoteBench.{program}(u, p, n, c, w, l, o)",
-                                    [model_url, prompts, n, n_ctx, workers, None if layout == SNAPSHOT else layout, options])
+                                    [model_url, prompts, n, n_ctx, workers, None if layout in (SNAPSHOT, PRELOAD) else layout, options])
                 if workers and out.get("workers") != workers:
                     raise RunFailed(f"{engine}: asked for {workers} workers, the page ran {out.get('workers')}")
             except PlaywrightError as e:
@@ -634,6 +642,7 @@ def _run(args) -> int:
                            + ([(f"{label} int8", "mote", w, "int8") for label, w in motes] if getattr(args, "int8", False) else [])
                            + ([(f"{label}, model snapshot", "mote", w, SNAPSHOT) for label, w in motes]
                               if getattr(args, "model_snapshot", False) else [])
+                           + ([("mote, preload", "mote", None, PRELOAD)] if getattr(args, "preload", False) else [])
                            + [(c, c, None, None) for c in compare])
                 # Round robin: every engine's r-th run comes before any engine's (r+1)-th, so a shared
                 # machine's drift (load, neighbours, thermal state) falls on all engines alike, and the

@@ -19,6 +19,10 @@ import { Ev, Req } from "/static/protocol.js";
 import { ParallelWorker } from "/static/parallel.js";
 import { benchWllama } from "./wllama.js";
 
+// `mote bench --browser --preload`: one worker boots while the page loads, as a page that calls
+// Mote.preload() in its own script would (mote() below then takes it through Mote.load).
+if (new URLSearchParams(location.search).has("preload")) /** @type {any} */ (window).Mote.preload();
+
 /**
  * Plain Mote on the page: the public API (mote-embed.js), greedy. One worker (the API's default
  * follows the cores): the N-worker rows are `parallel`.
