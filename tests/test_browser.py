@@ -876,7 +876,11 @@ def test_a_worker_booted_before_its_model_is_named_starts_from_the_model_snapsho
     other = load_during_boot(page, "tiny-gemma3.gguf", None, asked, boot_first=True)
     assert other["snapshot"] == "model" and other["model"]["architecture"] == "gemma3", other
     assert "cache" in other["phases"] or "download" in other["phases"], other
-    [now] = runtime_snapshots(page, "mote-model")
+    # (the new file is moved into place before the old one is deleted: wait for that too)
+    deadline = time.monotonic() + 20
+    while len(files := runtime_snapshots(page, "mote-model")) != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    [now] = files
     assert now["key"] != saved["key"] and now["checksum"] == now["bytes_checksum"], now
     page.evaluate("""async (keep) => {                  // the tests after this one know one cached model
         const cache = await caches.open('mote-models-v1');
