@@ -142,33 +142,76 @@ export function checksum(bytes) {
  * @param {Uint8Array[]} parts @returns {string}
  */
 export function checksumParts(parts) {
-  const P = 0x01000193, C = 0x7f4a7c15;
-  let a = 0x6a09e667 | 0, b = 0xbb67ae85 | 0, c = 0x3c6ef372 | 0, d = 0xa54ff53a | 0;
-  let n = 0;
-  // one loop with the lanes in locals (a closure's variables, e.g. in a forEach callback, made it ~6x slower)
+  const sum = new Checksum();
   for (let k = 0; k < parts.length; k++) {
-    const bytes = parts[k];
-    const last = k === parts.length - 1;
-    if (!last && bytes.length % 16) throw new Error("checksum: a part before the last is not a multiple of 16 bytes");
-    const whole = bytes.length >> 2;
-    const words = bytes.byteOffset % 4 === 0 ? new Int32Array(bytes.buffer, bytes.byteOffset, whole)
-      : new Int32Array(bytes.slice(0, whole * 4).buffer);
-    const lanes = whole & ~3;
-    for (let i = 0; i < lanes; i += 4) {
+    if (k < parts.length - 1 && parts[k].length % 16) throw new Error("checksum: a part before the last is not a multiple of 16 bytes");
+    sum.update(parts[k]);
+  }
+  return sum.hex();
+}
+
+/**
+ * `checksum` of bytes given piece by piece, of any lengths (static/model-source.js checks a cached
+ * model with it as it streams): up to 15 bytes wait for the next piece, so the lanes see the same
+ * words as for the bytes in one piece.
+ */
+export class Checksum {
+  constructor() {
+    /** The four lanes. */ this.h = new Int32Array([0x6a09e667, 0xbb67ae85 | 0, 0x3c6ef372, 0xa54ff53a | 0]);
+    /** Bytes seen. */ this.n = 0;
+    /** Up to 15 bytes not yet taken into the lanes. */ this.rest = new Uint8Array(16);
+    this.restLength = 0;
+  }
+
+  /** @param {Uint8Array} bytes */
+  update(bytes) {
+    this.n += bytes.length;
+    let at = 0;
+    if (this.restLength) {                               // complete the waiting 16 bytes first
+      at = Math.min(16 - this.restLength, bytes.length);
+      this.rest.set(bytes.subarray(0, at), this.restLength);
+      this.restLength += at;
+      if (this.restLength < 16) return;
+      this.lanes(this.rest, 16);
+      this.restLength = 0;
+    }
+    const whole = (bytes.length - at) & ~15;
+    if (whole) {
+      const view = bytes.subarray(at, at + whole);
+      this.lanes(view.byteOffset % 4 === 0 ? view : view.slice(), whole);
+    }
+    this.rest.set(bytes.subarray(at + whole), 0);
+    this.restLength = bytes.length - at - whole;
+  }
+
+  /** The lanes over `length` (a multiple of 16) bytes: one loop with the lanes in locals (a
+   *  closure's variables, e.g. in a forEach callback, made it ~6x slower). @param {Uint8Array} bytes @param {number} length */
+  lanes(bytes, length) {
+    const P = 0x01000193, C = 0x7f4a7c15;
+    const words = new Int32Array(bytes.buffer, bytes.byteOffset, length >> 2);
+    let a = this.h[0], b = this.h[1], c = this.h[2], d = this.h[3];
+    for (let i = 0; i < words.length; i += 4) {
       a = (Math.imul(a ^ words[i], P) + C) | 0;
       b = (Math.imul(b ^ words[i + 1], P) + C) | 0;
       c = (Math.imul(c ^ words[i + 2], P) + C) | 0;
       d = (Math.imul(d ^ words[i + 3], P) + C) | 0;
     }
-    if (last) {
-      for (let i = lanes; i < whole; i++) a = (Math.imul(a ^ words[i], P) + C) | 0;
-      for (let i = whole * 4; i < bytes.length; i++) b = (Math.imul(b ^ bytes[i], P) + C) | 0;
-    }
-    n += bytes.length;
+    this.h[0] = a; this.h[1] = b; this.h[2] = c; this.h[3] = d;
   }
-  c = (Math.imul(c ^ (n % 0x100000000), P) + C) | 0;
-  d = (Math.imul(d ^ Math.floor(n / 0x100000000), P) + C) | 0;
-  return [a, b, c, d].map((x) => (x >>> 0).toString(16).padStart(8, "0")).join("");
+
+  /** The 32 hex digits: the last words into the first lane, the last bytes into the second, then
+   *  the length. (It does not change the state: more bytes may follow.) */
+  hex() {
+    const P = 0x01000193, C = 0x7f4a7c15;
+    let [a, b, c, d] = this.h;
+    const whole = this.restLength >> 2;
+    const tail = new DataView(this.rest.buffer, 0, 16);
+    for (let i = 0; i < whole; i++) a = (Math.imul(a ^ tail.getInt32(4 * i, true), P) + C) | 0;
+    for (let i = whole * 4; i < this.restLength; i++) b = (Math.imul(b ^ this.rest[i], P) + C) | 0;
+    c = (Math.imul(c ^ (this.n % 0x100000000), P) + C) | 0;
+    d = (Math.imul(d ^ Math.floor(this.n / 0x100000000), P) + C) | 0;
+    return [a, b, c, d].map((x) => (x >>> 0).toString(16).padStart(8, "0")).join("");
+  }
 }
 
 /**

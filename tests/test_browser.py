@@ -180,40 +180,61 @@ def rendered_text(page, markdown: str) -> str:
     }""", markdown)
 
 
+CHECKSUM_SUFFIX = ".checksum"  # static/model-source.js: a cached copy's checksum is kept at its key + this
+
+
 def model_cache_keys(page) -> list[str]:
-    return page.evaluate("async () => (await (await caches.open('mote-models-v1')).keys()).map((r) => r.url)")
+    """The model cache's copies (their checksums, kept beside them, left out)."""
+    return [k for k in page.evaluate("async () => (await (await caches.open('mote-models-v1')).keys()).map((r) => r.url)")
+            if not k.endswith(CHECKSUM_SUFFIX)]
 
 
 def cached_model(page) -> dict | None:
-    """The model cache's (first) entry: key, headers, and the sha256 of its bytes; None if empty."""
-    return page.evaluate("""async () => {
+    """The model cache's (first) copy: key, headers, the sha256 of its bytes, and whether the checksum
+    kept beside it is theirs (static/snapshot.js checksum; None: none kept); None if empty."""
+    return page.evaluate("""async (suffix) => {
+        const { checksum } = await import('/static/snapshot.js');
         const cache = await caches.open('mote-models-v1');
-        const [key] = await cache.keys();
+        const key = (await cache.keys()).find((k) => !k.url.endsWith(suffix));
         if (!key) return null;
         const r = await cache.match(key);
-        const digest = await crypto.subtle.digest('SHA-256', await r.arrayBuffer());
+        const bytes = new Uint8Array(await r.arrayBuffer());
+        const digest = await crypto.subtle.digest('SHA-256', bytes);
+        const kept = await cache.match(key.url + suffix);
         return { key: key.url, type: r.headers.get('Content-Type'), sha256: r.headers.get('X-Mote-Sha256'),
                  size: r.headers.get('X-Mote-Size'),
-                 bytes_sha256: Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('') };
-    }""")
+                 bytes_sha256: Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join(''),
+                 checksum: kept ? (await kept.text()) === checksum(bytes) : null };
+    }""", CHECKSUM_SUFFIX)
 
 
 def corrupt_cached_model(page) -> None:
-    """Flip one byte in the middle of the cached model (same length: only the sha256 can tell)."""
-    page.evaluate("""async () => {
+    """Flip one byte in the middle of the cached model (same length: only its check can tell)."""
+    page.evaluate("""async (suffix) => {
         const cache = await caches.open('mote-models-v1');
-        const [key] = await cache.keys();
+        const key = (await cache.keys()).find((k) => !k.url.endsWith(suffix));
         const bytes = new Uint8Array(await (await cache.match(key)).arrayBuffer());
         bytes[bytes.length >> 1] ^= 0xff;
         await cache.put(key, new Response(bytes));
-    }""")
+    }""", CHECKSUM_SUFFIX)
+
+
+def set_kept_checksum(page, text: str | None) -> None:
+    """Replace the checksum kept beside the cached model with `text` (None: delete it, as for a copy
+    stored before checksums were kept)."""
+    page.evaluate("""async ([suffix, text]) => {
+        const cache = await caches.open('mote-models-v1');
+        const key = (await cache.keys()).find((k) => !k.url.endsWith(suffix));
+        if (text === null) await cache.delete(key.url + suffix);
+        else await cache.put(key.url + suffix, new Response(text));
+    }""", [CHECKSUM_SUFFIX, text])
 
 
 def stored_entry(base_url: str, data: bytes) -> dict:
     """What cached_model() must read after a verified store, by worker.js or a ParallelWorker alike."""
     sha = hashlib.sha256(data).hexdigest()
     return {"key": f"{base_url}/__mote_models__/{sha}", "type": "application/octet-stream", "sha256": sha,
-            "size": str(len(data)), "bytes_sha256": sha}
+            "size": str(len(data)), "bytes_sha256": sha, "checksum": True}
 
 
 def cores(n: int, memory_gb: float | None = None) -> str:
@@ -884,13 +905,14 @@ def test_a_worker_booted_before_its_model_is_named_starts_from_the_model_snapsho
     assert now["key"] != saved["key"] and now["checksum"] == now["bytes_checksum"], now
     page.evaluate("""async (keep) => {                  // the tests after this one know one cached model
         const cache = await caches.open('mote-models-v1');
-        for (const req of await cache.keys()) if (!req.url.endsWith(keep)) await cache.delete(req);
+        for (const req of await cache.keys()) if (!req.url.includes(keep)) await cache.delete(req);   // (its checksum too)
         await (await navigator.storage.getDirectory()).removeEntry('mote-model', { recursive: true });
     }""", golden["model"]["sha256"])
 
 
 def test_corrupted_cached_model_is_downloaded_again(tab, site, golden):
     page, _, _ = tab
+    assert cached_model(page)["checksum"] is True             # checked by the checksum kept beside it
     corrupt_cached_model(page)
     assert cached_model(page)["bytes_sha256"] != golden["model"]["sha256"]
     open_page(page, site[0])
@@ -899,6 +921,36 @@ def test_corrupted_cached_model_is_downloaded_again(tab, site, golden):
     assert "cache-corrupt" in ready["phases"] and "download" in ready["phases"]
     assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
     assert cached_model(page) == stored_entry(*site)          # the good copy replaced the bad one
+
+
+def test_cached_model_kept_checksum(tab, site, golden):
+    """A cached copy is checked by the checksum kept beside it once its chunks passed their sha256. A
+    copy with none (stored before checksums were kept) is checked against its chunk list and gets one;
+    a kept checksum that is not the copy's counts as a damaged copy: downloaded again, and the right
+    checksum kept."""
+    page, _, _ = tab
+    open_page(page, site[0])
+    assert load_model(page, tg.FILE_NAME)["type"] == "ready"       # cached now, if it was not yet
+    assert cached_model(page) == stored_entry(*site)
+    set_kept_checksum(page, None)
+    assert cached_model(page)["checksum"] is None
+    open_page(page, site[0])
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready" and ready["cached"] is True and "download" not in ready["phases"], ready
+    assert "hash_wait" in ready["timings"], ready["timings"]       # the chunks were hashed
+    assert cached_model(page) == stored_entry(*site)                 # and the checksum kept
+    open_page(page, site[0])
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready" and ready["cached"] is True, ready
+    assert "hash_wait" not in ready["timings"], ready["timings"]   # checked by the checksum alone
+    assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
+    set_kept_checksum(page, "0" * 32)
+    open_page(page, site[0])
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready" and ready["cached"] is False, ready
+    assert "cache-corrupt" in ready["phases"] and "download" in ready["phases"], ready["phases"]
+    assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
+    assert cached_model(page) == stored_entry(*site)
 
 
 def offline_reload_chats(page, context, base_url: str, golden: dict, query: str = "", workers: int = 1) -> float:

@@ -126,3 +126,42 @@ def test_the_snapshot_checksum_sees_any_changed_byte_and_the_length():
     assert got["same"] == got["hex"] and got["unaligned"] == got["hex"]
     values = [got["hex"], *got["flips"], *got["cut"], *got["zeros"]]
     assert len(set(values)) == len(values), values
+
+
+PIECES = """
+const { checksum, Checksum } = await import(process.argv[1]);
+const rnd = (n, seed) => { const b = new Uint8Array(n); let x = seed; for (let i = 0; i < n; i++) { x = (Math.imul(x, 1103515245) + 12345) | 0; b[i] = x >>> 16; } return b; };
+const out = [];
+for (const [n, seed] of [[0, 1], [3, 2], [15, 3], [16, 4], [17, 5], [4099, 6], [100003, 7]]) {
+  const bytes = rnd(n, seed);
+  const cuts = [];                                   // pieces of 0-40 bytes, some of them unaligned views
+  const sum = new Checksum();
+  for (let at = 0, k = seed; at < n;) {
+    k = (Math.imul(k, 7) + 3) % 41;
+    const m = Math.min(n - at, k);
+    const padded = new Uint8Array(m + 1); padded.set(bytes.subarray(at, at + m), 1);
+    sum.update(k % 2 ? padded.subarray(1) : bytes.subarray(at, at + m));
+    cuts.push(m); at += m;
+  }
+  out.push({ n, whole: checksum(bytes), pieces: sum.hex(), again: sum.hex(), count: cuts.length });
+}
+console.log(JSON.stringify(out));
+"""
+
+
+def test_the_checksum_of_pieces_is_the_checksum_of_the_whole():
+    """static/snapshot.js Checksum (a cached model's bytes are checked with it as they stream, in
+    pieces of any length, some of them views at odd offsets) gives what checksum gives for the same
+    bytes in one piece; reading the value does not change it."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (scripts/setup.sh expects Node 20)")
+    out = subprocess.run([node, "--input-type=module", "-e", PIECES, str(ROOT / "static" / "snapshot.js")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    assert [g["n"] for g in got] == [0, 3, 15, 16, 17, 4099, 100003]
+    for g in got:
+        assert g["pieces"] == g["whole"] == g["again"], g
+    assert got[-1]["count"] > 4000                   # really many pieces
+    assert len({g["whole"] for g in got}) == len(got)
