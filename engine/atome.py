@@ -133,31 +133,22 @@ class AtomeWeights:
 def weights_from_tensors(tensors: dict[str, np.ndarray], cfg: AtomeConfig) -> AtomeWeights:
     """Build AtomeWeights from GGUF-named arrays, checking every shape and every trit.
 
-    Trits may come as int8 (quants.ternary_trits, the blob reader) or as floats (a dequantized
-    TQ2_0 tensor with block scale 1.0); anything other than -1, 0, +1 is an error.
+    Trits may come as int8 or as floats (a dequantized TQ2_0 tensor with block scale 1.0);
+    anything other than -1, 0, +1 is an error.
     """
 
-    def tensor(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    def floats(name: str, shape: tuple[int, ...]) -> np.ndarray:
         if name not in tensors:
             raise AtomeError(f"atome tensor {name!r} missing")
         a = np.asarray(tensors[name])
         if a.shape != shape:
             raise AtomeError(f"atome tensor {name!r} has shape {a.shape} (expected {shape})")
-        return a
-
-    def floats(name: str, shape: tuple[int, ...]) -> np.ndarray:
-        return np.ascontiguousarray(tensor(name, shape), dtype=np.float32)
+        return np.ascontiguousarray(a, dtype=np.float32)
 
     def ternary(base: str, shape: tuple[int, ...]) -> TernaryMatrix:
-        w = tensor(base + ".weight", shape)
-        if w.dtype == np.int8:
-            trits = np.ascontiguousarray(w)
-            ok = trits.size == 0 or (int(trits.min()) >= -1 and int(trits.max()) <= 1)
-        else:
-            w = np.ascontiguousarray(w, dtype=np.float32)
-            trits = w.astype(np.int8)
-            ok = np.array_equal(trits, w) and np.abs(trits).max(initial=0) <= 1
-        if not ok:
+        w = floats(base + ".weight", shape)
+        trits = w.astype(np.int8)
+        if not np.array_equal(trits, w) or np.abs(trits).max(initial=0) > 1:
             raise AtomeError(f"atome tensor {base + '.weight'!r} holds values other than -1, 0, +1")
         scale = floats(base + ".scale", (1,))
         return TernaryMatrix(trits, float(scale[0]))
@@ -489,10 +480,6 @@ def _layer_norm_1d(x, w, b, eps, inv_d, out, tmp) -> None:
 def load_model(gguf, n_ctx: int | None = None) -> AtomeModel:
     """An AtomeModel from an `atome` GGUF file (trits as TQ1_0 or F32, scales as F32)."""
     cfg = AtomeConfig.from_metadata(gguf.metadata)
-    tensors = {}
-    for name, t in gguf.tensors.items():
-        # trits stored with block scale 1 come straight out as int8 (no float32 pass to check and undo)
-        trits = quants.ternary_trits(gguf.raw(name), t.ggml_type, t.shape)
-        tensors[name] = trits if trits is not None else quants.dequantize(gguf.raw(name), t.ggml_type, t.shape)
+    tensors = {name: quants.dequantize(gguf.raw(name), t.ggml_type, t.shape) for name, t in gguf.tensors.items()}
     weights = weights_from_tensors(tensors, cfg)
     return AtomeModel(weights, n_ctx=n_ctx) if n_ctx else AtomeModel(weights)

@@ -259,66 +259,31 @@ def _split_q6_k(b: np.ndarray) -> Split:
     return q, _f16(b[:, 208:210])[:, None] * sc, None
 
 
-def _trit_table() -> np.ndarray:
-    """(256,) uint64 whose 8 bytes are the five weights (trit - 1, as int8 in [-1, 1]) a TQ1_0 byte
-    holds, top trit first, then 3 bytes of padding (ggml dequantize_row_tq1_0: multiplying by 3**p
-    (mod 256) brings trit p to the top; (byte * 3) >> 8 reads it out)."""
-    byte = np.arange(256, dtype=np.uint16)[:, None]
-    shifted = (byte * np.array([1, 3, 9, 27, 81], np.uint16)) & 0xFF      # (256, 5), mod 256
-    table = np.zeros((256, 8), np.int8)
-    table[:, :5] = ((shifted * 3) >> 8).astype(np.int16) - 1
-    return table.view(np.uint64).reshape(256)
-
-
-_TRITS = _trit_table()
+_POW3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
 
 
 def _trits(b: np.ndarray, n: int) -> np.ndarray:
-    """(nb, k) base-3 fixed-point bytes -> (nb, n * k) weights in [-1, 1], trit p of byte j at p * k + j.
-    One 8-byte lookup per byte (in Pyodide 2.6x faster than computing the trits, 6x faster than
-    indexing a (256, 5) table)."""
-    nb, k = b.shape
-    per_byte = _TRITS[b].view(np.int8).reshape(nb, k, 8)                # (nb, k, 8)
-    return per_byte[:, :, :n].transpose(0, 2, 1).reshape(nb, n * k)
+    """(nb, k) base-3 fixed-point bytes -> (nb, n, k) trits in {0, 1, 2} (ggml dequantize_row_tq1_0).
+
+    Multiplying by 3**p (mod 256) brings trit p to the top; (byte * 3) >> 8 reads it out.
+    """
+    shifted = b[:, None, :] * _POW3[:n, None]                           # (nb, n, k) uint8, wraps mod 256
+    return ((shifted.astype(np.uint16) * 3) >> 8).astype(np.uint8)
 
 
 def _split_tq1_0(b: np.ndarray) -> Split:
-    q = np.concatenate([
-        _trits(b[:, 0:32], 5),                                          # weights 0..159
-        _trits(b[:, 32:48], 5),                                         # weights 160..239
-        _trits(b[:, 48:52], 4),                                         # weights 240..255
-    ], axis=1)                                                          # (nb, 256) in [-1, 1]
+    t = np.concatenate([
+        _trits(b[:, 0:32], 5).reshape(-1, 160),                         # weights 0..159
+        _trits(b[:, 32:48], 5).reshape(-1, 80),                         # weights 160..239
+        _trits(b[:, 48:52], 4).reshape(-1, 16),                         # weights 240..255
+    ], axis=1)
+    q = t.view(np.int8) - np.int8(1)                                    # (nb, 256) in [-1, 1]
     return q, _f16(b[:, 52:54])[:, None], None
 
 
 def _split_tq2_0(b: np.ndarray) -> Split:
     q = _crumbs(b[:, 0:64].reshape(-1, 2, 32)).reshape(-1, QK_K).view(np.int8) - np.int8(1)
     return q, _f16(b[:, 64:66])[:, None], None                          # (nb, 256), (nb, 1)
-
-
-# Where the block scale d of a ternary type sits, and its float16 bits when d is exactly 1.0.
-_TERNARY_SCALE = {34: slice(52, 54), 35: slice(64, 66)}
-_F16_ONE = 0x3C00
-
-
-def ternary_trits(raw, type_id: int, shape) -> np.ndarray | None:
-    """A TQ1_0 / TQ2_0 tensor whose every block scale is exactly 1.0, as int8 of `shape`: the same
-    values as `dequantize`, without its float32 pass (how Atome's converted trits are stored).
-    None for any other type, or where a block's scale is not 1.0 (then `dequantize` it).
-    TQ2_0's unused code 3 decodes to +2 here as there; the caller checks the range."""
-    where = _TERNARY_SCALE.get(type_id)
-    if where is None:
-        return None
-    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
-    qt = _type(type_id)
-    raw = _as_bytes(raw)
-    if not shape or raw.size != math.prod(shape[:-1]) * row_nbytes(type_id, shape[-1]):
-        return None                                                     # dequantize names the problem
-    blocks = raw.reshape(-1, qt.type_size)                              # (nb, type_size)
-    if not np.all(np.ascontiguousarray(blocks[:, where]).view(np.uint16) == _F16_ONE):
-        return None
-    q, _, _ = _SPLIT[type_id](blocks)                                   # (nb, 256) int8
-    return q.reshape(shape)
 
 
 # ATOME01 (Atome LM's blob, not a GGUF type): 2-bit codes, 4 per byte, lowest bits first,

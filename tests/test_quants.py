@@ -227,26 +227,6 @@ def test_ternary_round_trip(name):
     np.testing.assert_allclose(y, x, rtol=2 ** -11, atol=0)
 
 
-@pytest.mark.parametrize("name", ["TQ1_0", "TQ2_0"])
-def test_ternary_trits_are_the_reference_values_as_int8(name):
-    """Blocks with scale 1.0 (as Atome's converted trits are stored): int8 straight from the blocks,
-    equal to gguf-py's dequantized floats; any other scale, type or size: None."""
-    qt = Q.BY_NAME[name]
-    raw = np.random.default_rng(11).integers(0, 256, size=(12, qt.type_size), dtype=np.uint8)
-    at = F16_FIELDS[name][0]
-    raw[:, at:at + 2] = np.array([1.0], np.float16).view(np.uint8)
-    shape = (3, 4 * 256)
-    trits = Q.ternary_trits(raw.reshape(-1), qt.type_id, shape)
-    assert trits.dtype == np.int8 and trits.shape == shape
-    assert np.array_equal(trits, gguf.quants.dequantize(raw, gtype(name)).reshape(shape))
-    for scale in (-1.0, 0.5, 1.0009765625):                          # the next float16 above 1.0 too
-        other = raw.copy()
-        other[7, at:at + 2] = np.array([scale], np.float16).view(np.uint8)
-        assert Q.ternary_trits(other.reshape(-1), qt.type_id, shape) is None
-    assert Q.ternary_trits(raw.reshape(-1)[:-1], qt.type_id, shape) is None
-    assert Q.ternary_trits(np.zeros(34 * 8, np.uint8), Q.BY_NAME["Q8_0"].type_id, (256,)) is None
-
-
 @pytest.mark.parametrize("name", list(RMSE_BOUND))
 def test_quantize_round_trip_error_and_validity(name):
     qt = Q.BY_NAME[name]
