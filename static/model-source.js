@@ -210,12 +210,13 @@ class ChecksumVerifier {
 export async function loadVerified(model, sink, progress, { cacheOnly = false } = {}) {
   const size = model.size;
   const list = chunkList(model);
+  const recording = recordedChecksum(model);            // looked up beside the copy (never rejects)
   const cached = await cachedModel(model);
   if (cached) {
     progress({ phase: "cache", loaded: 0, total: size });
     let ok = false;
     try {
-      const recorded = await recordedChecksum(model);
+      const recorded = await recording;
       const verifier = recorded ? new ChecksumVerifier(recorded, "cached model") : list && new ChunkVerifier(list, size, "cached model");
       const sum = recorded ? null : new Checksum();      // kept once the hashes have passed
       await pump(cached, model, sink, "cache", "cached model", null, progress, null, verifier, sum);

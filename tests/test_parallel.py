@@ -444,7 +444,7 @@ def test_parallel_load_streams_and_verifies(tiny, tmp_path):
             assert out["cached"] is cached
             assert ("weights_early" in out["timings"]) is cached  # a cached copy is read while the workers boot
             assert 0 < out["coordinator_peak_bytes"] < size / 3   # the old coordinator held all of it
-            assert page.evaluate(keys) == [sha]
+            assert page.evaluate(keys) == [sha, sha + ".checksum"]   # the copy, and its checksum kept beside it
 
 
 def _drive_sharded(gen, shards) -> list[dict]:

@@ -111,17 +111,23 @@ console.log(JSON.stringify(out));
 """
 
 
+def run_with_snapshot_js(script: str):
+    """Run `script` (an ES module importing process.argv[1]) under Node with static/snapshot.js; its
+    printed JSON."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed (scripts/setup.sh expects Node 20)")
+    out = subprocess.run([node, "--input-type=module", "-e", script, str(ROOT / "static" / "snapshot.js")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
 def test_the_snapshot_checksum_sees_any_changed_byte_and_the_length():
     """static/snapshot.js checksum, which names a saved snapshot: every single-bit change (in a lane's
     words, the last words, the tail bytes) and every cut gives another value; an unaligned view of
     the same bytes gives the same one."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed (scripts/setup.sh expects Node 20)")
-    out = subprocess.run([node, "--input-type=module", "-e", CHECKSUM, str(ROOT / "static" / "snapshot.js")],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout)
+    got = run_with_snapshot_js(CHECKSUM)
     assert len(got["hex"]) == 32 and int(got["hex"], 16) >= 0
     assert got["same"] == got["hex"] and got["unaligned"] == got["hex"]
     values = [got["hex"], *got["flips"], *got["cut"], *got["zeros"]]
@@ -153,13 +159,7 @@ def test_the_checksum_of_pieces_is_the_checksum_of_the_whole():
     """static/snapshot.js Checksum (a cached model's bytes are checked with it as they stream, in
     pieces of any length, some of them views at odd offsets) gives what checksum gives for the same
     bytes in one piece; reading the value does not change it."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed (scripts/setup.sh expects Node 20)")
-    out = subprocess.run([node, "--input-type=module", "-e", PIECES, str(ROOT / "static" / "snapshot.js")],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout)
+    got = run_with_snapshot_js(PIECES)
     assert [g["n"] for g in got] == [0, 3, 15, 16, 17, 4099, 100003]
     for g in got:
         assert g["pieces"] == g["whole"] == g["again"], g
