@@ -476,7 +476,7 @@ async function dropModel(model) {
 }
 
 /** Where a cached copy's checksum is kept: its key + this (never fetched either). */
-export const CHECKSUM_SUFFIX = ".checksum";
+const CHECKSUM_SUFFIX = ".checksum";
 
 /**
  * The checksum recorded for the cached copy of `model` (32 hex digits), or null: none recorded (an
@@ -488,7 +488,8 @@ async function recordedChecksum(model) {
   const cache = await openCache();
   try {
     const hit = cache && await cache.match(cacheKey(model.sha256) + CHECKSUM_SUFFIX);
-    const text = hit ? (await hit.text()).trim() : "";
+    const blob = hit ? await hit.blob() : null;          // (its size known before anything is read)
+    const text = blob && blob.size <= 64 ? (await blob.text()).trim() : "";
     return /^[0-9a-f]{32}$/.test(text) ? text : null;
   } catch {
     return null;

@@ -944,6 +944,11 @@ def test_cached_model_kept_checksum(tab, site, golden):
     assert ready["type"] == "ready" and ready["cached"] is True, ready
     assert "hash_wait" not in ready["timings"], ready["timings"]   # checked by the checksum alone
     assert chat(page, golden["messages"][0]["content"], golden["max_tokens"])["token_ids"] == golden["tokens"]
+    set_kept_checksum(page, "0" * (1 << 20))                        # not one we wrote: never read whole
+    open_page(page, site[0])
+    ready = load_model(page, tg.FILE_NAME)
+    assert ready["type"] == "ready" and ready["cached"] is True and "hash_wait" in ready["timings"], ready
+    assert cached_model(page) == stored_entry(*site)                 # hashed, and the checksum kept again
     set_kept_checksum(page, "0" * 32)
     open_page(page, site[0])
     ready = load_model(page, tg.FILE_NAME)
