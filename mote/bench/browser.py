@@ -117,6 +117,8 @@ def add_browser_args(parser: argparse.ArgumentParser) -> None:
              "the HTTP cache, model in the Cache API): a row 'mote (warm)' per Mote row")
     add("--int8", action="store_true",
         help="with --browser: add a row per Mote row with the int8 weight layout (LoadRequest.layout), paired")
+    add("--compact", action="store_true",
+        help="with --browser: add a row per Mote row with the compact layout (every block type packed), paired")
     add("--model-snapshot", action="store_true",
         help="with --browser: add a row per Mote row that asks for a model snapshot (Mote.load modelSnapshot; "
              "LoadRequest.model_snapshot on N workers, one per shard; with --warm, its warm visit starts from "
@@ -309,7 +311,7 @@ def browser_run(base: str, chromium: str, engine: str, model_url: str, prompts: 
     """One cold run in a fresh Chromium: load the model, answer every prompt, read memory.
     engine "mote" with `workers` set: Mote across that many Web Workers (MoteBench.parallel);
     `program` names another MoteBench program taking the same arguments (e.g. "lookup");
-    `layout`: Mote's weight layout ("packed", the default, or "int8").
+    `layout`: Mote's weight layout ("packed", the default, "compact" or "int8").
     warm: then a second visit, Chromium started again on the same profile (the runtime in the HTTP
     cache, the model in the Cache API), returned as out["warm"]."""
     with tempfile.TemporaryDirectory(prefix="mote-bench-profile-") as profile:
@@ -636,10 +638,12 @@ def _run(args) -> int:
                 print(f"[bench] {label} {quant or ''}: CPython reference ...", file=sys.stderr, flush=True)
                 reference = cpython_reference(path, prompts, n, n_ctx)
                 # (row label, engine, workers, layout): plain Mote, Mote across N workers, the same
-                # with int8 weights (--int8), the compared engines
+                # with int8 weights (--int8) or every block type packed (--compact), the compared engines
                 motes = [("mote", None)] + [(f"mote ×{w} workers", w) for w in workers]
                 engines = ([(label, "mote", w, None) for label, w in motes]
                            + ([(f"{label} int8", "mote", w, "int8") for label, w in motes] if getattr(args, "int8", False) else [])
+                           + ([(f"{label} compact", "mote", w, "compact") for label, w in motes]
+                              if getattr(args, "compact", False) else [])
                            + ([(f"{label}, model snapshot", "mote", w, SNAPSHOT) for label, w in motes]
                               if getattr(args, "model_snapshot", False) else [])
                            + ([("mote, preload", "mote", None, PRELOAD)] if getattr(args, "preload", False) else [])

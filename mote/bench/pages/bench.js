@@ -4,7 +4,7 @@
  *
  *   mote(url, prompts, n, nCtx, _, layout)   plain Mote through the embed API (window.Mote), one worker
  *   parallel(url, prompts, n, nCtx, workers, layout)  Mote across N workers (static/parallel.js)
- *                                            (layout: "packed", the default, or "int8": LoadRequest.layout)
+ *                                            (layout: "packed", the default, "compact" or "int8": LoadRequest.layout)
  *   run({workers, model, prompt, ...})       one load + one generation on N workers, with every
  *                                            shard's counters (tests/test_parallel.py, parallel.py)
  *   measureMessaging(n, iters)               postMessage round trips between two workers
