@@ -179,8 +179,9 @@ LAYOUTS = ("packed", "compact", "int8")  # how a worker holds block weights (Loa
 
 def policy_for(layout: str | None) -> LoadPolicy:
     """The load policy of a layout:
-    "packed" (the default): the file's blocks, except Q5_0 kept as int8 values (its packed product
-        is ~1.5x slower in Chromium, docs/kernels.md) when the budget allows (`choose_layout`);
+    "packed" (the default): the file's blocks, except Q5_0 kept as int8 values in the packed
+        kernels' order (packed.PackedLinear values=True; the packed product is ~1.5x slower in
+        Chromium, docs/kernels.md) when the budget allows (`choose_layout`);
     "compact": every block type packed, memory about the file's size;
     "int8": int8 values + float32 scales, about 2.2x a 4-bit file (for comparison benchmarks)."""
     layout = layout or "packed"

@@ -159,11 +159,14 @@ def estimate(gguf, n_ctx: int | None = None, n_workers: int = 1, layout: str = "
 
 def _fixed_runtime(gguf, cfg: ModelConfig, plan: ShardPlan | None, layout: str) -> int:
     """What a worker holds whatever the context: the runtime booted, the kernels' scratch (packed
-    blocks always; int8 blocks only where the layout keeps some matrix as int8), a prefill chunk's arrays."""
+    blocks always; matmul.BlockLinear's only where the layout keeps some matrix as int8 blocks, not
+    as values for the packed kernels), a prefill chunk's arrays."""
     from .bridge import policy_for
+    from .packed import VALUE_TYPES
 
     policy = policy_for(layout)
     int8 = any(not quants.TYPES[t.ggml_type].is_float and not policy.packs(t.ggml_type)
+               and not (policy.values(t.ggml_type) and quants.TYPES[t.ggml_type].name in VALUE_TYPES)
                for t, _, _ in _matrices(gguf, cfg, plan))
     return BOOT_BYTES + PACKED_SCRATCH + (INT8_SCRATCH if int8 else 0) + FORWARD_BYTES
 

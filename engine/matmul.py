@@ -488,7 +488,7 @@ def compact_q8_0(raw: np.ndarray, n_out: int, n_in: int) -> tuple[np.ndarray, np
 
 
 def prepare_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], dense: bool, kernel: str | None = None,
-                   in_place: bool = False, packed: bool = False):
+                   in_place: bool = False, packed: bool = False, values: bool = False):
     """Resident form of a (n_out, n_in) weight: float32 when `dense` or not block-quantized.
 
     kernel: force a BlockLinear kernel (None: `choose_kernel` decides).
@@ -497,6 +497,8 @@ def prepare_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], dens
         `compacted` set.
     packed: keep block types other than Q8_0 as their packed bytes (`packed.PackedLinear`)
         instead of int8 values and float32 scales.
+    values: (not packed) int8 values and float32 scales laid out as the packed kernels read them
+        (`PackedLinear` with values=True) where the type allows, else as `BlockLinear`.
     """
     if dense or quants.TYPES[ggml_type].is_float:
         return DenseLinear(quants.dequantize(raw, ggml_type, shape))
@@ -507,6 +509,13 @@ def prepare_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], dens
         from .packed import PackedLinear
 
         return PackedLinear(rows, ggml_type, shape, planar=planar)
+    if values and not packed:
+        from .packed import VALUE_TYPES, PackedLinear
+
+        if quants.TYPES[ggml_type].name in VALUE_TYPES:
+            lin = PackedLinear(rows, ggml_type, shape, planar=planar, values=True)
+            if lin.holds_values:
+                return lin
     if ggml_type == quants.BY_NAME["Q8_0"].type_id and in_place and raw.flags.writeable:
         q, d = compact_q8_0(raw, n_out, n_in)
         lin = BlockLinear(q, d, None, kernel)

@@ -77,6 +77,11 @@ class LoadPolicy:
         """Whether a block matrix of this type stays packed (see `packed`, `int8_types`)."""
         return self.packed and quants.TYPES[ggml_type].name not in self.int8_types
 
+    def values(self, ggml_type: int) -> bool:
+        """Whether a block matrix of this type is one of `int8_types` of a packed policy: its int8
+        values are then laid out for the packed kernels where the type allows (`packed.VALUE_TYPES`)."""
+        return self.packed and quants.TYPES[ggml_type].name in self.int8_types
+
 
 def memory_limit() -> int:
     """Bytes this process could ever hold: physical memory natively, the 4 GiB of wasm32 in Pyodide."""
@@ -716,7 +721,7 @@ def _rows(gguf: GGUFFile, name: str, spans: list[tuple[int, int]], dense: bool, 
     raw = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (rows * row bytes,) uint8
     n_rows = sum(b - a for a, b in spans)
     return prepare_linear(raw, t.ggml_type, (n_rows, t.shape[1]), dense=dense,
-                          in_place=policy.own_buffer, packed=policy.packs(t.ggml_type))
+                          in_place=policy.own_buffer, packed=policy.packs(t.ggml_type), values=policy.values(t.ggml_type))
 
 
 def _columns(gguf: GGUFFile, name: str, c0: int, c1: int, dense: bool, policy: LoadPolicy):
@@ -730,12 +735,12 @@ def _columns(gguf: GGUFFile, name: str, c0: int, c1: int, dense: bool, policy: L
     qt = quants.TYPES[t.ggml_type]
     if (c0, c1) == (0, n_in):
         return prepare_linear(gguf.raw(name), t.ggml_type, t.shape, dense=dense, in_place=policy.own_buffer,
-                              packed=policy.packs(t.ggml_type))
+                              packed=policy.packs(t.ggml_type), values=policy.values(t.ggml_type))
     if c0 % qt.block_size == 0 and c1 % qt.block_size == 0:
         b0, b1 = c0 // qt.block_size * qt.type_size, c1 // qt.block_size * qt.type_size  # byte columns
         part = gguf.columns(name, b0, b1)  # (n_out, cut bytes) whole blocks: a copy, or a shard's own piece
         return prepare_linear(part.reshape(-1), t.ggml_type, (n_out, c1 - c0), dense=dense, in_place=True,
-                              packed=policy.packs(t.ggml_type))
+                              packed=policy.packs(t.ggml_type), values=policy.values(t.ggml_type))
     # a cut inside a block (tiny models only): dequantize, keep float32 columns
     w = quants.dequantize(gguf.raw(name), t.ggml_type, t.shape)  # (n_out, n_in) float32
     return DenseLinear(np.ascontiguousarray(w[:, c0:c1]))

@@ -39,6 +39,12 @@ calls whatever its size; ufuncs get their output positionally (`out=` as a keywo
 per call in Pyodide 0.27), and constants are 1-element arrays (a numpy scalar operand takes a
 slower, buffered loop).
 
+**Values unpacked at load** (`values=True`, Q4_0 and Q5_0): where memory allows, a worker keeps
+Q5_0 as int8 values q - z (1 + 1/8 bytes per weight with the float32 scales, as matmul.BlockLinear),
+split once from the file's blocks and laid out in the planes' part order, rows last. A product skips the
+unpacking (Q5_0's fifth bits cost the most of it) and keeps the einsum's inner loop over rows:
+~0.77x BlockLinear's time per weight in Pyodide, where BlockLinear sums along 32-weight sub-blocks.
+
 Fast types: Q8_0, Q4_0, Q5_0, Q4_K, Q6_K, Q2_K, Q3_K. Every other block type falls back to
 `quants.split_blocks` per chunk (exact, slower, still nothing resident). Q8_0's bytes are already
 the values: planarized, its chunks are int8 columns and the product is the same einsum with
@@ -93,6 +99,7 @@ PLANES: dict[str, list[tuple[str, int, int]]] = {
     "Q3_K": [("hm", 32, 1), ("qs", 64, 1), ("slo", 8, 1), ("shi", 4, 1), ("d", 2, 2)],
 }
 FAST_TYPES = frozenset(PLANES)
+VALUE_TYPES = frozenset({"Q4_0", "Q5_0"})  # may be unpacked once, at load, to int8 values (PackedLinear values=True)
 
 
 def _planes_of(name: str, b: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None]:
@@ -199,11 +206,15 @@ class PackedLinear:
     planar: rewrite raw in place, chunk by chunk, as transposed planes (it must be writable and
         the model's own); otherwise raw is only read (the mapped file) and each chunk is
         planarized into scratch per product.
+    values: Q4_0 and Q5_0 only (VALUE_TYPES): unpack the weights once, at load, to int8 values in
+        the planes' order (`_unpack_values`), for speed where memory allows; `holds_values` says
+        whether it did (not for a Q5_0 chunk of an odd number of blocks, see `_fifth_bits`).
     """
 
     kernel = "packed"
 
-    def __init__(self, raw: np.ndarray, ggml_type: int, shape: tuple[int, int], planar: bool = False):
+    def __init__(self, raw: np.ndarray, ggml_type: int, shape: tuple[int, int], planar: bool = False,
+                 values: bool = False):
         self.qt = quants.TYPES[ggml_type]
         self.ggml_type = ggml_type
         self.n_out, self.n_in = shape
@@ -224,7 +235,8 @@ class PackedLinear:
         self.fast = self.qt.name in FAST_TYPES
         if self.qt.name == "Q5_0" and any(self.nb * c % 2 for _, c in self._chunks):
             self.fast = False  # its bit plane needs whole uint64 words (see _fifth_bits)
-        self.planar = planar and self.fast
+        self.holds_values = values and self.fast and self.qt.name in VALUE_TYPES
+        self.planar = planar and self.fast and not self.holds_values
         if self.planar and not self.rows_u8.flags.c_contiguous:
             raise ValueError("planar packing needs the matrix's rows contiguous")
         self.copied = False            # views of the buffer: its pages stay
@@ -237,11 +249,37 @@ class PackedLinear:
                 self.sides.append(planarize(flat[i * self.row_bytes : (i + c) * self.row_bytes], ggml_type, c, self.nb))
             self._views = [self._chunk_views(flat[i * self.row_bytes : (i + c) * self.row_bytes], c, side)
                            for (i, c), side in zip(self._chunks, self.sides)]
+        self._kernel = "_chunk_" + ("values" if self.holds_values else self.qt.name.lower() if self.fast else "split")
+        if self.holds_values:
+            self._views = self._unpack_values()
 
     @property
     def nbytes(self) -> int:
-        """Bytes of its own: the side arrays only (the rest are the buffer's bytes)."""
-        return sum(0 if s is None else s.nbytes for s in self.sides)
+        """Bytes of its own: the side arrays, and the int8 values and scales if it holds them (the
+        rest are the buffer's bytes)."""
+        own = sum(0 if s is None else s.nbytes for s in self.sides)
+        return own + (self._values.nbytes + self._scales.nbytes if self.holds_values else 0)
+
+    def _unpack_values(self) -> list[dict]:
+        """`values`: every chunk's weights unpacked once, at load, as int8 q - z (Q4_0: z = 8, Q5_0:
+        16) in the kernel's part order, rows last (2, nb, 16, c), with the block scales as float32
+        (nb, c). A product then casts and multiplies, as for the file's planes, without unpacking:
+        1 + 1/8 bytes per weight, as matmul.BlockLinear, but the einsum's inner loop runs over rows
+        (~0.77x BlockLinear's time per weight in Pyodide, docs/kernels.md). The file's bytes are
+        split as for BlockLinear and transposed into place (Pyodide: 1.2x the split alone, where
+        planarizing first and unpacking the planes took 1.7x)."""
+        nb = self.nb
+        self._values = np.empty(self.n_out * self.n_in, np.int8)
+        self._scales = np.empty(self.n_out * nb, np.float32)
+        views = []
+        for i, c in self._chunks:
+            q = self._values[i * self.n_in : (i + c) * self.n_in].reshape(2, nb, 16, c)
+            d = self._scales[i * nb : (i + c) * nb].reshape(nb, c)
+            split, scale, _ = self._split(self.rows_u8[i : i + c], c)  # (c, nb, 32) q - z, (c, nb) d
+            q[...] = split.reshape(c, nb, 2, 16).transpose(2, 1, 3, 0)
+            d[...] = scale.T
+            views.append({"q": q, "d32": d})
+        return views
 
     def _chunk_views(self, region: np.ndarray, c: int, side: np.ndarray | None) -> dict:
         """Plane name -> (nb, elements per block, c) view of a planarized chunk (and "<name>64":
@@ -340,7 +378,7 @@ class PackedLinear:
     def _mv(self, x2: np.ndarray, y2: np.ndarray) -> None:
         """y2 (n, n_out) = each row of x2 (n, n_in) times W, with one-token arithmetic per row."""
         xp = self._prep(x2)
-        run = getattr(self, "_chunk_" + (self.qt.name.lower() if self.fast else "split"))
+        run = getattr(self, self._kernel)
         for k, (i, c) in enumerate(self._chunks):
             run(self._views_of(k) if self.fast else self.rows_u8[i : i + c], c, xp, y2[:, i : i + c])
 
@@ -370,6 +408,19 @@ class PackedLinear:
         for j in range(y.shape[0]):
             _einsum("bk,bkr->br", xp["xp"][j], w, out=p)  # (nb, c) block sums, the inner loop over rows
             _einsum("br,br->r", p, d, out=y[j])
+
+    def _chunk_values(self, v: dict, c: int, xp: dict, y: np.ndarray | None, dense: bool = False):
+        """`values` (Q4_0, Q5_0 unpacked at load): the q - z of `_chunk_q4_0`, cast, then the same sums."""
+        nb = self.nb
+        w = _scratch("pk_w", (2, nb, 16, c))
+        np.copyto(w, v["q"], casting="unsafe")  # one cast for the chunk
+        d = v["d32"]  # (nb, c)
+        if dense:  # prefill: d * (q - z), as the reference
+            return np.multiply(w, d[None, :, None, :], w)
+        p = _scratch("pk_p", (2, nb, c))
+        for j in range(y.shape[0]):
+            _einsum("hbk,hbkr->hbr", xp["xp"][j], w, out=p)  # (2, nb, c) half-block sums, inner loop over rows
+            _einsum("hbr,br->r", p, d, out=y[j])
 
     def _chunk_q4_0(self, v: dict, c: int, xp: dict, y: np.ndarray | None, dense: bool = False):
         nb = self.nb
@@ -553,7 +604,7 @@ class PackedLinear:
             return
         xp = self._prep(x2)
         xs = xp["xp"].reshape(x2.shape[0], self.n_in)  # (n, n_in) in part order
-        run = getattr(self, "_chunk_" + self.qt.name.lower())
+        run = getattr(self, self._kernel)
         for k, (i, c) in enumerate(self._chunks):
             wt = run(self._views_of(k), c, xp, None, dense=True).reshape(self.n_in, c)  # (n_in, c)
             if ON_WASM:
@@ -570,7 +621,7 @@ class PackedLinear:
         if not self.fast:
             self._chunk_split(self.rows_u8[:c], c, self._prepare(x[:1]), y)
             return
-        run = getattr(self, "_chunk_" + self.qt.name.lower())
+        run = getattr(self, self._kernel)
         run(self._views_of(0), c, self._prepare(x[:1]), y)
         run(self._views_of(0), c, self._prepare(x), None, dense=True)
 
@@ -587,6 +638,11 @@ class PackedLinear:
         for k, (i, c) in enumerate(self._chunks):
             mine = (ids >= i) & (ids < i + c)
             if not mine.any():
+                continue
+            if self.holds_values:  # d * (q - z), as quants.dequantize computes it
+                v, sel = self._views[k], ids[mine] - i
+                q = v["q"][:, :, :, sel].transpose(3, 1, 0, 2).astype(np.float32)  # (m, nb, 2, 16)
+                out[mine] = (q * v["d32"][:, sel].T[:, :, None, None]).reshape(-1, self.n_in)
                 continue
             if self.planar:
                 region = self.rows_u8.reshape(-1)[i * self.row_bytes : (i + c) * self.row_bytes]
@@ -616,7 +672,7 @@ def reserve_scratch(linears) -> None:
     biggest: dict = {}
     for lin in linears:
         if isinstance(lin, PackedLinear):
-            key = (lin.qt.name, lin.fast, lin.planar)
+            key = (lin.qt.name, lin.fast, lin.planar, lin.holds_values)
             if key not in biggest or lin.chunk * lin.nb > biggest[key].chunk * biggest[key].nb:
                 biggest[key] = lin
     for lin in biggest.values():

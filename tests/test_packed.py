@@ -1,7 +1,8 @@
 """engine/packed.py: products straight from packed blocks, against the naive reference.
 
 - every block type, in the file's layout (read-only, as natively) and planarized in place (as the
-  browser worker holds it): one token and several, within 1e-5 of `matmul.reference_linear`
+  browser worker holds it), and Q4_0 / Q5_0 unpacked at load to int8 values (the worker's Q5_0):
+  one token and several, within 1e-5 of `matmul.reference_linear`
   (dequantize everything with the gguf-py-exact decoders, then multiply);
 - `rows` (the verify pass of lookup decoding) gives each row bit for bit what a one-token call gives;
 - planarizing is a permutation: `unplanarize` gives the file's bytes back, and `dequantize_rows`
@@ -78,6 +79,38 @@ def test_planarize_is_a_permutation_of_the_bytes(name):
         np.testing.assert_array_equal(packed._fifth_bits_inverse(packed._fifth_bits(qh), n_out, nb), qh)
 
 
+@pytest.mark.parametrize("planar", [False, True])
+@pytest.mark.parametrize("name", sorted(packed.VALUE_TYPES))
+def test_values_unpacked_at_load_equal_reference(name, planar, monkeypatch):
+    """values=True (the worker's default for Q5_0): int8 values in the planes' order, unpacked once."""
+    monkeypatch.setattr(packed, "CHUNK_BYTES", 64 << 10)
+    n_out, n_in = 300, 768
+    tid, raw, xs = _case(name, n_out, n_in, seed=5)
+    buf = raw.copy().reshape(n_out, -1)
+    lin = packed.PackedLinear(buf, tid, (n_out, n_in), planar=planar, values=True)
+    assert lin.holds_values and len(lin._chunks) > 1 and not lin.planar
+    assert bytes(buf) == raw.tobytes()  # the file's bytes are read, not rewritten
+    assert lin.nbytes == n_out * n_in + n_out * (n_in // 32) * 4  # 1 + 1/8 bytes per weight, as BlockLinear
+    ref1 = matmul.reference_linear(raw, tid, (n_out, n_in), xs[0])
+    assert _err(lin(xs[0]), ref1) <= RTOL
+    assert _err(lin(xs), matmul.reference_linear(raw, tid, (n_out, n_in), xs)) <= RTOL
+    rows = lin.rows(xs)
+    for j in range(len(xs)):
+        np.testing.assert_array_equal(rows[j], lin(xs[j]))
+    ids = np.array([299, 0, 5, 150, 5])
+    np.testing.assert_array_equal(lin.dequantize_rows(ids), quants.dequantize(raw, tid, (n_out, n_in))[ids])
+    block = matmul.prepare_linear(raw.copy(), tid, (n_out, n_in), dense=False, in_place=True)  # the same values
+    assert _err(lin(xs[0]), block(xs[0])) <= RTOL
+
+
+def test_values_of_a_type_or_chunk_they_do_not_fit_fall_back_to_int8_blocks():
+    tid, raw, _ = _case("Q5_0", 7, 96)  # 21 blocks: no whole uint64 words of fifth bits
+    assert not packed.PackedLinear(raw.copy().reshape(7, -1), tid, (7, 96), values=True).holds_values
+    assert type(matmul.prepare_linear(raw.copy(), tid, (7, 96), dense=False, values=True)).__name__ == "BlockLinear"
+    tid, raw, _ = _case("Q4_K", 8, 256)
+    assert type(matmul.prepare_linear(raw.copy(), tid, (8, 256), dense=False, values=True)).__name__ == "BlockLinear"
+
+
 def test_a_q5_0_chunk_with_an_odd_number_of_blocks_is_still_exact():
     """Q5_0's bit plane needs whole uint64 words; an odd rows x blocks count falls back to split."""
     tid, raw, xs = _case("Q5_0", 7, 96)  # 3 blocks per row, 7 rows: 21 blocks
@@ -129,6 +162,13 @@ def test_packed_model_equals_int8_blocks(tmp_path, arch, qtype):
         if own:  # tied head planarized in place: the embedding reads its rows from the planes
             assert model.w["token_embd"].block is model.w["output"] and model.w["output"].planar
             assert bytes(buf) != path.read_bytes()
+    if qtype in packed.VALUE_TYPES:  # kept as int8 values for the packed kernels (the worker's Q5_0)
+        policy = dataclasses.replace(PACKED, own_buffer=True, int8_types=(qtype,))
+        model = load_model(GGUFFile(bytearray(path.read_bytes())), policy=policy)
+        assert all(m.holds_values for m in model.w["blk"][0].values() if hasattr(m, "n_out"))
+        np.testing.assert_allclose(model.forward(toks, all_logits=True), want, rtol=1e-4, atol=2e-4)
+        got = [model.forward([t]) for t in toks[:3]]
+        np.testing.assert_allclose(np.stack(got), np.stack(step_ref), rtol=1e-4, atol=2e-4)
 
 
 def test_scratch_is_made_at_load_and_neither_a_prefill_nor_a_step_grows_it(tmp_path):
@@ -191,8 +231,9 @@ for name in %r:
     xs = rng.standard_normal((5, 512)).astype(np.float32)
     ref1 = matmul.reference_linear(raw, tid, (300, 512), xs[0])
     refn = matmul.reference_linear(raw, tid, (300, 512), xs)
-    for planar in (False, True):
-        lin = packed.PackedLinear(raw.copy().reshape(300, -1), tid, (300, 512), planar=planar)
+    for planar, values in [(False, False), (True, False)] + [(True, True)] * (name in packed.VALUE_TYPES):
+        lin = packed.PackedLinear(raw.copy().reshape(300, -1), tid, (300, 512), planar=planar, values=values)
+        assert lin.holds_values == values
         e1 = float(np.abs(lin(xs[0]) - ref1).max() / np.abs(ref1).max())
         en = float(np.abs(lin(xs) - refn).max() / np.abs(refn).max())
         rows = lin.rows(xs)
@@ -213,7 +254,7 @@ def test_packed_products_in_pyodide():
     with bench.pyodide_runner(static, chromium=CHROMIUM) as run:
         res = json.loads(run(BROWSER_CHECK % (TYPES,)))
     assert res["platform"] == "emscripten"
-    assert len(res["cases"]) == 2 * len(TYPES)
+    assert len(res["cases"]) == 2 * len(TYPES) + len(packed.VALUE_TYPES)
     for name, planar, fast, e1, en, same in res["cases"]:
         assert e1 <= RTOL and en <= RTOL and same, (name, planar, fast, e1, en)
 

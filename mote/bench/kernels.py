@@ -84,6 +84,10 @@ def measure(budget_s: float = 0.15, shapes=None) -> dict:
         lin = matmul.prepare_linear(np.frombuffer(bytearray(raw.tobytes()), np.uint8), tid, (n_out, n_in),
                                     dense=False, in_place=True, packed=True)
         row["packed"] = gflop / _best(lambda: (packed._PREPARED.clear(), lin(x, out=y)), budget_s)
+        if name in packed.VALUE_TYPES:  # unpacked at load to int8 values in the planes' order (a worker's Q5_0)
+            lin = matmul.prepare_linear(np.frombuffer(bytearray(raw.tobytes()), np.uint8), tid, (n_out, n_in),
+                                        dense=False, in_place=True, values=True)
+            row["values"] = gflop / _best(lambda: (packed._PREPARED.clear(), lin(x, out=y)), budget_s)
         row["chosen"] = matmul.prepare_linear(raw, tid, (n_out, n_in), dense=False).kernel
         rows.append(row)
     return {"platform": sys.platform, "numpy": np.__version__, "python": sys.version.split()[0], "rows": rows}
@@ -144,7 +148,7 @@ def measure_in_browser(budget_s: float = 0.15) -> dict:
 
 # ---- the table --------------------------------------------------------------------------------
 
-COLUMNS = ["ref", "dense f32", "scale", "subdot", "einsum", "transposed", "einsum compacted", "packed"]
+COLUMNS = ["ref", "dense f32", "scale", "subdot", "einsum", "transposed", "einsum compacted", "packed", "values"]
 
 
 def table(results: list[dict]) -> str:
