@@ -720,8 +720,8 @@ def _rows(gguf: GGUFFile, name: str, spans: list[tuple[int, int]], dense: bool, 
     parts = [gguf.rows(name, a, b) for a, b in spans if b > a]
     raw = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (rows * row bytes,) uint8
     n_rows = sum(b - a for a, b in spans)
-    return prepare_linear(raw, t.ggml_type, (n_rows, t.shape[1]), dense=dense,
-                          in_place=policy.own_buffer, packed=policy.packs(t.ggml_type), values=policy.values(t.ggml_type))
+    return prepare_linear(raw, t.ggml_type, (n_rows, t.shape[1]), dense=dense, in_place=policy.own_buffer,
+                          packed=policy.packs(t.ggml_type), values=policy.values(t.ggml_type))
 
 
 def _columns(gguf: GGUFFile, name: str, c0: int, c1: int, dense: bool, policy: LoadPolicy):

@@ -410,16 +410,23 @@ class PackedLinear:
             _einsum("br,br->r", p, d, out=y[j])
 
     def _chunk_values(self, v: dict, c: int, xp: dict, y: np.ndarray | None, dense: bool = False):
-        """`values` (Q4_0, Q5_0 unpacked at load): the q - z of `_chunk_q4_0`, cast, then the same sums."""
-        nb = self.nb
-        w = _scratch("pk_w", (2, nb, 16, c))
+        """`values` (Q4_0, Q5_0 split at load): `_chunk_q4_0` from its q - z on, without unpacking."""
+        w = _scratch("pk_w", (2, self.nb, 16, c))
         np.copyto(w, v["q"], casting="unsafe")  # one cast for the chunk
-        d = v["d32"]  # (nb, c)
+        return self._half_block_sums(w, v["d32"], None, c, xp, y, dense)
+
+    def _half_block_sums(self, w: np.ndarray, d: np.ndarray, z, c: int, xp: dict, y: np.ndarray | None, dense: bool):
+        """Q4_0 / Q5_0 from the chunk's values w (2, nb, 16, c) float32, q or (z None) q - z, and
+        block scales d (nb, c): y = d * (q - z) . x per row, or (dense) the weights themselves."""
         if dense:  # prefill: d * (q - z), as the reference
+            if z is not None:
+                np.subtract(w, z, w)
             return np.multiply(w, d[None, :, None, :], w)
-        p = _scratch("pk_p", (2, nb, c))
+        p = _scratch("pk_p", (2, self.nb, c))
         for j in range(y.shape[0]):
             _einsum("hbk,hbkr->hbr", xp["xp"][j], w, out=p)  # (2, nb, c) half-block sums, inner loop over rows
+            if z is not None:
+                np.subtract(p[0], xp["xz"][j], p[0])  # - z * sum(x) once per block: w = d * (q - z)
             _einsum("hbr,br->r", p, d, out=y[j])
 
     def _chunk_q4_0(self, v: dict, c: int, xp: dict, y: np.ndarray | None, dense: bool = False):
@@ -436,14 +443,7 @@ class PackedLinear:
             np.bitwise_or(val, hb, val)
         w = _scratch("pk_w", (2, nb, 16, c))
         np.copyto(w, u, casting="unsafe")  # one cast for the chunk
-        if dense:  # prefill: d * (q - z), as the reference
-            np.subtract(w, _Z[16 if "hb64" in v else 8], w)
-            return np.multiply(w, d[None, :, None, :], w)
-        p = _scratch("pk_p", (2, nb, c))
-        for j in range(y.shape[0]):
-            _einsum("hbk,hbkr->hbr", xp["xp"][j], w, out=p)  # (2, nb, c) half-block sums, inner loop over rows
-            np.subtract(p[0], xp["xz"][j], p[0])  # - z * sum(x) once per block: w = d * (q - z)
-            _einsum("hbr,br->r", p, d, out=y[j])
+        return self._half_block_sums(w, d, _Z[16 if "hb64" in v else 8], c, xp, y, dense)
 
     _chunk_q5_0 = _chunk_q4_0
 
