@@ -39,7 +39,7 @@ calls whatever its size; ufuncs get their output positionally (`out=` as a keywo
 per call in Pyodide 0.27), and constants are 1-element arrays (a numpy scalar operand takes a
 slower, buffered loop).
 
-**Values unpacked at load** (`values=True`, Q4_0 and Q5_0): where memory allows, a worker keeps
+**Values split at load** (`values=True`, Q4_0 and Q5_0): where memory allows, a worker keeps
 Q5_0 as int8 values q - z (1 + 1/8 bytes per weight with the float32 scales, as matmul.BlockLinear),
 split once from the file's blocks and laid out in the planes' part order, rows last. A product skips the
 unpacking (Q5_0's fifth bits cost the most of it) and keeps the einsum's inner loop over rows:
@@ -99,7 +99,7 @@ PLANES: dict[str, list[tuple[str, int, int]]] = {
     "Q3_K": [("hm", 32, 1), ("qs", 64, 1), ("slo", 8, 1), ("shi", 4, 1), ("d", 2, 2)],
 }
 FAST_TYPES = frozenset(PLANES)
-VALUE_TYPES = frozenset({"Q4_0", "Q5_0"})  # may be unpacked once, at load, to int8 values (PackedLinear values=True)
+VALUE_TYPES = frozenset({"Q4_0", "Q5_0"})  # may be split once, at load, to int8 values (PackedLinear values=True)
 
 
 def _planes_of(name: str, b: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None]:
@@ -206,8 +206,8 @@ class PackedLinear:
     planar: rewrite raw in place, chunk by chunk, as transposed planes (it must be writable and
         the model's own); otherwise raw is only read (the mapped file) and each chunk is
         planarized into scratch per product.
-    values: Q4_0 and Q5_0 only (VALUE_TYPES): unpack the weights once, at load, to int8 values in
-        the planes' order (`_unpack_values`), for speed where memory allows; `holds_values` says
+    values: Q4_0 and Q5_0 only (VALUE_TYPES): split the weights once, at load, to int8 values in
+        the planes' order (`_split_values`), for speed where memory allows; `holds_values` says
         whether it did (not for a Q5_0 chunk of an odd number of blocks, see `_fifth_bits`).
     """
 
@@ -251,7 +251,7 @@ class PackedLinear:
                            for (i, c), side in zip(self._chunks, self.sides)]
         self._kernel = "_chunk_" + ("values" if self.holds_values else self.qt.name.lower() if self.fast else "split")
         if self.holds_values:
-            self._views = self._unpack_values()
+            self._views = self._split_values()
 
     @property
     def nbytes(self) -> int:
@@ -260,8 +260,8 @@ class PackedLinear:
         own = sum(0 if s is None else s.nbytes for s in self.sides)
         return own + (self._values.nbytes + self._scales.nbytes if self.holds_values else 0)
 
-    def _unpack_values(self) -> list[dict]:
-        """`values`: every chunk's weights unpacked once, at load, as int8 q - z (Q4_0: z = 8, Q5_0:
+    def _split_values(self) -> list[dict]:
+        """`values`: every chunk's weights split once, at load, to int8 q - z (Q4_0: z = 8, Q5_0:
         16) in the kernel's part order, rows last (2, nb, 16, c), with the block scales as float32
         (nb, c). A product then casts and multiplies, as for the file's planes, without unpacking:
         1 + 1/8 bytes per weight, as matmul.BlockLinear, but the einsum's inner loop runs over rows
@@ -416,8 +416,9 @@ class PackedLinear:
         return self._half_block_sums(w, v["d32"], None, c, xp, y, dense)
 
     def _half_block_sums(self, w: np.ndarray, d: np.ndarray, z, c: int, xp: dict, y: np.ndarray | None, dense: bool):
-        """Q4_0 / Q5_0 from the chunk's values w (2, nb, 16, c) float32, q or (z None) q - z, and
-        block scales d (nb, c): y = d * (q - z) . x per row, or (dense) the weights themselves."""
+        """Q4_0 / Q5_0 from a chunk's values w (2, nb, 16, c) float32 and block scales d (nb, c):
+        y = d * (q - z) . x per row, or (dense) the weights d * (q - z). w holds q when the zero
+        point z is given, q - z already when it is None."""
         if dense:  # prefill: d * (q - z), as the reference
             if z is not None:
                 np.subtract(w, z, w)

@@ -81,8 +81,8 @@ def test_planarize_is_a_permutation_of_the_bytes(name):
 
 @pytest.mark.parametrize("planar", [False, True])
 @pytest.mark.parametrize("name", sorted(packed.VALUE_TYPES))
-def test_values_unpacked_at_load_equal_reference(name, planar, monkeypatch):
-    """values=True (the worker's default for Q5_0): int8 values in the planes' order, unpacked once."""
+def test_values_split_at_load_equal_reference(name, planar, monkeypatch):
+    """values=True (the worker's default for Q5_0): int8 values in the planes' order, split once."""
     monkeypatch.setattr(packed, "CHUNK_BYTES", 64 << 10)
     n_out, n_in = 300, 768
     tid, raw, xs = _case(name, n_out, n_in, seed=5)
