@@ -227,6 +227,28 @@ def test_bench_warm_adds_a_second_visit_row_per_mote_row(tiny, tmp_path, monkeyp
     assert "1st token after navigation s" in (tmp_path / "bench.md").read_text()
 
 
+def test_bench_layout_rows_ask_for_their_layout_and_pair_with_mote(tiny, tmp_path, monkeypatch, capsys):
+    """--int8 and --compact: a row per Mote row with that LoadRequest.layout, paired with plain Mote."""
+    import mote.bench.browser as bench
+
+    model, _ = tiny
+    want = _engine_tokens(model, PROMPT, 6)
+    asked = []
+    speed = {None: 3.0, "int8": 2.7, "compact": 2.4}
+
+    def fake_run(base, chromium, kind, url, prompts, n, n_ctx, timeout_s, workers=None, layout=None, warm=False):
+        asked.append((workers, layout))
+        return _fake_out(speed[layout], want)
+
+    monkeypatch.setattr(bench, "browser_run", fake_run)
+    assert bench.main(args(model, tmp_path, "--workers", "2", "--int8", "--compact")) == 0
+    assert asked == [(None, None), (2, None), (None, "int8"), (2, "int8"), (None, "compact"), (2, "compact")]
+    rows = {r["engine"]: r for r in json.loads((tmp_path / "bench.json").read_text())["rows"]}
+    assert set(rows) == {"mote", "mote ×2 workers", "mote int8", "mote ×2 workers int8", "mote compact",
+                         "mote ×2 workers compact"}
+    assert rows["mote compact"]["paired"]["mote"]["median"] == pytest.approx(0.8)
+
+
 def test_bench_failed_engine_stops_and_the_others_go_on(tiny, tmp_path, monkeypatch, capsys):
     import mote.bench.browser as bench
 
