@@ -162,11 +162,9 @@ def _fixed_runtime(gguf, cfg: ModelConfig, plan: ShardPlan | None, layout: str) 
     blocks always; matmul.BlockLinear's only where the layout keeps some matrix as int8 blocks, not
     as values for the packed kernels), a prefill chunk's arrays."""
     from .bridge import policy_for
-    from .packed import VALUE_TYPES
 
     policy = policy_for(layout)
-    int8 = any(not quants.TYPES[t.ggml_type].is_float and not policy.packs(t.ggml_type)
-               and not (policy.values(t.ggml_type) and quants.TYPES[t.ggml_type].name in VALUE_TYPES)
+    int8 = any(not quants.TYPES[t.ggml_type].is_float and not (policy.packs(t.ggml_type) or policy.values(t.ggml_type))
                for t, _, _ in _matrices(gguf, cfg, plan))
     return BOOT_BYTES + PACKED_SCRATCH + (INT8_SCRATCH if int8 else 0) + FORWARD_BYTES
 

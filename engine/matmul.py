@@ -512,9 +512,9 @@ def prepare_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], dens
     if values and not packed:
         from .packed import VALUE_TYPES, PackedLinear
 
-        if quants.TYPES[ggml_type].name in VALUE_TYPES:
+        if quants.TYPES[ggml_type].name in VALUE_TYPES:  # (another type would be planarized in place)
             lin = PackedLinear(rows, ggml_type, shape, planar=planar, values=True)
-            if lin.holds_values:
+            if lin.holds_values:  # else (a Q5_0 chunk of an odd number of blocks): BlockLinear
                 return lin
     if ggml_type == quants.BY_NAME["Q8_0"].type_id and in_place and raw.flags.writeable:
         q, d = compact_q8_0(raw, n_out, n_in)

@@ -78,9 +78,12 @@ class LoadPolicy:
         return self.packed and quants.TYPES[ggml_type].name not in self.int8_types
 
     def values(self, ggml_type: int) -> bool:
-        """Whether a block matrix of this type is one of `int8_types` of a packed policy: its int8
-        values are then laid out for the packed kernels where the type allows (`packed.VALUE_TYPES`)."""
-        return self.packed and quants.TYPES[ggml_type].name in self.int8_types
+        """Whether a block matrix of this type, one of `int8_types` of a packed policy, keeps its int8
+        values laid out for the packed kernels (`packed.VALUE_TYPES`; other int8 types: BlockLinear)."""
+        from .packed import VALUE_TYPES
+
+        name = quants.TYPES[ggml_type].name
+        return self.packed and name in self.int8_types and name in VALUE_TYPES
 
 
 def memory_limit() -> int:

@@ -107,8 +107,13 @@ def test_values_of_a_type_or_chunk_they_do_not_fit_fall_back_to_int8_blocks():
     tid, raw, _ = _case("Q5_0", 7, 96)  # 21 blocks: no whole uint64 words of fifth bits
     assert not packed.PackedLinear(raw.copy().reshape(7, -1), tid, (7, 96), values=True).holds_values
     assert type(matmul.prepare_linear(raw.copy(), tid, (7, 96), dense=False, values=True)).__name__ == "BlockLinear"
-    tid, raw, _ = _case("Q4_K", 8, 256)
+    tid, raw, xs = _case("Q4_K", 8, 256)
     assert type(matmul.prepare_linear(raw.copy(), tid, (8, 256), dense=False, values=True)).__name__ == "BlockLinear"
+    own = raw.copy()  # the model's own buffer: not planarized for a type that has no values layout
+    lin = matmul.prepare_linear(own, tid, (8, 256), dense=False, in_place=True, values=True)
+    assert type(lin).__name__ == "BlockLinear" and np.array_equal(own, raw)
+    assert _err(lin(xs[0]), matmul.reference_linear(raw, tid, (8, 256), xs[0])) <= RTOL
+    assert not LoadPolicy(packed=True, int8_types=("Q4_K", "Q5_0")).values(tid)  # Q4_K: BlockLinear
 
 
 def test_a_q5_0_chunk_with_an_odd_number_of_blocks_is_still_exact():
