@@ -30,40 +30,27 @@ from engine import lookup  # noqa: E402
 ROW_COSTS = (0.3, 0.35, 0.4, 0.46, 0.5)
 
 
-def replay(prompt: list[int], answer: list[int], c: float, policy: lookup.DraftPolicy,
-           max_ngram: int, max_draft: int) -> float:
-    """Plain decoding's steps ÷ lookup's for one answer (its first token comes from the prefill)."""
+def replay(prompt: list[int], answer: list[int], c: float, max_ngram: int, max_draft: int,
+           policy: lookup.DraftPolicy | None) -> float:
+    """Plain decoding's steps ÷ lookup's for one answer (its first token comes from the prefill).
+    policy None: the ceiling, a drafter that drafts exactly the tokens that will be kept."""
     look = lookup.PromptLookup(prompt, max_ngram=max_ngram)
     look.append(answer[0])
     n, steps = 1, 0.0
-    policy.timed(1, 1.0)  # the plain answer of the pair, one step each
+    if policy is not None:
+        policy.timed(1, 1.0)  # the plain answer of the pair, one step each
     while n < len(answer):
         ngram, found = look.find(min(max_draft, len(answer) - n - 1))
-        draft = found[: policy.length(ngram, len(found))]
-        policy.timed(1 + len(draft), 1 + len(draft) * c)
-        steps += 1 + len(draft) * c
-        kept = 0
-        while kept < len(draft) and draft[kept] == answer[n + kept]:
-            kept += 1
-        if draft:
-            policy.outcome(ngram, len(draft), kept)
-        for tok in answer[n : n + kept + 1]:
-            look.append(tok)
-        n += min(kept + 1, len(answer) - n)
-    return (len(answer) - 1) / steps if steps else 1.0
-
-
-def ceiling(prompt: list[int], answer: list[int], c: float, max_ngram: int, max_draft: int) -> float:
-    """The same, drafting exactly the tokens that will be kept."""
-    look = lookup.PromptLookup(prompt, max_ngram=max_ngram)
-    look.append(answer[0])
-    n, steps = 1, 0.0
-    while n < len(answer):
-        _, found = look.find(min(max_draft, len(answer) - n - 1))
-        kept = 0
-        while kept < len(found) and found[kept] == answer[n + kept]:
-            kept += 1
-        steps += 1 + kept * c
+        agree = 0
+        while agree < len(found) and found[agree] == answer[n + agree]:
+            agree += 1
+        k = agree if policy is None else policy.length(ngram, len(found))
+        kept = min(k, agree)
+        steps += 1 + k * c
+        if policy is not None:
+            policy.timed(1 + k, 1 + k * c)
+            if k:
+                policy.outcome(ngram, k, kept)
         for tok in answer[n : n + kept + 1]:
             look.append(tok)
         n += min(kept + 1, len(answer) - n)
@@ -88,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report = json.loads(Path(args.report).read_text(encoding="utf-8"))
     engine = args.engine or next(iter(report["pairs"]))
+    if engine not in report["pairs"]:
+        ap.error(f"no {engine!r} answers in {args.report} (it has: {', '.join(report['pairs'])})")
     pairs, kinds = report["pairs"][engine], report["meta"]["kinds"]
     session = load(args.model)
     prompts = [session.prompt_tokens({"messages": case["messages"]}) for case in load_cases()]
@@ -98,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         bounds: dict[str, list[float]] = {}
         for prompt, pair, kind in zip(prompts, pairs, kinds):
             answer = pair["plain"]["token_ids"]
-            ratios.setdefault(kind, []).append(replay(prompt, answer, c, policy, args.max_ngram, args.max_draft))
-            bounds.setdefault(kind, []).append(ceiling(prompt, answer, c, args.max_ngram, args.max_draft))
+            ratios.setdefault(kind, []).append(replay(prompt, answer, c, args.max_ngram, args.max_draft, policy))
+            bounds.setdefault(kind, []).append(replay(prompt, answer, c, args.max_ngram, args.max_draft, None))
         print(f"  c = {c:.2f}: " + "; ".join(
             f"{kind} {geomean(r):.3f} (min {min(r):.2f}, ceiling {geomean(bounds[kind]):.3f})" for kind, r in ratios.items()))
     return 0

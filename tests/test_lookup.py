@@ -230,6 +230,30 @@ def test_policy_outlasts_one_slow_verify_pass_and_probes_after_declining():
     assert DraftPolicy(t1=1.0, row_costs=[2.0]).length(3, 8) == 0
 
 
+def test_replay_charges_verify_rows_and_bounds_the_policy_by_its_ceiling():
+    """scripts/lookup_replay.py: an answer that copies its prompt is cheaper with lookup, never cheaper
+    than the ceiling (drafting exactly what is kept) allows; an answer that copies nothing costs
+    plain decoding's steps; the ceiling of a full copy is the arithmetic of its passes."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "lookup_replay.py"
+    spec = importlib.util.spec_from_file_location("lookup_replay", path)
+    replay_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay_mod)
+    prompt = list(range(100, 200))
+    copy = prompt[20:61]                     # 41 tokens: the first from the prefill, 40 to decode
+    policy = DraftPolicy()
+    got = replay_mod.replay(prompt, copy, 0.4, 8, 8, policy)
+    best = replay_mod.replay(prompt, copy, 0.4, 8, 8, None)
+    assert 1.3 < got <= best
+    # the ceiling: one plain step (no match yet: the answer's first token alone), then passes of 1 + 8
+    # rows (9 tokens each), then one of 1 + 2 rows for the last 3: 40 tokens in 1 + 4 x 4.2 + 1.8 steps
+    assert best == pytest.approx(40 / (1 + 4 * (1 + 8 * 0.4) + (1 + 2 * 0.4)))
+    fresh = list(range(500, 540))            # nothing in it occurred before
+    assert replay_mod.replay(prompt, fresh, 0.4, 8, 8, DraftPolicy()) == 1.0
+
+
 def _code_prompt(tok: Tokenizer) -> list[int]:
     return tok.encode("x = r * r\n" * 3 + "x =", add_bos=True)
 
