@@ -34,6 +34,8 @@ def replay(prompt: list[int], answer: list[int], c: float, max_ngram: int, max_d
            policy: lookup.DraftPolicy | None) -> float:
     """Plain decoding's steps ÷ lookup's for one answer (its first token comes from the prefill).
     policy None: the ceiling, a drafter that drafts exactly the tokens that will be kept."""
+    if len(answer) < 2:
+        return 1.0  # nothing decoded after the prefill
     look = lookup.PromptLookup(prompt, max_ngram=max_ngram)
     look.append(answer[0])
     n, steps = 1, 0.0
@@ -73,13 +75,22 @@ def main(argv: list[str] | None = None) -> int:
     from mote.bench.lookup import load_cases
     from mote.loader import load
 
-    report = json.loads(Path(args.report).read_text(encoding="utf-8"))
-    engine = args.engine or next(iter(report["pairs"]))
-    if engine not in report["pairs"]:
-        ap.error(f"no {engine!r} answers in {args.report} (it has: {', '.join(report['pairs'])})")
-    pairs, kinds = report["pairs"][engine], report["meta"]["kinds"]
-    session = load(args.model)
-    prompts = [session.prompt_tokens({"messages": case["messages"]}) for case in load_cases()]
+    try:
+        report = json.loads(Path(args.report).read_text(encoding="utf-8"))
+        engine = args.engine or next(iter(report["pairs"]))
+        pairs, kinds = report["pairs"][engine], report["meta"]["kinds"]
+    except (OSError, ValueError, KeyError, StopIteration, TypeError, AttributeError) as e:
+        ap.error(f"{args.report} is not a report of python -m mote.bench.lookup with {args.engine or 'any'} "
+                 f"answers ({type(e).__name__}: {e})")
+    cases = load_cases()
+    numbers = report["meta"].get("cases", list(range(len(cases))))  # reports before 2026-12-08: all cases
+    if len(numbers) != len(pairs) or any(not 0 <= i < len(cases) for i in numbers):
+        ap.error(f"{args.report} answers {len(pairs)} requests, not the requests {numbers} of the benchmark")
+    try:
+        session = load(args.model)
+    except (OSError, ValueError) as e:
+        ap.error(f"cannot load {args.model}: {e}")
+    prompts = [session.prompt_tokens({"messages": cases[i]["messages"]}) for i in numbers]
     print(f"{engine} answers, MAX_NGRAM {args.max_ngram}, MAX_DRAFT {args.max_draft}; plain ÷ lookup steps, geomean:")
     for c in ROW_COSTS:
         policy = lookup.DraftPolicy()

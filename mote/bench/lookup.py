@@ -162,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
 
     path = Path(resolve_model(args.model)).resolve()
     cases = load_cases()
-    if args.cases:
-        cases = [cases[int(i)] for i in args.cases.split(",")]
-    report = {"meta": {"model": path.name, "n_predict": args.n_predict, "n_ctx": args.ctx,
+    numbers = [int(i) for i in args.cases.split(",")] if args.cases else list(range(len(cases)))
+    cases = [cases[i] for i in numbers]
+    report = {"meta": {"model": path.name, "n_predict": args.n_predict, "n_ctx": args.ctx, "cases": numbers,
                        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                        "platform": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
                        "kinds": [c["kind"] for c in cases]},
