@@ -147,15 +147,14 @@ let loadStart = 0;
 const PREFIX_BLOCK = 2 << 20;                            // the prefix goes in as blocks of the size later ones come in (parallel.js BLOCK)
 const loadStats = { write_ms: 0, bytes: 0 };
 
-/** A Python bytearray of at least n bytes holding `chunk` at its start (one memcpy into WASM memory). */
-function intoScratch(chunk) {
-  const n = chunk.byteLength;
+/** A Python bytearray of at least n bytes holding `chunk`'s n bytes from `offset` (one memcpy into WASM memory). */
+function intoScratch(/** @type {ArrayBuffer} */ chunk, offset = 0, n = chunk.byteLength) {
   if (!scratch || scratch.length < n) {
     if (scratch) scratch.destroy();
     scratch = pyodide.globals.get("bytearray")(n);
   }
   const view = scratch.getBuffer("u8");
-  try { view.data.set(new Uint8Array(chunk), 0); } finally { view.release(); }
+  try { view.data.set(new Uint8Array(chunk, offset, n), 0); } finally { view.release(); }
   return scratch;
 }
 
@@ -204,8 +203,8 @@ function header(msg) {
   if (!verdict.refusal) growHeap(pyodide, verdict.budget.workers[index].heap_bytes);
   loader.stream_from.callKwargs({ hash_all: !!msg.hash });
   for (let at = 0; at < msg.prefix.byteLength; at += PREFIX_BLOCK) {
-    const part = msg.prefix.slice(at, Math.min(msg.prefix.byteLength, at + PREFIX_BLOCK));
-    loader.write(at, intoScratch(part), part.byteLength);
+    const n = Math.min(msg.prefix.byteLength - at, PREFIX_BLOCK);
+    loader.write(at, intoScratch(msg.prefix, at, n), n);
   }
   return { ranges: loader.ranges().toJs(), ...(index === 0 ? { budget: verdict.budget } : {}) };
 }
@@ -216,14 +215,19 @@ function deviceMemory() {
   return typeof gb === "number" && gb > 0 ? gb : null;
 }
 
-/** Later bytes of the file: parts [start, ArrayBuffer] (only what this shard needs; shard 0 gets every byte). */
-function write(/** @type {[number, ArrayBuffer][]} */ parts) {
+/**
+ * Later bytes of the file: `buffer` holds parts [file offset, offset in buffer, length] (only what
+ * this shard needs; shard 0 gets every byte). The buffer goes back to the coordinator with the
+ * acknowledgement, to carry later bytes.
+ * @param {ArrayBuffer} buffer @param {[number, number, number][]} parts
+ */
+function write(buffer, parts) {
   if (!loader) throw new Error("bytes arrived before the header");
   const t0 = performance.now();
   let n = 0;
-  for (const [start, data] of parts) {
-    loader.write(start, intoScratch(data), data.byteLength);
-    n += data.byteLength;
+  for (const [start, offset, length] of parts) {
+    loader.write(start, intoScratch(buffer, offset, length), length);
+    n += length;
   }
   loadStats.write_ms += performance.now() - t0;
   loadStats.bytes += n;
@@ -446,7 +450,7 @@ self.addEventListener("message", async (event) => {
         for (const p of peers) if (p) p.onmessage = onPeerMessage;
         break;
       case Shard.HEADER: post({ type: Shard.HEADER, ...header(msg) }); break;
-      case Shard.WRITE: post({ type: Shard.WROTE, n: write(msg.parts) }); break;
+      case Shard.WRITE: write(msg.buffer, msg.parts); self.postMessage({ type: Shard.WROTE, buffers: [msg.buffer] }, [msg.buffer]); break;
       case Shard.DIGEST: post({ type: Shard.DIGEST, sha256: loader.sha256(), hash_seconds: loader.hash_seconds }); break;
       case Shard.BUILD: post({ type: Shard.LOADED, ...build(), memory: memory(pyodide) }); break;
       case Shard.DROP: drop(); post({ type: Shard.DROPPED }); break;

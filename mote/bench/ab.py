@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_min": min(ratios, default=None), "ratio_max": max(ratios, default=None),
             "same_tokens": all(b["tokens"] == n["tokens"] for b, n in pairs),
             "base_wasm_mb": [b.get("wasm_mb") for b, _ in pairs], "new_wasm_mb": [n.get("wasm_mb") for _, n in pairs],
+            "base_peak_rss_mb": [b.get("peak_rss_mb") for b, _ in pairs],
+            "new_peak_rss_mb": [n.get("peak_rss_mb") for _, n in pairs],
             "base_timings": [b.get("timings") for b, _ in pairs], "new_timings": [n.get("timings") for _, n in pairs],
         }
         for key in SECONDS:
@@ -115,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{t['ratio_median']:.3f} ({t['ratio_min']:.3f}-{t['ratio_max']:.3f})"
         print(f"{label:24} base [{fmt(t['base_decode_tok_s'])}] new [{fmt(t['new_decode_tok_s'])}] tok/s; "
               f"new/base {ratio}; same greedy tokens: {t['same_tokens']}")
+        if any(t["base_peak_rss_mb"]) and any(t["new_peak_rss_mb"]):
+            mb = lambda xs: ", ".join(f"{x:.0f}" for x in xs if x is not None)  # noqa: E731
+            print(f"{'':24} tab peak MB: base [{mb(t['base_peak_rss_mb'])}] new [{mb(t['new_peak_rss_mb'])}]")
         for key, name in SECONDS.items():
             if r := t[f"{key.removesuffix('_s')}_ratio"]:
                 print(f"{'':24} {name} s: base [{fmt(t[f'base_{key}'])}] new [{fmt(t[f'new_{key}'])}]; "
