@@ -182,14 +182,15 @@ def policy_for(layout: str | None) -> LoadPolicy:
     "packed" (the default): the file's blocks, except Q5_0 kept as int8 values in the packed
         kernels' order (packed.PackedLinear values=True; the packed product is ~1.5x slower in
         Chromium, docs/kernels.md) when the budget allows (`choose_layout`);
-    "compact": every block type packed, memory about the file's size;
+    "compact": every block type packed and Q8_0's scales read from the planes (LoadPolicy
+        float_scales off), memory about the file's size;
     "int8": int8 values + float32 scales, about 2.2x a 4-bit file (for comparison benchmarks)."""
     layout = layout or "packed"
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r} (expected one of {', '.join(LAYOUTS)})")
     if layout == "packed":
         return WORKER_POLICY
-    return dataclasses.replace(WORKER_POLICY, int8_types=()) if layout == "compact" else \
+    return dataclasses.replace(WORKER_POLICY, int8_types=(), float_scales=False) if layout == "compact" else \
         dataclasses.replace(WORKER_POLICY, packed=False)
 
 

@@ -12,8 +12,9 @@ A worker's WebAssembly memory only grows (its size is its peak), and a wasm32 he
     weights     the bytes of the file this worker holds (the whole file on one worker; on a shard
                 its byte ranges, engine/shard.py shard_ranges), plus the column cuts of the
                 row-parallel matrices a shard copies out of them
-    side        what the layout keeps beside the blocks: float32 scales of Q8_0 matrices (packed), or
-                int8 values + float32 scales of every other block matrix (int8)
+    side        what the layout keeps beside the blocks: float32 scales of Q8_0 matrices (the default
+                packed layout; compact reads them from the blocks), or int8 values + float32 scales
+                of every other block matrix (int8)
     kv          the KV cache for n_ctx tokens (a worker's float16 keys and values of this shard's kv heads; a
                 sliding-window layer keeps a ring of its window + KV_REWIND positions, engine/model.py)
     vocabulary  the parsed metadata and the tokenizer: bytes, offsets and a hash table per vocabulary
@@ -229,7 +230,8 @@ def _side_bytes(gguf, cfg: ModelConfig, plan: ShardPlan | None, layout: str) -> 
         if qt.is_float:
             continue
         if t.ggml_type == q8:
-            total += n // 32 * 4  # float32 scales beside the int8 columns (both layouts)
+            if policy.float_scales or not policy.packs(q8):
+                total += n // 32 * 4  # float32 scales beside the int8 columns (not compact: read from the planes)
         elif not policy.packs(t.ggml_type):
             offsets = 2 if t.ggml_type in (q4k, 3, 7, 10, 13) else 1  # types with a min: scale + offset
             total += n + n // qt.sub_size * 4 * offsets

@@ -488,7 +488,7 @@ def compact_q8_0(raw: np.ndarray, n_out: int, n_in: int) -> tuple[np.ndarray, np
 
 
 def prepare_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], dense: bool, kernel: str | None = None,
-                   in_place: bool = False, packed: bool = False, values: bool = False):
+                   in_place: bool = False, packed: bool = False, values: bool = False, float_scales: bool = True):
     """Resident form of a (n_out, n_in) weight: float32 when `dense` or not block-quantized.
 
     kernel: force a BlockLinear kernel (None: `choose_kernel` decides).
@@ -499,6 +499,7 @@ def prepare_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], dens
         instead of int8 values and float32 scales.
     values: (not packed) int8 values and float32 scales laid out as the packed kernels read them
         (`PackedLinear` with values=True) where the type allows, else as `BlockLinear`.
+    float_scales: (packed) Q8_0 keeps a float32 copy of its scales (`PackedLinear`).
     """
     if dense or quants.TYPES[ggml_type].is_float:
         return DenseLinear(quants.dequantize(raw, ggml_type, shape))
@@ -508,7 +509,7 @@ def prepare_linear(raw: np.ndarray, ggml_type: int, shape: tuple[int, int], dens
     if packed and (planar or ggml_type != quants.BY_NAME["Q8_0"].type_id):
         from .packed import PackedLinear
 
-        return PackedLinear(rows, ggml_type, shape, planar=planar)
+        return PackedLinear(rows, ggml_type, shape, planar=planar, float_scales=float_scales)
     if values and not packed:
         from .packed import VALUE_TYPES, PackedLinear
 

@@ -13,7 +13,8 @@ field of many blocks is a strided view of short runs, and numpy pays its per-run
 `planarize` rewrites each chunk of rows in place as *planes*: the same field of every block, one
 plane after the other. Same bytes, same size (Q4_K keeps its twelve bytes of 6-bit scales and mins
 as three planes and unpacks them per chunk, seven uint64 operations on 1/12 of its bytes; Q8_0
-keeps a float32 copy of its scales beside, +12 %, as matmul.BlockLinear does). The mapped file natively is
+keeps a float32 copy of its scales beside, +12 %, as matmul.BlockLinear does, unless
+`float_scales` is off: then each product converts its chunk's scales, `_scales_of`). The mapped file natively is
 read-only: there each chunk is planarized into scratch on every product (slower, no resident copy).
 
 **The product of a chunk.** The small integers are unpacked with whole-plane integer operations
@@ -50,7 +51,7 @@ Fast types: Q8_0, Q4_0, Q5_0, Q4_K, Q6_K, Q2_K, Q3_K. Every other block type fal
 the values: planarized, its chunks are int8 columns and the product is the same einsum with
 its inner loop over rows, which in Pyodide is ~1.4x faster per weight than along a 32-weight
 sub-block (`matmul.BlockLinear`); its scales are kept as float32 beside the planes (+12 %), as
-BlockLinear keeps them. Read-only (the mapped file), Q8_0 stays a BlockLinear view.
+BlockLinear keeps them, or (the compact layout) converted from the planes' float16 per product. Read-only (the mapped file), Q8_0 stays a BlockLinear view.
 """
 
 from __future__ import annotations
@@ -196,6 +197,29 @@ def _f32(h: np.ndarray) -> np.ndarray:
     return _F16[h.view(np.uint16)]
 
 
+_SH13 = np.array([13], np.uint32)
+_P112 = np.array([2.0**112], np.float32)
+
+
+def _scales_of(h: np.ndarray, plain: bool) -> np.ndarray:
+    """Q8_0's float16 block scales (nb, c) -> float32 in scratch, by their bits: a float16's exponent
+    and mantissa shifted up 13 bits read as a float32 2**112 times too small, which a multiply by
+    2**112 makes exact, subnormals included (1.3 ns a scale in Pyodide, where the table lookup of
+    `_f32` takes 1.9 and numpy's cast 2.7). Exact for every finite scale without its sign bit (llama.cpp
+    writes d = amax / 127: `plain`, see `_plain_scales`); other scales are read through the table."""
+    d = _scratch("pk_d", h.shape)
+    if not plain:
+        d[...] = _f32(h)
+        return d
+    np.left_shift(h.view(np.uint16), _SH13, d.view(np.uint32), casting="unsafe")
+    return np.multiply(d, _P112, d)
+
+
+def _plain_scales(h: np.ndarray) -> bool:
+    """Whether float16 scales are all finite and without a sign bit (`_scales_of`'s bit path)."""
+    return bool((h.view(np.uint16) < 0x7C00).all())
+
+
 # ---- the matrix ---------------------------------------------------------------------------------
 
 
@@ -209,12 +233,15 @@ class PackedLinear:
     values: Q4_0 and Q5_0 only (VALUE_TYPES): split the weights once, at load, to int8 values in
         the planes' order (`_split_values`), for speed where memory allows; `holds_values` says
         whether it did (not for a Q5_0 chunk of an odd number of blocks, see `_fifth_bits`).
+    float_scales: Q8_0 keeps its block scales as float32 beside the planes (+12 %); off, each
+        product converts the chunk's float16 scales (`_scales_of`), and the matrix holds nothing
+        beyond the file's bytes.
     """
 
     kernel = "packed"
 
     def __init__(self, raw: np.ndarray, ggml_type: int, shape: tuple[int, int], planar: bool = False,
-                 values: bool = False):
+                 values: bool = False, float_scales: bool = True):
         self.qt = quants.TYPES[ggml_type]
         self.ggml_type = ggml_type
         self.n_out, self.n_in = shape
@@ -241,12 +268,13 @@ class PackedLinear:
             raise ValueError("planar packing needs the matrix's rows contiguous")
         self.copied = False            # views of the buffer: its pages stay
         self.compacted = self.planar   # the buffer no longer holds the file's bytes here
-        self.sides: list = []          # per chunk: Q8_0's (nb, 1, c) float32 d
+        self.sides: list = []          # per chunk: Q8_0's (nb, 1, c) float32 d, or None (float_scales off)
         self._views = None
         if self.planar:
             flat = self.rows_u8.reshape(-1)
             for i, c in self._chunks:
-                self.sides.append(planarize(flat[i * self.row_bytes : (i + c) * self.row_bytes], ggml_type, c, self.nb))
+                side = planarize(flat[i * self.row_bytes : (i + c) * self.row_bytes], ggml_type, c, self.nb)
+                self.sides.append(side if float_scales else None)
             self._views = [self._chunk_views(flat[i * self.row_bytes : (i + c) * self.row_bytes], c, side)
                            for (i, c), side in zip(self._chunks, self.sides)]
         self._kernel = "_chunk_" + ("values" if self.holds_values else self.qt.name.lower() if self.fast else "split")
@@ -293,6 +321,8 @@ class PackedLinear:
             at += c * self.nb * n
         if side is not None:
             views["d32"] = side  # Q8_0: (nb, 1, c) float32
+        elif self.qt.name == "Q8_0":  # its scales converted per product
+            views["plain"] = _plain_scales(views["d"])
         if self.qt.name == "Q4_K":  # the scales' planes for _k_scales_of: s0 and s1 side by side, s2
             k = 4 * self.nb * c  # bytes per plane; planes d, s0, s1, s2 from the chunk's start
             s01, s2 = region[k : 3 * k].reshape(2, self.nb, 4 * c).transpose(1, 0, 2), region[3 * k : 4 * k]
@@ -401,7 +431,7 @@ class PackedLinear:
         nb = self.nb
         w = _scratch("pk_w", (nb, 32, c))
         np.copyto(w, v["qs"].view(np.int8).reshape(nb, 32, c), casting="unsafe")  # one cast for the chunk
-        d = v["d32"][:, 0]  # (nb, c) float32
+        d = v["d32"][:, 0] if "d32" in v else _scales_of(v["d"][:, 0], v["plain"])  # (nb, c) float32
         if dense:  # prefill: the chunk's weights, in part order, rows last
             return np.multiply(w, d[:, None, :], w)
         p = _scratch("pk_p", (nb, c))

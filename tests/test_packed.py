@@ -135,6 +135,38 @@ def test_q4_k_scales_of_an_odd_number_of_blocks_are_unpacked_byte_by_byte():
     np.testing.assert_array_equal(lin.dequantize_rows([0, 6]), quants.dequantize(raw, tid, (7, 256))[[0, 6]])
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # an infinite scale times a zero weight
+@pytest.mark.parametrize("scales", ["quantized", "signed", "infinite"])
+def test_q8_0_scales_read_from_the_planes_give_the_same_bits(scales, monkeypatch):
+    """float_scales off (the compact layout): Q8_0 keeps no float32 copy of its scales and converts
+    a chunk's float16 scales per product, by their bits, or through the table for a scale with a
+    sign bit or an infinity (which no quantizer writes): the same products, bit for bit, as the
+    float32 copy gives, one token, several, and the verify pass's rows."""
+    monkeypatch.setattr(packed, "CHUNK_BYTES", 64 << 10)
+    n_out, n_in = 300, 768
+    tid, raw, xs = _case("Q8_0", n_out, n_in)
+    blocks = raw.reshape(n_out, n_in // 32, 34)
+    d = blocks[:, :, :2].copy().view(np.float16)  # (n_out, nb, 1)
+    d[7, 3] = np.float16(6e-8)  # a subnormal scale
+    d[9, 0] = 0
+    if scales == "signed":
+        d[5, 2] = -d[5, 2]
+    elif scales == "infinite":
+        d[5, 2] = np.inf
+    blocks[:, :, :2] = d.view(np.uint8)
+    with_copy = packed.PackedLinear(raw.copy().reshape(n_out, -1), tid, (n_out, n_in), planar=True)
+    without = packed.PackedLinear(raw.copy().reshape(n_out, -1), tid, (n_out, n_in), planar=True, float_scales=False)
+    assert with_copy.nbytes == n_out * n_in // 32 * 4 and without.nbytes == 0
+    assert [v["plain"] for v in without._views] == [scales == "quantized"] + [True] * (len(without._chunks) - 1)
+    for x in (xs[0], xs):
+        np.testing.assert_array_equal(without(x), with_copy(x))
+    np.testing.assert_array_equal(without.rows(xs), with_copy.rows(xs))
+    if scales == "quantized":
+        assert _err(without(xs[0]), matmul.reference_linear(raw, tid, (n_out, n_in), xs[0])) <= RTOL
+    ids = np.array([5, 7, 9, 299])
+    np.testing.assert_array_equal(without.dequantize_rows(ids), quants.dequantize(raw, tid, (n_out, n_in))[ids])
+
+
 def test_unknown_width_is_named():
     tid, raw, _ = _case("Q4_K", 4, 256)
     with pytest.raises(ValueError, match="Q4_K rows of 512 weights take"):
@@ -236,8 +268,11 @@ for name in %r:
     xs = rng.standard_normal((5, 512)).astype(np.float32)
     ref1 = matmul.reference_linear(raw, tid, (300, 512), xs[0])
     refn = matmul.reference_linear(raw, tid, (300, 512), xs)
-    for planar, values in [(False, False), (True, False)] + [(True, True)] * (name in packed.VALUE_TYPES):
-        lin = packed.PackedLinear(raw.copy().reshape(300, -1), tid, (300, 512), planar=planar, values=values)
+    cases = [(False, False, True), (True, False, True)] + [(True, True, True)] * (name in packed.VALUE_TYPES)
+    cases += [(True, False, False)] * (name == "Q8_0")  # its scales converted per product
+    for planar, values, float_scales in cases:
+        lin = packed.PackedLinear(raw.copy().reshape(300, -1), tid, (300, 512), planar=planar, values=values,
+                                  float_scales=float_scales)
         assert lin.holds_values == values
         e1 = float(np.abs(lin(xs[0]) - ref1).max() / np.abs(ref1).max())
         en = float(np.abs(lin(xs) - refn).max() / np.abs(refn).max())
@@ -259,7 +294,7 @@ def test_packed_products_in_pyodide():
     with bench.pyodide_runner(static, chromium=CHROMIUM) as run:
         res = json.loads(run(BROWSER_CHECK % (TYPES,)))
     assert res["platform"] == "emscripten"
-    assert len(res["cases"]) == 2 * len(TYPES) + len(packed.VALUE_TYPES)
+    assert len(res["cases"]) == 2 * len(TYPES) + len(packed.VALUE_TYPES) + 1
     for name, planar, fast, e1, en, same in res["cases"]:
         assert e1 <= RTOL and en <= RTOL and same, (name, planar, fast, e1, en)
 
