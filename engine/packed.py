@@ -13,8 +13,8 @@ field of many blocks is a strided view of short runs, and numpy pays its per-run
 `planarize` rewrites each chunk of rows in place as *planes*: the same field of every block, one
 plane after the other. Same bytes, same size (Q4_K keeps its twelve bytes of 6-bit scales and mins
 as three planes and unpacks them per chunk, seven uint64 operations on 1/12 of its bytes; Q8_0
-keeps a float32 copy of its scales beside, +12 %, as matmul.BlockLinear does, unless
-`float_scales` is off: then each product converts its chunk's scales, `_scales_of`). The mapped file natively is
+keeps a float32 copy of its scales beside, +12 %, as matmul.BlockLinear does, unless `float_scales`
+is off: then each product converts its chunk's scales, `_scales_of`). The mapped file natively is
 read-only: there each chunk is planarized into scratch on every product (slower, no resident copy).
 
 **The product of a chunk.** The small integers are unpacked with whole-plane integer operations
@@ -51,7 +51,8 @@ Fast types: Q8_0, Q4_0, Q5_0, Q4_K, Q6_K, Q2_K, Q3_K. Every other block type fal
 the values: planarized, its chunks are int8 columns and the product is the same einsum with
 its inner loop over rows, which in Pyodide is ~1.4x faster per weight than along a 32-weight
 sub-block (`matmul.BlockLinear`); its scales are kept as float32 beside the planes (+12 %), as
-BlockLinear keeps them, or (the compact layout) converted from the planes' float16 per product. Read-only (the mapped file), Q8_0 stays a BlockLinear view.
+BlockLinear keeps them, or (the compact layout) converted from the planes' float16 per product.
+Read-only (the mapped file), Q8_0 stays a BlockLinear view.
 """
 
 from __future__ import annotations
@@ -205,8 +206,8 @@ def _scales_of(h: np.ndarray, plain: bool) -> np.ndarray:
     """Q8_0's float16 block scales (nb, c) -> float32 in scratch, by their bits: a float16's exponent
     and mantissa shifted up 13 bits read as a float32 2**112 times too small, which a multiply by
     2**112 makes exact, subnormals included (1.3 ns a scale in Pyodide, where the table lookup of
-    `_f32` takes 1.9 and numpy's cast 2.7). Exact for every finite scale without its sign bit (llama.cpp
-    writes d = amax / 127: `plain`, see `_plain_scales`); other scales are read through the table."""
+    `_f32` takes 1.9 and numpy's cast 2.7). Exact for every finite scale without its sign bit
+    (llama.cpp writes d = amax / 127: `plain`, see `_plain_scales`); others go through the table."""
     d = _scratch("pk_d", h.shape)
     if not plain:
         d[...] = _f32(h)
