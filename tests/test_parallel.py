@@ -451,6 +451,40 @@ def test_parallel_load_streams_and_verifies(tiny, tmp_path):
             assert page.evaluate(keys) == [sha, sha + ".checksum"]   # the copy, and its checksum kept beside it
 
 
+@pytest.mark.browser
+def test_parallel_load_of_a_header_longer_than_the_first_bytes(tmp_path, monkeypatch):
+    """A GGUF header past the first 8 MiB (here 9 MB of extra metadata): the workers ask for a longer
+    prefix, which grows by the blocks read after it, from the cache (read while the workers boot)
+    and from a download, with and without a chunk list; the shards then build the engine's model."""
+    import gguf as gguf_py
+
+    write_header = gguf_py.GGUFWriter.write_header_to_file
+
+    def padded(self, *args, **kwargs):
+        self.add_array("mote.test.padding", ["x" * 1000] * 9000)  # ~9 MB of strings in the header
+        return write_header(self, *args, **kwargs)
+
+    monkeypatch.setattr(gguf_py.GGUFWriter, "write_header_to_file", padded)
+    path = write_tiny(tmp_path / "long-header.gguf", "llama", qtype="Q8_0", d=128, d_ff=256, n_layers=2)
+    monkeypatch.undo()
+    assert GGUFFile(bytearray(path.read_bytes())).data_offset > 8 << 20
+    want = _engine_tokens(path, "Hello", 6)
+    with _parallel_page(path, tmp_path, "long-header.gguf") as page:
+        go = """async (chunks) => {
+            const [model] = await (await fetch('/models')).json();
+            const ref = chunks ? model : {...model, chunks: undefined};
+            try {
+                return await MoteBench.run({workers: 2, prompt: 'Hello', params: {temperature: 0, max_tokens: 6}, model: ref});
+            } catch (e) { return {error: String(e.message || e)}; }
+        }"""
+        for chunks in (True, False):
+            for cached in (False, True):
+                out = page.evaluate(go, chunks)
+                assert out.get("token_ids") == want, (chunks, cached, out)
+                assert out["cached"] is cached
+            page.evaluate("async () => { for (const k of await caches.keys()) await caches.delete(k); }")
+
+
 def _drive_sharded(gen, shards) -> list[dict]:
     """A leader's generation, its forwards run by the shards in lockstep (as parallel-worker.js does)."""
     events = []
