@@ -18,9 +18,9 @@
  *   2. streams the model once into the workers through static/model-source.js (the cache rules and
  *      the verification of static/worker.js; a download is stored while it streams, committed only
  *      once verified). This thread never holds the file: it keeps the first bytes until every worker
- *      has parsed the GGUF header and named its byte ranges (engine.shard.ShardLoader; a cached
- *      copy is read on meanwhile, up to READ_AHEAD bytes), then passes the bytes on in BLOCK-sized
- *      messages: each worker gets copies of only the parts inside its ranges, straight into its pieces (without a chunk list the leader gets every block,
+ *      has parsed the GGUF header and named its byte ranges (engine.shard.ShardLoader), then passes
+ *      the bytes on in BLOCK-sized messages: each worker gets copies of only the parts inside its
+ *      ranges, straight into its pieces (without a chunk list the leader gets every block,
  *      transferred, to hash it). WINDOW bounds the bytes in flight to each worker, and the buffers
  *      that carry them come back with each acknowledgement to carry later bytes (bufferFor);
  *      memory.coordinator_peak_bytes in the ready event says how much it held at most;
@@ -49,9 +49,6 @@ const HEADER_PREFIX = 8 << 20;
 const BLOCK = 2 << 20;
 /** Bytes sent to one worker and not yet acknowledged before reading waits (flow control). */
 const WINDOW = 8 << 20;
-/** Bytes of a cached copy read ahead while the workers boot, at most a quarter of the file (they
- *  are passed on once the workers are up). */
-const READ_AHEAD = 64 << 20;
 
 /** @param {Worker} w @param {string} type  the next message of `type` from w (an error rejects) */
 function next(w, type) {
@@ -180,7 +177,7 @@ export class ParallelWorker extends EventTarget {
     } else if (d?.type === Shard.WROTE) {                // the buffers written come back (bufferFor)
       for (const b of d.buffers) {
         this.inflight[i] -= b.byteLength;
-        if (this.loading) this.giveBack(b);
+        if (this.loading && b.byteLength === BLOCK) this.spare.push(b);
       }
       this.wakeUp();
     } else if (d?.type === Ev.ERROR && this.loading) {
@@ -215,11 +212,6 @@ export class ParallelWorker extends EventTarget {
    * collector came (2 workers, Gemma 3 270M: the tab's peak 0.83-1.1 GB for 0.49 GB of WASM).
    */
   bufferFor() { return this.spare.pop() ?? new ArrayBuffer(BLOCK); }
-
-  /** A buffer done with, kept for bufferFor: as many as can be in flight to the workers, and two more. */
-  giveBack(/** @type {ArrayBuffer} */ buffer) {
-    if (buffer.byteLength === BLOCK && this.spare.length < this.n * WINDOW / BLOCK + 2) this.spare.push(buffer);
-  }
 
   /** Note `bytes` of the file held in this thread right now (kept: the peak). */
   held(/** @type {number} */ bytes) { this.peakHeld = Math.max(this.peakHeld, bytes); }
@@ -296,98 +288,69 @@ export class ParallelWorker extends EventTarget {
   }
 
   /**
-   * The sink of static/model-source.js. The bytes are cut into blocks: the file's first
-   * HEADER_PREFIX bytes, then BLOCK-sized ones, cut at exact sizes, so every byte has been passed on
-   * once the last block is. The first block goes to every worker to parse the GGUF header (with the
-   * next blocks appended while a worker asks for a longer prefix), the others are distributed. While
-   * the workers boot, up to READ_AHEAD bytes of blocks wait here (a cached copy is read meanwhile,
-   * instead of stopping at the header until they are up); then every block is passed on as it fills.
+   * The sink of static/model-source.js: the file's first bytes until every worker can parse the
+   * header (HEADER_PREFIX, doubled while needed), then BLOCK-sized blocks (distribute). Blocks are
+   * cut at exact sizes, so every byte has been passed on once the last one is written.
    * @param {import("./protocol.js").ModelRef} model @param {{n_ctx?: number|null, layout?: string|null}} opts
    * @returns {import("./model-source.js").Sink}
    */
   shardSink(model, opts) {
     const size = model.size;
     /** @type {number[][][]|null} */ let ranges = null;  // per worker: [start, end) it needs
-    let block = new Uint8Array(0), fill = 0, cut = 0;    // (block.length,) the block being filled: bytes [cut, ...)
-    /** @type {[Uint8Array, number][]} */ let waiting = [];  // full blocks not yet passed on, [bytes, start]
-    let waitingBytes = 0;
-    let prefix = new Uint8Array(0), wanted = 0;           // the header's bytes so far, and how many a worker asked for
+    let block = new Uint8Array(0), fill = 0, sentTo = 0;  // (block.length,) bytes [sentTo, ...) being gathered
     let hashing = true;                                    // false: model-source.js checks a chunk list
     let clean = false;                                     // the workers are up and hold nothing of an earlier load
-
-    /** A block's bytes done with: its buffer carries later ones (unless it went to the leader). */
-    const recycle = (/** @type {Uint8Array} */ b) => this.giveBack(b.buffer);
-    /** Pass on one full block: the header's bytes until the workers named their ranges, then distributed. */
-    const pass = async (/** @type {Uint8Array} */ b, /** @type {number} */ start) => {
+    const flush = async () => {
       if (!clean) await this.workersClean();
       clean = true;
       if (ranges) {
-        await this.distribute(b, start, ranges, hashing);
-        recycle(b);
-        return;
+        const n = block.length;                          // read before the block is transferred away
+        await this.distribute(block, sentTo, ranges, hashing);
+        sentTo += n;
+      } else {                                           // the prefix: does it hold the whole header?
+        const answers = await this.ask(Shard.HEADER, Shard.HEADER, (i) => [{
+          prefix: block.buffer, size, n_ctx: opts.n_ctx ?? null, split_attention: this.splitAttention, hash: hashing && i === 0,
+          layout: opts.layout ?? null }, []]);
+        const over = answers.find((a) => a.over);
+        if (over) {                                      // would not fit: more workers do not fall back to fewer
+          throw Object.assign(new Error(over.over), { fatal: true, budget: over.budget });
+        }
+        const refused = answers.find((a) => a.refused);
+        if (refused) {
+          throw Object.assign(new Error(`this model cannot be split over ${this.n} workers (${refused.refused})`),
+                              { fatal: true, unsplittable: true });
+        }
+        if (answers.some((a) => a.more)) {                 // a longer prefix: keep these bytes, read on
+          const longer = new Uint8Array(Math.min(size, 2 * block.length));
+          longer.set(block);
+          block = longer;
+          this.held(block.length);
+          return;
+        }
+        ranges = answers.map((a) => a.ranges);
+        this.budget = answers[0].budget ?? null;         // shard 0's estimate for every shard (engine/budget.py)
+        sentTo = block.length;
       }
-      if (prefix.length) {                               // a longer prefix asked for: this block goes on its end
-        const longer = new Uint8Array(prefix.length + b.length);
-        longer.set(prefix);
-        longer.set(b, prefix.length);
-        recycle(b);
-        prefix = longer;
-      } else {
-        prefix = b;
-      }
-      this.held(prefix.length);
-      if (prefix.length < wanted && prefix.length < size) return;
-      const answers = await this.ask(Shard.HEADER, Shard.HEADER, (i) => [{
-        prefix: prefix.buffer, size, n_ctx: opts.n_ctx ?? null, split_attention: this.splitAttention, hash: hashing && i === 0,
-        layout: opts.layout ?? null }, []]);
-      const over = answers.find((a) => a.over);
-      if (over) {                                        // would not fit: more workers do not fall back to fewer
-        throw Object.assign(new Error(over.over), { fatal: true, budget: over.budget });
-      }
-      const refused = answers.find((a) => a.refused);
-      if (refused) {
-        throw Object.assign(new Error(`this model cannot be split over ${this.n} workers (${refused.refused})`),
-                            { fatal: true, unsplittable: true });
-      }
-      if (answers.some((a) => a.more)) {                   // a longer prefix: twice as many bytes
-        wanted = 2 * prefix.length;
-        return;
-      }
-      ranges = answers.map((a) => a.ranges);
-      this.budget = answers[0].budget ?? null;           // shard 0's estimate for every shard (engine/budget.py)
-      prefix = new Uint8Array(0);
-    };
-    const passWaiting = async () => {
-      while (waiting.length) {
-        const [b, start] = /** @type {[Uint8Array, number]} */ (waiting.shift());
-        waitingBytes -= b.length;
-        await pass(b, start);
-      }
+      // the next block: this one again unless it went to the leader (then a spare); the header's is larger
+      const buffer = block.buffer.byteLength === BLOCK ? block.buffer : this.bufferFor();
+      block = new Uint8Array(buffer, 0, Math.min(BLOCK, size - sentTo));
+      fill = 0;
     };
     return {
-      begin: ({ hash }) => {
-        ranges = null; waiting = []; waitingBytes = 0; prefix = new Uint8Array(0); wanted = 0;
-        block = new Uint8Array(Math.min(size, HEADER_PREFIX)); cut = 0; fill = 0;
-        hashing = hash; clean = false;
-      },
+      begin: ({ hash }) => { ranges = null; block = new Uint8Array(Math.min(size, HEADER_PREFIX)); fill = 0; sentTo = 0; hashing = hash; clean = false; },
       write: async (chunk, queued) => {
         for (let at = 0; at < chunk.length;) {
           const n = Math.min(chunk.length - at, block.length - fill);
           block.set(chunk.subarray(at, at + n), fill);      // (n,) copy: the chunk is the reader's
           fill += n;
           at += n;
-          this.held(block.length + waitingBytes + prefix.length + queued + this.spare.length * BLOCK);
-          if (fill < block.length) continue;
-          waiting.push([block, cut]);                    // (a block given to the leader is detached once passed on)
-          waitingBytes += block.length;
-          cut += block.length;
-          if (this.booted || waitingBytes >= Math.min(READ_AHEAD, size / 4) || cut === size) await passWaiting();
-          if (cut < size) { block = new Uint8Array(this.bufferFor(), 0, Math.min(BLOCK, size - cut)); fill = 0; }
+          this.held(block.length + queued + this.spare.length * BLOCK);
+          if (fill === block.length) await flush();
         }
       },
-      end: () => passWaiting(),
+      end: () => {},
       sha256: () => this.leaderDigest(),
-      discard: () => { waiting = []; waitingBytes = 0; return this.workersClean(); },
+      discard: () => this.workersClean(),
     };
   }
 
