@@ -231,7 +231,6 @@ function write(buffer, parts) {
   }
   loadStats.write_ms += performance.now() - t0;
   loadStats.bytes += n;
-  return n;
 }
 
 /** The model from the pieces: only after the coordinator compared shard 0's sha256 with the expected one. */
